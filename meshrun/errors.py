@@ -1,0 +1,116 @@
+"""Every error meshrun raises, as one tree.
+
+    MeshrunError                      base; ``exit_code`` is what the CLI exits with
+    ├── InputError (2)                a file or option the user wrote is wrong
+    │   ├── InventoryError            hosts.toml / --hosts / --limit
+    │   └── TaskFileError             tasks.toml
+    ├── ConnectError (3)              a host could not be reached or refused us
+    │   ├── HostUnreachable           TCP refused / timed out, no SSH banner, link lost
+    │   ├── HostKeyError              host key unknown or changed (never silently accepted)
+    │   └── AuthError                 no key was accepted; encrypted key with no agent
+    ├── CommandError (1)              a command ran and failed (exit code, timeout)
+    └── IntegrityError (4)            an artifact or manifest failed verification
+
+Context lives in attributes (``host``, ``path``, ``fix``); ``str()`` is one readable
+line that says what went wrong and, where we know it, what to do next.
+"""
+
+from __future__ import annotations
+
+
+class MeshrunError(Exception):
+    """Base of everything meshrun raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        if self.fix:
+            return f"{self.message} — {self.fix}"
+        return self.message
+
+
+class InputError(MeshrunError):
+    """Bad input the user can correct: a file, an option, a pattern."""
+
+    exit_code = 2
+
+
+class InventoryError(InputError):
+    """A mistake in hosts.toml, an inline --hosts list or a --limit pattern.
+
+    ``path`` is the file (None for inline input), ``line`` the 1-based line when the
+    TOML parser knows it, ``entry`` the host name or ``[defaults]``, ``key`` the key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        entry: str | None = None,
+        key: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        where = path or "--hosts"
+        if line is not None:
+            where += f":{line}"
+        if entry:
+            where += f": {entry}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {message}", fix=fix)
+        self.path = path
+        self.line = line
+        self.entry = entry
+        self.key = key
+
+
+class TaskFileError(InputError):
+    """A mistake in tasks.toml."""
+
+
+class ConnectError(MeshrunError):
+    """We could not get a working SSH session to ``host``."""
+
+    exit_code = 3
+
+    def __init__(self, host: str, message: str, *, fix: str | None = None) -> None:
+        super().__init__(f"{host}: {message}", fix=fix)
+        self.host = host
+
+
+class HostUnreachable(ConnectError):
+    """TCP refused or timed out, no SSH banner, or the link died."""
+
+
+class HostKeyError(ConnectError):
+    """The host key is unknown (and not accepted) or differs from known_hosts."""
+
+    def __init__(
+        self, host: str, message: str, *, fingerprint: str, changed: bool, fix: str
+    ) -> None:
+        super().__init__(host, message, fix=fix)
+        self.fingerprint = fingerprint
+        self.changed = changed
+
+
+class AuthError(ConnectError):
+    """The host refused every key we offered."""
+
+
+class CommandError(MeshrunError):
+    """A command on a host failed."""
+
+    exit_code = 1
+
+
+class IntegrityError(MeshrunError):
+    """An artifact or manifest failed verification."""
+
+    exit_code = 4

@@ -1,0 +1,837 @@
+"""hosts.toml and inline ``--hosts`` lists -> frozen Host objects; ``--limit`` selection.
+
+Pure data: the only I/O is reading the inventory file. Every mistake is an
+:class:`~meshrun.errors.InventoryError` naming the file, the line, the host, the key
+and what to write instead, because an inventory is hand-written and the person
+running ``meshrun`` is the one who has to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from meshrun import hostlist
+from meshrun.errors import InventoryError
+
+__all__ = [
+    "LOCAL_HOST_NAME",
+    "Host",
+    "load_inventory",
+    "local_host",
+    "parse_inline",
+    "resolve_hosts",
+    "select_hosts",
+]
+
+LOCAL_HOST_NAME = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One machine meshrun can run work on.
+
+    ``None`` means "not set in the inventory": the SSH layer fills it from
+    ``~/.ssh/config`` and then from OpenSSH's defaults.
+    """
+
+    name: str
+    address: str | None = None  # None: the name itself (resolved through ssh_config)
+    port: int | None = None
+    user: str | None = None
+    identity: str | None = None  # private key path, "~" allowed
+    known_hosts: str | None = None  # default ~/.ssh/known_hosts
+    workdir: str = "~/.meshrun/work"  # "{name}" already substituted; "~/" = remote $HOME
+    slots: int | None = None  # None = "auto" (remote CPU count)
+    weight: float = 1.0
+    labels: frozenset[str] = field(default_factory=frozenset)
+    proxy_jump: str | None = None
+    local: bool = False  # the embedded default: run on this machine, no SSH
+
+    @property
+    def ssh_alias(self) -> str:
+        """What ssh_config's ``Host`` patterns are matched against."""
+        return self.address or self.name
+
+
+_HOST_KEYS = (
+    "name",
+    "address",
+    "port",
+    "user",
+    "identity",
+    "known_hosts",
+    "workdir",
+    "slots",
+    "weight",
+    "labels",
+    "proxy_jump",
+)
+_DEFAULT_KEYS = tuple(key for key in _HOST_KEYS if key not in ("name", "address"))
+_TOP_LEVEL_KEYS = ("defaults", "host")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_TOML_POSITION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+_HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?$""")
+_NOT_IN_ADDRESS = frozenset("/,[]@")
+
+_EXAMPLES = {
+    "name": 'name = "build-1"',
+    "address": 'address = "10.0.0.11"',
+    "port": "port = 22",
+    "user": 'user = "ci"',
+    "identity": 'identity = "~/.ssh/id_ed25519"',
+    "known_hosts": 'known_hosts = "~/.ssh/known_hosts"',
+    "workdir": 'workdir = "/var/tmp/meshrun/{name}"',
+    "slots": 'slots = 4 (or slots = "auto" for the CPU count)',
+    "weight": "weight = 2.0",
+    "labels": 'labels = ["linux", "x86_64"]',
+    "proxy_jump": 'proxy_jump = "admin@bastion.example.com:22"',
+}
+# Names people bring from ssh_config, Ansible or pdsh; difflib alone would miss them.
+_KEY_ALIASES = {
+    "ip": "address",
+    "addr": "address",
+    "host": "address",
+    "hostname": "address",
+    "username": "user",
+    "key": "identity",
+    "ssh_key": "identity",
+    "identityfile": "identity",
+    "identity_file": "identity",
+    "knownhosts": "known_hosts",
+    "proxyjump": "proxy_jump",
+    "jump": "proxy_jump",
+    "tags": "labels",
+    "jobs": "slots",
+    "cpus": "slots",
+    "dir": "workdir",
+    "work_dir": "workdir",
+}
+_HOST_EXAMPLE = (
+    'add one [[host]] table per host, each with at least name = "build-1" and address = "10.0.0.11"'
+)
+_INLINE_EXAMPLE = "--hosts web1,root@10.0.0.5:2222"
+
+
+class _Invalid(Exception):
+    """A bad value; whoever catches it knows the file, line and entry."""
+
+    def __init__(self, message: str, fix: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.key = key
+
+
+def _toml_type(value: object) -> str:
+    """The TOML name of a parsed value, for "expected X, found Y"."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"  # the only other thing tomllib produces
+
+
+def _show(value: object) -> str:
+    """A value as it would be written in TOML, shortened for a one-line message."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _wrong_type(key: str, expected: str, value: object) -> _Invalid:
+    fix = f"write {_EXAMPLES[key]}"
+    if isinstance(value, str) and re.fullmatch(r"[0-9.]+", value.strip()):
+        fix = f"write {key} = {value.strip()} (a number, without quotes)"
+    return _Invalid(f"expected {expected}, found {_toml_type(value)} ({_show(value)})", fix)
+
+
+def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """Fix text for an unknown key: the closest valid key, then all of them."""
+    lowered = key.lower().replace("-", "_")
+    guess = _KEY_ALIASES.get(lowered) if lowered not in valid else lowered
+    if guess not in valid:
+        close = difflib.get_close_matches(lowered, valid, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    hint = f"did you mean {guess!r}? " if guess else ""
+    return f"{hint}valid keys: {', '.join(valid)}"
+
+
+# --- values ------------------------------------------------------------------------
+
+
+def _check_text(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(key, "a string", value)
+    if not value.strip():
+        raise _Invalid("must not be empty", f"write {_EXAMPLES[key]}")
+    return value
+
+
+def _check_name(key: str, value: object) -> str:
+    text = _check_text(key, value)
+    if not _NAME_RE.match(text):
+        suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "build-1"
+        raise _Invalid(
+            f"{_show(text)} is not a valid host name (letters, digits, '.', '_', '-'; "
+            "starting with a letter or digit)",
+            f'write e.g. name = "{suggestion}"',
+        )
+    return text
+
+
+def _check_host_part(address: str, shown: str) -> str:
+    """Reject what cannot be a host name, IP address or ssh_config alias."""
+    if not address:
+        raise _Invalid(
+            f"{_show(shown)} has no address", "write a host name, IP address or ssh_config alias"
+        )
+    bad = sorted({char for char in address if char.isspace() or char in _NOT_IN_ADDRESS})
+    if bad:
+        raise _Invalid(
+            f"{_show(shown)} is not a host name or IP address (it contains {''.join(bad)!r})",
+            "write a host name, an IPv4/IPv6 address or an alias from ~/.ssh/config",
+        )
+    return address
+
+
+def _check_address(key: str, value: object) -> str:
+    text = _check_text(key, value).strip()
+    if "@" in text:
+        user, _, rest = text.rpartition("@")
+        raise _Invalid(
+            f"{_show(text)} contains a user name",
+            f'write user = "{user}" and address = "{rest}" as two keys',
+        )
+    if text.startswith("[") and "]:" in text:
+        address, _, port = text[1:].partition("]:")
+        raise _Invalid(
+            f"{_show(text)} contains a port", f'write address = "{address}" and port = {port}'
+        )
+    if text.startswith("[") and text.endswith("]") and ":" in text:
+        text = text[1:-1]  # "[fe80::1]": brackets are URL syntax, the address is inside
+    elif text.count(":") == 1:
+        address, _, port = text.partition(":")
+        raise _Invalid(
+            f"{_show(text)} contains a port", f'write address = "{address}" and port = {port}'
+        )
+    return _check_host_part(text, text)
+
+
+def _check_port(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(key, "an integer from 1 to 65535", value)
+    if not 1 <= value <= 65535:
+        raise _Invalid(
+            f"port {value} is out of range 1..65535", "write port = 22, or the port sshd listens on"
+        )
+    return value
+
+
+def _check_slots(key: str, value: object) -> int | None:
+    if value == "auto":
+        return None  # Host.slots None: the remote CPU count
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(key, 'a positive integer or "auto"', value)
+    if value < 1:
+        raise _Invalid(
+            f"slots must be at least 1, found {value}",
+            'write slots = 1 or more, or slots = "auto" for the host\'s CPU count',
+        )
+    return value
+
+
+def _check_weight(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type(key, "a number greater than 0", value)
+    if not math.isfinite(value) or value <= 0:
+        raise _Invalid(
+            f"weight must be a finite number greater than 0, found {value}",
+            "write weight = 1.0 for an average host, 2.0 for one twice as fast",
+        )
+    return float(value)
+
+
+def _check_labels(key: str, value: object) -> frozenset[str]:
+    if not isinstance(value, list):
+        invalid = _wrong_type(key, "an array of strings", value)
+        if isinstance(value, str):
+            words = [word for word in re.split(r"[\s,]+", value) if word]
+            invalid.fix = f"write labels = [{', '.join(_show(word) for word in words)}]"
+        raise invalid
+    labels: set[str] = set()
+    for number, item in enumerate(value, start=1):
+        if not isinstance(item, str):
+            raise _Invalid(
+                f"label #{number} must be a string, found {_toml_type(item)} ({_show(item)})",
+                f"quote it: {_show(str(item))}",
+            )
+        if not item:
+            raise _Invalid(f"label #{number} is empty", "remove the empty string")
+        if re.search(r"[\s,]", item):
+            words = [word for word in re.split(r"[\s,]+", item) if word]
+            raise _Invalid(
+                f"label {_show(item)} contains a space or comma",
+                f"write each label as its own string: [{', '.join(_show(w) for w in words)}]",
+            )
+        labels.add(item)
+    return frozenset(labels)
+
+
+def _check_workdir(key: str, value: object) -> str:
+    text = _check_text(key, value)
+    for match in _PLACEHOLDER_RE.finditer(text):
+        if match.group(1) != "name":
+            raise _Invalid(
+                f"unknown placeholder {match.group(0)!r} in {_show(text)}",
+                "the only placeholder is {name} (the host name), "
+                'e.g. workdir = "/var/tmp/meshrun/{name}"',
+            )
+    return text
+
+
+def _split_target(item: str) -> tuple[str | None, str, int | None]:
+    """``[user@]address[:port]`` -> parts; IPv6 as ``[fe80::1]:22`` or bare ``fe80::1``."""
+    user, at, rest = item.rpartition("@")
+    if at and not user:
+        raise _Invalid(f"{_show(item)} has an empty user before '@'", "write user@host", key="user")
+    port_text: str | None = None
+    if rest.startswith("["):
+        closing = rest.find("]")
+        if closing == -1:
+            raise _Invalid(f"unclosed '[' in {_show(item)}", "write IPv6 as [fe80::1]:2222")
+        address, after = rest[1:closing], rest[closing + 1 :]
+        if ":" not in address:
+            raise _Invalid(
+                f"brackets in {_show(item)} are only for IPv6 addresses",
+                f"write {address}" if address else "write [fe80::1]:2222",
+            )
+        if after:
+            if not after.startswith(":"):
+                raise _Invalid(
+                    f"unexpected {after!r} after ']' in {_show(item)}",
+                    "write [fe80::1]:2222",
+                )
+            port_text = after[1:]
+    elif rest.count(":") == 1:
+        address, _, port_text = rest.partition(":")
+    else:
+        address = rest  # a name, an IPv4 address, or bare IPv6 (which cannot carry a port)
+    _check_host_part(address, item)
+    port: int | None = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise _Invalid(
+                f"bad port {_show(port_text)} in {_show(item)}: expected 1..65535",
+                "write host:port, e.g. root@10.0.0.5:2222",
+                key="port",
+            )
+        port = int(port_text)
+    return (user or None, address, port)
+
+
+def _check_proxy_jump(key: str, value: object) -> str:
+    text = _check_text(key, value).strip()
+    fix = f"write {_EXAMPLES[key]}: one jump host as [user@]host[:port]"
+    if "," in text:
+        raise _Invalid(f"{_show(text)} lists several jump hosts; one is supported", fix)
+    try:
+        _split_target(text)
+    except _Invalid as exc:
+        raise _Invalid(exc.message, fix) from None
+    return text
+
+
+_CHECKS: dict[str, Callable[[str, object], object]] = {
+    "name": _check_name,
+    "address": _check_address,
+    "port": _check_port,
+    "user": _check_text,
+    "identity": _check_text,
+    "known_hosts": _check_text,
+    "workdir": _check_workdir,
+    "slots": _check_slots,
+    "weight": _check_weight,
+    "labels": _check_labels,
+    "proxy_jump": _check_proxy_jump,
+}
+
+
+# --- where in the file -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    line: int  # 1-based
+    name: str  # dotted, unquoted: "host", "defaults", "host.extra"
+    array: bool
+
+
+class _Locator:
+    """Finds the line of a key by scanning the text, since tomllib reports no positions.
+
+    A heuristic over table headers and ``key =`` lines; when it cannot tell, it falls
+    back to the enclosing header's line, then to None.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._lines = text.splitlines()
+        self._headers: list[_Header] = []
+        for number, line in enumerate(self._lines, start=1):
+            match = _HEADER_RE.match(line)
+            if match and len(match.group(1)) == len(match.group(3)):
+                name = re.sub(r"\s*\.\s*", ".", match.group(2)).replace('"', "").replace("'", "")
+                self._headers.append(_Header(number, name, len(match.group(1)) == 2))
+
+    def _find_key(self, first: int, last: int, key: str) -> int | None:
+        """The first ``key =`` (or dotted ``key.x =``) line in [first, last]."""
+        pattern = re.compile(
+            rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*[=.]"""
+        )
+        for number in range(first, last + 1):
+            if pattern.match(self._lines[number - 1]):
+                return number
+        return None
+
+    def top_level(self, key: str) -> int | None:
+        """Line of a top-level key, written either as ``key = ...`` or as a header."""
+        first_header = self._headers[0].line if self._headers else len(self._lines) + 1
+        found = self._find_key(1, first_header - 1, key)
+        if found is not None:
+            return found
+        for header in self._headers:
+            if header.name == key or header.name.startswith(key + "."):
+                return header.line
+        return None
+
+    def in_table(self, table: str, index: int | None, key: str | None) -> int | None:
+        """Line of ``key`` in ``[table]`` (index None) or the index-th ``[[table]]``.
+
+        With key None, or when the key is not found, the header's line.
+        """
+        candidates = [
+            position
+            for position, header in enumerate(self._headers)
+            if header.name == table and header.array == (index is not None)
+        ]
+        position_in = index or 0
+        if position_in >= len(candidates):
+            return self.top_level(table)  # written inline: table = {...} / [{...}]
+        position = candidates[position_in]
+        header = self._headers[position]
+        if key is None:
+            return header.line
+        # The block runs to the next header that is not one of its own sub-tables.
+        end = len(self._lines)
+        for later in self._headers[position + 1 :]:
+            if not later.name.startswith(table + ".") or later.array:
+                end = later.line - 1
+                break
+            if later.name == f"{table}.{key}":
+                return later.line
+        found = self._find_key(header.line + 1, end, key)
+        return found if found is not None else header.line
+
+
+# --- the file ----------------------------------------------------------------------
+
+
+class _Loader:
+    """Validates parsed TOML into Hosts, raising errors that point into the file."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.locate = _Locator(text)
+
+    def fail(
+        self,
+        message: str,
+        *,
+        line: int | None,
+        fix: str,
+        entry: str | None = None,
+        key: str | None = None,
+    ) -> NoReturn:
+        raise InventoryError(message, path=self.path, line=line, entry=entry, key=key, fix=fix)
+
+    def check(self, key: str, value: object, index: int | None, entry: str) -> Any:
+        """Validate one value; ``index`` None means [defaults], else the host's position."""
+        try:
+            return _CHECKS[key](key, value)
+        except _Invalid as exc:
+            table = "defaults" if index is None else "host"
+            self.fail(
+                exc.message,
+                line=self.locate.in_table(table, index, key),
+                entry=entry,
+                key=key,
+                fix=exc.fix,
+            )
+
+    def load(self, data: dict[str, Any]) -> list[Host]:
+        for key in data:
+            if key not in _TOP_LEVEL_KEYS:
+                if key in _DEFAULT_KEYS:
+                    fix = f"move {key} under [defaults] (every host) or into a [[host]] block"
+                elif key in _HOST_KEYS:
+                    fix = f"move {key} into a [[host]] block"
+                else:
+                    fix = _did_you_mean(key, _TOP_LEVEL_KEYS)
+                self.fail(
+                    f"unknown top-level key {key!r}",
+                    line=self.locate.top_level(key),
+                    key=key,
+                    fix=fix,
+                )
+        defaults = self._defaults(data.get("defaults", {}))
+        raw_hosts = data.get("host")
+        if isinstance(raw_hosts, dict):
+            self.fail(
+                "[host] is a single table, but hosts are an array of tables",
+                line=self.locate.top_level("host"),
+                key="host",
+                fix="write [[host]] (double brackets) above each host's keys",
+            )
+        if raw_hosts is not None and not isinstance(raw_hosts, list):
+            self.fail(
+                f"expected [[host]] tables, found {_toml_type(raw_hosts)} ({_show(raw_hosts)})",
+                line=self.locate.top_level("host"),
+                key="host",
+                fix="write [[host]] (double brackets) above each host's keys",
+            )
+        if not raw_hosts:
+            self.fail(
+                "no hosts: the file has no [[host]] entries",
+                line=self.locate.top_level("host"),
+                key="host",
+                fix=_HOST_EXAMPLE,
+            )
+        hosts: list[Host] = []
+        first_use: dict[str, int] = {}
+        for index, raw in enumerate(raw_hosts):
+            host = self._host(index, raw, defaults)
+            if host.name in first_use:
+                first_line = self.locate.in_table("host", first_use[host.name], "name")
+                line = self.locate.in_table("host", index, "name")
+                self.fail(
+                    f"host name {host.name!r} is used twice, at lines {first_line} and {line}",
+                    line=line,
+                    entry=host.name,
+                    key="name",
+                    fix=f'give each [[host]] its own name, e.g. name = "{host.name}-2"',
+                )
+            first_use[host.name] = index
+            hosts.append(host)
+        return hosts
+
+    def _defaults(self, raw: object) -> dict[str, Any]:
+        entry = "[defaults]"
+        if not isinstance(raw, dict):
+            self.fail(
+                f"expected a table, found {_toml_type(raw)}",
+                line=self.locate.top_level("defaults"),
+                entry=entry,
+                fix="write [defaults] once (single brackets), followed by key = value lines",
+            )
+        for key in raw:
+            if key in ("name", "address"):
+                self.fail(
+                    f"{key} cannot be a default: every host has its own",
+                    line=self.locate.in_table("defaults", None, key),
+                    entry=entry,
+                    key=key,
+                    fix=f"move {key} = ... into each [[host]] block",
+                )
+            if key not in _DEFAULT_KEYS:
+                self.fail(
+                    f"unknown key {key!r}",
+                    line=self.locate.in_table("defaults", None, key),
+                    entry=entry,
+                    key=key,
+                    fix=_did_you_mean(key, _DEFAULT_KEYS),
+                )
+        return {key: self.check(key, value, None, entry) for key, value in raw.items()}
+
+    def _host(self, index: int, raw: object, defaults: dict[str, Any]) -> Host:
+        entry = f"host #{index + 1}"
+        header_line = self.locate.in_table("host", index, None)
+        if not isinstance(raw, dict):
+            self.fail(
+                f"expected a table, found {_toml_type(raw)} ({_show(raw)})",
+                line=header_line,
+                entry=entry,
+                fix="write each host as a [[host]] block of key = value lines",
+            )
+        name = raw.get("name")
+        if isinstance(name, str) and _NAME_RE.match(name):
+            entry = name  # so every later message says which host
+        for key in raw:
+            if key not in _HOST_KEYS:
+                self.fail(
+                    f"unknown key {key!r}",
+                    line=self.locate.in_table("host", index, key),
+                    entry=entry,
+                    key=key,
+                    fix=_did_you_mean(key, _HOST_KEYS),
+                )
+        for required, example in (
+            ("name", 'name = "build-1" (unique)'),
+            ("address", 'address = "10.0.0.11" (an IP address, DNS name or ~/.ssh/config alias)'),
+        ):
+            if required not in raw:
+                self.fail(
+                    f"missing {required}",
+                    line=header_line,
+                    entry=entry,
+                    key=required,
+                    fix=f"add {example} to this [[host]] block",
+                )
+        values = dict(defaults)
+        for key, value in raw.items():
+            values[key] = self.check(key, value, index, entry)
+        workdir = values.get("workdir")
+        if workdir is not None:
+            values["workdir"] = workdir.replace("{name}", values["name"])
+        return Host(**values)
+
+
+def load_inventory(path: str | os.PathLike[str]) -> list[Host]:
+    """Read and validate a hosts.toml; every mistake is an InventoryError pointing at it."""
+    shown = os.fspath(path)
+    create_fix = f"create it, or pass an inline list like {_INLINE_EXAMPLE}"
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except FileNotFoundError:
+        raise InventoryError("no such file", path=shown, fix=create_fix) from None
+    except IsADirectoryError:
+        raise InventoryError("is a directory, not a file", path=shown, fix=create_fix) from None
+    except OSError as exc:
+        raise InventoryError(
+            f"cannot read the file ({exc.strerror or exc})",
+            path=shown,
+            fix="check its permissions, or pass an inline list like " + _INLINE_EXAMPLE,
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(
+            "not UTF-8 text",
+            path=shown,
+            line=raw[: exc.start].count(b"\n") + 1,
+            fix="save the file as UTF-8 (TOML files are always UTF-8)",
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        reason = str(exc)
+        position = _TOML_POSITION_RE.search(reason)
+        line: int | None = None
+        if position:
+            reason = reason[: position.start()]
+            line = int(position.group(1)) if position.group(1) else max(text.count("\n"), 1)
+        lines = text.splitlines()
+        if line is not None and 0 < line <= len(lines) and lines[line - 1].strip():
+            reason += f": {lines[line - 1].strip()[:60]}"
+        raise InventoryError(
+            f"not valid TOML: {reason}",
+            path=shown,
+            line=line,
+            fix='write key = value with strings in double quotes (address = "10.0.0.11"); '
+            "tables are [defaults] and [[host]]",
+        ) from None
+    return _Loader(shown, text).load(data)
+
+
+# --- inline lists, the local host, resolution ----------------------------------------
+
+
+def parse_inline(spec: str) -> list[Host]:
+    """``--hosts web1,root@10.0.0.5:2222,[::1]:2200`` -> Hosts, each named as written.
+
+    A host's name is its address, or ``address:port`` (``[v6]:port``) when a port is
+    given, so the same text works in ``--limit``. Empty items (a trailing comma) are
+    skipped.
+    """
+    hosts: list[Host] = []
+    first_use: dict[str, str] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        try:
+            user, address, port = _split_target(item)
+        except _Invalid as exc:
+            fix = exc.fix
+            if "/" in item:
+                fix = f"{item!r} is not an existing file either; check the path, or {fix}"
+            raise InventoryError(exc.message, entry=item, key=exc.key, fix=fix) from None
+        if port is None:
+            name = address
+        else:
+            name = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        if name in first_use:
+            raise InventoryError(
+                f"host {name!r} is listed twice"
+                + ("" if first_use[name] == item else f" ({first_use[name]!r} and {item!r})"),
+                entry=item,
+                key="name",
+                fix="list each host once; for more parallel work on one host, "
+                "set slots in a hosts.toml",
+            )
+        first_use[name] = item
+        hosts.append(Host(name=name, address=address, port=port, user=user))
+    if not hosts:
+        raise InventoryError(
+            "no hosts given",
+            fix=f"pass a hosts.toml file, or an inline list like {_INLINE_EXAMPLE}",
+        )
+    return hosts
+
+
+def local_host(workdir: str | None = None) -> Host:
+    """The embedded default: this machine, no SSH, working in the current directory."""
+    return Host(name=LOCAL_HOST_NAME, local=True, workdir=workdir or os.getcwd())
+
+
+def resolve_hosts(spec: str | None) -> list[Host]:
+    """What ``--hosts`` means: nothing -> this machine; a file -> inventory; else a list."""
+    if spec is None:
+        return [local_host()]
+    if os.path.isfile(spec) or spec.endswith(".toml"):
+        return load_inventory(spec)
+    return parse_inline(spec)
+
+
+# --- selection ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    """One ``--limit`` item: a glob, a hostlist range, or ``label:GLOB``; maybe ``!``."""
+
+    text: str
+    exclude: bool
+    label_glob: str | None
+    expanded: frozenset[str]  # h[1-3,5] as a range, so folded console output can be pasted
+
+    def matches(self, host: Host) -> bool:
+        if self.label_glob is not None and any(
+            fnmatch.fnmatchcase(label, self.label_glob) for label in host.labels
+        ):
+            return True
+        for candidate in (host.name, host.address):
+            if candidate is not None and (
+                candidate == self.text
+                or candidate in self.expanded
+                or fnmatch.fnmatchcase(candidate, self.text)
+            ):
+                return True
+        return False
+
+
+def _parse_limit(value: str, source: str | None) -> list[_Pattern]:
+    def fail(message: str) -> NoReturn:
+        raise InventoryError(
+            message,
+            path=source,
+            key="--limit",
+            fix="use host names or globs (web*), label:NAME, hostlist ranges (web[1-3]), "
+            "and !PATTERN to exclude, separated by commas",
+        )
+
+    patterns: list[_Pattern] = []
+    for group in hostlist.split_groups(value):
+        text = group.strip()
+        if not text:
+            continue  # "web1," or "$A,$B" with one empty
+        exclude = text.startswith("!")
+        if exclude:
+            text = text[1:].strip()
+            if not text:
+                fail(f"'!' in {value!r} needs a pattern after it")
+        label_glob: str | None = None
+        if text.startswith("label:"):
+            label_glob = text.removeprefix("label:")
+            if not label_glob:
+                fail(f"'label:' in {value!r} needs a label name after it")
+        try:
+            expanded = frozenset(hostlist.expand(text)) if "[" in text else frozenset()
+        except ValueError:
+            expanded = frozenset()  # not a range: an fnmatch character class then
+        patterns.append(_Pattern(text, exclude, label_glob, expanded))
+    if not patterns:
+        # An empty value is usually an unset shell variable; selecting every host would
+        # be the dangerous reading of it.
+        fail(f"empty --limit value {value!r}")
+    return patterns
+
+
+def _matching(hosts: Sequence[Host], patterns: list[_Pattern]) -> set[int]:
+    """Positions of the hosts one --limit value selects: union of includes minus excludes."""
+    includes = [pattern for pattern in patterns if not pattern.exclude]
+    excludes = [pattern for pattern in patterns if pattern.exclude]
+    chosen: set[int] = set()
+    for position, host in enumerate(hosts):
+        included = not includes or any(pattern.matches(host) for pattern in includes)
+        if included and not any(pattern.matches(host) for pattern in excludes):
+            chosen.add(position)
+    return chosen
+
+
+def select_hosts(
+    hosts: Sequence[Host], limits: Sequence[str], *, source: str | None = None
+) -> list[Host]:
+    """Apply ``--limit`` values: commas within one value are a union, values intersect.
+
+    Keeps inventory order. ``source`` (the inventory path) only labels errors.
+    Raises InventoryError when nothing is left, listing what could have been chosen.
+    """
+    chosen = set(range(len(hosts)))
+    empty_value: str | None = None
+    for value in limits:
+        matched = _matching(hosts, _parse_limit(value, source))
+        if not matched and empty_value is None:
+            empty_value = value
+        chosen &= matched
+    if not chosen and hosts and limits:
+        if empty_value is not None:
+            message = f"no host matches --limit {empty_value!r}"
+        else:
+            message = (
+                "no host matches every --limit at once ("
+                + " and ".join(repr(value) for value in limits)
+                + "); several --limit options must all match"
+            )
+        names = [host.name for host in hosts]
+        shown = ", ".join(names[:10])
+        if len(names) > 10:
+            shown += f" and {len(names) - 10} more"
+        labels = sorted(set().union(*(host.labels for host in hosts)))
+        label_text = ", ".join(f"label:{label}" for label in labels) if labels else "none"
+        raise InventoryError(
+            message,
+            path=source,
+            key="--limit",
+            fix=f"choose from the hosts: {shown}; labels: {label_text}",
+        )
+    return [host for position, host in enumerate(hosts) if position in chosen]

@@ -1,0 +1,1 @@
+"""Test helpers: a simulated fleet of real OpenSSH servers on loopback."""

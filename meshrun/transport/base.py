@@ -1,0 +1,111 @@
+"""The one small interface every connector (ssh, local) offers the executors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from meshrun.inventory import Host
+
+Stream = Literal["stdout", "stderr"]
+OutputSink = Callable[[Stream, bytes], None]
+
+
+def _discard(stream: Stream, data: bytes) -> None:
+    """An OutputSink that keeps nothing (the outcome still carries the bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """A command to run inside the wrapper, in the host's workdir."""
+
+    command: str  # a shell command line for /bin/sh
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """What came back. ``exit_code`` is None when no status arrived (link lost)."""
+
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    duration_s: float
+    timed_out: bool = False
+    cancelled: bool = False
+    lost: bool = False  # the connection died before the command ended
+
+
+@dataclass(frozen=True, slots=True)
+class RawResult:
+    """Result of a plain exec without the wrapper (uploads, probes)."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Connection(Protocol):
+    """A live link to one host. Thread-safe: many commands may run at once."""
+
+    @property
+    def host(self) -> Host: ...
+
+    def run(
+        self,
+        request: CommandRequest,
+        *,
+        on_output: OutputSink = _discard,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        """Run ``request`` in the wrapper; return when it ended, timed out or was cancelled.
+
+        Setting ``cancel`` closes the command's stdin, which makes the wrapper kill the
+        command's whole process group; the call then still waits for the exit status.
+        """
+        ...
+
+    def run_raw(self, command: str, *, stdin: bytes = b"", timeout_s: float = 60.0) -> RawResult:
+        """Run a short command as is (no wrapper), feeding ``stdin`` and closing it."""
+        ...
+
+
+class Connector(Protocol):
+    """Opens (and pools) connections; ``close`` ends every one of them."""
+
+    def connect(self, host: Host) -> Connection:
+        """A connection to ``host``, reused when one is open. Raises ConnectError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def tail_text(data: bytes, lines: int = 5) -> str:
+    """The last ``lines`` lines of some output, decoded for a human."""
+    text = data.decode("utf-8", "replace").rstrip("\n")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def default_connector(
+    hosts: list[Host],
+    *,
+    connect_timeout_s: float = 10.0,
+    accept_new_host_keys: bool = False,
+) -> Connector:
+    """The connector for ``hosts``: local for the embedded default, SSH otherwise.
+
+    SSH code (and paramiko) is imported only when a remote host is in the run.
+    """
+    if all(h.local for h in hosts):
+        from meshrun.transport.local import LocalConnector
+
+        return LocalConnector()
+    from meshrun.transport.ssh import SSHConnector
+
+    return SSHConnector(
+        connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+    )
+

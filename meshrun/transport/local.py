@@ -1,0 +1,120 @@
+"""The local connector: the embedded default when no --hosts is given.
+
+It runs the same wrapper as the SSH connector, through a pipe instead of a channel, so
+cancelling, timeouts and "nothing left behind" behave the same on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import threading
+import time
+
+from meshrun.inventory import Host
+from meshrun.transport.base import (
+    CommandOutcome,
+    CommandRequest,
+    OutputSink,
+    RawResult,
+    Stream,
+    _discard,
+)
+from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper
+
+_POLL_S = 0.1
+
+
+class LocalConnection:
+    """Runs commands on this machine as child processes."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    @property
+    def host(self) -> Host:
+        return self._host
+
+    def run(
+        self,
+        request: CommandRequest,
+        *,
+        on_output: OutputSink = _discard,
+        cancel: threading.Event | None = None,
+    ) -> CommandOutcome:
+        script = build_wrapper(request.command, workdir=self._host.workdir, env=request.env)
+        started = time.monotonic()
+        deadline = None if request.timeout_s is None else started + request.timeout_s
+        # A session of its own: the terminal's Ctrl-C reaches the coordinator only,
+        # which then cancels through stdin like it does over SSH.
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stdin and proc.stdout and proc.stderr
+        chunks: dict[Stream, list[bytes]] = {"stdout": [], "stderr": []}
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        timed_out = cancelled = False
+        stopped_at: float | None = None
+        try:
+            while sel.get_map():
+                for key, _ in sel.select(_POLL_S):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        continue
+                    stream: Stream = key.data
+                    chunks[stream].append(data)
+                    on_output(stream, data)
+                now = time.monotonic()
+                if stopped_at is None:
+                    if cancel is not None and cancel.is_set():
+                        cancelled = True
+                    elif deadline is not None and now >= deadline:
+                        timed_out = True
+                    if cancelled or timed_out:
+                        proc.stdin.close()  # the watcher kills the group
+                        stopped_at = now
+                elif now - stopped_at > KILL_GRACE_TENTHS / 10 + 2:
+                    proc.kill()
+                    break
+            exit_code = proc.wait()
+        finally:
+            sel.close()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                f.close()
+        return CommandOutcome(
+            exit_code=exit_code,
+            stdout=b"".join(chunks["stdout"]),
+            stderr=b"".join(chunks["stderr"]),
+            duration_s=time.monotonic() - started,
+            timed_out=timed_out,
+            cancelled=cancelled,
+        )
+
+    def run_raw(self, command: str, *, stdin: bytes = b"", timeout_s: float = 60.0) -> RawResult:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            input=stdin,
+            capture_output=True,
+            timeout=timeout_s,
+            cwd=os.path.expanduser("~"),
+            check=False,
+        )
+        return RawResult(done.returncode, done.stdout, done.stderr)
+
+
+class LocalConnector:
+    """Hands out connections to the local machine."""
+
+    def connect(self, host: Host) -> LocalConnection:
+        return LocalConnection(host)
+
+    def close(self) -> None:
+        """Nothing is pooled locally."""

@@ -1,0 +1,57 @@
+"""Integration tests run against real sshd processes on loopback (meshrun.testing.fleet)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshrun.testing.fleet import SSHD, Fleet
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration, so `-m "not integration"` skips it."""
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+def _require_sshd() -> None:
+    """Skip without openssh-server locally; in CI a missing sshd is a broken setup."""
+    if Path(SSHD).exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("openssh-server is not installed; run scripts/test which installs it")
+    pytest.skip(f"{SSHD} not found (openssh-server is not installed)")
+
+
+MakeFleet = Callable[..., Fleet]
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[MakeFleet]:
+    """Factory: make_fleet(count, **kw) -> a started Fleet, stopped at teardown."""
+    _require_sshd()
+    fleets: list[Fleet] = []
+
+    def make(count: int, **kw: Any) -> Fleet:
+        fleet = Fleet.start(count, tmp_path / f"fleet{len(fleets)}", **kw)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Four hosts shared by the whole session: only for tests that break nothing."""
+    _require_sshd()
+    with Fleet.start(4, tmp_path_factory.mktemp("fleet4")) as fleet:
+        yield fleet
