@@ -108,4 +108,3 @@ def default_connector(
     return SSHConnector(
         connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
-

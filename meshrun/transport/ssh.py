@@ -344,10 +344,7 @@ class SSHConnector:
         ep = self.endpoint(host)
         where = f"{ep.user}@{ep.address}:{ep.port}"
         sock: Any
-        if ep.proxy_jump:
-            sock = self._jump_channel(host, ep)
-        else:
-            sock = self._tcp(host, ep)
+        sock = self._jump_channel(host, ep) if ep.proxy_jump else self._tcp(host, ep)
         with self._handshakes:
             transport = self._handshake(host, ep, sock, where)
         try:
@@ -401,7 +398,9 @@ class SSHConnector:
         jump = self.connect(jump_host)
         try:
             return jump.transport.open_channel(
-                "direct-tcpip", (ep.address, ep.port), ("127.0.0.1", 0),
+                "direct-tcpip",
+                (ep.address, ep.port),
+                ("127.0.0.1", 0),
                 timeout=self.connect_timeout_s,
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -411,9 +410,7 @@ class SSHConnector:
                 fix="check proxy_jump and that the jump host allows TCP forwarding",
             ) from exc
 
-    def _handshake(
-        self, host: Host, ep: Endpoint, sock: Any, where: str
-    ) -> paramiko.Transport:
+    def _handshake(self, host: Host, ep: Endpoint, sock: Any, where: str) -> paramiko.Transport:
         known = self._known(ep.known_hosts)
         name = known_hosts_name(ep.address, ep.port)
         expected = known.lookup(name)
@@ -471,8 +468,9 @@ class SSHConnector:
             )
         if self.accept_new_host_keys and not expected:
             known.add(name, key)
-            log.warning("added new host key for %s (%s %s) to %s", name, key.get_name(), fp,
-                        ep.known_hosts)
+            log.warning(
+                "added new host key for %s (%s %s) to %s", name, key.get_name(), fp, ep.known_hosts
+            )
             return
         transport.close()
         if expected:
@@ -515,7 +513,8 @@ class SSHConnector:
                 encrypted.append(path)
             except (paramiko.SSHException, OSError, ValueError) as exc:
                 raise AuthError(
-                    host.name, f"cannot read identity file {path}: {exc}",
+                    host.name,
+                    f"cannot read identity file {path}: {exc}",
                     fix="point `identity` at an OpenSSH private key",
                 ) from exc
         if os.environ.get("SSH_AUTH_SOCK"):

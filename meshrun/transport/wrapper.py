@@ -73,7 +73,7 @@ def build_wrapper(command: str, *, workdir: str, env: Mapping[str, str]) -> str:
         f"{exports}"
         f"setsid /bin/sh -c {shlex.quote(command)} &\n"
         "p=$!\n"
-        f"setsid /bin/sh -c {shlex.quote(watcher)} meshrun-watch \"$p\" <&3 >/dev/null 2>&1 &\n"
+        f'setsid /bin/sh -c {shlex.quote(watcher)} meshrun-watch "$p" <&3 >/dev/null 2>&1 &\n'
         "w=$!\n"
         "exec 3<&-\n"
         '{ wait "$p"; } 2>/dev/null; rc=$?\n'
@@ -98,7 +98,7 @@ def upload_script(workdir: str, name: str) -> str:
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"not a plain file name: {name!r}")
     return (
-        f"d={workdir_expr(workdir)}/.meshrun/scripts; f=\"$d\"/{shlex.quote(name)}; "
+        f'd={workdir_expr(workdir)}/.meshrun/scripts; f="$d"/{shlex.quote(name)}; '
         'if [ -f "$f" ]; then cat >/dev/null; else '
         'mkdir -p -- "$d" && t="$f.$$.tmp" && cat >"$t" && chmod 700 "$t" && mv -f -- "$t" "$f" '
         '|| exit 1; fi; printf "%s\\n" "$f"'
