@@ -1,0 +1,44 @@
+"""The dependency rules of DESIGN.md, checked on the source."""
+
+import ast
+from pathlib import Path
+
+import meshrun
+
+PACKAGE = Path(meshrun.__file__).parent
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_transport_package_imports_paramiko_or_fabric() -> None:
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "transport" not in path.parts
+        and any(n.split(".")[0] in {"paramiko", "fabric"} for n in imports_of(path))
+    ]
+    assert offenders == [], f"paramiko/fabric imported outside meshrun/transport: {offenders}"
+
+
+def test_cli_uses_only_the_public_api() -> None:
+    internal = sorted(
+        n for n in imports_of(PACKAGE / "cli.py") if n.startswith("meshrun.") and n != "meshrun"
+    )
+    assert internal == [], f"cli.py reaches past meshrun's exports: {internal}"
+
+
+def test_importing_meshrun_does_not_import_paramiko() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, meshrun, meshrun.cli; print('paramiko' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "paramiko must be imported lazily (startup time)"
