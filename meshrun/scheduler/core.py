@@ -1,0 +1,513 @@
+"""The dispatch scheduler: a pure state machine (no I/O, threads, sockets or clock).
+
+It is told what happened — ``handle(event, now)`` — and answers what to do: a list of
+``Start`` and ``Cancel`` decisions. Time is an argument, so a simulator can replay
+thousands of tasks in milliseconds and property tests can check its invariants.
+
+How work is placed:
+
+- **priority** of a task is its *bottom level*: its expected duration plus the longest
+  chain of expected durations that depends on it. Ready tasks with the longest tail
+  start first, which for independent tasks is longest-processing-time-first.
+- **placement**: a task that becomes ready goes into the queue of the host expected to
+  finish it soonest, given that host's queued work, its speed ``weight`` and its
+  current concurrency limit; tasks that failed on a host prefer another one.
+- **work stealing**: a host with free capacity and nothing of its own to start takes
+  the lowest-priority task it can run from the queue with the most work (the task that
+  would otherwise start last).
+- **dynamic concurrency**: each host starts at ``slots`` load units; distress
+  (an infrastructure failure, a timeout, load above its CPUs) halves the limit, at most
+  once per ``distress_cooldown_s``; each clean success adds one back, up to ``slots``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshrun.tasks import Task, TaskGraph
+
+
+class TaskStatus(enum.Enum):
+    WAITING = "waiting"  # needs not yet succeeded
+    QUEUED = "queued"  # ready, in a host's queue (or stalled: no host can take it)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a need failed or was skipped
+    CANCELLED = "cancelled"  # fail-fast, --max-fail, Ctrl-C, or no host left
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED}
+
+
+#: How far down a blocked queue backfilling looks for a task that fits.
+BACKFILL_LOOKAHEAD = 32
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """What the scheduler knows of a host."""
+
+    name: str
+    slots: int
+    speed: float = 1.0  # the inventory's ``weight``: relative speed
+    labels: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    fail_fast: bool = False
+    max_fail: int | None = None  # stop starting new tasks once more than this many failed
+    distress_cooldown_s: float = 5.0
+
+
+# -- events (facts) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostJoined:
+    host: HostSpec
+
+
+@dataclass(frozen=True, slots=True)
+class HostLost:
+    host: str
+    reason: str = "connection lost"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSucceeded:
+    task: str
+    host: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    task: str
+    host: str
+    exit_code: int | None
+    error: str = ""
+    infrastructure: bool = False  # timeout or transport trouble: the host is in distress
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    host: str
+    load1: float
+    cpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAll:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """No host will ever come for the tasks still queued (e.g. every host is lost)."""
+
+    reason: str
+
+
+Event = HostJoined | HostLost | TaskSucceeded | TaskFailed | HostLoad | CancelAll | Abandon
+
+
+# -- decisions (instructions) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    task: str
+    host: str
+    attempt: int  # 1-based; host-loss re-queues do not count as attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    task: str
+    host: str
+    reason: str
+
+
+Decision = Start | Cancel
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """The scheduler's view of one task; ``status`` ends in exactly one final state."""
+
+    task: Task
+    priority: float
+    expected_s: float
+    status: TaskStatus = TaskStatus.WAITING
+    attempts: int = 0
+    host: str | None = None  # where it runs or last ran
+    avoid: set[str] = field(default_factory=set)  # hosts it failed on
+    error: str | None = None
+    exit_code: int | None = None
+    waiting_on: int = 0  # needs not yet succeeded
+
+
+@dataclass(slots=True)
+class _HostState:
+    spec: HostSpec
+    limit: int
+    alive: bool = True
+    queue: list[tuple[float, int, str]] = field(default_factory=list)  # (-priority, seq, task)
+    running: dict[str, int] = field(default_factory=dict)  # task -> load units
+    expected_end: dict[str, float] = field(default_factory=dict)  # task -> when it should end
+    last_distress: float = float("-inf")
+    used: int = 0  # load units of running tasks
+    queued_work: float = 0.0  # sum of expected_s * weight over the queue
+    running_work: float = 0.0  # the same over running tasks
+
+
+class Scheduler:
+    """Events in, decisions out. See the module docstring for the placement rules."""
+
+    def __init__(
+        self,
+        graph: TaskGraph,
+        expected_s: Mapping[str, float],
+        policy: Policy = Policy(),
+        hosts: Iterable[HostSpec] = (),
+    ) -> None:
+        self.graph = graph
+        self.policy = policy
+        self._seq = 0
+        self._failures = 0
+        self._stopping: str | None = None
+        self.hosts: dict[str, _HostState] = {}
+        bottom = _bottom_levels(graph, expected_s)
+        self.records: dict[str, TaskRecord] = {
+            name: TaskRecord(task, bottom[name], expected_s.get(name, 1.0))
+            for name, task in graph.tasks.items()
+        }
+        self._stalled: list[str] = []  # ready but no live host can run them
+        for record in self.records.values():
+            record.waiting_on = len(record.task.needs)
+        for spec in hosts:
+            self._add_host(spec)
+
+    # -- queries ----------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return all(r.status.final for r in self.records.values())
+
+    @property
+    def stalled(self) -> list[str]:
+        """Ready tasks no live host can run (waiting for a host to join)."""
+        return list(self._stalled)
+
+    def running_on(self, host: str) -> dict[str, int]:
+        return dict(self.hosts[host].running)
+
+    def limit(self, host: str) -> int:
+        return self.hosts[host].limit
+
+    # -- the one entry point ------------------------------------------------------------
+
+    def start(self, now: float) -> list[Decision]:
+        """Initial decisions: queue every task with no needs, then fill the hosts."""
+        for name, record in self.records.items():
+            if record.status is TaskStatus.WAITING and record.waiting_on == 0:
+                self._make_ready(name)
+        return self._fill(now)
+
+    def handle(self, event: Event, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        if isinstance(event, HostJoined):
+            self._add_host(event.host)
+            for name in self._stalled[:]:
+                self._stalled.remove(name)
+                self._place(name)
+        elif isinstance(event, HostLost):
+            self._lose_host(event.host)
+        elif isinstance(event, TaskSucceeded):
+            self._succeeded(event)
+        elif isinstance(event, TaskFailed):
+            decisions += self._failed(event, now)
+        elif isinstance(event, HostLoad):
+            host = self.hosts.get(event.host)
+            if host is not None and event.cpus > 0 and event.load1 > event.cpus:
+                self._distress(host, now)
+        elif isinstance(event, CancelAll):
+            decisions += self._stop(event.reason)
+        elif isinstance(event, Abandon):
+            for name in self._stalled:
+                self._end(name, TaskStatus.CANCELLED, f"no host could run it: {event.reason}")
+            self._stalled.clear()
+        return decisions + self._fill(now)
+
+    # -- state changes -----------------------------------------------------------------
+
+    def _add_host(self, spec: HostSpec) -> None:
+        existing = self.hosts.get(spec.name)
+        if existing is not None and existing.alive:
+            return
+        self.hosts[spec.name] = _HostState(spec, limit=max(1, spec.slots))
+
+    def _eligible(self, host: _HostState, task: Task) -> bool:
+        return host.alive and task.labels <= host.spec.labels and task.weight <= host.spec.slots
+
+    def _make_ready(self, name: str) -> None:
+        if self._stopping is not None:
+            self._end(name, TaskStatus.CANCELLED, self._stopping)
+            return
+        self.records[name].status = TaskStatus.QUEUED
+        self._place(name)
+
+    def _work(self, name: str) -> float:
+        record = self.records[name]
+        return record.expected_s * record.task.weight
+
+    def _backlog_s(self, host: _HostState) -> float:
+        """Expected seconds until ``host`` could start something new.
+
+        Running tasks count half: on average they are half done.
+        """
+        work = host.queued_work + host.running_work / 2
+        return work / (host.spec.speed * max(1, host.limit))
+
+    def _enqueue(self, host: _HostState, name: str) -> None:
+        self._seq += 1
+        bisect.insort(host.queue, (-self.records[name].priority, self._seq, name))
+        host.queued_work += self._work(name)
+
+    def _dequeue(self, host: _HostState, index: int) -> str:
+        _, _, name = host.queue.pop(index)
+        host.queued_work = max(0.0, host.queued_work - self._work(name))
+        return name
+
+    def _release(self, host: _HostState, name: str) -> None:
+        """``name`` no longer runs on ``host``."""
+        units = host.running.pop(name, None)
+        host.expected_end.pop(name, None)
+        if units is not None:
+            host.used -= units
+            host.running_work = max(0.0, host.running_work - self._work(name))
+
+    def _place(self, name: str) -> None:
+        record = self.records[name]
+        candidates = [h for h in self.hosts.values() if self._eligible(h, record.task)]
+        fresh = [h for h in candidates if h.spec.name not in record.avoid]
+        candidates = fresh or candidates
+        if not candidates:
+            self._stalled.append(name)
+            return
+        best = min(
+            candidates,
+            key=lambda h: (self._backlog_s(h) + record.expected_s / h.spec.speed, h.spec.name),
+        )
+        self._enqueue(best, name)
+
+    def _succeeded(self, event: TaskSucceeded) -> None:
+        record = self.records[event.task]
+        host = self.hosts.get(event.host)
+        if record.status is not TaskStatus.RUNNING or record.host != event.host:
+            return  # a late report for a task already re-queued elsewhere
+        if host is not None:
+            self._release(host, event.task)
+            host.limit = min(host.spec.slots, host.limit + 1)
+        self._end(event.task, TaskStatus.SUCCEEDED, None)
+        for dependent in self.graph.dependents(event.task):
+            dep = self.records[dependent]
+            dep.waiting_on -= 1
+            if dep.waiting_on == 0 and dep.status is TaskStatus.WAITING:
+                self._make_ready(dependent)
+
+    def _failed(self, event: TaskFailed, now: float) -> list[Decision]:
+        record = self.records[event.task]
+        if record.status is not TaskStatus.RUNNING or record.host != event.host:
+            return []
+        host = self.hosts.get(event.host)
+        if host is not None:
+            self._release(host, event.task)
+            if event.infrastructure:
+                self._distress(host, now)
+        record.exit_code = event.exit_code
+        record.avoid.add(event.host)
+        if record.attempts <= record.task.retries and self._stopping is None:
+            record.status = TaskStatus.QUEUED
+            record.error = event.error
+            self._place(event.task)
+            return []
+        self._end(event.task, TaskStatus.FAILED, event.error or f"exit code {event.exit_code}")
+        self._failures += 1
+        self._skip_dependents(event.task)
+        if self.policy.fail_fast:
+            return self._stop(f"--fail-fast: {event.task} failed")
+        if self.policy.max_fail is not None and self._failures > self.policy.max_fail:
+            return self._stop(f"--max-fail {self.policy.max_fail} exceeded")
+        return []
+
+    def _skip_dependents(self, name: str) -> None:
+        stack = list(self.graph.dependents(name))
+        while stack:
+            dependent = stack.pop()
+            record = self.records[dependent]
+            if record.status is TaskStatus.WAITING:
+                self._end(dependent, TaskStatus.SKIPPED, f"needs {name}, which did not succeed")
+                stack.extend(self.graph.dependents(dependent))
+
+    def _distress(self, host: _HostState, now: float) -> None:
+        if now - host.last_distress < self.policy.distress_cooldown_s:
+            return
+        host.last_distress = now
+        host.limit = max(1, host.limit // 2)
+
+    def _lose_host(self, name: str) -> None:
+        host = self.hosts.get(name)
+        if host is None or not host.alive:
+            return
+        host.alive = False
+        orphans = [n for _, _, n in host.queue] + list(host.running)
+        host.queue.clear()
+        host.running.clear()
+        host.expected_end.clear()
+        host.used = 0
+        host.queued_work = host.running_work = 0.0
+        for task in orphans:
+            record = self.records[task]
+            if record.status is TaskStatus.RUNNING:
+                record.attempts -= 1  # a lost host is not the task's failure
+            record.status = TaskStatus.QUEUED
+            record.host = None
+            self._place(task)
+
+    def _stop(self, reason: str) -> list[Decision]:
+        """No new starts: queued and waiting tasks are cancelled, running ones too."""
+        if self._stopping is None:
+            self._stopping = reason
+        decisions: list[Decision] = []
+        for host in self.hosts.values():
+            for _, _, name in host.queue:
+                self._end(name, TaskStatus.CANCELLED, reason)
+            host.queue.clear()
+            host.queued_work = 0.0
+        for name in self._stalled:
+            self._end(name, TaskStatus.CANCELLED, reason)
+        self._stalled.clear()
+        for name, record in self.records.items():
+            if record.status is TaskStatus.WAITING:
+                self._end(name, TaskStatus.CANCELLED, reason)
+        if self.policy.fail_fast or reason.startswith("interrupted"):
+            for host in self.hosts.values():
+                for name in list(host.running):
+                    decisions.append(Cancel(name, host.spec.name, reason))
+        return decisions
+
+    def cancelled_running(self, task: str, host: str, reason: str) -> None:
+        """The executor confirms a cancelled task has stopped."""
+        record = self.records[task]
+        state = self.hosts.get(host)
+        if state is not None:
+            self._release(state, task)
+        if not record.status.final:
+            self._end(task, TaskStatus.CANCELLED, reason)
+
+    def _end(self, name: str, status: TaskStatus, error: str | None) -> None:
+        record = self.records[name]
+        if record.status.final:
+            return
+        record.status = status
+        record.error = error
+
+    # -- filling hosts ---------------------------------------------------------------
+
+    def _fill(self, now: float) -> list[Decision]:
+        if self._stopping is not None:
+            return []
+        decisions: list[Decision] = []
+        progress = True
+        while progress:
+            progress = False
+            for host in self.hosts.values():
+                if not host.alive or (host.running and host.used >= host.limit):
+                    continue  # full: nothing can start there
+                name = self._next_for(host, now)
+                if name is None:
+                    continue
+                record = self.records[name]
+                record.status = TaskStatus.RUNNING
+                record.host = host.spec.name
+                record.attempts += 1
+                host.running[name] = record.task.weight
+                host.expected_end[name] = now + record.expected_s / host.spec.speed
+                host.used += record.task.weight
+                host.running_work += self._work(name)
+                decisions.append(Start(name, host.spec.name, record.attempts))
+                progress = True
+        return decisions
+
+    def _fits(self, host: _HostState, task: Task) -> bool:
+        free = host.limit - host.used
+        # A task heavier than the (shrunk) limit may run alone on an idle host.
+        return task.weight <= free or (not host.running and task.weight <= host.spec.slots)
+
+    def _reserved_start(self, host: _HostState, units: int, now: float) -> float:
+        """When ``units`` load units should be free on ``host``, from expected ends."""
+        free = host.limit - host.used
+        for name, end in sorted(host.expected_end.items(), key=lambda item: item[1]):
+            if free >= units:
+                break
+            free += host.running[name]
+            now = max(now, end)
+        return now
+
+    def _next_for(self, host: _HostState, now: float) -> str | None:
+        """The head of this host's queue if it fits, else a backfill or a stolen task.
+
+        A head too heavy for the free room keeps its place (it is not starved): smaller
+        queued tasks may run before it only if they should end before its reserved
+        start (EASY backfilling).
+        """
+        if host.queue:
+            _, _, head = host.queue[0]
+            head_task = self.records[head].task
+            if self._fits(host, head_task):
+                return self._dequeue(host, 0)
+            units = min(head_task.weight, host.limit) if host.running else head_task.weight
+            shadow = self._reserved_start(host, units, now)
+            for i in range(1, min(len(host.queue), BACKFILL_LOOKAHEAD + 1)):
+                name = host.queue[i][2]
+                record = self.records[name]
+                if self._fits(host, record.task) and (
+                    now + record.expected_s / host.spec.speed <= shadow
+                ):
+                    return self._dequeue(host, i)
+            return None
+        if host.used >= host.limit:
+            return None
+        victims = sorted(
+            (h for h in self.hosts.values() if h is not host and h.alive and h.queue),
+            key=self._backlog_s,
+            reverse=True,
+        )
+        for victim in victims:
+            for i in range(len(victim.queue) - 1, -1, -1):
+                name = victim.queue[i][2]
+                record = self.records[name]
+                if host.spec.name in record.avoid:
+                    continue  # it failed here; its retry was placed elsewhere on purpose
+                if self._eligible(host, record.task) and self._fits(host, record.task):
+                    return self._dequeue(victim, i)
+        return None
+
+
+def _bottom_levels(graph: TaskGraph, expected_s: Mapping[str, float]) -> dict[str, float]:
+    """Each task's expected duration plus the longest expected chain after it."""
+    bottom: dict[str, float] = {}
+    for name in reversed(graph.topological_order()):
+        tail = max((bottom[d] for d in graph.dependents(name)), default=0.0)
+        bottom[name] = expected_s.get(name, 1.0) + tail
+    return bottom

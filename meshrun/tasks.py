@@ -1,0 +1,1008 @@
+"""tasks.toml -> a validated, frozen :class:`TaskGraph`; checking it against the hosts.
+
+Pure data: the only I/O is reading the task file. Every mistake is a
+:class:`~meshrun.errors.TaskFileError` whose one-line message names the file, the
+line, the task and the key (``tasks.toml:12: task 'test-core': needs: ...``, the
+same shape as :class:`~meshrun.errors.InventoryError`) and says what to write
+instead. Unknown names, a task needing itself and dependency cycles are found here,
+so the scheduler only ever sees a graph it can finish.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+import math
+import os
+import posixpath
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeVar
+
+from meshrun.durations import parse_duration
+from meshrun.errors import TaskFileError
+from meshrun.inventory import Host
+
+__all__ = [
+    "BUILTIN_EXCLUDES",
+    "SyncSpec",
+    "Task",
+    "TaskGraph",
+    "check_placeable",
+    "load_tasks",
+    "parse_tasks",
+]
+
+BUILTIN_EXCLUDES = (".git", ".meshrun")
+
+_T = TypeVar("_T")
+
+
+def _empty_env() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One node of the graph: a shell command line and what it needs to run.
+
+    ``env`` is read-only and left out of the hash (a mapping is not hashable), so a
+    Task can still sit in a set or be a dict key; equality does compare it.
+    """
+
+    name: str
+    run: str
+    needs: tuple[str, ...] = ()
+    weight: int = 1  # load units taken from a host's slots
+    timeout_s: float | None = None
+    retries: int = 0
+    labels: frozenset[str] = frozenset()  # the host must carry all of them
+    env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
+    outputs: tuple[str, ...] = ()  # relative globs, for the artifacts feature
+
+    def __post_init__(self) -> None:
+        # A copy, so a dict handed in cannot change the task afterwards.
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSpec:
+    """What is pushed to every host before tasks start.
+
+    ``paths`` are relative to ``root`` (normalised, never escaping it); ``exclude``
+    holds rsync-style patterns, the built-in ones first.
+    """
+
+    root: Path  # the directory of tasks.toml, absolute
+    paths: tuple[str, ...] = (".",)
+    exclude: tuple[str, ...] = BUILTIN_EXCLUDES
+
+
+@dataclass(frozen=True)
+class TaskGraph:
+    """Validated tasks in file order: every need names a task here, and there is no cycle.
+
+    ``lines`` maps a task name to the line of its ``[[task]]`` header, for messages
+    about the task that come after parsing (:func:`check_placeable`).
+    """
+
+    tasks: Mapping[str, Task]
+    sync: SyncSpec
+    source: str | None = None
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", MappingProxyType(dict(self.tasks)))
+        object.__setattr__(self, "lines", MappingProxyType(dict(self.lines)))
+        for task in self.tasks.values():
+            unknown = [need for need in task.needs if need not in self.tasks]
+            if unknown:
+                raise ValueError(f"task {task.name!r} needs unknown tasks: {unknown}")
+
+    @cached_property
+    def _dependents(self) -> Mapping[str, tuple[str, ...]]:
+        found: dict[str, list[str]] = {name: [] for name in self.tasks}
+        for task in self.tasks.values():
+            for need in task.needs:
+                found[need].append(task.name)
+        return {name: tuple(names) for name, names in found.items()}
+
+    def dependents(self, name: str) -> tuple[str, ...]:
+        """The tasks that need ``name``, in file order. KeyError for an unknown name."""
+        return self._dependents[name]
+
+    def topological_order(self) -> list[str]:
+        """Every task after all of its needs; among tasks ready at once, file order wins.
+
+        A file already written in dependency order comes back unchanged.
+        """
+        order, stuck = _kahn(self.tasks)
+        if stuck:
+            cycle = _find_cycle(self.tasks, stuck)
+            raise ValueError(f"dependency cycle: {' -> '.join(cycle)}")
+        return order
+
+    def critical_path_s(self, expected: Mapping[str, float]) -> float:
+        """The longest chain of expected durations: no schedule can finish sooner.
+
+        A task missing from ``expected`` (no history yet) counts as 0 s, which keeps
+        the result a lower bound. ValueError for a negative or non-finite duration.
+        """
+        finish_s: dict[str, float] = {}
+        for name in self.topological_order():
+            own_s = expected.get(name, 0.0)
+            if not math.isfinite(own_s) or own_s < 0:
+                raise ValueError(f"expected duration of {name!r} must be >= 0, got {own_s!r}")
+            before_s = max((finish_s[need] for need in self.tasks[name].needs), default=0.0)
+            finish_s[name] = before_s + own_s
+        return max(finish_s.values(), default=0.0)
+
+    def subset(self, names: Iterable[str]) -> TaskGraph:
+        """Only these tasks (file order kept); needs on tasks left out count as satisfied.
+
+        For ``--rerun-failed``: the tasks that passed last time are not run again.
+        A name that is not a task of this graph is a TaskFileError.
+        """
+        wanted = set(names)
+        unknown = sorted(wanted - set(self.tasks))
+        if unknown:
+            shown = ", ".join(repr(name) for name in unknown)
+            raise TaskFileError(
+                f"{self.source or 'tasks'}: no task named {shown}",
+                fix=_did_you_mean_task(unknown[0], list(self.tasks)),
+            )
+        kept = {
+            name: replace(task, needs=tuple(need for need in task.needs if need in wanted))
+            for name, task in self.tasks.items()
+            if name in wanted
+        }
+        lines = {name: line for name, line in self.lines.items() if name in wanted}
+        return TaskGraph(tasks=kept, sync=self.sync, source=self.source, lines=lines)
+
+
+def _kahn(tasks: Mapping[str, Task]) -> tuple[list[str], list[str]]:
+    """(order, stuck): a stable topological order, and the tasks a cycle holds back."""
+    position = {name: index for index, name in enumerate(tasks)}
+    waiting = {name: len(task.needs) for name, task in tasks.items()}
+    dependents: dict[str, list[str]] = {name: [] for name in tasks}
+    for task in tasks.values():
+        for need in task.needs:
+            dependents[need].append(task.name)
+    ready = [position[name] for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    names = list(tasks)
+    order: list[str] = []
+    while ready:
+        name = names[heapq.heappop(ready)]
+        order.append(name)
+        for dependent in dependents[name]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready, position[dependent])
+    stuck = [name for name in tasks if waiting[name] > 0]
+    return order, stuck
+
+
+def _find_cycle(tasks: Mapping[str, Task], stuck: Sequence[str]) -> list[str]:
+    """One cycle among the stuck tasks, as ``[a, b, c, a]`` where each needs the next.
+
+    Every stuck task needs at least one other stuck task, so walking needs from any of
+    them must come back to a task already seen. The cycle starts at its member that
+    comes first in the file, so the message does not depend on where the walk began.
+    """
+    remaining = set(stuck)
+    walk: list[str] = []
+    seen: dict[str, int] = {}
+    current = stuck[0]
+    while current not in seen:
+        seen[current] = len(walk)
+        walk.append(current)
+        current = next(need for need in tasks[current].needs if need in remaining)
+    cycle = walk[seen[current] :]
+    position = {name: index for index, name in enumerate(tasks)}
+    start = min(range(len(cycle)), key=lambda index: position[cycle[index]])
+    cycle = cycle[start:] + cycle[:start]
+    return [*cycle, cycle[0]]
+
+
+# --- checking the graph against the hosts --------------------------------------------
+
+
+def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
+    """Raise one TaskFileError listing every task that no host can run.
+
+    A host can run a task when it carries all of the task's labels and its slots are
+    at least the task's weight; ``slots=None`` ("auto", known only once connected)
+    takes any weight.
+    """
+    source = graph.source or "tasks"
+    if not hosts:
+        raise TaskFileError(
+            f"{source}: no hosts to run the tasks on",
+            fix="pass --hosts with a hosts.toml or a list of hosts",
+        )
+    carried = sorted(set().union(*(host.labels for host in hosts)))
+    carried_text = ", ".join(carried) if carried else "no labels"
+    problems: list[str] = []
+    fixes: dict[str, str] = {}
+    heaviest = 0
+    for task in graph.tasks.values():
+        where = _where(source, graph.lines.get(task.name), _task_entry(task.name), None)
+        able = [host for host in hosts if task.labels <= host.labels]
+        if not able:
+            missing = sorted(task.labels - set(carried))
+            if missing:
+                reason = (
+                    f"needs {'label' if len(missing) == 1 else 'labels'} {', '.join(missing)}, "
+                    f"which no host carries (hosts carry: {carried_text})"
+                )
+            else:
+                reason = (
+                    f"needs labels {', '.join(sorted(task.labels))} on one host, but no host "
+                    f"carries all of them (hosts carry: {carried_text})"
+                )
+            problems.append(f"{where}: labels: {reason}")
+            fixes["labels"] = (
+                "add the labels to a host in the inventory (labels = [...]) "
+                "or remove them from the task"
+            )
+            continue
+        if any(host.slots is None or host.slots >= task.weight for host in able):
+            continue
+        biggest = max(able, key=lambda host: host.slots or 0)
+        which = "host with its labels" if task.labels else "host"
+        problems.append(
+            f"{where}: weight: weight {task.weight} is more than any {which} can take "
+            f"(most slots: {biggest.slots} on {biggest.name})"
+        )
+        heaviest = max(heaviest, task.weight)
+        fixes["weight"] = (
+            f'lower the weight, or give a host slots = {heaviest} or more (or slots = "auto")'
+        )
+    if not problems:
+        return
+    if len(problems) == 1:
+        message = problems[0]
+    else:
+        message = f"{source}: {len(problems)} tasks cannot run on any host: " + "; ".join(problems)
+    raise TaskFileError(message, fix="; ".join(fixes.values()))
+
+
+# --- values --------------------------------------------------------------------------
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOML_POSITION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+_HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?$""")
+
+_TASK_KEYS = ("name", "run", "needs", "weight", "timeout", "retries", "labels", "env", "outputs")
+_DEFAULT_KEYS = ("timeout", "retries", "weight", "labels", "env")
+_SYNC_KEYS = ("paths", "exclude")
+_TOP_LEVEL_KEYS = ("defaults", "sync", "task")
+
+_EXAMPLES = {
+    "name": 'name = "build-core"',
+    "run": 'run = "make -C core"',
+    "needs": 'needs = ["build-core"]',
+    "weight": "weight = 2",
+    "timeout": 'timeout = "10m"',
+    "retries": "retries = 1",
+    "labels": 'labels = ["linux", "x86_64"]',
+    "env": 'env = { CC = "gcc" }',
+    "outputs": 'outputs = ["core/dist/**"]',
+    "paths": 'paths = ["src", "Makefile"]',
+    "exclude": 'exclude = ["*.pyc", "build/"]',
+}
+# Names people bring from GitHub Actions, GitLab CI, make or Taskfile; difflib alone
+# would miss them. Only offered when the target is valid where the key was written.
+_KEY_ALIASES = {
+    "command": "run",
+    "cmd": "run",
+    "script": "run",
+    "shell": "run",
+    "depends_on": "needs",
+    "depends": "needs",
+    "deps": "needs",
+    "dependencies": "needs",
+    "after": "needs",
+    "requires": "needs",
+    "tags": "labels",
+    "runs_on": "labels",
+    "environment": "env",
+    "variables": "env",
+    "vars": "env",
+    "artifacts": "outputs",
+    "retry": "retries",
+    "attempts": "retries",
+    "timeout_s": "timeout",
+    "time_limit": "timeout",
+    "id": "name",
+    "tasks": "task",
+    "jobs": "task",
+    "job": "task",
+    "steps": "task",
+    "step": "task",
+    "include": "paths",
+    "ignore": "exclude",
+    "excludes": "exclude",
+}
+_TASK_EXAMPLE = 'add a [[task]] block for each task, with at least name = "build" and run = "make"'
+
+
+class _Invalid(Exception):
+    """A bad value; whoever catches it knows the file, line and entry."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+def _toml_type(value: object) -> str:
+    """The TOML name of a parsed value, for "expected X, found Y"."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"  # the only other thing tomllib produces
+
+
+def _show(value: object) -> str:
+    """A value as it would be written in TOML, shortened for a one-line message."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _wrong_type(key: str, expected: str, value: object) -> _Invalid:
+    fix = f"write {_EXAMPLES[key]}"
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        fix = f"write {key} = {value.strip()} (a number, without quotes)"
+    return _Invalid(f"expected {expected}, found {_toml_type(value)} ({_show(value)})", fix)
+
+
+def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """Fix text for an unknown key: the closest valid key, then all of them."""
+    lowered = key.lower().replace("-", "_")
+    guess = _KEY_ALIASES.get(lowered) if lowered not in valid else lowered
+    if guess not in valid:
+        close = difflib.get_close_matches(lowered, valid, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    hint = f"did you mean {guess!r}? " if guess else ""
+    return f"{hint}valid keys: {', '.join(valid)}"
+
+
+def _did_you_mean_task(name: str, names: Sequence[str]) -> str:
+    """Fix text for an unknown task name: the closest one, then (some of) all of them."""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    shown = ", ".join(names[:10])
+    if len(names) > 10:
+        shown += f" and {len(names) - 10} more"
+    return f"{hint}tasks in this file: {shown}"
+
+
+def _check_text(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(key, "a string", value)
+    if not value.strip():
+        raise _Invalid("must not be empty", f"write {_EXAMPLES[key]}")
+    return value
+
+
+def _check_name(key: str, value: object) -> str:
+    text = _check_text(key, value)
+    if not _NAME_RE.match(text):
+        suggestion = re.sub(r"[^A-Za-z0-9._:-]+", "-", text).strip("-._:") or "build-core"
+        raise _Invalid(
+            f"{_show(text)} is not a valid task name (letters, digits, '.', '_', ':', '-'; "
+            "starting with a letter or digit)",
+            f'write e.g. name = "{suggestion}"',
+        )
+    return text
+
+
+def _check_run(key: str, value: object) -> str:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        joined = " && ".join(str(item) for item in value)
+        raise _Invalid(
+            f"expected a string, found an array ({_show(value)})",
+            f"write one shell command line, joining steps with &&: run = {_show(joined)}",
+        )
+    return _check_text(key, value)
+
+
+def _check_strings(key: str, value: object, what: str) -> list[str]:
+    """An array of non-empty strings; ``what`` names one item ("need", "label")."""
+    if not isinstance(value, list):
+        invalid = _wrong_type(key, "an array of strings", value)
+        if isinstance(value, str):
+            words = [word for word in re.split(r"[\s,]+", value) if word]
+            invalid.fix = f"write {key} = [{', '.join(_show(word) for word in words)}]"
+        raise invalid
+    items: list[str] = []
+    for number, item in enumerate(value, start=1):
+        if not isinstance(item, str):
+            raise _Invalid(
+                f"{what} #{number} must be a string, found {_toml_type(item)} ({_show(item)})",
+                f"quote it: {_show(str(item))}",
+            )
+        if not item.strip():
+            raise _Invalid(f"{what} #{number} is empty", "remove the empty string")
+        items.append(item)
+    return items
+
+
+def _check_needs(key: str, value: object) -> tuple[str, ...]:
+    # Unknown names are found later, once every task of the file is known.
+    return tuple(dict.fromkeys(_check_strings(key, value, "need")))
+
+
+def _check_weight(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        invalid = _wrong_type(key, "an integer of at least 1", value)
+        if isinstance(value, float) and math.isfinite(value):
+            invalid.fix = f"write weight = {max(1, math.ceil(value))} (load units are whole)"
+        raise invalid
+    if value < 1:
+        raise _Invalid(
+            f"weight must be at least 1, found {value}",
+            "write weight = 1 for an ordinary task, more for one that takes several slots",
+        )
+    return value
+
+
+def _check_retries(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(key, "an integer of at least 0", value)
+    if value < 0:
+        raise _Invalid(
+            f"retries must be 0 or more, found {value}",
+            "write retries = 0 to run once, retries = 1 to allow one more attempt",
+        )
+    return value
+
+
+def _check_timeout(key: str, value: object) -> float:
+    fix = 'write e.g. timeout = "10m" (units ms, s, m, h, d, as in "1h30m") or a number of seconds'
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _Invalid(
+            f"expected a duration string or a number of seconds, found "
+            f"{_toml_type(value)} ({_show(value)})",
+            fix,
+        )
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise _Invalid(f"{_show(value)} is not a positive duration", fix) from None
+    if not math.isfinite(seconds):
+        raise _Invalid(f"{_show(value)} is not a finite duration", fix)
+    return seconds
+
+
+def _check_labels(key: str, value: object) -> frozenset[str]:
+    labels = _check_strings(key, value, "label")
+    for item in labels:
+        if re.search(r"[\s,]", item):
+            words = [word for word in re.split(r"[\s,]+", item) if word]
+            raise _Invalid(
+                f"label {_show(item)} contains a space or comma",
+                f"write each label as its own string: [{', '.join(_show(w) for w in words)}]",
+            )
+    return frozenset(labels)
+
+
+def _check_env(key: str, value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _wrong_type(key, "a table of strings", value)
+    env: dict[str, str] = {}
+    for name, item in value.items():
+        if not _ENV_NAME_RE.match(name):
+            raise _Invalid(
+                f"{name!r} is not an environment variable name",
+                "use letters, digits and '_', not starting with a digit, e.g. CC or MY_FLAG",
+            )
+        if not isinstance(item, str):
+            if isinstance(item, bool | int | float):
+                written = "true" if item is True else "false" if item is False else str(item)
+                fix = f'quote it: {name} = "{written}" (environment values are strings)'
+            else:
+                fix = f'write {name} = "..." (environment values are strings)'
+            raise _Invalid(
+                f"env {name} must be a string, found {_toml_type(item)} ({_show(item)})", fix
+            )
+        env[name] = item
+    return env
+
+
+def _check_outputs(key: str, value: object) -> tuple[str, ...]:
+    outputs = _check_strings(key, value, "output")
+    for item in outputs:
+        path = PurePosixPath(item)
+        if path.is_absolute() or item.startswith("~"):
+            raise _Invalid(
+                f"output {_show(item)} is an absolute path",
+                "write it relative to the task's working directory, e.g. "
+                f'"{item.lstrip("/~") or "dist/**"}"',
+            )
+        if ".." in path.parts:
+            raise _Invalid(
+                f"output {_show(item)} contains '..'",
+                "outputs must stay inside the task's working directory; "
+                'name the files below it, e.g. "dist/**"',
+            )
+    return tuple(dict.fromkeys(outputs))
+
+
+def _check_sync_paths(key: str, value: object) -> tuple[str, ...]:
+    paths: list[str] = []
+    for item in _check_strings(key, value, "path"):
+        if PurePosixPath(item).is_absolute() or item.startswith("~"):
+            raise _Invalid(
+                f"sync path {_show(item)} is absolute",
+                'write it relative to the directory of the task file, e.g. paths = ["."]',
+            )
+        normal = posixpath.normpath(item)
+        if normal == ".." or normal.startswith("../"):
+            raise _Invalid(
+                f"sync path {_show(item)} leaves the directory of the task file",
+                "move the task file up to the project root, or list only paths inside "
+                "its directory",
+            )
+        paths.append(normal)
+    return tuple(dict.fromkeys(paths))
+
+
+def _check_exclude(key: str, value: object) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*BUILTIN_EXCLUDES, *_check_strings(key, value, "pattern")]))
+
+
+# --- where in the file ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    line: int  # 1-based
+    name: str  # dotted, unquoted: "task", "defaults", "task.env"
+    array: bool
+
+
+class _Locator:
+    """Finds the line of a key by scanning the text, since tomllib reports no positions.
+
+    A heuristic over table headers and ``key =`` lines; when it cannot tell, it falls
+    back to the enclosing header's line, then to None. (The same approach as the
+    inventory's; kept private to each parser.)
+    """
+
+    def __init__(self, text: str) -> None:
+        self._lines = text.splitlines()
+        self.headers: list[_Header] = []
+        for number, line in enumerate(self._lines, start=1):
+            match = _HEADER_RE.match(line)
+            if match and len(match.group(1)) == len(match.group(3)):
+                name = re.sub(r"\s*\.\s*", ".", match.group(2)).replace('"', "").replace("'", "")
+                self.headers.append(_Header(number, name, len(match.group(1)) == 2))
+
+    def _find_key(self, first: int, last: int, key: str) -> int | None:
+        """The first ``key =`` (or dotted ``key.x =``) line in [first, last]."""
+        pattern = re.compile(
+            rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*[=.]"""
+        )
+        for number in range(first, last + 1):
+            if pattern.match(self._lines[number - 1]):
+                return number
+        return None
+
+    def top_level(self, key: str) -> int | None:
+        """Line of a top-level key, written either as ``key = ...`` or as a header."""
+        first_header = self.headers[0].line if self.headers else len(self._lines) + 1
+        found = self._find_key(1, first_header - 1, key)
+        if found is not None:
+            return found
+        for header in self.headers:
+            if header.name == key or header.name.startswith(key + "."):
+                return header.line
+        return None
+
+    def in_table(self, table: str, index: int | None, key: str | None) -> int | None:
+        """Line of ``key`` in ``[table]`` (index None) or the index-th ``[[table]]``.
+
+        With key None, or when the key is not found, the header's line.
+        """
+        candidates = [
+            position
+            for position, header in enumerate(self.headers)
+            if header.name == table and header.array == (index is not None)
+        ]
+        position_in = index or 0
+        if position_in >= len(candidates):
+            return self.top_level(table)  # written inline: table = {...} / [{...}]
+        position = candidates[position_in]
+        header = self.headers[position]
+        if key is None:
+            return header.line
+        # The block runs to the next header that is not one of its own sub-tables.
+        end = len(self._lines)
+        for later in self.headers[position + 1 :]:
+            if not later.name.startswith(table + ".") or later.array:
+                end = later.line - 1
+                break
+            if later.name == f"{table}.{key}":
+                return later.line
+        found = self._find_key(header.line + 1, end, key)
+        return found if found is not None else header.line
+
+
+def _where(path: str, line: int | None, entry: str | None, key: str | None) -> str:
+    """``tasks.toml:12: task 'x': needs`` — the InventoryError layout, as text."""
+    where = path
+    if line is not None:
+        where += f":{line}"
+    if entry:
+        where += f": {entry}"
+    if key:
+        where += f": {key}"
+    return where
+
+
+def _task_entry(name: str) -> str:
+    return f"task {name!r}"
+
+
+# --- the file ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """One [[task]] block, checked on its own; needs are resolved afterwards."""
+
+    index: int
+    entry: str
+    task: Task
+
+
+class _Loader:
+    """Validates parsed TOML into a TaskGraph, raising errors that point into the file."""
+
+    def __init__(self, source: str, text: str, root: Path) -> None:
+        self.source = source
+        self.root = root
+        self.locate = _Locator(text)
+
+    def fail(
+        self,
+        message: str,
+        *,
+        line: int | None,
+        fix: str,
+        entry: str | None = None,
+        key: str | None = None,
+    ) -> NoReturn:
+        raise TaskFileError(f"{_where(self.source, line, entry, key)}: {message}", fix=fix)
+
+    def check(
+        self,
+        checker: Callable[[str, object], _T],
+        key: str,
+        value: object,
+        *,
+        table: str,
+        index: int | None,
+        entry: str,
+    ) -> _T:
+        try:
+            return checker(key, value)
+        except _Invalid as exc:
+            self.fail(
+                exc.message,
+                line=self.locate.in_table(table, index, key),
+                entry=entry,
+                key=key,
+                fix=exc.fix,
+            )
+
+    def unknown_keys(self, raw: Mapping[str, object], valid: Sequence[str], table: str) -> None:
+        """Keys of ``[table]`` (a single table) that are not in ``valid``."""
+        for key in raw:
+            if key not in valid:
+                self.fail(
+                    f"unknown key {key!r}",
+                    line=self.locate.in_table(table, None, key),
+                    entry=f"[{table}]",
+                    key=key,
+                    fix=_did_you_mean(key, valid),
+                )
+
+    def table(self, data: Mapping[str, object], key: str, fix: str) -> dict[str, Any]:
+        raw = data.get(key, {})
+        if not isinstance(raw, dict):
+            self.fail(
+                f"expected a table, found {_toml_type(raw)} ({_show(raw)})",
+                line=self.locate.top_level(key),
+                entry=f"[{key}]",
+                fix=fix,
+            )
+        return raw
+
+    def load(self, data: dict[str, Any]) -> TaskGraph:
+        for key in data:
+            if key not in _TOP_LEVEL_KEYS:
+                if key in _DEFAULT_KEYS:
+                    fix = f"move {key} under [defaults] (every task) or into a [[task]] block"
+                elif key in _TASK_KEYS:
+                    fix = f"move {key} into a [[task]] block"
+                elif key in _SYNC_KEYS:
+                    fix = f"move {key} under [sync]"
+                else:
+                    fix = _did_you_mean(key, _TOP_LEVEL_KEYS)
+                self.fail(
+                    f"unknown top-level key {key!r}",
+                    line=self.locate.top_level(key),
+                    key=key,
+                    fix=fix,
+                )
+        defaults = self._defaults(data)
+        sync = self._sync(data)
+        raw_tasks = data.get("task")
+        if isinstance(raw_tasks, dict):
+            self.fail(
+                "[task] is a single table, but tasks are an array of tables",
+                line=self.locate.top_level("task"),
+                key="task",
+                fix="write [[task]] (double brackets) above each task's keys",
+            )
+        if raw_tasks is not None and not isinstance(raw_tasks, list):
+            self.fail(
+                f"expected [[task]] tables, found {_toml_type(raw_tasks)} ({_show(raw_tasks)})",
+                line=self.locate.top_level("task"),
+                key="task",
+                fix="write [[task]] (double brackets) above each task's keys",
+            )
+        if not raw_tasks:
+            self.fail(
+                "no tasks: the file has no [[task]] entries",
+                line=self.locate.top_level("task"),
+                key="task",
+                fix=_TASK_EXAMPLE,
+            )
+        parsed: dict[str, _Parsed] = {}
+        for index, raw in enumerate(raw_tasks):
+            one = self._task(index, raw, defaults)
+            name = one.task.name
+            if name in parsed:
+                first_line = self.locate.in_table("task", parsed[name].index, "name")
+                line = self.locate.in_table("task", index, "name")
+                self.fail(
+                    f"task name {name!r} is used twice, at lines {first_line} and {line}",
+                    line=line,
+                    entry=one.entry,
+                    key="name",
+                    fix=f'give each [[task]] its own name, e.g. name = "{name}-2"',
+                )
+            parsed[name] = one
+        self._resolve_needs(parsed)
+        tasks = {name: one.task for name, one in parsed.items()}
+        lines = {
+            name: line
+            for name, one in parsed.items()
+            if (line := self.locate.in_table("task", one.index, None)) is not None
+        }
+        return TaskGraph(tasks=tasks, sync=sync, source=self.source, lines=lines)
+
+    def _defaults(self, data: Mapping[str, object]) -> dict[str, Any]:
+        raw = self.table(
+            data, "defaults", "write [defaults] once (single brackets), then key = value lines"
+        )
+        entry = "[defaults]"
+        for key in raw:
+            if key in _TASK_KEYS and key not in _DEFAULT_KEYS:
+                self.fail(
+                    f"{key} cannot be a default: every task has its own",
+                    line=self.locate.in_table("defaults", None, key),
+                    entry=entry,
+                    key=key,
+                    fix=f"move {key} = ... into each [[task]] block",
+                )
+        self.unknown_keys(raw, _DEFAULT_KEYS, "defaults")
+        return {
+            key: self.check(_CHECKS[key], key, value, table="defaults", index=None, entry=entry)
+            for key, value in raw.items()
+        }
+
+    def _sync(self, data: Mapping[str, object]) -> SyncSpec:
+        raw = self.table(
+            data, "sync", 'write [sync] once (single brackets), then paths = ["."] and exclude'
+        )
+        self.unknown_keys(raw, _SYNC_KEYS, "sync")
+        spec = SyncSpec(root=self.root)
+        if "paths" in raw:
+            paths = self.check(
+                _check_sync_paths, "paths", raw["paths"], table="sync", index=None, entry="[sync]"
+            )
+            spec = replace(spec, paths=paths)
+        if "exclude" in raw:
+            exclude = self.check(
+                _check_exclude, "exclude", raw["exclude"], table="sync", index=None, entry="[sync]"
+            )
+            spec = replace(spec, exclude=exclude)
+        return spec
+
+    def _task(self, index: int, raw: object, defaults: Mapping[str, Any]) -> _Parsed:
+        entry = f"task #{index + 1}"
+        header_line = self.locate.in_table("task", index, None)
+        if not isinstance(raw, dict):
+            self.fail(
+                f"expected a table, found {_toml_type(raw)} ({_show(raw)})",
+                line=header_line,
+                entry=entry,
+                fix="write each task as a [[task]] block of key = value lines",
+            )
+        name = raw.get("name")
+        if isinstance(name, str) and _NAME_RE.match(name):
+            entry = _task_entry(name)  # so every later message says which task
+        for key in raw:
+            if key not in _TASK_KEYS:
+                self.fail(
+                    f"unknown key {key!r}",
+                    line=self.locate.in_table("task", index, key),
+                    entry=entry,
+                    key=key,
+                    fix=_did_you_mean(key, _TASK_KEYS),
+                )
+        for required in ("name", "run"):
+            if required not in raw:
+                self.fail(
+                    f"missing {required}",
+                    line=header_line,
+                    entry=entry,
+                    key=required,
+                    fix=f"add {_EXAMPLES[required]} to this [[task]] block",
+                )
+        values: dict[str, Any] = {
+            key: self.check(_CHECKS[key], key, value, table="task", index=index, entry=entry)
+            for key, value in raw.items()
+        }
+        merged = {**defaults, **values}
+        env = {**defaults.get("env", {}), **values.get("env", {})}
+        task = Task(
+            name=merged["name"],
+            run=merged["run"],
+            needs=merged.get("needs", ()),
+            weight=merged.get("weight", 1),
+            timeout_s=merged.get("timeout"),
+            retries=merged.get("retries", 0),
+            labels=merged.get("labels", frozenset()),
+            env=env,
+            outputs=merged.get("outputs", ()),
+        )
+        return _Parsed(index=index, entry=entry, task=task)
+
+    def _resolve_needs(self, parsed: Mapping[str, _Parsed]) -> None:
+        names = list(parsed)
+        for one in parsed.values():
+            for need in one.task.needs:
+                if need == one.task.name:
+                    self.fail(
+                        f"task {need!r} needs itself",
+                        line=self.locate.in_table("task", one.index, "needs"),
+                        entry=one.entry,
+                        key="needs",
+                        fix=f"remove {need!r} from its own needs",
+                    )
+                if need not in parsed:
+                    self.fail(
+                        f"{need!r} is not a task in this file",
+                        line=self.locate.in_table("task", one.index, "needs"),
+                        entry=one.entry,
+                        key="needs",
+                        fix=_did_you_mean_task(need, names),
+                    )
+        tasks = {name: one.task for name, one in parsed.items()}
+        _, stuck = _kahn(tasks)
+        if stuck:
+            cycle = _find_cycle(tasks, stuck)
+            first, last = parsed[cycle[0]], parsed[cycle[-2]]
+            last_line = self.locate.in_table("task", last.index, "needs")
+            self.fail(
+                f"dependency cycle {' -> '.join(cycle)} (each needs the next)",
+                line=self.locate.in_table("task", first.index, "needs"),
+                entry=first.entry,
+                key="needs",
+                fix=f"remove {cycle[0]!r} from the needs of {last.task.name!r} "
+                f"(line {last_line}), or another need in the cycle",
+            )
+
+
+_CHECKS: dict[str, Callable[[str, object], object]] = {
+    "name": _check_name,
+    "run": _check_run,
+    "needs": _check_needs,
+    "weight": _check_weight,
+    "timeout": _check_timeout,
+    "retries": _check_retries,
+    "labels": _check_labels,
+    "env": _check_env,
+    "outputs": _check_outputs,
+}
+
+
+def _toml_error(
+    exc: tomllib.TOMLDecodeError, text: str, source: str, single_task: bool
+) -> NoReturn:
+    reason = str(exc)
+    position = _TOML_POSITION_RE.search(reason)
+    line: int | None = None
+    if position:
+        reason = reason[: position.start()]
+        line = int(position.group(1)) if position.group(1) else max(text.count("\n"), 1)
+    lines = text.splitlines()
+    if line is not None and 0 < line <= len(lines) and lines[line - 1].strip():
+        reason += f": {lines[line - 1].strip()[:60]}"
+    if single_task:
+        fix = "write [[task]] (double brackets) above each task's keys"
+    else:
+        fix = (
+            'write key = value with strings in double quotes (run = "make -C core"); '
+            "tables are [defaults], [sync] and [[task]]"
+        )
+    raise TaskFileError(f"{_where(source, line, None, None)}: not valid TOML: {reason}", fix=fix)
+
+
+def parse_tasks(text: str, *, source: str, root: Path) -> TaskGraph:
+    """Validate the text of a task file; ``root`` is its directory, ``source`` its name."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        headers = _Locator(text).headers
+        single = any(header.name == "task" and not header.array for header in headers)
+        _toml_error(exc, text, source, single)
+    return _Loader(source, text, root.absolute()).load(data)
+
+
+def load_tasks(path: str | os.PathLike[str]) -> TaskGraph:
+    """Read and validate a tasks.toml; every mistake is a TaskFileError pointing at it."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except FileNotFoundError:
+        raise TaskFileError(
+            f"{shown}: no such file", fix="create it, or pass the path of your task file"
+        ) from None
+    except IsADirectoryError:
+        raise TaskFileError(
+            f"{shown}: is a directory, not a file",
+            fix=f"pass the task file itself, e.g. {os.path.join(shown, 'tasks.toml')}",
+        ) from None
+    except OSError as exc:
+        raise TaskFileError(
+            f"{shown}: cannot read the file ({exc.strerror or exc})",
+            fix="check its permissions",
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TaskFileError(
+            f"{shown}:{line}: not UTF-8 text",
+            fix="save the file as UTF-8 (TOML files are always UTF-8)",
+        ) from None
+    return parse_tasks(text, source=shown, root=Path(path).absolute().parent)
