@@ -16,8 +16,15 @@ The library is what the ``meshrun`` command is built from::
 Nothing here imports paramiko until a remote host is connected.
 """
 
-from meshrun import report
-from meshrun.console import FleetConsole, OutputMode, render_probes
+from meshrun import executor, report
+from meshrun.console import (
+    DispatchConsole,
+    FleetConsole,
+    OutputMode,
+    render_history,
+    render_probes,
+)
+from meshrun.dispatch import StateDir, run_dispatch, select_rerun
 from meshrun.durations import format_duration, parse_duration
 from meshrun.errors import (
     AuthError,
@@ -31,6 +38,7 @@ from meshrun.errors import (
     MeshrunError,
     TaskFileError,
 )
+from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
 from meshrun.fleet import (
     FleetJob,
     FleetReport,
@@ -41,10 +49,13 @@ from meshrun.fleet import (
     read_script,
     run_fleet,
 )
+from meshrun.history import History
 from meshrun.inventory import Host, load_inventory, local_host, resolve_hosts, select_hosts
 from meshrun.probe import HostProbe, probe_hosts
 from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
+from meshrun.scheduler import TaskStatus
+from meshrun.tasks import Task, TaskGraph, load_tasks
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -64,10 +75,14 @@ __all__ = [
     "ConnectError",
     "Connection",
     "Connector",
+    "DispatchConsole",
+    "DispatchOptions",
+    "DispatchReport",
     "FailureBudget",
     "FleetConsole",
     "FleetJob",
     "FleetReport",
+    "History",
     "Host",
     "HostKeyError",
     "HostProbe",
@@ -80,22 +95,32 @@ __all__ = [
     "MeshrunError",
     "OutputMode",
     "Script",
+    "StateDir",
+    "Task",
     "TaskFileError",
+    "TaskGraph",
+    "TaskResult",
+    "TaskStatus",
     "__version__",
     "batch_sizes",
     "default_connector",
+    "executor",
     "format_duration",
     "load_inventory",
+    "load_tasks",
     "local_host",
     "new_run_id",
     "parse_duration",
     "parse_env",
     "probe_hosts",
     "read_script",
+    "render_history",
     "render_probes",
     "report",
     "resolve_hosts",
+    "run_dispatch",
     "run_fleet",
     "select_hosts",
+    "select_rerun",
     "shell_command",
 ]

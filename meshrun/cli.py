@@ -418,6 +418,196 @@ def hosts_command(
     raise typer.Exit(0 if all(p.reachable and p.auth_ok for p in probes) else 3)
 
 
+class DispatchOutput(StrEnum):
+    group = "group"
+    stream = "stream"
+    none = "none"
+
+
+_DISPATCH_EPILOG = (
+    "Examples:\n\n"
+    "  meshrun dispatch tasks.toml --hosts agents.toml\n\n"
+    "  meshrun dispatch tasks.toml -H agents.toml --junit junit.xml --json\n\n"
+    "  meshrun dispatch tasks.toml --rerun-failed\n\n"
+    "The workspace ([sync] in tasks.toml; default: the directory of tasks.toml) is "
+    "pushed to every host with rsync before its first task. Logs: "
+    ".meshrun/runs/<run-id>/logs/<task>.log beside tasks.toml (or under --state-dir)."
+)
+
+
+@app.command("dispatch", epilog=_DISPATCH_EPILOG)
+def dispatch_command(
+    tasks_file: Annotated[str, typer.Argument(metavar="TASKS.toml", help="The task graph to run.")],
+    hosts: HostsOpt = None,
+    limit: LimitOpt = None,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="First failure: cancel queued and running tasks.")
+    ] = False,
+    keep_going: Annotated[
+        bool,
+        typer.Option("--keep-going", help="Run every task whose needs succeeded (the default)."),
+    ] = False,
+    max_fail: Annotated[
+        int | None,
+        typer.Option(
+            "--max-fail", metavar="N", help="Start no new task once more than N tasks failed."
+        ),
+    ] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout",
+            "-t",
+            metavar="DURATION",
+            help="Limit for tasks that set no timeout of their own.",
+        ),
+    ] = None,
+    rerun_failed: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-failed", help="Run only the last run's failed, skipped and cancelled tasks."
+        ),
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", metavar="RUN_ID", help="Like --rerun-failed, for the named run."),
+    ] = None,
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dir",
+            metavar="DIR",
+            help="Where history and runs live (default: .meshrun beside "
+            "TASKS.toml); point a CI cache at it.",
+        ),
+    ] = None,
+    no_sync: Annotated[
+        bool, typer.Option("--no-sync", help="Do not push the workspace to the hosts.")
+    ] = False,
+    no_agent: Annotated[
+        bool,
+        typer.Option(
+            "--no-agent", help="One SSH channel per task instead of the persistent agent."
+        ),
+    ] = False,
+    junit: Annotated[
+        str | None,
+        typer.Option("--junit", metavar="FILE", help="Write JUnit XML (one testcase per task)."),
+    ] = None,
+    output: Annotated[
+        DispatchOutput,
+        typer.Option(
+            "--output",
+            "-o",
+            help="group: each task's output as a block when it ends; stream: "
+            "lines prefixed by task as they come; none: statuses only.",
+        ),
+    ] = DispatchOutput.group,
+    json_out: JsonOpt = False,
+    connect_timeout: ConnectTimeoutOpt = "10s",
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+    accept_new_host_keys: AcceptOpt = False,
+) -> None:
+    """Spread a graph of tasks over the hosts; one exit code for the whole run.
+
+    Tasks are placed by expected duration (learned from past runs) and host speed,
+    idle hosts steal queued work, and each host's concurrency adapts to its health.
+    Failed tasks' logs are replayed at the end. Exit 0 all tasks succeeded, 1 a task
+    failed or was skipped, 2 bad input, 3 no host reachable, 130 interrupted.
+    """
+    _setup_logging(verbose, quiet)
+    if fail_fast and keep_going:
+        _fail("--fail-fast and --keep-going contradict each other; pick one")
+    if rerun_failed and resume:
+        _fail("--rerun-failed and --resume both pick the tasks to run; pass one")
+    with _input_errors():
+        graph = meshrun.load_tasks(tasks_file)
+        selected = _select(hosts, limit)
+        if not hosts:
+            selected = [meshrun.local_host(str(graph.sync.root))]
+        state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
+        if rerun_failed or resume:
+            with meshrun.History(state.history) as history:
+                graph = meshrun.select_rerun(graph, history, resume)
+        options = meshrun.DispatchOptions(
+            fail_fast=fail_fast,
+            max_fail=max_fail,
+            default_timeout_s=meshrun.parse_duration(timeout) if timeout else None,
+            use_agent=not no_agent,
+            sync=not no_sync,
+        )
+        connect_timeout_s = meshrun.parse_duration(connect_timeout)
+    connector = meshrun.default_connector(
+        selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+    )
+    mode = (
+        meshrun.OutputMode.NONE
+        if json_out or output is DispatchOutput.none
+        else meshrun.OutputMode(output.value)
+    )
+    console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
+    try:
+        with _input_errors():
+            report = meshrun.run_dispatch(
+                graph,
+                selected,
+                connector,
+                state=state,
+                run_id=meshrun.new_run_id(),
+                options=options,
+                observer=console,
+                command_line=sys.argv,
+                junit_path=junit,
+            )
+    finally:
+        connector.close()
+    console.finish(report)
+    if json_out:
+        document = meshrun.report.dispatch_document(report, command_line=sys.argv)
+        sys.stdout.write(meshrun.report.dumps(document) + "\n")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("history")
+def history_command(
+    tasks_file: Annotated[
+        str, typer.Argument(metavar="[TASKS.toml]", help="Whose history (default: ./tasks.toml).")
+    ] = "tasks.toml",
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dir",
+            metavar="DIR",
+            help="Where history lives (default: .meshrun beside TASKS.toml).",
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the learned duration of each task (what the scheduler expects)."""
+    state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
+    if not state.history.exists():
+        _fail(f"no history at {state.history}: run `meshrun dispatch` first (or pass --state-dir)")
+    with meshrun.History(state.history) as history:
+        records = history.durations()
+    if json_out:
+        document = {
+            "schema": 1,
+            "tasks": [
+                {
+                    "name": r.task,
+                    "expected_s": round(r.estimate_s, 3),
+                    "last_s": round(r.last_s, 3),
+                    "samples": r.samples,
+                }
+                for r in records
+            ],
+        }
+        sys.stdout.write(meshrun.report.dumps(document) + "\n")
+    else:
+        sys.stdout.write(meshrun.render_history(records))
+
+
 @app.command("version")
 def version_command() -> None:
     """Print meshrun's version."""

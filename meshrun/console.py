@@ -15,7 +15,7 @@ import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from meshrun.durations import format_duration
 from meshrun.fleet import (
@@ -31,6 +31,10 @@ from meshrun.fleet import (
 from meshrun.hostlist import fold
 from meshrun.probe import HostProbe
 from meshrun.transport.base import tail_text
+
+if TYPE_CHECKING:
+    from meshrun.executor import DispatchReport
+    from meshrun.history import DurationRecord
 
 
 class OutputMode(enum.Enum):
@@ -248,4 +252,189 @@ def render_probes(probes: list[HostProbe]) -> str:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
         lines.append(("  ".join(cells) + "  " + row[-1]).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class DispatchConsole:
+    """Renders a dispatch run: task outputs as chosen, progress, replay, summary.
+
+    ``group`` (default) prints each task's output as one block when it ends, as if it
+    had run locally; ``stream`` prefixes each line with its task as it arrives; at the
+    end the full logs of failed tasks are replayed, then the summary.
+    """
+
+    mode: OutputMode = OutputMode.GROUP
+    total: int = 0
+    quiet: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        self._colour = colour_enabled(self.err)
+        if self.progress is None:
+            self.progress = self.err.isatty() and not self.quiet
+        self._buffers: dict[str, list[bytes]] = defaultdict(list)
+        self._partial: dict[tuple[str, str], bytes] = defaultdict(bytes)
+        self._running: dict[str, str] = {}
+        self._done = 0
+        self._failed = 0
+        self._status_shown = False
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.err.write("\r\x1b[K")
+            self._status_shown = False
+
+    def _draw_status(self) -> None:
+        if not self.progress:
+            return
+        running = ", ".join(f"{t}@{h}" for t, h in list(self._running.items())[:4])
+        if len(self._running) > 4:
+            running += ", …"
+        line = f"meshrun: {self._done}/{self.total} done"
+        if self._failed:
+            line += f" · {self._failed} failed"
+        if self._running:
+            line += f" · running {len(self._running)}: {running}"
+        self.err.write("\r\x1b[K" + line[:200])
+        self.err.flush()
+        self._status_shown = True
+
+    def __call__(self, event: object) -> None:
+        from meshrun.executor import HostDown, HostReady, Notice, TaskEnded, TaskLine, TaskStarted
+        from meshrun.scheduler import TaskStatus
+
+        self._clear_status()
+        if isinstance(event, TaskStarted):
+            self._running[event.task] = event.host
+        elif isinstance(event, TaskLine):
+            if self.mode is OutputMode.STREAM and not self.quiet:
+                buf = self._partial[(event.task, event.stream)] + event.data
+                *lines, rest = buf.split(b"\n")
+                self._partial[(event.task, event.stream)] = rest
+                target = self.out if event.stream == "stdout" else self.err
+                prefix = self._paint(event.task, "36") + " | "
+                target.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
+                target.flush()
+            elif self.mode is OutputMode.GROUP:
+                self._buffers[event.task].append(event.data)
+        elif isinstance(event, TaskEnded):
+            self._running.pop(event.task, None)
+            data = b"".join(self._buffers.pop(event.task, []))
+            for stream in ("stdout", "stderr"):
+                rest = self._partial.pop((event.task, stream), b"")
+                if rest and self.mode is OutputMode.STREAM and not self.quiet:
+                    (self.out if stream == "stdout" else self.err).write(
+                        f"{event.task} | {rest.decode('utf-8', 'replace')}\n"
+                    )
+            if event.status is None:
+                self.err.write(
+                    self._paint(
+                        f"meshrun: {event.task} failed on {event.host} ({event.error}); retrying",
+                        "33",
+                    )
+                    + "\n"
+                )
+            else:
+                self._done += 1
+                if event.status is TaskStatus.FAILED:
+                    self._failed += 1
+                if (
+                    self.mode is OutputMode.GROUP
+                    and not self.quiet
+                    and (data or event.status is not TaskStatus.SUCCEEDED)
+                ):
+                    self._task_block(
+                        event.task, event.host, event.status.value, event.duration_s, data
+                    )
+        elif isinstance(event, HostReady):
+            if not self.quiet:
+                self.err.write(
+                    f"meshrun: {event.name} ready ({event.runner}, {event.slots} slots)\n"
+                )
+        elif isinstance(event, HostDown):
+            word = "lost" if event.ever_ready else "unreachable"
+            self.err.write(
+                self._paint(f"meshrun: {event.name} {word}: {event.reason}", "35") + "\n"
+            )
+        elif isinstance(event, Notice):
+            self.err.write(self._paint(f"meshrun: {event.text}", "33") + "\n")
+        self.err.flush()
+        self._draw_status()
+
+    def _task_block(
+        self, task: str, host: str | None, status: str, duration_s: float, data: bytes
+    ) -> None:
+        where = f" on {host}" if host else ""
+        colour = {"succeeded": "32", "failed": "31"}.get(status, "33")
+        self.out.write(
+            f"── {self._paint(task, '1;36')} ({self._paint(status, colour)}{where}, "
+            f"{format_duration(duration_s)}) ──\n"
+        )
+        if data:
+            self.out.write(data.decode("utf-8", "replace"))
+            if not data.endswith(b"\n"):
+                self.out.write("\n")
+        self.out.flush()
+
+    def finish(self, report: DispatchReport) -> None:
+        """Replay the full logs of failed tasks, then the summary, on stderr."""
+        from meshrun.scheduler import TaskStatus
+
+        self._clear_status()
+        failed = [t for t in report.tasks if t.status is TaskStatus.FAILED]
+        if failed and self.mode is not OutputMode.NONE:
+            self.err.write(self._paint("meshrun: output of failed tasks:", "1") + "\n")
+            for t in failed:
+                try:
+                    text = open(t.log, encoding="utf-8", errors="replace").read()  # noqa: SIM115
+                except OSError:
+                    text = "(no log)\n"
+                self.err.write(
+                    f"── {self._paint(t.name, '1;31')} (on {t.host}, exit "
+                    f"{t.exit_code}, attempt {t.attempts}) ── {t.log}\n{text}"
+                )
+                if not text.endswith("\n"):
+                    self.err.write("\n")
+        counts: dict[str, int] = defaultdict(int)
+        for t in report.tasks:
+            counts[t.status.value] += 1
+        parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+        self.err.write(
+            self._paint(
+                f"meshrun: {len(report.tasks)} tasks: {parts} in "
+                f"{format_duration(report.duration_s)} (run {report.run_id})",
+                "1",
+            )
+            + "\n"
+        )
+        for t in report.tasks:
+            if t.status is not TaskStatus.SUCCEEDED:
+                colour = "31" if t.status is TaskStatus.FAILED else "33"
+                self.err.write(
+                    f"  {t.name}  {self._paint(t.status.value, colour)}  {t.error or ''}\n"
+                )
+        for h in report.hosts:
+            if h.status in ("lost", "unreachable"):
+                self.err.write(f"  host {h.name}  {self._paint(h.status, '35')}  {h.error or ''}\n")
+        self.err.write(f"meshrun: logs in {report.run_dir}/logs\n")
+        self.err.flush()
+
+
+def render_history(records: list[DurationRecord]) -> str:
+    """The table ``meshrun history`` prints."""
+    if not records:
+        return "no task durations recorded yet\n"
+    width = max(len("TASK"), *(len(r.task) for r in records))
+    lines = [f"{'TASK'.ljust(width)}  {'EXPECTED':>9}  {'LAST':>9}  {'RUNS':>5}"]
+    for r in records:
+        lines.append(
+            f"{r.task.ljust(width)}  {format_duration(r.estimate_s):>9}  "
+            f"{format_duration(r.last_s):>9}  {r.samples:>5}"
+        )
     return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -48,6 +48,22 @@ class RawResult:
     stderr: bytes
 
 
+class ProcessStream(Protocol):
+    """A byte stream to a long-lived process on a host (the agent): its stdin/stdout.
+
+    Closing it closes the process's stdin; a process that watches its stdin (the agent
+    does) then stops everything it started.
+    """
+
+    def send(self, data: bytes) -> None: ...
+
+    def recv(self) -> bytes:
+        """The next chunk of stdout; ``b""`` once the process or the link has gone."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Connection(Protocol):
     """A live link to one host. Thread-safe: many commands may run at once."""
 
@@ -72,12 +88,23 @@ class Connection(Protocol):
         """Run a short command as is (no wrapper), feeding ``stdin`` and closing it."""
         ...
 
+    def open_process(self, command: str) -> ProcessStream:
+        """Start ``command`` (a shell line, run in the user's home) and stream to it."""
+        ...
+
 
 class Connector(Protocol):
     """Opens (and pools) connections; ``close`` ends every one of them."""
 
     def connect(self, host: Host) -> Connection:
         """A connection to ``host``, reused when one is open. Raises ConnectError."""
+        ...
+
+    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+        """Mirror ``paths`` under ``root`` into the host's workdir (rsync, incremental).
+
+        Raises ConnectError when the host cannot be reached, CommandError otherwise.
+        """
         ...
 
     def close(self) -> None: ...

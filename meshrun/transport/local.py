@@ -6,13 +6,16 @@ cancelling, timeouts and "nothing left behind" behave the same on a laptop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 
 from meshrun.inventory import Host
+from meshrun.transport import rsync
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -109,12 +112,67 @@ class LocalConnection:
         )
         return RawResult(done.returncode, done.stdout, done.stderr)
 
+    def open_process(self, command: str) -> _PipeStream:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=os.path.expanduser("~"),
+            start_new_session=True,
+        )
+        return _PipeStream(proc)
+
+
+class _PipeStream:
+    """A ProcessStream over a local child's stdin/stdout."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin and proc.stdout
+        self._proc = proc
+        self._stdin = proc.stdin
+        self._stdout = proc.stdout
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            self._stdin.write(data)
+            self._stdin.flush()
+
+    def recv(self) -> bytes:
+        try:
+            return os.read(self._stdout.fileno(), 65536)
+        except (OSError, ValueError):
+            return b""
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._stdin.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    self._stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stdout.close()
+
 
 class LocalConnector:
     """Hands out connections to the local machine."""
 
     def connect(self, host: Host) -> LocalConnection:
         return LocalConnection(host)
+
+    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+        if os.path.realpath(os.path.expanduser(host.workdir)) == os.path.realpath(root):
+            return  # the workspace is already where the tasks run
+        argv = ["rsync", "-a", "--relative", "--mkpath"]
+        for pattern in excludes:
+            argv += ["--exclude", pattern]
+        argv += [f"{root.rstrip('/')}/./{p}" for p in paths]
+        argv.append(os.path.expanduser(host.workdir).rstrip("/") + "/")
+        rsync.run(argv, host.name)
 
     def close(self) -> None:
         """Nothing is pooled locally."""

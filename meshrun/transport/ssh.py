@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import paramiko
 
 from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable
 from meshrun.inventory import Host
+from meshrun.transport import rsync
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -244,8 +246,49 @@ class SSHConnection:
             raise HostUnreachable(self._host.name, "no exit status: the connection was lost")
         return RawResult(out.exit_code, out.stdout, out.stderr)
 
+    def open_process(self, command: str) -> _ChannelStream:
+        self._channels.acquire()
+        try:
+            chan = self._open()
+            chan.exec_command(command)
+        except BaseException:
+            self._channels.release()
+            raise
+        return _ChannelStream(chan, self._channels.release)
+
     def close(self) -> None:
         self.transport.close()
+
+
+class _ChannelStream:
+    """A ProcessStream over one SSH channel."""
+
+    def __init__(self, chan: paramiko.Channel, on_close: Callable[[], None]) -> None:
+        self._chan = chan
+        self._on_close = on_close
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            try:
+                self._chan.sendall(data)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise HostUnreachable("agent", f"the agent channel is closed: {exc}") from exc
+
+    def recv(self) -> bytes:
+        try:
+            return bytes(self._chan.recv(65536))
+        except (OSError, EOFError, paramiko.SSHException):
+            return b""
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._chan.close()
+        self._on_close()
 
 
 class SSHConnector:
@@ -545,6 +588,26 @@ class SSHConnector:
             fix="set `identity` for this host, or add your public key to the host's "
             "~/.ssh/authorized_keys",
         )
+
+    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+        ep = self.endpoint(host)
+        ssh = rsync.ssh_command(
+            port=ep.port,
+            identities=[p for p in ep.identities if os.path.exists(p)],
+            known_hosts=ep.known_hosts,
+            connect_timeout_s=self.connect_timeout_s,
+            proxy_jump=ep.proxy_jump,
+        )
+        argv = rsync.push_argv(
+            ssh=ssh,
+            user=ep.user,
+            address=ep.address,
+            root=root,
+            paths=paths,
+            excludes=excludes,
+            workdir=host.workdir,
+        )
+        rsync.run(argv, host.name)
 
     def close(self) -> None:
         """Close every transport; running channels end at once."""

@@ -1,0 +1,243 @@
+"""Running tasks on a host: through the persistent agent, or one exec channel per task.
+
+Both runners offer the same small interface to the dispatch executor — ``run``,
+``cancel``, ``request_load``, ``close`` — and report through one callback, from their
+own threads: ``TaskOutput``, ``TaskExited``, ``LoadReport``, ``RunnerGone``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shlex
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meshrun.agent import agent_file_name, agent_source
+from meshrun.errors import MeshrunError
+from meshrun.transport.base import CommandRequest, Connection, ProcessStream, Stream
+from meshrun.transport.wrapper import upload_script
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    host: str
+    task_id: str
+    stream: Stream
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TaskExited:
+    host: str
+    task_id: str
+    exit_code: int | None  # None: the runner lost the task (no status)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    host: str
+    load1: float
+    cpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerGone:
+    host: str
+    reason: str
+
+
+RunnerEvent = TaskOutput | TaskExited | LoadReport | RunnerGone
+Sink = Callable[[RunnerEvent], None]
+
+
+class Runner(Protocol):
+    host: str
+    cpus: int | None
+    kind: str  # "agent" | "exec"
+
+    def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None: ...
+
+    def cancel(self, task_id: str) -> None: ...
+
+    def request_load(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AgentUnavailable(MeshrunError):
+    """The agent could not start on the host (e.g. no python3): fall back to exec."""
+
+
+class AgentRunner:
+    """Many tasks over one channel to the agent process on the host."""
+
+    kind = "agent"
+
+    def __init__(self, host: str, stream: ProcessStream, sink: Sink) -> None:
+        self.host = host
+        self.cpus: int | None = None
+        self._stream = stream
+        self._sink = sink
+        self._hello = threading.Event()
+        self._closing = False
+        self._reader = threading.Thread(
+            target=self._read, name=f"meshrun-agent-{host}", daemon=True
+        )
+        self._reader.start()
+        if not self._hello.wait(HELLO_TIMEOUT_S) or self.cpus is None:
+            self._closing = True
+            stream.close()
+            raise AgentUnavailable(f"{host}: the agent did not start (is python3 installed?)")
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._stream.send((json.dumps(message, separators=(",", ":")) + "\n").encode())
+
+    def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
+        self._send({"op": "run", "id": task_id, "cmd": command, "cwd": cwd, "env": dict(env)})
+
+    def cancel(self, task_id: str) -> None:
+        self._send({"op": "cancel", "id": task_id})
+
+    def request_load(self) -> None:
+        self._send({"op": "load"})
+
+    def close(self) -> None:
+        self._closing = True
+        self._stream.close()  # the agent kills everything it started
+        self._reader.join(timeout=10)
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            data = self._stream.recv()
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self._dispatch(line)
+        self._hello.set()
+        if not self._closing:
+            self._sink(RunnerGone(self.host, "the connection to the agent was lost"))
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            event = msg["ev"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable agent message %r", self.host, line[:200])
+            return
+        if event == "hello":
+            self.cpus = int(msg.get("cpus") or 1)
+            self._hello.set()
+        elif event == "out":
+            self._sink(
+                TaskOutput(self.host, msg["id"], msg["stream"], base64.b64decode(msg["b64"]))
+            )
+        elif event == "exit":
+            self._sink(TaskExited(self.host, msg["id"], msg.get("code")))
+        elif event == "load":
+            self._sink(LoadReport(self.host, float(msg["load1"]), int(msg["cpus"])))
+        elif event == "error":
+            log.warning("%s: agent: %s", self.host, msg.get("message"))
+
+
+class ExecRunner:
+    """One exec channel (with the wrapper) per task, for hosts without python3."""
+
+    kind = "exec"
+
+    def __init__(self, host: str, conn: Connection, sink: Sink, cpus: int | None) -> None:
+        self.host = host
+        self.cpus = cpus
+        self._conn = conn
+        self._sink = sink
+        self._cancels: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels[task_id] = cancel
+        # The wrapper already runs in the host's workdir, which is where tasks run.
+        thread = threading.Thread(
+            target=self._run,
+            args=(task_id, command, env, cancel),
+            name=f"meshrun-exec-{self.host}",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(
+        self, task_id: str, command: str, env: Mapping[str, str], cancel: threading.Event
+    ) -> None:
+        def forward(stream: Stream, data: bytes) -> None:
+            self._sink(TaskOutput(self.host, task_id, stream, data))
+
+        try:
+            out = self._conn.run(CommandRequest(command, env=env), on_output=forward, cancel=cancel)
+        except MeshrunError as exc:
+            self._sink(TaskExited(self.host, task_id, None, str(exc)))
+            self._sink(RunnerGone(self.host, str(exc)))
+            return
+        finally:
+            with self._lock:
+                self._cancels.pop(task_id, None)
+        if out.lost:
+            self._sink(TaskExited(self.host, task_id, None, "connection lost"))
+            self._sink(RunnerGone(self.host, "the connection was lost"))
+        else:
+            self._sink(TaskExited(self.host, task_id, out.exit_code))
+
+    def cancel(self, task_id: str) -> None:
+        with self._lock:
+            event = self._cancels.get(task_id)
+        if event is not None:
+            event.set()
+
+    def request_load(self) -> None:
+        """Load is not polled without the agent (it would cost a channel per poll)."""
+
+    def close(self) -> None:
+        with self._lock:
+            for event in self._cancels.values():
+                event.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+def start_runner(conn: Connection, workdir: str, sink: Sink, *, use_agent: bool = True) -> Runner:
+    """Install (once, content-addressed) and start the agent; fall back to exec channels."""
+    host = conn.host.name
+    if use_agent:
+        up = conn.run_raw(upload_script(workdir, agent_file_name()), stdin=agent_source())
+        if up.exit_code == 0:
+            path = up.stdout.decode().strip().splitlines()[-1]
+            command = (
+                "command -v python3 >/dev/null 2>&1 || exit 127; "
+                f"exec python3 -u {shlex.quote(path)}"
+            )
+            try:
+                return AgentRunner(host, conn.open_process(command), sink)
+            except AgentUnavailable as exc:
+                log.warning("%s; running each task over its own channel", exc)
+        else:
+            log.warning("%s: could not install the agent: %s", host, up.stderr[-300:])
+    probe = conn.run_raw("getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null")
+    try:
+        cpus: int | None = int(probe.stdout.decode().strip() or "0") or None
+    except ValueError:
+        cpus = None
+    return ExecRunner(host, conn, sink, cpus)

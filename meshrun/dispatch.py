@@ -1,0 +1,109 @@
+"""One ``meshrun dispatch`` run, end to end: history in, report and records out.
+
+What a library user calls; the CLI only parses options around it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshrun.errors import InputError
+from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
+from meshrun.history import History, TaskOutcome
+from meshrun.inventory import Host
+from meshrun.report import dispatch_document, junit_xml
+from meshrun.scheduler import TaskStatus
+from meshrun.tasks import TaskGraph, check_placeable
+from meshrun.transport.base import Connector
+
+RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    """``.meshrun/`` (or ``--state-dir``): history.sqlite and runs/<run-id>/."""
+
+    root: Path
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.sqlite"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+
+def select_rerun(graph: TaskGraph, history: History, run_id: str | None) -> TaskGraph:
+    """The tasks of a previous run that did not succeed (``--rerun-failed``/``--resume``)."""
+    target = run_id or history.last_run_id()
+    if target is None:
+        raise InputError(
+            f"no previous run is recorded in {history.path}",
+            fix="run `meshrun dispatch` without --rerun-failed first (or pass --state-dir)",
+        )
+    outcomes = history.run_outcomes(target)
+    if outcomes is None:
+        raise InputError(
+            f"no run {target!r} is recorded in {history.path}",
+            fix="pick a run id from .meshrun/runs/ (or the --json output of a run)",
+        )
+    names = [o.task for o in outcomes if o.status in RERUN_STATUSES and o.task in graph.tasks]
+    return graph.subset(names)
+
+
+def run_dispatch(
+    graph: TaskGraph,
+    hosts: Sequence[Host],
+    connector: Connector,
+    *,
+    state: StateDir,
+    run_id: str,
+    options: DispatchOptions,
+    observer: Observer = _ignore,
+    command_line: Sequence[str] = (),
+    junit_path: str | None = None,
+) -> DispatchReport:
+    """Run ``graph`` on ``hosts``; write logs, report.json, JUnit, and the history."""
+    check_placeable(graph, hosts)
+    run_dir = state.run_dir(run_id)
+    with History(state.history) as history:
+        expected = history.expected(graph.tasks)
+
+        def push(host: Host) -> None:
+            connector.push(
+                host, root=str(graph.sync.root), paths=graph.sync.paths, excludes=graph.sync.exclude
+            )
+
+        dispatcher = Dispatcher(
+            graph=graph,
+            hosts=hosts,
+            connector=connector,
+            run_id=run_id,
+            run_dir=run_dir,
+            expected_s=expected,
+            options=options,
+            observer=observer,
+            sync=push if options.sync and graph.sync.paths else None,
+        )
+        started = time.time()
+        report = dispatcher.run()
+        document = dispatch_document(report, command_line=command_line)
+        (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
+        if junit_path:
+            Path(junit_path).write_text(junit_xml(report))
+        history.record_durations(dispatcher.learned_durations)
+        history.record_run(
+            run_id,
+            started,
+            time.time(),
+            report.exit_code,
+            [
+                TaskOutcome(t.name, t.status.value, t.host, t.exit_code, t.attempts, t.duration_s)
+                for t in report.tasks
+            ],
+        )
+    return report

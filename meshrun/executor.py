@@ -1,0 +1,609 @@
+"""The dispatch executor: the only place that joins the scheduler to the world.
+
+Threads connect to hosts (sync the workspace, start a runner) and runners report task
+output and exits; everything lands in one queue. This thread owns the scheduler: it
+turns what arrives into scheduler events, carries out the decisions (start a task on a
+runner, cancel one), enforces timeouts with the clock, writes each task's log, and
+hands progress to an observer (the console). Ctrl-C once: cancel every running task
+(their process groups are killed on the hosts) and collect; twice: close every link.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from meshrun.agent.client import (
+    LoadReport,
+    Runner,
+    RunnerEvent,
+    RunnerGone,
+    TaskExited,
+    TaskOutput,
+    start_runner,
+)
+from meshrun.errors import ConnectError, MeshrunError
+from meshrun.inventory import Host
+from meshrun.scheduler import (
+    Abandon,
+    Cancel,
+    CancelAll,
+    Decision,
+    HostJoined,
+    HostLoad,
+    HostLost,
+    HostSpec,
+    Policy,
+    Scheduler,
+    Start,
+    TaskFailed,
+    TaskStatus,
+    TaskSucceeded,
+)
+from meshrun.tasks import TaskGraph
+from meshrun.transport.base import Connector, Stream
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    fail_fast: bool = False
+    max_fail: int | None = None
+    default_timeout_s: float | None = None  # a task's own timeout wins
+    use_agent: bool = True
+    sync: bool = True
+    load_poll_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    name: str
+    status: TaskStatus
+    host: str | None
+    exit_code: int | None
+    attempts: int
+    duration_s: float | None  # of the last attempt
+    log: str
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSummary:
+    name: str
+    status: str  # "ok" | "lost" | "unreachable" | "unused"
+    runner: str | None  # "agent" | "exec"
+    slots: int | None
+    tasks_run: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReport:
+    run_id: str
+    started_at: float  # wall clock, for the record
+    duration_s: float
+    tasks: tuple[TaskResult, ...]
+    hosts: tuple[HostSummary, ...]
+    run_dir: str
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(t.status is TaskStatus.SUCCEEDED for t in self.tasks)
+
+    @property
+    def exit_code(self) -> int:
+        """DESIGN.md for dispatch: 130, then 3 if no host could be reached, then 1."""
+        if self.interrupted:
+            return 130
+        if self.hosts and all(h.status == "unreachable" for h in self.hosts):
+            return 3
+        return 0 if self.ok else 1
+
+
+# -- what the observer sees -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostReady:
+    name: str
+    runner: str
+    slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostDown:
+    name: str
+    reason: str
+    ever_ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    task: str
+    host: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLine:
+    task: str
+    stream: Stream
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnded:
+    task: str
+    host: str | None
+    status: TaskStatus | None  # None: will be retried
+    exit_code: int | None
+    duration_s: float
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    text: str
+
+
+DispatchEvent = HostReady | HostDown | TaskStarted | TaskLine | TaskEnded | Notice
+Observer = Callable[[DispatchEvent], None]
+
+
+def _ignore(event: DispatchEvent) -> None:
+    """The default observer."""
+
+
+# -- internal queue items ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    host: Host
+    runner: Runner
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreachable:
+    host: Host
+    error: str
+
+
+@dataclass(slots=True)
+class _Attempt:
+    task: str
+    host: str
+    number: int
+    started: float
+    deadline: float | None
+    log: BinaryIO
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class _HostInfo:
+    host: Host
+    runner: Runner | None = None
+    status: str = "connecting"
+    slots: int | None = None
+    tasks_run: int = 0
+    error: str | None = None
+
+
+SyncFn = Callable[[Host], None]
+
+
+@dataclass
+class Dispatcher:
+    """One dispatch run. Build it, then call ``run()`` once."""
+
+    graph: TaskGraph
+    hosts: Sequence[Host]
+    connector: Connector
+    run_id: str
+    run_dir: Path
+    expected_s: Mapping[str, float]
+    options: DispatchOptions = field(default_factory=DispatchOptions)
+    observer: Observer = _ignore
+    sync: SyncFn | None = None  # pushes the workspace to a host before it joins
+
+    def __post_init__(self) -> None:
+        self._queue: queue.Queue[RunnerEvent | _Ready | _Unreachable] = queue.Queue()
+        self._info = {h.name: _HostInfo(h) for h in self.hosts}
+        self._running: dict[str, _Attempt] = {}  # runner task id -> attempt
+        self._durations: dict[str, float] = {}  # successful attempt durations
+        self._last_duration: dict[str, float] = {}
+        self._announced: set[str] = set()  # tasks whose end the observer has seen
+        self._interrupted = False
+        self._closing = False
+        self._scheduler = Scheduler(
+            self.graph,
+            self.expected_s,
+            Policy(fail_fast=self.options.fail_fast, max_fail=self.options.max_fail),
+        )
+        self.logs_dir = self.run_dir / "logs"
+
+    # -- public ------------------------------------------------------------------------
+
+    def run(self) -> DispatchReport:
+        started_wall = time.time()
+        started = time.monotonic()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        connectors = [
+            threading.Thread(
+                target=self._connect, args=(h,), name=f"meshrun-connect-{h.name}", daemon=True
+            )
+            for h in self.hosts
+        ]
+        for thread in connectors:
+            thread.start()
+        self._apply(self._scheduler.start(self._now(started)), started)
+        next_load_poll = time.monotonic() + self.options.load_poll_s
+        while not self._scheduler.finished:
+            try:
+                self._step(started)
+                if time.monotonic() >= next_load_poll:
+                    next_load_poll = time.monotonic() + self.options.load_poll_s
+                    self._poll_load()
+            except KeyboardInterrupt:
+                if not self._interrupted:
+                    self._interrupted = True
+                    self.observer(
+                        Notice(
+                            "interrupted: stopping every running task "
+                            "(Ctrl-C again to disconnect at once)"
+                        )
+                    )
+                    self._apply(
+                        self._scheduler.handle(CancelAll(INTERRUPTED), self._now(started)), started
+                    )
+                else:
+                    self.observer(Notice("disconnecting"))
+                    self._abort_running(started)
+                    break
+        self._shutdown(connectors)
+        return self._report(started_wall, time.monotonic() - started)
+
+    # -- the loop --------------------------------------------------------------------
+
+    @staticmethod
+    def _now(started: float) -> float:
+        return time.monotonic() - started
+
+    def _step(self, started: float) -> None:
+        waiting_hosts = any(i.status == "connecting" for i in self._info.values())
+        if not waiting_hosts and not self._running and self._scheduler.stalled:
+            live = [n for n, i in self._info.items() if i.status == "ok"]
+            reason = (
+                "no reachable host matches its labels or weight" if live else "no host is reachable"
+            )
+            self._apply(self._scheduler.handle(Abandon(reason), self._now(started)), started)
+            return
+        try:
+            item = self._queue.get(timeout=self._wait_s())
+        except queue.Empty:
+            item = None
+        if item is not None:
+            self._handle(item, started)
+            # Drain what else is there before deciding: fewer, larger batches.
+            while True:
+                try:
+                    self._handle(self._queue.get_nowait(), started)
+                except queue.Empty:
+                    break
+        self._check_deadlines()
+
+    def _wait_s(self) -> float:
+        deadlines = [
+            a.deadline for a in self._running.values() if a.deadline is not None and not a.timed_out
+        ]
+        if not deadlines:
+            return 0.2
+        return max(0.0, min(0.2, min(deadlines) - time.monotonic()))
+
+    def _handle(self, item: RunnerEvent | _Ready | _Unreachable, started: float) -> None:
+        now = self._now(started)
+        if isinstance(item, _Ready):
+            info = self._info[item.host.name]
+            info.runner = item.runner
+            info.status = "ok"
+            info.slots = item.host.slots or item.runner.cpus or 1
+            self.observer(HostReady(item.host.name, item.runner.kind, info.slots))
+            spec = HostSpec(item.host.name, info.slots, item.host.weight, item.host.labels)
+            self._apply(self._scheduler.handle(HostJoined(spec), now), started)
+        elif isinstance(item, _Unreachable):
+            info = self._info[item.host.name]
+            info.status = "unreachable"
+            info.error = item.error
+            self.observer(HostDown(item.host.name, item.error, ever_ready=False))
+        elif isinstance(item, TaskOutput):
+            attempt = self._running.get(item.task_id)
+            if attempt is not None:
+                attempt.log.write(item.data)
+                self.observer(TaskLine(attempt.task, item.stream, item.data))
+        elif isinstance(item, TaskExited):
+            self._exited(item, started)
+        elif isinstance(item, LoadReport):
+            self._apply(
+                self._scheduler.handle(HostLoad(item.host, item.load1, item.cpus), now), started
+            )
+        elif isinstance(item, RunnerGone):
+            self._host_lost(item.host, item.reason, started)
+
+    def _exited(self, event: TaskExited, started: float) -> None:
+        attempt = self._running.pop(event.task_id, None)
+        if attempt is None:
+            return
+        duration = time.monotonic() - attempt.started
+        self._last_duration[attempt.task] = duration
+        attempt.log.write(f"\n# meshrun: exit {event.exit_code} after {duration:.2f}s\n".encode())
+        attempt.log.close()
+        info = self._info[attempt.host]
+        info.tasks_run += 1
+        now = self._now(started)
+        if event.exit_code is None:
+            # The runner lost it; a RunnerGone follows and re-queues it.
+            return
+        if attempt.cancelled and not attempt.timed_out:
+            self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
+            self.observer(
+                TaskEnded(
+                    attempt.task,
+                    attempt.host,
+                    TaskStatus.CANCELLED,
+                    event.exit_code,
+                    duration,
+                    "cancelled",
+                )
+            )
+            return
+        if attempt.timed_out:
+            timeout = self._timeout_of(attempt.task)
+            event_out: TaskFailed | TaskSucceeded = TaskFailed(
+                attempt.task,
+                attempt.host,
+                event.exit_code,
+                f"timed out after {timeout:g}s; its processes were killed",
+                infrastructure=True,
+            )
+        elif event.exit_code == 0:
+            self._durations[attempt.task] = duration * self._speed(attempt.host)
+            event_out = TaskSucceeded(attempt.task, attempt.host, duration)
+        else:
+            event_out = TaskFailed(
+                attempt.task, attempt.host, event.exit_code, f"exit code {event.exit_code}"
+            )
+        decisions = self._scheduler.handle(event_out, now)
+        record = self._scheduler.records[attempt.task]
+        final = record.status if record.status.final else None
+        self.observer(
+            TaskEnded(
+                attempt.task,
+                attempt.host,
+                final,
+                event.exit_code,
+                duration,
+                record.error if final is not TaskStatus.SUCCEEDED else None,
+            )
+        )
+        self._announce_ends()
+        self._apply(decisions, started)
+
+    def _announce_ends(self) -> None:
+        """Tell the observer about tasks that ended without running (skipped/cancelled)."""
+        for name, record in self._scheduler.records.items():
+            if (
+                record.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED)
+                and name not in self._announced
+            ):
+                self._announced.add(name)
+                self.observer(TaskEnded(name, record.host, record.status, None, 0.0, record.error))
+
+    def _stop_reason(self) -> str:
+        return INTERRUPTED if self._interrupted else "stopped by --fail-fast"
+
+    def _speed(self, host: str) -> float:
+        return self._info[host].host.weight
+
+    def _timeout_of(self, task: str) -> float:
+        return self.graph.tasks[task].timeout_s or self.options.default_timeout_s or 0.0
+
+    def _host_lost(self, host: str, reason: str, started: float) -> None:
+        info = self._info[host]
+        if info.status != "ok":
+            return
+        info.status = "lost"
+        info.error = reason
+        lost = [tid for tid, a in self._running.items() if a.host == host]
+        for tid in lost:
+            attempt = self._running.pop(tid)
+            attempt.log.write(f"\n# meshrun: {host} was lost: {reason}\n".encode())
+            attempt.log.close()
+        self.observer(HostDown(host, reason, ever_ready=True))
+        if info.runner is not None:
+            threading.Thread(target=info.runner.close, daemon=True).start()
+        self._apply(self._scheduler.handle(HostLost(host, reason), self._now(started)), started)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for task_id, attempt in self._running.items():
+            if attempt.deadline is not None and now >= attempt.deadline and not attempt.timed_out:
+                attempt.timed_out = True
+                runner = self._info[attempt.host].runner
+                if runner is not None:
+                    self._safe(runner.cancel, task_id)
+
+    def _poll_load(self) -> None:
+        for info in self._info.values():
+            if info.status == "ok" and info.runner is not None:
+                self._safe(info.runner.request_load)
+
+    def _safe(self, fn: Callable[..., None], *args: str) -> None:
+        try:
+            fn(*args)
+        except MeshrunError as exc:
+            log.warning("%s", exc)
+
+    # -- decisions -------------------------------------------------------------------
+
+    def _apply(self, decisions: list[Decision], started: float) -> None:
+        for decision in decisions:
+            if isinstance(decision, Start):
+                self._start(decision, started)
+            elif isinstance(decision, Cancel):
+                for task_id, attempt in self._running.items():
+                    if attempt.task == decision.task and attempt.host == decision.host:
+                        attempt.cancelled = True
+                        runner = self._info[attempt.host].runner
+                        if runner is not None:
+                            self._safe(runner.cancel, task_id)
+        self._announce_ends()
+
+    def _start(self, decision: Start, started: float) -> None:
+        task = self.graph.tasks[decision.task]
+        info = self._info[decision.host]
+        assert info.runner is not None
+        task_id = f"{decision.task}#{decision.attempt}"
+        timeout = task.timeout_s or self.options.default_timeout_s
+        log_file = (self.logs_dir / f"{decision.task}.log").open("ab")
+        log_file.write(
+            f"# meshrun: attempt {decision.attempt} on {decision.host}: {task.run}\n".encode()
+        )
+        now = time.monotonic()
+        attempt = _Attempt(
+            decision.task,
+            decision.host,
+            decision.attempt,
+            now,
+            None if timeout is None else now + timeout,
+            log_file,
+        )
+        self._running[task_id] = attempt
+        env = {
+            **task.env,
+            "MESHRUN_HOST": decision.host,
+            "MESHRUN_RUN_ID": self.run_id,
+            "MESHRUN_TASK": decision.task,
+            "MESHRUN_ATTEMPT": str(decision.attempt),
+        }
+        self.observer(TaskStarted(decision.task, decision.host, decision.attempt))
+        try:
+            info.runner.run(task_id, task.run, info.host.workdir, env)
+        except MeshrunError as exc:
+            self._queue.put(TaskExited(decision.host, task_id, None, str(exc)))
+            self._queue.put(RunnerGone(decision.host, str(exc)))
+
+    # -- connecting and closing ----------------------------------------------------------
+
+    def _connect(self, host: Host) -> None:
+        try:
+            conn = self.connector.connect(host)
+            if self.sync is not None:
+                self.sync(host)
+            runner = start_runner(
+                conn, host.workdir, self._queue.put, use_agent=self.options.use_agent
+            )
+        except ConnectError as exc:
+            self._queue.put(_Unreachable(host, str(exc)))
+            return
+        except MeshrunError as exc:
+            self._queue.put(_Unreachable(host, str(exc)))
+            return
+        except Exception as exc:  # never hang the run on a bug in one host's set-up
+            log.exception("setting up %s failed", host.name)
+            self._queue.put(_Unreachable(host, f"internal error: {exc!r}"))
+            return
+        if self._closing:
+            runner.close()
+            return
+        self._queue.put(_Ready(host, runner))
+
+    def _abort_running(self, started: float) -> None:
+        for info in self._info.values():
+            if info.runner is not None:
+                threading.Thread(target=info.runner.close, daemon=True).start()
+        for attempt in list(self._running.values()):
+            attempt.log.close()
+            self._scheduler.cancelled_running(attempt.task, attempt.host, INTERRUPTED)
+        self._running.clear()
+        self._scheduler.handle(CancelAll(INTERRUPTED), self._now(started))
+
+    def _shutdown(self, connectors: list[threading.Thread]) -> None:
+        self._closing = True
+        closers = []
+        for info in self._info.values():
+            if info.runner is not None and info.status == "ok":
+                closer = threading.Thread(target=info.runner.close, daemon=True)
+                closer.start()
+                closers.append(closer)
+        for thread in [*closers, *connectors]:
+            thread.join(timeout=15)
+        # A host still connecting when the run ended hands its runner over late.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Ready):
+                item.runner.close()
+        for attempt in self._running.values():
+            attempt.log.close()
+
+    def _report(self, started_wall: float, duration_s: float) -> DispatchReport:
+        tasks = tuple(
+            TaskResult(
+                name=name,
+                status=record.status,
+                host=record.host,
+                exit_code=record.exit_code if record.status is not TaskStatus.SUCCEEDED else 0,
+                attempts=record.attempts,
+                duration_s=self._last_duration.get(name),
+                log=str(self.logs_dir / f"{name}.log"),
+                error=record.error if record.status is not TaskStatus.SUCCEEDED else None,
+            )
+            for name, record in self._scheduler.records.items()
+        )
+        hosts = tuple(
+            HostSummary(
+                name,
+                "unused" if i.status == "connecting" else i.status,
+                i.runner.kind if i.runner else None,
+                i.slots,
+                i.tasks_run,
+                i.error,
+            )
+            for name, i in self._info.items()
+        )
+        return DispatchReport(
+            self.run_id,
+            started_wall,
+            duration_s,
+            tasks,
+            hosts,
+            str(self.run_dir),
+            self._interrupted,
+        )
+
+    @property
+    def learned_durations(self) -> dict[str, float]:
+        """Successful attempts' durations, normalised to a weight-1 host."""
+        return dict(self._durations)
+
+
+def state_paths(tasks_file: str | os.PathLike[str], state_dir: str | None) -> Path:
+    """Where history and runs live: ``--state-dir``, else ``.meshrun`` beside tasks.toml."""
+    if state_dir:
+        return Path(state_dir)
+    return Path(tasks_file).resolve().parent / ".meshrun"

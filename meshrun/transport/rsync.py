@@ -1,0 +1,102 @@
+"""rsync command lines over the same SSH settings meshrun uses (pure: argv out).
+
+The ssh that rsync runs gets exactly the endpoint meshrun resolved — address, port,
+user, identities, the same known_hosts with strict checking, the jump host — and
+``-F /dev/null`` so nothing in ssh_config can weaken it behind our back.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+
+def ssh_command(
+    *,
+    port: int,
+    identities: Sequence[str],
+    known_hosts: str,
+    connect_timeout_s: float,
+    proxy_jump: str | None = None,
+) -> list[str]:
+    argv = ["ssh", "-F", "/dev/null", "-p", str(port)]
+    for identity in identities:
+        argv += ["-i", identity]
+    argv += [
+        "-o",
+        "IdentitiesOnly=yes" if identities else "IdentitiesOnly=no",
+        "-o",
+        f"UserKnownHostsFile={shlex.quote(known_hosts)}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={max(1, int(connect_timeout_s))}",
+        "-o",
+        "ServerAliveInterval=15",
+    ]
+    if proxy_jump:
+        argv += ["-J", proxy_jump]
+    return argv
+
+
+def remote_path(workdir: str) -> str:
+    """rsync's remote path for a workdir: ``~/x`` becomes ``x`` (relative = home)."""
+    if workdir == "~":
+        return "."
+    if workdir.startswith("~/"):
+        return workdir[2:]
+    return workdir
+
+
+def push_argv(
+    *,
+    ssh: Sequence[str],
+    user: str,
+    address: str,
+    root: str,
+    paths: Sequence[str],
+    excludes: Sequence[str],
+    workdir: str,
+) -> list[str]:
+    """rsync that mirrors ``paths`` (relative to ``root``) into the host's workdir.
+
+    Incremental (rsync's delta transfer), keeps relative layout, never deletes on the
+    host: a misconfigured workdir must not cost anyone their files.
+    """
+    host = f"[{address}]" if ":" in address else address
+    argv = ["rsync", "-a", "--relative", "--mkpath", "-e", shlex.join(ssh)]
+    for pattern in excludes:
+        argv += ["--exclude", pattern]
+    root = root.rstrip("/") or "/"
+    argv += [f"{root}/./{p}" if p != "." else f"{root}/./" for p in paths]
+    argv.append(f"{user}@{host}:{remote_path(workdir).rstrip('/')}/")
+    return argv
+
+
+def run(argv: Sequence[str], host: str, timeout_s: float = 3600.0) -> None:
+    """Run rsync; a failure becomes an error that names the host and what to do."""
+    import subprocess
+
+    from meshrun.errors import CommandError, HostUnreachable
+
+    try:
+        done = subprocess.run(list(argv), capture_output=True, timeout=timeout_s, check=False)
+    except FileNotFoundError as exc:
+        raise CommandError(
+            f"{host}: rsync is not installed on this machine",
+            fix="install rsync (apt-get install rsync)",
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"{host}: workspace sync timed out after {timeout_s:g}s") from exc
+    if done.returncode == 0:
+        return
+    tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+    message = f"workspace sync failed (rsync exit {done.returncode}): {' / '.join(tail)}"
+    if done.returncode == 255:  # ssh itself failed
+        raise HostUnreachable(host, message)
+    fix = "is rsync installed on the host?" if done.returncode in (12, 127) else None
+    raise CommandError(f"{host}: {message}", fix=fix)
