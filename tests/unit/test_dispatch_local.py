@@ -1,0 +1,140 @@
+"""meshrun dispatch on the local machine: the real agent subprocess, no SSH."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from meshrun import (
+    DispatchOptions,
+    History,
+    Host,
+    InputError,
+    StateDir,
+    TaskStatus,
+    load_tasks,
+    run_dispatch,
+    select_rerun,
+)
+from meshrun.transport.local import LocalConnector
+
+TASKS = """
+[[task]]
+name = "build"
+run = "echo building; echo built > out.txt"
+
+[[task]]
+name = "test"
+run = "cat out.txt; [ -f fail ] && exit 4; echo tested"
+needs = ["build"]
+
+[[task]]
+name = "ship"
+run = "echo shipping"
+needs = ["test"]
+
+[[task]]
+name = "lint"
+run = "echo lint >&2"
+"""
+
+
+def dispatch(project: Path, hosts: list[Host] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    graph = kw.pop("graph", None) or load_tasks(project / "tasks.toml")
+    hosts = hosts or [Host(name="local", local=True, workdir=str(project))]
+    return run_dispatch(
+        graph,
+        hosts,
+        LocalConnector(),
+        state=StateDir(project / ".meshrun"),
+        run_id=str(kw.pop("run_id", "r1")),
+        options=DispatchOptions(**kw),  # type: ignore[arg-type]
+        junit_path=str(project / "junit.xml"),
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "tasks.toml").write_text(TASKS)
+    return tmp_path
+
+
+def test_a_graph_runs_in_order_with_logs_report_junit_and_history(project: Path) -> None:
+    report = dispatch(project)
+    assert report.exit_code == 0, report
+    assert {t.name: t.status for t in report.tasks} == dict.fromkeys(
+        ["build", "test", "ship", "lint"], TaskStatus.SUCCEEDED
+    )
+    log = (project / ".meshrun/runs/r1/logs/test.log").read_text()
+    assert "built\ntested\n" in log and "attempt 1 on local" in log
+    saved = json.loads((project / ".meshrun/runs/r1/report.json").read_text())
+    assert saved["schema"] == 1 and saved["ok"] is True and len(saved["tasks"]) == 4
+    suite = ET.parse(project / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "4" and suite.get("failures") == "0"
+    with History(project / ".meshrun/history.sqlite") as h:
+        assert {r.task for r in h.durations()} == {"build", "test", "ship", "lint"}
+
+
+def test_keep_going_skips_dependents_and_rerun_failed_runs_only_those(project: Path) -> None:
+    (project / "fail").write_text("")
+    first = dispatch(project)
+    statuses = {t.name: t.status.value for t in first.tasks}
+    assert statuses == {
+        "build": "succeeded",
+        "test": "failed",
+        "ship": "skipped",
+        "lint": "succeeded",
+    }
+    assert first.exit_code == 1
+    junit = ET.parse(project / "junit.xml").getroot()
+    failure = junit.find("./testsuite/testcase[@name='test']/failure")
+    assert failure is not None and "built" in (failure.text or "")
+    (project / "fail").unlink()
+    with History(project / ".meshrun/history.sqlite") as h:
+        graph = select_rerun(load_tasks(project / "tasks.toml"), h, None)
+    assert list(graph.tasks) == ["test", "ship"]
+    second = dispatch(project, graph=graph, run_id="r2")
+    assert second.exit_code == 0 and [t.name for t in second.tasks] == ["test", "ship"]
+
+
+def test_rerun_without_history_is_an_input_error(project: Path) -> None:
+    with History(project / "h.sqlite") as h, pytest.raises(InputError, match="no previous run"):
+        select_rerun(load_tasks(project / "tasks.toml"), h, None)
+
+
+def test_fail_fast_cancels_what_is_still_running(project: Path) -> None:
+    (project / "tasks.toml").write_text("""
+[[task]]
+name = "slow"
+run = "sleep 30"
+[[task]]
+name = "bad"
+run = "sleep 0.3; exit 1"
+""")
+    report = dispatch(project, fail_fast=True)
+    statuses = {t.name: t.status.value for t in report.tasks}
+    assert statuses == {"slow": "cancelled", "bad": "failed"}
+    assert report.duration_s < 20 and report.exit_code == 1
+
+
+def test_a_timeout_fails_the_task_and_retries_run_it_again(project: Path) -> None:
+    (project / "tasks.toml").write_text("""
+[[task]]
+name = "hang"
+run = "sleep 30"
+timeout = "0.5s"
+retries = 1
+""")
+    report = dispatch(project)
+    (task,) = report.tasks
+    assert task.status is TaskStatus.FAILED and task.attempts == 2
+    assert "timed out after 0.5s" in (task.error or "")
+    log = Path(task.log).read_text()
+    assert "attempt 1" in log and "attempt 2" in log
+
+
+def test_the_fallback_without_the_agent_gives_the_same_results(project: Path) -> None:
+    report = dispatch(project, use_agent=False)
+    assert report.exit_code == 0
+    assert {h.runner for h in report.hosts} == {"exec"}
