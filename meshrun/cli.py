@@ -112,7 +112,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.ERROR
     logging.basicConfig(level=level, format="meshrun: %(levelname)s: %(name)s: %(message)s")
     if verbose < 3:
-        logging.getLogger("paramiko").setLevel(max(level, logging.WARNING))
+        # paramiko logs its own tracebacks at ERROR for a hung host; meshrun reports
+        # the failure itself, in one line. -vvv shows paramiko's side.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 def _select(hosts_spec: str | None, limits: list[str] | None) -> list[meshrun.Host]:
@@ -151,13 +153,13 @@ def _fleet(
             command=command,
             script=script,
             env=meshrun.parse_env(env or []),
-            timeout_s=meshrun.parse_duration(timeout) if timeout else None,
+            timeout_s=meshrun.parse_duration(timeout, option="--timeout") if timeout else None,
             parallel=parallel,
             batches=meshrun.batch_sizes(batch, len(hosts)) if batch else None,
             max_fail=meshrun.FailureBudget.parse(max_fail) if max_fail else None,
             fail_fast=fail_fast,
         )
-        connect_timeout_s = meshrun.parse_duration(connect_timeout)
+        connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
         hosts, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
@@ -403,7 +405,7 @@ def hosts_command(
     _setup_logging(verbose, False)
     with _input_errors():
         selected = _select(hosts, limit)
-        connect_timeout_s = meshrun.parse_duration(connect_timeout)
+        connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
         selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
@@ -533,11 +535,13 @@ def dispatch_command(
         options = meshrun.DispatchOptions(
             fail_fast=fail_fast,
             max_fail=max_fail,
-            default_timeout_s=meshrun.parse_duration(timeout) if timeout else None,
+            default_timeout_s=meshrun.parse_duration(timeout, option="--timeout")
+            if timeout
+            else None,
             use_agent=not no_agent,
             sync=not no_sync,
         )
-        connect_timeout_s = meshrun.parse_duration(connect_timeout)
+        connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
         selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )

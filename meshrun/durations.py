@@ -8,8 +8,20 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str | float | int) -> float:
-    """Seconds in ``text``; a bare number means seconds. Raises ValueError with a hint."""
+def parse_duration(text: str | float | int, *, option: str | None = None) -> float:
+    """Seconds in ``text``; a bare number means seconds. Raises ValueError with a hint.
+
+    ``option`` (e.g. ``--timeout``) starts the message, so the user knows which to fix.
+    """
+    try:
+        return _parse(text)
+    except ValueError as exc:
+        if option:
+            raise ValueError(f"{option}: {exc}") from None
+        raise
+
+
+def _parse(text: str | float | int) -> float:
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, int | float):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from meshrun.errors import AuthError, ConnectError, HostKeyError
 from meshrun.inventory import Host
 from meshrun.transport.base import Connector
+
+log = logging.getLogger(__name__)
 
 #: One round trip that answers every question; each answer on its own tagged line.
 PROBE_COMMAND = (
@@ -62,6 +65,9 @@ def probe_host(host: Host, connector: Connector) -> HostProbe:
         return HostProbe(host.name, host.address, True, False, error=str(exc))
     except ConnectError as exc:
         return HostProbe(host.name, host.address, False, False, error=str(exc))
+    except Exception as exc:  # one host's surprise must not sink the whole table
+        log.exception("probing %s failed", host.name)
+        return HostProbe(host.name, host.address, False, False, error=f"internal error: {exc!r}")
     cpus, load, python3 = parse_probe_output(raw.stdout.decode("utf-8", "replace"))
     return HostProbe(host.name, host.address, True, True, rtt_ms, cpus, load, python3)
 

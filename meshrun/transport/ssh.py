@@ -91,6 +91,16 @@ class _KnownHosts:
                 f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
 
 
+def _exit_received(chan: paramiko.Channel) -> bool:
+    """Did the remote send an exit status?
+
+    paramiko's ``exit_status_ready()`` and ``status_event`` are also set when a dead link
+    closes the channel; its ``exit_status`` keeps the -1 sentinel unless a status came
+    (the wire value is unsigned, so -1 is never a real one).
+    """
+    return bool(chan.exit_status >= 0)
+
+
 class _Wakeup:
     """Wakes a channel reader when stdout or stderr gets data or closes.
 
@@ -196,12 +206,12 @@ class SSHConnection:
         while True:
             wake.wait(_POLL_S)
             drain()
-            if chan.exit_status_ready() and (chan.eof_received or chan.closed):
+            if _exit_received(chan) and (chan.eof_received or chan.closed):
                 drain()
                 break
             if chan.closed or not self.transport.is_active():
                 drain()
-                lost = not chan.exit_status_ready()
+                lost = not _exit_received(chan)
                 break
             now = time.monotonic()
             if stopped_at is None:
@@ -213,9 +223,9 @@ class SSHConnection:
                     chan.shutdown_write()  # EOF on the wrapper's stdin: it kills the group
                     stopped_at = now
             elif now - stopped_at > KILL_GRACE_TENTHS / 10 + 2:
-                lost = not chan.exit_status_ready()
+                lost = not _exit_received(chan)
                 break
-        exit_code = chan.recv_exit_status() if chan.exit_status_ready() else None
+        exit_code = chan.exit_status if _exit_received(chan) else None
         return CommandOutcome(
             exit_code=exit_code,
             stdout=b"".join(chunks["stdout"]),
@@ -318,6 +328,7 @@ class SSHConnector:
         self._connections: dict[str, SSHConnection] = {}
         self._known_hosts: dict[str, _KnownHosts] = {}
         self._closed = False
+        self._dialing: set[Any] = set()  # sockets/transports mid-setup, closed by close()
         config_path = os.path.expanduser(ssh_config_path)
         self._ssh_config = (
             paramiko.SSHConfig.from_path(config_path) if os.path.isfile(config_path) else None
@@ -390,16 +401,34 @@ class SSHConnector:
         sock = self._jump_channel(host, ep) if ep.proxy_jump else self._tcp(host, ep)
         with self._handshakes:
             transport = self._handshake(host, ep, sock, where)
+        self._track(transport)
         try:
             self._authenticate(host, ep, transport, where)
         except BaseException:
             transport.close()
             raise
+        finally:
+            self._untrack(transport)
+        if self._closed:
+            transport.close()
+            raise HostUnreachable(host.name, "the run is shutting down")
         transport.set_keepalive(self.keepalive_s)
         log.debug("connected", extra={"host": host.name})
         return SSHConnection(host, transport, self.channels_per_host, self.connect_timeout_s)
 
+    def _track(self, thing: Any) -> None:
+        with self._lock:
+            if self._closed:
+                thing.close()
+            self._dialing.add(thing)
+
+    def _untrack(self, thing: Any) -> None:
+        with self._lock:
+            self._dialing.discard(thing)
+
     def _tcp(self, host: Host, ep: Endpoint) -> socket.socket:
+        if self._closed:
+            raise HostUnreachable(host.name, "the run is shutting down")
         try:
             sock = socket.create_connection((ep.address, ep.port), timeout=self.connect_timeout_s)
         except TimeoutError as exc:
@@ -466,21 +495,33 @@ class SSHConnector:
             opts = transport.get_security_options()
             known_types = [t for t in opts.key_types if t in expected]
             opts.key_types = known_types + [t for t in opts.key_types if t not in expected]
+        hung = HostUnreachable(
+            host.name,
+            f"{ep.address}:{ep.port} accepted TCP but sent no SSH banner within "
+            f"{self.connect_timeout_s:g}s",
+            fix="the host or its sshd is hung or overloaded; check it, or raise --connect-timeout",
+        )
+        self._track(transport)
         try:
             transport.start_client(timeout=self.connect_timeout_s)
+            # paramiko may return at its timeout with the key exchange unfinished.
+            if not transport.is_active() or transport.host_key is None:
+                raise hung
+            key = transport.get_remote_server_key()
+        except HostUnreachable:
+            transport.close()
+            raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
             text = str(exc)
-            if "banner" in text.lower():
-                raise HostUnreachable(
-                    host.name,
-                    f"{ep.address}:{ep.port} accepted TCP but sent no SSH banner within "
-                    f"{self.connect_timeout_s:g}s",
-                    fix="the host or its sshd is hung or overloaded; check it, or raise "
-                    "--connect-timeout",
-                ) from exc
+            if "banner" in text.lower() or "session" in text.lower():
+                raise hung from exc
             raise HostUnreachable(host.name, f"SSH handshake with {where} failed: {text}") from exc
-        key = transport.get_remote_server_key()
+        finally:
+            self._untrack(transport)
+        if self._closed:
+            transport.close()
+            raise HostUnreachable(host.name, "the run is shutting down")
         self._check_host_key(host, ep, known, name, key, transport)
         return transport
 
@@ -615,8 +656,11 @@ class SSHConnector:
             self._closed = True
             conns = list(self._connections.values())
             self._connections.clear()
+            dialing = list(self._dialing)
         for conn in conns:
             conn.close()
+        for thing in dialing:
+            thing.close()
 
 
 __all__ = ["ConnectError", "SSHConnection", "SSHConnector", "fingerprint"]

@@ -1,0 +1,255 @@
+"""Drive the installed ``meshrun`` command as a real subprocess, and watch processes.
+
+Integration tests call the CLI exactly as a user would (the console script, a fresh
+process, real exit codes) and parse ``--json``. The process helpers look at the whole
+machine with ``ps``: every simulated host runs on this machine, so "nothing is left
+running on any host" is "no live process has the marker in its command line".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshrun.testing.fleet import Fleet
+
+#: How long to poll for processes to go away: exited processes here can take ~1.5 s
+#: to be reaped, and the wrapper gives a group 3 s between SIGTERM and SIGKILL.
+GONE_TIMEOUT_S = 8.0
+
+# Resets SIGINT to its default, then becomes the real command: a process started from
+# a background job inherits SIGINT *ignored*, and Python would then never raise
+# KeyboardInterrupt (TESTING.md). A terminal's Ctrl-C reaches a process with SIGINT at
+# its default, so that is what the Ctrl-C tests must start.
+_SIGINT_DEFAULT_EXEC = (
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def meshrun_argv() -> list[str]:
+    """The installed console script: next to this Python first, else on PATH.
+
+    The PATH entry may be a pyenv shim, which works but costs a bash and a pyenv exec
+    per call, so the script beside ``sys.executable`` is preferred.
+    """
+    beside = Path(sys.executable).parent / "meshrun"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("meshrun")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from meshrun.cli import main; main()"]
+
+
+@dataclass
+class Result:
+    """One finished ``meshrun`` invocation."""
+
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    doc: Any = None  # the parsed --json document, when stdout was one
+
+    def describe(self) -> str:
+        """Everything a failing assertion needs to show what happened."""
+        return (
+            f"\n$ {' '.join(self.argv)}\n"
+            f"rc={self.rc} after {self.duration_s:.2f}s\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+    @property
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        """The --json document's host entries by name."""
+        assert self.doc is not None, f"expected a JSON document on stdout{self.describe()}"
+        return {h["name"]: h for h in self.doc["hosts"]}
+
+    def statuses(self) -> dict[str, str]:
+        return {name: h["status"] for name, h in self.hosts.items()}
+
+
+def run_meshrun(
+    *args: str | os.PathLike[str],
+    timeout_s: float = 60.0,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run ``meshrun ARGS`` to completion; with ``--json``, stdout must be one document."""
+    argv = [*meshrun_argv(), *map(str, args)]
+    started = time.monotonic()
+    proc = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
+        check=False,
+    )
+    result = Result(
+        argv=argv,
+        rc=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+        duration_s=time.monotonic() - started,
+    )
+    if "--json" in argv:
+        try:
+            result.doc = json.loads(proc.stdout)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(
+                f"expected exactly one JSON document on stdout, got: {exc}{result.describe()}"
+            ) from None
+    return result
+
+
+def spawn_meshrun(
+    *args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``meshrun ARGS`` in its own process group with SIGINT at its default.
+
+    Signal the group (``os.killpg(proc.pid, ...)``) as a terminal's Ctrl-C would.
+    """
+    argv = [*meshrun_argv(), *map(str, args)]
+    return subprocess.Popen(
+        [sys.executable, "-c", _SIGINT_DEFAULT_EXEC, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def interrupt(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
+    """Send ``sig`` to the process group of a ``spawn_meshrun`` process."""
+    os.killpg(proc.pid, sig)
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    stat: str
+    args: str
+
+    def __str__(self) -> str:
+        return f"{self.pid} [{self.stat}] {self.args}"
+
+
+def processes_with(marker: str) -> list[Proc]:
+    """Live (not zombie) processes whose command line contains ``marker``, right now."""
+    out = subprocess.run(
+        ["ps", "-e", "-ww", "-o", "pid=,stat=,args="],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = []
+    me = os.getpid()
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            continue
+        pid, stat, args = int(parts[0]), parts[1], parts[2]
+        if stat.startswith("Z") or pid == me or marker not in args:
+            continue
+        found.append(Proc(pid, stat, args))
+    return found
+
+
+def wait_gone(marker: str, timeout_s: float = GONE_TIMEOUT_S) -> list[Proc]:
+    """Poll until no live process has ``marker``; what is left at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = processes_with(marker)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
+
+
+def wait_running(argv_text: str, count: int, timeout_s: float = 10.0) -> list[Proc]:
+    """Poll until ``count`` live processes have exactly the command line ``argv_text``.
+
+    Exact, so the coordinator and the wrappers (whose command lines merely contain the
+    text) do not count. Raises AssertionError with what was seen at the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = [p for p in processes_with(argv_text) if p.args == argv_text]
+        if len(seen) >= count:
+            return seen
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"expected {count} processes {argv_text!r} within {timeout_s}s, "
+                f"found {len(seen)}: {[str(p) for p in processes_with(argv_text)]}"
+            )
+        time.sleep(0.05)
+
+
+def marker_seconds(whole: int = 60) -> str:
+    """A sleep duration unique to this test, e.g. ``60.482913``, usable as a ps marker."""
+    return f"{whole}.{random.randrange(100_000, 1_000_000)}"
+
+
+def describe_procs(procs: list[Proc]) -> str:
+    return "\n".join(str(p) for p in procs) or "(none)"
+
+
+# -- inventories ----------------------------------------------------------------------
+
+
+def _toml(value: object) -> str:
+    """A TOML value: strings as basic strings (JSON escapes are valid TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def write_inventory(
+    path: Path,
+    fleet: Fleet,
+    *,
+    names: list[str] | None = None,
+    identity: str | os.PathLike[str] | None = None,
+    known_hosts: str | os.PathLike[str] | None = None,
+    extra: dict[str, dict[str, object]] | None = None,
+) -> Path:
+    """A hosts.toml for (some of) ``fleet``; ``extra`` adds or replaces per-host keys."""
+    hosts = fleet.hosts if names is None else [fleet.host(n) for n in names]
+    lines = [
+        "[defaults]",
+        f"user = {_toml(fleet.user)}",
+        f"identity = {_toml(identity or fleet.client_key)}",
+        f"known_hosts = {_toml(known_hosts or fleet.known_hosts)}",
+    ]
+    for h in hosts:
+        keys: dict[str, object] = {
+            "name": h.name,
+            "address": "127.0.0.1",
+            "port": h.port,
+            "workdir": str(h.workdir),
+        }
+        keys.update((extra or {}).get(h.name, {}))
+        lines += ["", "[[host]]", *(f"{k} = {_toml(v)}" for k, v in keys.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
