@@ -33,7 +33,7 @@ from meshrun.probe import HostProbe
 from meshrun.transport.base import tail_text
 
 if TYPE_CHECKING:
-    from meshrun.executor import DispatchReport
+    from meshrun.executor import DispatchReport, Progress
     from meshrun.history import DurationRecord
 
 
@@ -278,8 +278,7 @@ class DispatchConsole:
         self._buffers: dict[str, list[bytes]] = defaultdict(list)
         self._partial: dict[tuple[str, str], bytes] = defaultdict(bytes)
         self._running: dict[str, str] = {}
-        self._done = 0
-        self._failed = 0
+        self._snapshot: Progress | None = None
         self._status_shown = False
 
     def _paint(self, text: str, code: str) -> str:
@@ -291,24 +290,37 @@ class DispatchConsole:
             self._status_shown = False
 
     def _draw_status(self) -> None:
-        if not self.progress:
+        snap = self._snapshot
+        if not self.progress or snap is None:
             return
-        running = ", ".join(f"{t}@{h}" for t, h in list(self._running.items())[:4])
-        if len(self._running) > 4:
-            running += ", …"
-        line = f"meshrun: {self._done}/{self.total} done"
-        if self._failed:
-            line += f" · {self._failed} failed"
-        if self._running:
-            line += f" · running {len(self._running)}: {running}"
+        line = f"meshrun: {snap.done}/{snap.total} done"
+        if snap.failed:
+            line += f" · {snap.failed} failed"
+        if snap.running:
+            line += " · running " + " ".join(f"{h}:{n}" for h, n in snap.running[:8])
+        if snap.eta_s is not None and snap.done < snap.total:
+            line += f" · ETA {format_duration(snap.eta_s)}"
         self.err.write("\r\x1b[K" + line[:200])
         self.err.flush()
         self._status_shown = True
 
     def __call__(self, event: object) -> None:
-        from meshrun.executor import HostDown, HostReady, Notice, TaskEnded, TaskLine, TaskStarted
+        from meshrun.executor import (
+            HostDown,
+            HostReady,
+            Notice,
+            Progress,
+            TaskEnded,
+            TaskLine,
+            TaskStarted,
+        )
         from meshrun.scheduler import TaskStatus
 
+        if isinstance(event, Progress):
+            self._snapshot = event
+            self._clear_status()
+            self._draw_status()
+            return
         self._clear_status()
         if isinstance(event, TaskStarted):
             self._running[event.task] = event.host
@@ -340,23 +352,14 @@ class DispatchConsole:
                     )
                     + "\n"
                 )
-            else:
-                self._done += 1
-                if event.status is TaskStatus.FAILED:
-                    self._failed += 1
-                if (
-                    self.mode is OutputMode.GROUP
-                    and not self.quiet
-                    and (data or event.status is not TaskStatus.SUCCEEDED)
-                ):
-                    self._task_block(
-                        event.task, event.host, event.status.value, event.duration_s, data
-                    )
+            elif (
+                self.mode is OutputMode.GROUP
+                and not self.quiet
+                and (data or event.status is not TaskStatus.SUCCEEDED)
+            ):
+                self._task_block(event.task, event.host, event.status.value, event.duration_s, data)
         elif isinstance(event, HostReady):
-            if not self.quiet:
-                self.err.write(
-                    f"meshrun: {event.name} ready ({event.runner}, {event.slots} slots)\n"
-                )
+            pass  # the progress line shows where tasks run; the summary, what failed
         elif isinstance(event, HostDown):
             word = "lost" if event.ever_ready else "unreachable"
             self.err.write(

@@ -157,7 +157,18 @@ class Notice:
     text: str
 
 
-DispatchEvent = HostReady | HostDown | TaskStarted | TaskLine | TaskEnded | Notice
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot for the progress line; ``eta_s`` from expected durations."""
+
+    done: int
+    total: int
+    failed: int
+    running: tuple[tuple[str, int], ...]  # (host, tasks running there)
+    eta_s: float | None
+
+
+DispatchEvent = HostReady | HostDown | TaskStarted | TaskLine | TaskEnded | Notice | Progress
 Observer = Callable[[DispatchEvent], None]
 
 
@@ -251,9 +262,13 @@ class Dispatcher:
             thread.start()
         self._apply(self._scheduler.start(self._now(started)), started)
         next_load_poll = time.monotonic() + self.options.load_poll_s
+        next_progress = time.monotonic()
         while not self._scheduler.finished:
             try:
                 self._step(started)
+                if time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + 0.5
+                    self.observer(self._progress())
                 if time.monotonic() >= next_load_poll:
                     next_load_poll = time.monotonic() + self.options.load_poll_s
                     self._poll_load()
@@ -304,6 +319,31 @@ class Dispatcher:
                 except queue.Empty:
                     break
         self._check_deadlines()
+
+    def _progress(self) -> Progress:
+        records = self._scheduler.records.values()
+        done = sum(1 for r in records if r.status.final)
+        failed = sum(1 for r in records if r.status is TaskStatus.FAILED)
+        per_host: dict[str, int] = {}
+        for attempt in self._running.values():
+            per_host[attempt.host] = per_host.get(attempt.host, 0) + 1
+        now = time.monotonic()
+        elapsed = {a.task: now - a.started for a in self._running.values()}
+        work = sum(
+            max(0.0, r.expected_s - elapsed.get(name, 0.0)) * r.task.weight
+            for name, r in self._scheduler.records.items()
+            if not r.status.final
+        )
+        capacity = sum(
+            self._scheduler.limit(name) * info.host.weight
+            for name, info in self._info.items()
+            if info.status == "ok"
+        )
+        # Unknown when nothing is left by the estimates but tasks still run (overruns).
+        eta = work / capacity if capacity and work > 0 else None
+        return Progress(
+            done, len(self._scheduler.records), failed, tuple(sorted(per_host.items())), eta
+        )
 
     def _wait_s(self) -> float:
         deadlines = [

@@ -15,8 +15,27 @@ from meshrun.transport.wrapper import (
 )
 
 
-def sh(script: str, stdin: bytes = b"", **kw: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, **kw)  # type: ignore[call-overload, no-any-return]
+def sh(script: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run ``script`` with ``stdin`` written and then closed (uploads, plain scripts)."""
+    return subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, check=False)
+
+
+def wrapped(script: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a wrapper the way a channel does: stdin stays open until the command ends
+    (closing it early means "the coordinator is gone" and kills the command)."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    code = proc.wait(timeout=30)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        f.close()
+    return subprocess.CompletedProcess(proc.args, code, out, err)
 
 
 def test_one_argument_is_a_shell_line_several_are_quoted() -> None:
@@ -37,7 +56,7 @@ def test_wrapper_runs_in_workdir_with_env_and_status(tmp_path: Path) -> None:
     script = build_wrapper(
         'pwd; echo "$GREETING"; exit 3', workdir=str(work), env={"GREETING": "hi 'x'"}
     )
-    out = sh(script)
+    out = wrapped(script)
     assert out.returncode == 3, out.stderr
     assert out.stdout.decode().splitlines() == [str(work), "hi 'x'"]
     assert work.is_dir()
@@ -46,7 +65,7 @@ def test_wrapper_runs_in_workdir_with_env_and_status(tmp_path: Path) -> None:
 def test_wrapper_reports_an_unusable_workdir(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    out = sh(build_wrapper("true", workdir=str(blocker / "sub"), env={}))
+    out = wrapped(build_wrapper("true", workdir=str(blocker / "sub"), env={}))
     assert out.returncode == WORKDIR_FAILED
     assert b"cannot enter work directory" in out.stderr
 
