@@ -16,7 +16,10 @@ The library is what the ``meshrun`` command is built from::
 Nothing here imports paramiko until a remote host is connected.
 """
 
-from meshrun import executor, report
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from meshrun import report
 from meshrun.console import (
     DispatchConsole,
     FleetConsole,
@@ -24,7 +27,6 @@ from meshrun.console import (
     render_history,
     render_probes,
 )
-from meshrun.dispatch import StateDir, run_dispatch, select_rerun
 from meshrun.durations import format_duration, parse_duration
 from meshrun.errors import (
     AuthError,
@@ -38,7 +40,6 @@ from meshrun.errors import (
     MeshrunError,
     TaskFileError,
 )
-from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
 from meshrun.fleet import (
     FleetJob,
     FleetReport,
@@ -49,13 +50,10 @@ from meshrun.fleet import (
     read_script,
     run_fleet,
 )
-from meshrun.history import History
 from meshrun.inventory import Host, load_inventory, local_host, resolve_hosts, select_hosts
 from meshrun.probe import HostProbe, probe_hosts
 from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
-from meshrun.scheduler import TaskStatus
-from meshrun.tasks import Task, TaskGraph, load_tasks
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -64,6 +62,43 @@ from meshrun.transport.base import (
     default_connector,
 )
 from meshrun.transport.wrapper import shell_command
+
+if TYPE_CHECKING:
+    from meshrun import executor
+    from meshrun.dispatch import StateDir, run_dispatch, select_rerun
+    from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
+    from meshrun.history import History
+    from meshrun.scheduler import TaskStatus
+    from meshrun.tasks import Task, TaskGraph, load_tasks
+
+#: The dispatch side (scheduler, executor, SQLite history, agent client) loads on first
+#: use: ``meshrun exec`` never pays for it.
+_LAZY = {
+    "StateDir": "meshrun.dispatch",
+    "run_dispatch": "meshrun.dispatch",
+    "select_rerun": "meshrun.dispatch",
+    "DispatchOptions": "meshrun.executor",
+    "DispatchReport": "meshrun.executor",
+    "TaskResult": "meshrun.executor",
+    "History": "meshrun.history",
+    "TaskStatus": "meshrun.scheduler",
+    "Task": "meshrun.tasks",
+    "TaskGraph": "meshrun.tasks",
+    "load_tasks": "meshrun.tasks",
+    "executor": "meshrun.executor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meshrun' has no attribute {name!r}")
+    imported = importlib.import_module(module)
+    # "executor" names a module itself; every other entry is a name inside one.
+    value = imported if module == f"meshrun.{name}" else getattr(imported, name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -48,6 +48,26 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that re-arms TCP_QUICKACK after every read (Linux).
+
+    sshd leaves Nagle on for sessions without a terminal, so its small replies wait for
+    our ACK; a delayed ACK (~40 ms) then stalls every exchange, e.g. the first channel
+    after login. Quick ACKs remove the stall. The flag resets itself, hence every read.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        try:  # noqa: SIM105 (a hot path: no context manager per read)
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            pass
+        return data
+
+
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
+
+
 def known_hosts_name(address: str, port: int) -> str:
     """The name a host has in known_hosts: ``addr`` on port 22, ``[addr]:port`` otherwise."""
     return address if port == 22 else f"[{address}]:{port}"
@@ -445,6 +465,10 @@ class SSHConnector:
                 fix="is sshd running there, and is the address/port in the inventory right?",
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _TCP_QUICKACK:
+            timeout = sock.gettimeout()
+            sock = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            sock.settimeout(timeout)
         return sock
 
     def _jump_channel(self, host: Host, ep: Endpoint) -> paramiko.Channel:

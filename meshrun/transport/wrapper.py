@@ -58,7 +58,8 @@ def build_wrapper(command: str, *, workdir: str, env: Mapping[str, str]) -> str:
         if not key.isidentifier():
             raise ValueError(f"not a valid environment variable name: {key!r}")
     watcher = (
-        "cat >/dev/null; "
+        # ``read`` is a builtin: the watcher is one process, no ``cat`` to fork.
+        "while read -r _; do :; done; "
         'kill -s TERM -- -"$1" 2>/dev/null || exit 0; '
         "i=0; "
         f'while kill -s 0 -- -"$1" 2>/dev/null && [ "$i" -lt {KILL_GRACE_TENTHS} ]; '
@@ -68,7 +69,7 @@ def build_wrapper(command: str, *, workdir: str, env: Mapping[str, str]) -> str:
     return (
         "exec 3<&0 </dev/null\n"
         f"d={workdir_expr(workdir)}\n"
-        'mkdir -p -- "$d" 2>/dev/null; cd -- "$d" || '
+        'cd -- "$d" 2>/dev/null || { mkdir -p -- "$d" 2>/dev/null; cd -- "$d"; } || '
         f'{{ echo "meshrun: cannot enter work directory $d" >&2; exit {WORKDIR_FAILED}; }}\n'
         f"{exports}"
         f"setsid /bin/sh -c {shlex.quote(command)} &\n"
