@@ -1,94 +1,240 @@
 """The ``meshrun`` command: parse options, build objects, call, render, exit.
 
-No logic a library user would also need lives here; one function (``_exit_with``)
-maps outcomes to the exit codes of DESIGN.md.
+No logic a library user would also need lives here; the command functions return the
+exit codes of DESIGN.md and ``main`` exits with them. Parsing is the standard library's
+argparse, and only the parser of the command being run is built: startup time counts.
 """
 
 from __future__ import annotations
 
+import argparse
+import gc
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
-from typing import Annotated, NoReturn
-
-import typer
+from typing import Any, NoReturn
 
 import meshrun
 
-app = typer.Typer(
-    name="meshrun",
-    help=(
-        "Run commands, scripts and task graphs across many machines over plain SSH — "
-        "no server, one exit code.\n\n"
-        "Without --hosts every command runs on this machine. Exit codes: 0 all ok, "
-        "1 a command failed, 2 bad input, 3 a host unreachable or refused, "
-        "4 verification failed, 130 interrupted."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+_DESCRIPTION = (
+    "Run commands, scripts and task graphs across many machines over plain SSH — "
+    "no server, one exit code.\n\n"
+    "Without --hosts every command runs on this machine. Exit codes: 0 all ok, "
+    "1 a command failed, 2 bad input, 3 a host unreachable or refused, "
+    "4 verification failed, 130 interrupted."
 )
 
-
-class Output(StrEnum):
-    stream = "stream"
-    group = "group"
-    fold = "fold"
+OUTPUTS = ("stream", "group", "fold")
+DISPATCH_OUTPUTS = ("group", "stream", "none")
 
 
-HostsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--hosts",
+# -- help formatting and the shared options ------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs: plain paragraphs are wrapped to the terminal, indented
+    lines (examples, lists) are kept as written. Options read ``-H, --hosts FILE|LIST``."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(
+                    textwrap.fill(
+                        " ".join(paragraph.split()),
+                        width,
+                        initial_indent=indent,
+                        subsequent_indent=indent,
+                        break_on_hyphens=False,
+                    )
+                )
+        return "\n\n".join(paragraphs)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
+def _doc(function: Callable[..., Any]) -> str:
+    """A command's help text: its docstring, each paragraph on one line (to be wrapped)."""
+    return "\n\n".join(" ".join(p.split()) for p in (function.__doc__ or "").split("\n\n"))
+
+
+def _parser(
+    name: str, function: Callable[..., Any], usage: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=f"meshrun {name}",
+        usage=f"%(prog)s {usage}",
+        description=_doc(function),
+        epilog=epilog,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+
+
+def _hosts_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
         "-H",
+        "--hosts",
         metavar="FILE|LIST",
-        envvar="MESHRUN_HOSTS",
-        help="Inventory file (hosts.toml) or inline list like "
-        "'web1,root@10.0.0.5:2222'. Default: this machine only.",
-    ),
-]
-LimitOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--limit",
+        default=os.environ.get("MESHRUN_HOSTS") or None,
+        help="Inventory file (hosts.toml) or inline list like 'web1,root@10.0.0.5:2222'. "
+        "Default: this machine only.  [env var: MESHRUN_HOSTS]",
+    )
+
+
+def _limit_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
         "-l",
+        "--limit",
         metavar="PATTERN",
+        action="append",
         help="Select hosts: glob on name ('web*'), 'label:db', '!name' to exclude; "
         "commas = any of; repeat to require all.",
-    ),
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document (schema 1) on stdout.")
-]
-VerboseOpt = Annotated[
-    int, typer.Option("--verbose", "-v", count=True, help="More log detail on stderr (-vv).")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only failures and errors.")]
-AcceptOpt = Annotated[
-    bool,
-    typer.Option(
+    )
+
+
+def _json_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
+        "--json",
+        dest="json_out",
+        action="store_true",
+        help="Print one JSON document (schema 1) on stdout.",
+    )
+
+
+def _quiet_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
+        "-q", "--quiet", action="store_true", help="Print only failures and errors."
+    )
+
+
+def _verbose_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="More log detail on stderr (-vv).",
+    )
+
+
+def _accept_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
         "--accept-new-host-keys",
+        action="store_true",
         help="Add unknown host keys to known_hosts (like OpenSSH accept-new). "
         "A changed key is always refused.",
-    ),
-]
-ConnectTimeoutOpt = Annotated[
-    str,
-    typer.Option(
+    )
+
+
+def _connect_timeout_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
         "--connect-timeout",
         metavar="DURATION",
-        help="Limit for TCP connect, SSH banner and handshake.",
-    ),
-]
+        default="10s",
+        help="Limit for TCP connect, SSH banner and handshake.  [default: 10s]",
+    )
+
+
+def _fleet_options(
+    p: argparse.ArgumentParser, *, timeout_help: str, env_help: str, output_help: str
+) -> list[argparse.Action]:
+    """The options `exec` and `run` share, in the order their help lists them."""
+    return [
+        _hosts_option(p),
+        _limit_option(p),
+        p.add_argument(
+            "-p",
+            "--parallel",
+            metavar="N",
+            type=int,
+            help="Hosts at once (default: all, up to 256).",
+        ),
+        p.add_argument(
+            "--batch",
+            metavar="SIZES",
+            help="Rolling batches, e.g. '1,25%%,100%%' (the last size repeats).",
+        ),
+        p.add_argument(
+            "--max-fail",
+            metavar="N|P%",
+            help="Start no more hosts once more than this many failed.",
+        ),
+        p.add_argument(
+            "--fail-fast",
+            action="store_true",
+            help="First failure: start nothing more, stop running hosts.",
+        ),
+        p.add_argument("-t", "--timeout", metavar="DURATION", help=timeout_help),
+        _connect_timeout_option(p),
+        p.add_argument("-e", "--env", metavar="K=V", action="append", help=env_help),
+        p.add_argument(
+            "-o",
+            "--output",
+            metavar="<stream|group|fold>",
+            choices=OUTPUTS,
+            default="stream",
+            help=output_help,
+        ),
+        _json_option(p),
+        _quiet_option(p),
+        _verbose_option(p),
+        _accept_option(p),
+    ]
+
+
+def _split_operands(
+    args: Sequence[str], value_options: frozenset[str]
+) -> tuple[list[str], list[str]]:
+    """Split ``args`` at the first operand (or at ``--``, which is dropped).
+
+    What comes before is options (and their values) for argparse; what comes after is
+    the command or the script's arguments, taken as typed even if it looks like an option.
+    """
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return list(args[:i]), list(args[i + 1 :])
+        if not arg.startswith("-") or arg == "-":
+            return list(args[:i]), list(args[i:])
+        if arg.startswith("--"):
+            if "=" not in arg and arg in value_options:
+                i += 1  # the next argument is this option's value
+        else:  # a cluster of short options: -qv, -p4, -qp 4
+            for j in range(1, len(arg)):
+                if "-" + arg[j] in value_options:
+                    if j == len(arg) - 1:
+                        i += 1
+                    break
+        i += 1
+    return list(args), []
+
+
+def _value_options(actions: Iterable[argparse.Action]) -> frozenset[str]:
+    return frozenset(s for a in actions if a.nargs != 0 for s in a.option_strings)
+
+
+# -- outcomes --------------------------------------------------------------------------------
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     sys.stderr.write(f"meshrun: error: {message}\n")
-    raise typer.Exit(code)
+    raise SystemExit(code)
 
 
 @contextmanager
@@ -138,12 +284,12 @@ def _fleet(
     timeout: str | None,
     connect_timeout: str,
     env: list[str] | None,
-    output: Output,
+    output: str,
     json_out: bool,
     quiet: bool,
     verbose: int,
     accept_new_host_keys: bool,
-) -> NoReturn:
+) -> int:
     _setup_logging(verbose, quiet)
     with _input_errors():
         hosts = _select(hosts_spec, limit)
@@ -163,7 +309,7 @@ def _fleet(
     connector = meshrun.default_connector(
         hosts, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
-    mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output.value)
+    mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
     console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in hosts], quiet=quiet)
     try:
         report = meshrun.run_fleet(
@@ -174,92 +320,39 @@ def _fleet(
     console.finish(report)
     if json_out:
         sys.stdout.write(meshrun.report.dumps(meshrun.report.fleet_document(report)) + "\n")
-    raise typer.Exit(report.exit_code)
+    return report.exit_code
 
 
-_EXEC_EPILOG = (
-    "Examples:\n\n"
-    "  meshrun exec --hosts hosts.toml -- uptime\n\n"
-    "  meshrun exec -H hosts.toml -l 'web*' -o fold -- 'df -h / | tail -1'\n\n"
-    "  meshrun exec -- echo hi            # no --hosts: this machine\n\n"
-    "One argument is a shell command line (pipes work); several arguments are quoted "
-    "one by one, exactly as typed."
-)
+# -- exec ------------------------------------------------------------------------------------
+
+_EXEC_EPILOG = """\
+Examples:
+  meshrun exec --hosts hosts.toml -- uptime
+  meshrun exec -H hosts.toml -l 'web*' -o fold -- 'df -h / | tail -1'
+  meshrun exec -- echo hi            # no --hosts: this machine
+
+One argument is a shell command line (pipes work); several arguments are quoted one by \
+one, exactly as typed."""
 
 
-@app.command(
-    "exec",
-    epilog=_EXEC_EPILOG,
-    context_settings={"allow_interspersed_args": False},
-)
 def exec_command(
-    command: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="COMMAND...", show_default=False, help="The command to run on every host."
-        ),
-    ],
-    hosts: HostsOpt = None,
-    limit: LimitOpt = None,
-    parallel: Annotated[
-        int | None,
-        typer.Option(
-            "--parallel", "-p", metavar="N", help="Hosts at once (default: all, up to 256)."
-        ),
-    ] = None,
-    batch: Annotated[
-        str | None,
-        typer.Option(
-            "--batch",
-            metavar="SIZES",
-            help="Rolling batches, e.g. '1,25%,100%' (the last size repeats).",
-        ),
-    ] = None,
-    max_fail: Annotated[
-        str | None,
-        typer.Option(
-            "--max-fail",
-            metavar="N|P%",
-            help="Start no more hosts once more than this many failed.",
-        ),
-    ] = None,
-    fail_fast: Annotated[
-        bool,
-        typer.Option("--fail-fast", help="First failure: start nothing more, stop running hosts."),
-    ] = False,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout",
-            "-t",
-            metavar="DURATION",
-            help="Per-host command limit (30s, 5m, 1h); its processes are killed.",
-        ),
-    ] = None,
-    connect_timeout: ConnectTimeoutOpt = "10s",
-    env: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--env",
-            "-e",
-            metavar="K=V",
-            help="Set an environment variable for the command (repeatable).",
-        ),
-    ] = None,
-    output: Annotated[
-        Output,
-        typer.Option(
-            "--output",
-            "-o",
-            help="stream: lines prefixed by host as they come; group: one block "
-            "per host; fold: identical outputs once, under folded host names.",
-        ),
-    ] = Output.stream,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    accept_new_host_keys: AcceptOpt = False,
-) -> None:
+    *,
+    command: list[str],
+    hosts: str | None,
+    limit: list[str] | None,
+    parallel: int | None,
+    batch: str | None,
+    max_fail: str | None,
+    fail_fast: bool,
+    timeout: str | None,
+    connect_timeout: str,
+    env: list[str] | None,
+    output: str,
+    json_out: bool,
+    quiet: bool,
+    verbose: int,
+    accept_new_host_keys: bool,
+) -> int:
     """Run a command on every selected host, in parallel.
 
     Each host runs it in its workdir, with MESHRUN_HOST and MESHRUN_RUN_ID set. When the
@@ -268,7 +361,7 @@ def exec_command(
     """
     with _input_errors():
         line = meshrun.shell_command(command)
-    _fleet(
+    return _fleet(
         command=line,
         script=None,
         hosts_spec=hosts,
@@ -288,88 +381,63 @@ def exec_command(
     )
 
 
-_RUN_EPILOG = (
-    "Examples:\n\n"
-    "  meshrun run --hosts hosts.toml deploy.sh v42\n\n"
-    "  meshrun run -H hosts.toml --batch 1,25%,100% --max-fail 0 deploy.sh\n\n"
-    "The script is uploaded once per host to WORKDIR/.meshrun/scripts/ under its "
-    "content hash and reused by later runs."
-)
+def _parse_exec(args: list[str]) -> dict[str, Any]:
+    p = _parser("exec", exec_command, "[OPTIONS] COMMAND...", _EXEC_EPILOG)
+    p.add_argument(
+        "command", metavar="COMMAND...", nargs="*", help="The command to run on every host."
+    )
+    actions = _fleet_options(
+        p,
+        timeout_help="Per-host command limit (30s, 5m, 1h); its processes are killed.",
+        env_help="Set an environment variable for the command (repeatable).",
+        output_help="stream: lines prefixed by host as they come; group: one block per "
+        "host; fold: identical outputs once, under folded host names.  [default: stream]",
+    )
+    options, command = _split_operands(args, _value_options(actions))
+    parsed = vars(p.parse_args(options))
+    if not command:
+        p.error("the following arguments are required: COMMAND...")
+    parsed["command"] = command
+    return parsed
 
 
-@app.command(
-    "run",
-    epilog=_RUN_EPILOG,
-    context_settings={"allow_interspersed_args": False},
-)
+# -- run -------------------------------------------------------------------------------------
+
+_RUN_EPILOG = """\
+Examples:
+  meshrun run --hosts hosts.toml deploy.sh v42
+  meshrun run -H hosts.toml --batch 1,25%,100% --max-fail 0 deploy.sh
+
+The script is uploaded once per host to WORKDIR/.meshrun/scripts/ under its content \
+hash and reused by later runs."""
+
+
 def run_command(
-    script: Annotated[str, typer.Argument(metavar="SCRIPT", help="Local script to run.")],
-    args: Annotated[
-        list[str] | None, typer.Argument(metavar="[ARGS]...", help="Arguments for the script.")
-    ] = None,
-    hosts: HostsOpt = None,
-    limit: LimitOpt = None,
-    parallel: Annotated[
-        int | None,
-        typer.Option(
-            "--parallel", "-p", metavar="N", help="Hosts at once (default: all, up to 256)."
-        ),
-    ] = None,
-    batch: Annotated[
-        str | None,
-        typer.Option(
-            "--batch",
-            metavar="SIZES",
-            help="Rolling batches, e.g. '1,25%,100%' (the last size repeats).",
-        ),
-    ] = None,
-    max_fail: Annotated[
-        str | None,
-        typer.Option(
-            "--max-fail",
-            metavar="N|P%",
-            help="Start no more hosts once more than this many failed.",
-        ),
-    ] = None,
-    fail_fast: Annotated[
-        bool,
-        typer.Option("--fail-fast", help="First failure: start nothing more, stop running hosts."),
-    ] = False,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout",
-            "-t",
-            metavar="DURATION",
-            help="Per-host limit (30s, 5m, 1h); its processes are killed.",
-        ),
-    ] = None,
-    connect_timeout: ConnectTimeoutOpt = "10s",
-    env: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--env",
-            "-e",
-            metavar="K=V",
-            help="Set an environment variable for the script (repeatable).",
-        ),
-    ] = None,
-    output: Annotated[
-        Output,
-        typer.Option("--output", "-o", help="stream | group | fold (see `meshrun exec --help`)."),
-    ] = Output.stream,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    accept_new_host_keys: AcceptOpt = False,
-) -> None:
+    *,
+    script: str,
+    args: list[str],
+    hosts: str | None,
+    limit: list[str] | None,
+    parallel: int | None,
+    batch: str | None,
+    max_fail: str | None,
+    fail_fast: bool,
+    timeout: str | None,
+    connect_timeout: str,
+    env: list[str] | None,
+    output: str,
+    json_out: bool,
+    quiet: bool,
+    verbose: int,
+    accept_new_host_keys: bool,
+) -> int:
     """Upload a local script to every selected host and run it there, with ARGS.
 
     Options go before SCRIPT; everything after SCRIPT is passed to it.
     """
     with _input_errors():
-        loaded = meshrun.read_script(script, args or [])
-    _fleet(
+        loaded = meshrun.read_script(script, args)
+    return _fleet(
         command=None,
         script=loaded,
         hosts_spec=hosts,
@@ -389,15 +457,36 @@ def run_command(
     )
 
 
-@app.command("hosts")
+def _parse_run(args: list[str]) -> dict[str, Any]:
+    p = _parser("run", run_command, "[OPTIONS] SCRIPT [ARGS]...", _RUN_EPILOG)
+    p.add_argument("script", metavar="SCRIPT", nargs="?", help="Local script to run.")
+    p.add_argument("args", metavar="ARGS", nargs="*", help="Arguments for the script.")
+    actions = _fleet_options(
+        p,
+        timeout_help="Per-host limit (30s, 5m, 1h); its processes are killed.",
+        env_help="Set an environment variable for the script (repeatable).",
+        output_help="stream | group | fold (see `meshrun exec --help`).  [default: stream]",
+    )
+    options, operands = _split_operands(args, _value_options(actions))
+    parsed = vars(p.parse_args(options))
+    if not operands:
+        p.error("the following arguments are required: SCRIPT")
+    parsed["script"], parsed["args"] = operands[0], operands[1:]
+    return parsed
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
 def hosts_command(
-    hosts: HostsOpt = None,
-    limit: LimitOpt = None,
-    json_out: JsonOpt = False,
-    connect_timeout: ConnectTimeoutOpt = "10s",
-    verbose: VerboseOpt = 0,
-    accept_new_host_keys: AcceptOpt = False,
-) -> None:
+    *,
+    hosts: str | None,
+    limit: list[str] | None,
+    json_out: bool,
+    connect_timeout: str,
+    verbose: int,
+    accept_new_host_keys: bool,
+) -> int:
     """Check every selected host: reachable, login ok, round trip, CPUs, load, python3.
 
     Exits 3 if any host is unreachable or refuses the login.
@@ -417,100 +506,55 @@ def hosts_command(
         sys.stdout.write(meshrun.report.dumps(meshrun.report.hosts_document(probes)) + "\n")
     else:
         sys.stdout.write(meshrun.render_probes(probes))
-    raise typer.Exit(0 if all(p.reachable and p.auth_ok for p in probes) else 3)
+    return 0 if all(p.reachable and p.auth_ok for p in probes) else 3
 
 
-class DispatchOutput(StrEnum):
-    group = "group"
-    stream = "stream"
-    none = "none"
+def _parse_hosts(args: list[str]) -> dict[str, Any]:
+    p = _parser("hosts", hosts_command, "[OPTIONS]")
+    _hosts_option(p)
+    _limit_option(p)
+    _json_option(p)
+    _connect_timeout_option(p)
+    _verbose_option(p)
+    _accept_option(p)
+    return vars(p.parse_args(args))
 
 
-_DISPATCH_EPILOG = (
-    "Examples:\n\n"
-    "  meshrun dispatch tasks.toml --hosts agents.toml\n\n"
-    "  meshrun dispatch tasks.toml -H agents.toml --junit junit.xml --json\n\n"
-    "  meshrun dispatch tasks.toml --rerun-failed\n\n"
-    "The workspace ([sync] in tasks.toml; default: the directory of tasks.toml) is "
-    "pushed to every host with rsync before its first task. Logs: "
-    ".meshrun/runs/<run-id>/logs/<task>.log beside tasks.toml (or under --state-dir)."
-)
+# -- dispatch --------------------------------------------------------------------------------
+
+_DISPATCH_EPILOG = """\
+Examples:
+  meshrun dispatch tasks.toml --hosts agents.toml
+  meshrun dispatch tasks.toml -H agents.toml --junit junit.xml --json
+  meshrun dispatch tasks.toml --rerun-failed
+
+The workspace ([sync] in tasks.toml; default: the directory of tasks.toml) is pushed to \
+every host with rsync before its first task. Logs: .meshrun/runs/<run-id>/logs/<task>.log \
+beside tasks.toml (or under --state-dir)."""
 
 
-@app.command("dispatch", epilog=_DISPATCH_EPILOG)
 def dispatch_command(
-    tasks_file: Annotated[str, typer.Argument(metavar="TASKS.toml", help="The task graph to run.")],
-    hosts: HostsOpt = None,
-    limit: LimitOpt = None,
-    fail_fast: Annotated[
-        bool, typer.Option("--fail-fast", help="First failure: cancel queued and running tasks.")
-    ] = False,
-    keep_going: Annotated[
-        bool,
-        typer.Option("--keep-going", help="Run every task whose needs succeeded (the default)."),
-    ] = False,
-    max_fail: Annotated[
-        int | None,
-        typer.Option(
-            "--max-fail", metavar="N", help="Start no new task once more than N tasks failed."
-        ),
-    ] = None,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout",
-            "-t",
-            metavar="DURATION",
-            help="Limit for tasks that set no timeout of their own.",
-        ),
-    ] = None,
-    rerun_failed: Annotated[
-        bool,
-        typer.Option(
-            "--rerun-failed", help="Run only the last run's failed, skipped and cancelled tasks."
-        ),
-    ] = False,
-    resume: Annotated[
-        str | None,
-        typer.Option("--resume", metavar="RUN_ID", help="Like --rerun-failed, for the named run."),
-    ] = None,
-    state_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--state-dir",
-            metavar="DIR",
-            help="Where history and runs live (default: .meshrun beside "
-            "TASKS.toml); point a CI cache at it.",
-        ),
-    ] = None,
-    no_sync: Annotated[
-        bool, typer.Option("--no-sync", help="Do not push the workspace to the hosts.")
-    ] = False,
-    no_agent: Annotated[
-        bool,
-        typer.Option(
-            "--no-agent", help="One SSH channel per task instead of the persistent agent."
-        ),
-    ] = False,
-    junit: Annotated[
-        str | None,
-        typer.Option("--junit", metavar="FILE", help="Write JUnit XML (one testcase per task)."),
-    ] = None,
-    output: Annotated[
-        DispatchOutput,
-        typer.Option(
-            "--output",
-            "-o",
-            help="group: each task's output as a block when it ends; stream: "
-            "lines prefixed by task as they come; none: statuses only.",
-        ),
-    ] = DispatchOutput.group,
-    json_out: JsonOpt = False,
-    connect_timeout: ConnectTimeoutOpt = "10s",
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    accept_new_host_keys: AcceptOpt = False,
-) -> None:
+    *,
+    tasks_file: str,
+    hosts: str | None,
+    limit: list[str] | None,
+    fail_fast: bool,
+    keep_going: bool,
+    max_fail: int | None,
+    timeout: str | None,
+    rerun_failed: bool,
+    resume: str | None,
+    state_dir: str | None,
+    no_sync: bool,
+    no_agent: bool,
+    junit: str | None,
+    output: str,
+    json_out: bool,
+    connect_timeout: str,
+    quiet: bool,
+    verbose: int,
+    accept_new_host_keys: bool,
+) -> int:
     """Spread a graph of tasks over the hosts; one exit code for the whole run.
 
     Tasks are placed by expected duration (learned from past runs) and host speed,
@@ -545,11 +589,7 @@ def dispatch_command(
     connector = meshrun.default_connector(
         selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
-    mode = (
-        meshrun.OutputMode.NONE
-        if json_out or output is DispatchOutput.none
-        else meshrun.OutputMode(output.value)
-    )
+    mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
     console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
     try:
         with _input_errors():
@@ -570,24 +610,76 @@ def dispatch_command(
     if json_out:
         document = meshrun.report.dispatch_document(report, command_line=sys.argv)
         sys.stdout.write(meshrun.report.dumps(document) + "\n")
-    raise typer.Exit(report.exit_code)
+    return report.exit_code
 
 
-@app.command("history")
-def history_command(
-    tasks_file: Annotated[
-        str, typer.Argument(metavar="[TASKS.toml]", help="Whose history (default: ./tasks.toml).")
-    ] = "tasks.toml",
-    state_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--state-dir",
-            metavar="DIR",
-            help="Where history lives (default: .meshrun beside TASKS.toml).",
-        ),
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
+def _parse_dispatch(args: list[str]) -> dict[str, Any]:
+    p = _parser("dispatch", dispatch_command, "[OPTIONS] TASKS.toml", _DISPATCH_EPILOG)
+    p.add_argument("tasks_file", metavar="TASKS.toml", help="The task graph to run.")
+    _hosts_option(p)
+    _limit_option(p)
+    p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="First failure: cancel queued and running tasks.",
+    )
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="Run every task whose needs succeeded (the default).",
+    )
+    p.add_argument(
+        "--max-fail",
+        metavar="N",
+        type=int,
+        help="Start no new task once more than N tasks failed.",
+    )
+    p.add_argument(
+        "-t",
+        "--timeout",
+        metavar="DURATION",
+        help="Limit for tasks that set no timeout of their own.",
+    )
+    p.add_argument(
+        "--rerun-failed",
+        action="store_true",
+        help="Run only the last run's failed, skipped and cancelled tasks.",
+    )
+    p.add_argument("--resume", metavar="RUN_ID", help="Like --rerun-failed, for the named run.")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="Where history and runs live (default: .meshrun beside TASKS.toml); "
+        "point a CI cache at it.",
+    )
+    p.add_argument("--no-sync", action="store_true", help="Do not push the workspace to the hosts.")
+    p.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="One SSH channel per task instead of the persistent agent.",
+    )
+    p.add_argument("--junit", metavar="FILE", help="Write JUnit XML (one testcase per task).")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="<group|stream|none>",
+        choices=DISPATCH_OUTPUTS,
+        default="group",
+        help="group: each task's output as a block when it ends; stream: lines prefixed "
+        "by task as they come; none: statuses only.  [default: group]",
+    )
+    _json_option(p)
+    _connect_timeout_option(p)
+    _quiet_option(p)
+    _verbose_option(p)
+    _accept_option(p)
+    return vars(p.parse_args(args))
+
+
+# -- history, version ------------------------------------------------------------------------
+
+
+def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -> int:
     """Show the learned duration of each task (what the scheduler expects)."""
     state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
     if not state.history.exists():
@@ -610,29 +702,93 @@ def history_command(
         sys.stdout.write(meshrun.report.dumps(document) + "\n")
     else:
         sys.stdout.write(meshrun.render_history(records))
+    return 0
 
 
-@app.command("version")
-def version_command() -> None:
+def _parse_history(args: list[str]) -> dict[str, Any]:
+    p = _parser("history", history_command, "[OPTIONS] [TASKS.toml]")
+    p.add_argument(
+        "tasks_file",
+        metavar="TASKS.toml",
+        nargs="?",
+        default="tasks.toml",
+        help="Whose history (default: ./tasks.toml).",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="Where history lives (default: .meshrun beside TASKS.toml).",
+    )
+    _json_option(p)
+    return vars(p.parse_args(args))
+
+
+def version_command() -> int:
     """Print meshrun's version."""
     sys.stdout.write(f"meshrun {meshrun.__version__}\n")
+    return 0
+
+
+def _parse_version(args: list[str]) -> dict[str, Any]:
+    return vars(_parser("version", version_command, "[OPTIONS]").parse_args(args))
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+_COMMANDS: dict[str, tuple[Callable[[list[str]], dict[str, Any]], Callable[..., int]]] = {
+    "exec": (_parse_exec, exec_command),
+    "run": (_parse_run, run_command),
+    "hosts": (_parse_hosts, hosts_command),
+    "dispatch": (_parse_dispatch, dispatch_command),
+    "history": (_parse_history, history_command),
+    "version": (_parse_version, version_command),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    """Only for `meshrun`, `meshrun -h` and an unknown command: commands parse their own."""
+    import textwrap
+
+    lines = ["commands:"]
+    for name, (_, function) in _COMMANDS.items():
+        summary = (function.__doc__ or "").strip().splitlines()[0]
+        wrapped = textwrap.wrap(summary, 66) or [""]
+        lines.append(f"  {name:<10}{wrapped[0]}")
+        lines.extend(" " * 12 + rest for rest in wrapped[1:])
+    return argparse.ArgumentParser(
+        prog="meshrun",
+        usage="%(prog)s [OPTIONS] COMMAND [ARGS]...",
+        description=_DESCRIPTION,
+        epilog="\n".join(lines) + "\n\nRun 'meshrun COMMAND -h' for a command's options.",
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+
+
+def _main(argv: list[str]) -> int:
+    if not argv:
+        _top_parser().print_help(sys.stderr)
+        return 2
+    entry = _COMMANDS.get(argv[0])
+    if entry is None:
+        top = _top_parser()
+        if argv[0].startswith("-"):
+            top.parse_args(argv)  # -h exits 0, an unknown option 2
+        top.error(f"no such command: {argv[0]!r} (choose from {', '.join(_COMMANDS)})")
+    parse, command = entry
+    return command(**parse(argv[1:]))
 
 
 def main() -> None:
     """Console-script entry point: Ctrl-C outside a run still exits 130, not 1."""
-    command = typer.main.get_command(app)
+    code: int | str | None
     try:
-        code = command.main(prog_name="meshrun", standalone_mode=False)
-    except (typer.Abort, KeyboardInterrupt):
+        code = _main(sys.argv[1:])
+    except KeyboardInterrupt:
         sys.stderr.write("meshrun: interrupted\n")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.TyperException as exc:
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            sys.stderr.write(f"meshrun: error: {exc}\n")
-        sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(code if isinstance(code, int) else 0)
+        code = 130
+    except SystemExit as exc:  # argparse (help: 0, bad usage: 2) and _fail
+        code = exc.code
+    # Nothing is freed from here on: spare the interpreter's shutdown a full collection.
+    gc.freeze()
+    sys.exit(code)
