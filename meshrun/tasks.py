@@ -27,6 +27,12 @@ from typing import Any, NoReturn, TypeVar
 from meshrun.durations import parse_duration
 from meshrun.errors import TaskFileError
 from meshrun.inventory import Host
+from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
+from meshrun.tomlfile import Invalid as _Invalid
+from meshrun.tomlfile import Locator as _Locator
+from meshrun.tomlfile import did_you_mean
+from meshrun.tomlfile import show as _show
+from meshrun.tomlfile import toml_type as _toml_type
 
 __all__ = [
     "BUILTIN_EXCLUDES",
@@ -277,8 +283,6 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOML_POSITION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
-_HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?$""")
 
 _TASK_KEYS = ("name", "run", "needs", "weight", "timeout", "retries", "labels", "env", "outputs")
 _DEFAULT_KEYS = ("timeout", "retries", "weight", "labels", "env")
@@ -331,62 +335,13 @@ _KEY_ALIASES = {
     "ignore": "exclude",
     "excludes": "exclude",
 }
-_TASK_EXAMPLE = 'add a [[task]] block for each task, with at least name = "build" and run = "make"'
-
-
-class _Invalid(Exception):
-    """A bad value; whoever catches it knows the file, line and entry."""
-
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-
-def _toml_type(value: object) -> str:
-    """The TOML name of a parsed value, for "expected X, found Y"."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"  # the only other thing tomllib produces
-
-
-def _show(value: object) -> str:
-    """A value as it would be written in TOML, shortened for a one-line message."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    else:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _wrong_type(key: str, expected: str, value: object) -> _Invalid:
-    fix = f"write {_EXAMPLES[key]}"
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-        fix = f"write {key} = {value.strip()} (a number, without quotes)"
-    return _Invalid(f"expected {expected}, found {_toml_type(value)} ({_show(value)})", fix)
 
 
 def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    """Fix text for an unknown key: the closest valid key, then all of them."""
-    lowered = key.lower().replace("-", "_")
-    guess = _KEY_ALIASES.get(lowered) if lowered not in valid else lowered
-    if guess not in valid:
-        close = difflib.get_close_matches(lowered, valid, n=1, cutoff=0.6)
-        guess = close[0] if close else None
-    hint = f"did you mean {guess!r}? " if guess else ""
-    return f"{hint}valid keys: {', '.join(valid)}"
+    return did_you_mean(key, valid, _KEY_ALIASES)
+
+
+_TASK_EXAMPLE = 'add a [[task]] block for each task, with at least name = "build" and run = "make"'
 
 
 def _did_you_mean_task(name: str, names: Sequence[str]) -> str:
@@ -397,6 +352,13 @@ def _did_you_mean_task(name: str, names: Sequence[str]) -> str:
     if len(names) > 10:
         shown += f" and {len(names) - 10} more"
     return f"{hint}tasks in this file: {shown}"
+
+
+def _wrong_type(key: str, expected: str, value: object) -> _Invalid:
+    fix = f"write {_EXAMPLES[key]}"
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        fix = f"write {key} = {value.strip()} (a number, without quotes)"
+    return _Invalid(f"expected {expected}, found {_toml_type(value)} ({_show(value)})", fix)
 
 
 def _check_text(key: str, value: object) -> str:
@@ -575,80 +537,6 @@ def _check_exclude(key: str, value: object) -> tuple[str, ...]:
 
 
 # --- where in the file ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    line: int  # 1-based
-    name: str  # dotted, unquoted: "task", "defaults", "task.env"
-    array: bool
-
-
-class _Locator:
-    """Finds the line of a key by scanning the text, since tomllib reports no positions.
-
-    A heuristic over table headers and ``key =`` lines; when it cannot tell, it falls
-    back to the enclosing header's line, then to None. (The same approach as the
-    inventory's; kept private to each parser.)
-    """
-
-    def __init__(self, text: str) -> None:
-        self._lines = text.splitlines()
-        self.headers: list[_Header] = []
-        for number, line in enumerate(self._lines, start=1):
-            match = _HEADER_RE.match(line)
-            if match and len(match.group(1)) == len(match.group(3)):
-                name = re.sub(r"\s*\.\s*", ".", match.group(2)).replace('"', "").replace("'", "")
-                self.headers.append(_Header(number, name, len(match.group(1)) == 2))
-
-    def _find_key(self, first: int, last: int, key: str) -> int | None:
-        """The first ``key =`` (or dotted ``key.x =``) line in [first, last]."""
-        pattern = re.compile(
-            rf"""^\s*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*[=.]"""
-        )
-        for number in range(first, last + 1):
-            if pattern.match(self._lines[number - 1]):
-                return number
-        return None
-
-    def top_level(self, key: str) -> int | None:
-        """Line of a top-level key, written either as ``key = ...`` or as a header."""
-        first_header = self.headers[0].line if self.headers else len(self._lines) + 1
-        found = self._find_key(1, first_header - 1, key)
-        if found is not None:
-            return found
-        for header in self.headers:
-            if header.name == key or header.name.startswith(key + "."):
-                return header.line
-        return None
-
-    def in_table(self, table: str, index: int | None, key: str | None) -> int | None:
-        """Line of ``key`` in ``[table]`` (index None) or the index-th ``[[table]]``.
-
-        With key None, or when the key is not found, the header's line.
-        """
-        candidates = [
-            position
-            for position, header in enumerate(self.headers)
-            if header.name == table and header.array == (index is not None)
-        ]
-        position_in = index or 0
-        if position_in >= len(candidates):
-            return self.top_level(table)  # written inline: table = {...} / [{...}]
-        position = candidates[position_in]
-        header = self.headers[position]
-        if key is None:
-            return header.line
-        # The block runs to the next header that is not one of its own sub-tables.
-        end = len(self._lines)
-        for later in self.headers[position + 1 :]:
-            if not later.name.startswith(table + ".") or later.array:
-                end = later.line - 1
-                break
-            if later.name == f"{table}.{key}":
-                return later.line
-        found = self._find_key(header.line + 1, end, key)
-        return found if found is not None else header.line
 
 
 def _where(path: str, line: int | None, entry: str | None, key: str | None) -> str:
