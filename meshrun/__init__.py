@@ -68,7 +68,14 @@ if TYPE_CHECKING:
     from meshrun.dispatch import StateDir, run_dispatch, select_rerun
     from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
     from meshrun.history import History
+    from meshrun.manifest import verify_run
     from meshrun.scheduler import TaskStatus
+    from meshrun.signing import (
+        allowed_signer_keys,
+        generate_keypair,
+        load_private_key,
+        load_public_key,
+    )
     from meshrun.tasks import Task, TaskGraph, load_tasks
 
 #: The dispatch side (scheduler, executor, SQLite history, agent client) loads on first
@@ -86,6 +93,11 @@ _LAZY = {
     "TaskGraph": "meshrun.tasks",
     "load_tasks": "meshrun.tasks",
     "executor": "meshrun.executor",
+    "generate_keypair": "meshrun.signing",
+    "load_private_key": "meshrun.signing",
+    "load_public_key": "meshrun.signing",
+    "allowed_signer_keys": "meshrun.signing",
+    "verify_run": "meshrun.manifest",
 }
 
 
@@ -137,11 +149,15 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "__version__",
+    "allowed_signer_keys",
     "batch_sizes",
     "default_connector",
     "executor",
     "format_duration",
+    "generate_keypair",
     "load_inventory",
+    "load_private_key",
+    "load_public_key",
     "load_tasks",
     "local_host",
     "new_run_id",
@@ -158,4 +174,5 @@ __all__ = [
     "select_hosts",
     "select_rerun",
     "shell_command",
+    "verify_run",
 ]

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import meshrun
@@ -548,6 +549,7 @@ def dispatch_command(
     no_sync: bool,
     no_agent: bool,
     junit: str | None,
+    sign_key: str | None,
     output: str,
     json_out: bool,
     connect_timeout: str,
@@ -585,6 +587,7 @@ def dispatch_command(
             use_agent=not no_agent,
             sync=not no_sync,
         )
+        signing_key = meshrun.load_private_key(sign_key) if sign_key else None
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
         selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
@@ -603,6 +606,7 @@ def dispatch_command(
                 observer=console,
                 command_line=sys.argv,
                 junit_path=junit,
+                signing_key=signing_key,
             )
     finally:
         connector.close()
@@ -659,6 +663,12 @@ def _parse_dispatch(args: list[str]) -> dict[str, Any]:
         help="One SSH channel per task instead of the persistent agent.",
     )
     p.add_argument("--junit", metavar="FILE", help="Write JUnit XML (one testcase per task).")
+    p.add_argument(
+        "--sign-key",
+        metavar="KEY",
+        help="Sign the run's manifest.json with this Ed25519 key (OpenSSH format, e.g. "
+        "from `meshrun keygen`); check it later with `meshrun verify`.",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -723,6 +733,89 @@ def _parse_history(args: list[str]) -> dict[str, Any]:
     return vars(p.parse_args(args))
 
 
+def keygen_command(*, path: str, identity: str | None) -> int:
+    """Write an Ed25519 signing key pair (OpenSSH format) for signing run manifests.
+
+    The private key is written with mode 0600 and never overwritten; PATH.pub holds the
+    public key. The printed allowed_signers line lets stock OpenSSH check signatures too:
+    ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n meshrun -s manifest.json.sig
+    < manifest.json
+    """
+    import getpass
+    import socket
+
+    with _input_errors():
+        comment = identity or f"{getpass.getuser()}@{socket.gethostname()}"
+        line = meshrun.generate_keypair(Path(path).expanduser(), comment=comment)
+    sys.stderr.write(f"meshrun: wrote {path} (private, 0600) and {path}.pub\n")
+    sys.stdout.write(line + "\n")
+    return 0
+
+
+def _parse_keygen(args: list[str]) -> dict[str, Any]:
+    p = _parser("keygen", keygen_command, "[OPTIONS] PATH")
+    p.add_argument("path", metavar="PATH", help="Where to write the private key.")
+    p.add_argument(
+        "--identity",
+        "-I",
+        metavar="NAME",
+        help="The key's comment and allowed_signers principal (default: user@host).",
+    )
+    return vars(p.parse_args(args))
+
+
+def verify_command(
+    *, directory: str, key: list[str] | None, allowed_signers: str | None, json_out: bool
+) -> int:
+    """Check a run's signed manifest and every file it lists.
+
+    Exit 0 only if the signature is by a trusted key (with --key or --allowed-signers)
+    and every listed file is present and unchanged with nothing unlisted; 4 otherwise.
+    Without a key, the signature is only checked for soundness and reported as
+    untrusted.
+    """
+    with _input_errors():
+        allowed = None
+        if key or allowed_signers:
+            allowed = [meshrun.load_public_key(Path(k).expanduser()) for k in key or []]
+            if allowed_signers:
+                allowed += meshrun.allowed_signer_keys(Path(allowed_signers).expanduser())
+        result = meshrun.verify_run(Path(directory), allowed_keys=allowed)
+    if json_out:
+        sys.stdout.write(meshrun.report.dumps(result.to_dict()) + "\n")
+    for problem in result.problems():
+        sys.stderr.write(f"meshrun: {problem}\n")
+    state = "ok" if result.ok else "FAILED"
+    sys.stderr.write(
+        f"meshrun: verify {state}: signature {result.signature.value}"
+        + (f" by {result.signer_fingerprint}" if result.signer_fingerprint else "")
+        + f", {result.files_checked} files checked\n"
+    )
+    return 0 if result.ok and (allowed is None or result.signature.value == "trusted") else 4
+
+
+def _parse_verify(args: list[str]) -> dict[str, Any]:
+    p = _parser("verify", verify_command, "[OPTIONS] RUN_DIR")
+    p.add_argument(
+        "directory",
+        metavar="RUN_DIR",
+        help="A run directory (.meshrun/runs/<run-id>) or an artifacts directory.",
+    )
+    p.add_argument(
+        "--key",
+        action="append",
+        metavar="PUB",
+        help="A trusted public key (ssh-ed25519 .pub file); repeatable.",
+    )
+    p.add_argument(
+        "--allowed-signers",
+        metavar="FILE",
+        help="Trusted keys in OpenSSH allowed_signers format (namespace meshrun).",
+    )
+    _json_option(p)
+    return vars(p.parse_args(args))
+
+
 def version_command() -> int:
     """Print meshrun's version."""
     sys.stdout.write(f"meshrun {meshrun.__version__}\n")
@@ -741,6 +834,8 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], dict[str, Any]], Callable[..., 
     "hosts": (_parse_hosts, hosts_command),
     "dispatch": (_parse_dispatch, dispatch_command),
     "history": (_parse_history, history_command),
+    "keygen": (_parse_keygen, keygen_command),
+    "verify": (_parse_verify, verify_command),
     "version": (_parse_version, version_command),
 }
 

@@ -404,6 +404,8 @@ class DispatchConsole:
                 )
                 if not text.endswith("\n"):
                     self.err.write("\n")
+        if self.quiet and report.ok:
+            return
         counts: dict[str, int] = defaultdict(int)
         for t in report.tasks:
             counts[t.status.value] += 1

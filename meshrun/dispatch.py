@@ -6,19 +6,26 @@ What a library user calls; the CLI only parses options around it.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshrun.errors import InputError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
 from meshrun.inventory import Host
+from meshrun.manifest import HostEntry, Manifest, TaskEntry, write_manifest
 from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
 from meshrun.tasks import TaskGraph, check_placeable
 from meshrun.transport.base import Connector
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
 
@@ -66,8 +73,11 @@ def run_dispatch(
     observer: Observer = _ignore,
     command_line: Sequence[str] = (),
     junit_path: str | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> DispatchReport:
-    """Run ``graph`` on ``hosts``; write logs, report.json, JUnit, and the history."""
+    """Run ``graph`` on ``hosts``; write logs, report.json, the manifest (signed with
+    ``signing_key``), JUnit, and the history. The manifest is written for failed and
+    interrupted runs too: it says exactly which task ended how."""
     check_placeable(graph, hosts)
     run_dir = state.run_dir(run_id)
     with History(state.history) as history:
@@ -93,6 +103,7 @@ def run_dispatch(
         report = dispatcher.run()
         document = dispatch_document(report, command_line=command_line)
         (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
+        write_manifest(run_dir, build_manifest(graph, report, command_line), signing_key)
         if junit_path:
             Path(junit_path).write_text(junit_xml(report))
         history.record_durations(dispatcher.learned_durations)
@@ -107,3 +118,32 @@ def run_dispatch(
             ],
         )
     return report
+
+
+def build_manifest(
+    graph: TaskGraph, report: DispatchReport, command_line: Sequence[str]
+) -> Manifest:
+    """The run's manifest: hosts with their host-key fingerprints, each task's end."""
+    started = datetime.fromtimestamp(report.started_at, UTC)
+    return Manifest(
+        run_id=report.run_id,
+        started=started,
+        ended=datetime.fromtimestamp(report.started_at + report.duration_s, UTC),
+        coordinator=socket.gethostname(),
+        command_line=tuple(command_line),
+        hosts=tuple(
+            HostEntry(h.name, h.address or h.name, h.host_key_fingerprint) for h in report.hosts
+        ),
+        tasks=tuple(
+            TaskEntry(
+                name=t.name,
+                host=t.host,
+                command=graph.tasks[t.name].run,
+                status=t.status.value,
+                exit_code=t.exit_code,
+                attempts=t.attempts,
+                duration_s=t.duration_s,
+            )
+            for t in report.tasks
+        ),
+    )

@@ -85,6 +85,8 @@ class HostSummary:
     slots: int | None
     tasks_run: int
     error: str | None = None
+    address: str = ""
+    host_key_fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,7 @@ def _ignore(event: DispatchEvent) -> None:
 class _Ready:
     host: Host
     runner: Runner
+    fingerprint: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,7 @@ class _HostInfo:
     slots: int | None = None
     tasks_run: int = 0
     error: str | None = None
+    fingerprint: str | None = None
 
 
 SyncFn = Callable[[Host], None]
@@ -358,6 +362,7 @@ class Dispatcher:
         if isinstance(item, _Ready):
             info = self._info[item.host.name]
             info.runner = item.runner
+            info.fingerprint = item.fingerprint
             info.status = "ok"
             info.slots = item.host.slots or item.runner.cpus or 1
             self.observer(HostReady(item.host.name, item.runner.kind, info.slots))
@@ -568,7 +573,7 @@ class Dispatcher:
         if self._closing:
             runner.close()
             return
-        self._queue.put(_Ready(host, runner))
+        self._queue.put(_Ready(host, runner, conn.host_key_fingerprint))
 
     def _abort_running(self, started: float) -> None:
         for info in self._info.values():
@@ -623,6 +628,8 @@ class Dispatcher:
                 i.slots,
                 i.tasks_run,
                 i.error,
+                address=i.host.address or i.host.name,
+                host_key_fingerprint=i.fingerprint,
             )
             for name, i in self._info.items()
         )

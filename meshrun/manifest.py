@@ -851,3 +851,16 @@ __all__ = [
     "verify_directory",
     "write_manifest",
 ]
+
+
+def verify_run(directory: Path, *, allowed_keys: Sequence[Ed25519PublicKey] | None) -> VerifyReport:
+    """:func:`verify_directory` for what users pass to ``meshrun verify``.
+
+    A run directory (``.meshrun/runs/<id>``, which has report.json and logs beside the
+    manifest) keeps its files under ``artifacts/``; any other directory (``--artifacts``)
+    is itself the root of ``<task>/<path>``.
+    """
+    directory = Path(directory)
+    is_run_dir = (directory / "report.json").is_file()
+    root = directory / "artifacts" if is_run_dir else directory
+    return verify_directory(directory, allowed_keys=allowed_keys, root=root)

@@ -721,3 +721,8 @@ __all__ = [
     "sshsig_sign",
     "sshsig_verify",
 ]
+
+
+def allowed_signer_keys(path: Path | str) -> list[Ed25519PublicKey]:
+    """The keys an allowed_signers file trusts for meshrun manifests, valid now."""
+    return keys_for_namespace(load_allowed_signers(path), NAMESPACE)

@@ -70,6 +70,11 @@ class Connection(Protocol):
     @property
     def host(self) -> Host: ...
 
+    @property
+    def host_key_fingerprint(self) -> str | None:
+        """``SHA256:...`` of the key the host presented; None for the local machine."""
+        ...
+
     def run(
         self,
         request: CommandRequest,

@@ -39,6 +39,10 @@ class LocalConnection:
     def host(self) -> Host:
         return self._host
 
+    @property
+    def host_key_fingerprint(self) -> str | None:
+        return None
+
     def run(
         self,
         request: CommandRequest,

@@ -165,6 +165,10 @@ class SSHConnection:
     def host(self) -> Host:
         return self._host
 
+    @property
+    def host_key_fingerprint(self) -> str | None:
+        return fingerprint(self.transport.get_remote_server_key())
+
     def _open(self) -> paramiko.Channel:
         if not self.transport.is_active():
             raise HostUnreachable(self._host.name, "the SSH connection was lost")
