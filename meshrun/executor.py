@@ -53,6 +53,9 @@ from meshrun.transport.base import Connector, Stream
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted (Ctrl-C)"
+#: After asking a host to stop a task (timeout, cancel), how long to wait for its exit
+#: before the host counts as lost (hung) and its tasks are re-queued elsewhere.
+STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +207,7 @@ class _Attempt:
     log: BinaryIO
     timed_out: bool = False
     cancelled: bool = False
+    stop_sent: float | None = None  # when we asked the host to stop it
 
 
 @dataclass(slots=True)
@@ -241,6 +245,7 @@ class Dispatcher:
         self._durations: dict[str, float] = {}  # successful attempt durations
         self._last_duration: dict[str, float] = {}
         self._announced: set[str] = set()  # tasks whose end the observer has seen
+        self._starts = 0
         self._interrupted = False
         self._closing = False
         self._scheduler = Scheduler(
@@ -388,9 +393,10 @@ class Dispatcher:
             self._host_lost(item.host, item.reason, started)
 
     def _exited(self, event: TaskExited, started: float) -> None:
-        attempt = self._running.pop(event.task_id, None)
-        if attempt is None:
-            return
+        attempt = self._running.get(event.task_id)
+        if attempt is None or attempt.host != event.host:
+            return  # a late report from a host already written off
+        del self._running[event.task_id]
         duration = time.monotonic() - attempt.started
         self._last_duration[attempt.task] = duration
         attempt.log.write(f"\n# meshrun: exit {event.exit_code} after {duration:.2f}s\n".encode())
@@ -398,7 +404,7 @@ class Dispatcher:
         info = self._info[attempt.host]
         info.tasks_run += 1
         now = self._now(started)
-        if event.exit_code is None:
+        if event.exit_code is None and not (attempt.timed_out or attempt.cancelled):
             # The runner lost it; a RunnerGone follows and re-queues it.
             return
         if attempt.cancelled and not attempt.timed_out:
@@ -486,9 +492,27 @@ class Dispatcher:
         for task_id, attempt in self._running.items():
             if attempt.deadline is not None and now >= attempt.deadline and not attempt.timed_out:
                 attempt.timed_out = True
-                runner = self._info[attempt.host].runner
-                if runner is not None:
-                    self._safe(runner.cancel, task_id)
+                self._stop_attempt(task_id, attempt)
+        hung = {
+            a.host
+            for a in self._running.values()
+            if a.stop_sent is not None and now - a.stop_sent > STOP_GRACE_S
+        }
+        for host in hung:
+            # A host that does not even answer a kill is hung: write it off; its tasks
+            # are re-queued elsewhere (or cancelled when the run is stopping).
+            self._queue.put(
+                RunnerGone(host, f"did not stop a task within {STOP_GRACE_S:g}s; it seems hung")
+            )
+            for attempt in self._running.values():
+                if attempt.host == host:
+                    attempt.stop_sent = None
+
+    def _stop_attempt(self, task_id: str, attempt: _Attempt) -> None:
+        attempt.stop_sent = time.monotonic()
+        runner = self._info[attempt.host].runner
+        if runner is not None:
+            self._safe(runner.cancel, task_id)
 
     def _poll_load(self) -> None:
         for info in self._info.values():
@@ -511,16 +535,17 @@ class Dispatcher:
                 for task_id, attempt in self._running.items():
                     if attempt.task == decision.task and attempt.host == decision.host:
                         attempt.cancelled = True
-                        runner = self._info[attempt.host].runner
-                        if runner is not None:
-                            self._safe(runner.cancel, task_id)
+                        self._stop_attempt(task_id, attempt)
         self._announce_ends()
 
     def _start(self, decision: Start, started: float) -> None:
         task = self.graph.tasks[decision.task]
         info = self._info[decision.host]
         assert info.runner is not None
-        task_id = f"{decision.task}#{decision.attempt}"
+        # Unique per start: a re-queued task must never share an id with the attempt
+        # on a lost host, whose late reports would otherwise be taken for the new one.
+        self._starts += 1
+        task_id = f"{decision.task}#{self._starts}"
         timeout = task.timeout_s or self.options.default_timeout_s
         log_file = (self.logs_dir / f"{decision.task}.log").open("ab")
         log_file.write(
@@ -593,8 +618,13 @@ class Dispatcher:
                 closer = threading.Thread(target=info.runner.close, daemon=True)
                 closer.start()
                 closers.append(closer)
-        for thread in [*closers, *connectors]:
+        for thread in closers:
             thread.join(timeout=15)
+        # Hosts still connecting (hung in a handshake) are not waited for: the caller
+        # closes the connector, which aborts them, and a runner handed over late is
+        # closed below or by _connect itself.
+        for thread in connectors:
+            thread.join(timeout=0.1)
         # A host still connecting when the run ended hands its runner over late.
         while True:
             try:

@@ -195,9 +195,11 @@ class ExecRunner:
         finally:
             with self._lock:
                 self._cancels.pop(task_id, None)
-        if out.lost:
-            self._sink(TaskExited(self.host, task_id, None, "connection lost"))
-            self._sink(RunnerGone(self.host, "the connection was lost"))
+        if out.exit_code is None:
+            # No status, even after a kill: the link is gone or the host is hung.
+            reason = "the connection was lost" if out.lost else "no exit status after a kill"
+            self._sink(TaskExited(self.host, task_id, None, reason))
+            self._sink(RunnerGone(self.host, reason))
         else:
             self._sink(TaskExited(self.host, task_id, out.exit_code))
 

@@ -245,6 +245,7 @@ class Scheduler:
         elif isinstance(event, Abandon):
             for name in self._stalled:
                 self._end(name, TaskStatus.CANCELLED, f"no host could run it: {event.reason}")
+                self._skip_dependents(name)
             self._stalled.clear()
         return decisions + self._fill(now)
 
@@ -380,6 +381,9 @@ class Scheduler:
             record = self.records[task]
             if record.status is TaskStatus.RUNNING:
                 record.attempts -= 1  # a lost host is not the task's failure
+            if self._stopping is not None:
+                self._end(task, TaskStatus.CANCELLED, self._stopping)
+                continue
             record.status = TaskStatus.QUEUED
             record.host = None
             self._place(task)

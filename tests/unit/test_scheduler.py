@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from meshrun.scheduler import (
     HostJoined,
     HostLoad,
+    HostLost,
     HostSpec,
     Policy,
     Scheduler,
@@ -280,3 +281,20 @@ def test_invariants_hold_for_any_graph_fleet_failures_and_losses(scenario) -> No
         assert r.attempts <= r.task.retries + 1
         if r.status is TaskStatus.SKIPPED:
             assert any(records[n].status is not TaskStatus.SUCCEEDED for n in r.task.needs)
+
+
+def test_abandoning_a_task_skips_its_dependents_so_the_run_ends() -> None:
+    g = graph(task("gpu-build", labels=["gpu"]), task("gpu-test", "gpu-build"), task("cpu"))
+    result = simulate(g, {"gpu-build": 1, "gpu-test": 1, "cpu": 1}, hosts(1))
+    assert statuses(result) == {"gpu-build": "cancelled", "gpu-test": "skipped", "cpu": "succeeded"}
+
+
+def test_a_host_lost_while_the_run_stops_cancels_its_tasks_instead_of_requeueing() -> None:
+    g = graph(task("bad"), task("slow"), task("other"))
+    s = Scheduler(g, {"bad": 1.0, "slow": 5.0, "other": 5.0}, Policy(max_fail=0), hosts=hosts(3))
+    started = {d.task: d.host for d in s.start(0) if isinstance(d, Start)}
+    s.handle(TaskFailed("bad", started["bad"], 1, "exit code 1"), 1)
+    s.handle(HostLost(started["slow"]), 2)
+    assert s.records["slow"].status is TaskStatus.CANCELLED
+    s.handle(TaskSucceeded("other", started["other"], 5.0), 5)
+    assert s.finished
