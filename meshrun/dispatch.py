@@ -83,9 +83,17 @@ def run_dispatch(
     with History(state.history) as history:
         expected = history.expected(graph.tasks)
 
+        excludes = list(graph.sync.exclude)
+        state_root = state.root.resolve()
+        if state_root.is_relative_to(graph.sync.root.resolve()):
+            # History and every run's logs stay home, wherever --state-dir points.
+            relative = state_root.relative_to(graph.sync.root.resolve()).as_posix()
+            if relative != ".":
+                excludes.append("/" + relative)
+
         def push(host: Host) -> None:
             connector.push(
-                host, root=str(graph.sync.root), paths=graph.sync.paths, excludes=graph.sync.exclude
+                host, root=str(graph.sync.root), paths=graph.sync.paths, excludes=excludes
             )
 
         dispatcher = Dispatcher(

@@ -39,6 +39,7 @@ from meshrun.scheduler import (
     HostJoined,
     HostLoad,
     HostLost,
+    HostsJoined,
     HostSpec,
     Policy,
     Scheduler,
@@ -56,6 +57,10 @@ INTERRUPTED = "interrupted (Ctrl-C)"
 #: After asking a host to stop a task (timeout, cancel), how long to wait for its exit
 #: before the host counts as lost (hung) and its tasks are re-queued elsewhere.
 STOP_GRACE_S = 10.0
+#: At the start of a run, hosts that connect within this long after the first one join
+#: together, so the first to connect does not start the longest tasks before faster
+#: hosts are known. Later hosts join as they come.
+GATHER_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +250,8 @@ class Dispatcher:
         self._durations: dict[str, float] = {}  # successful attempt durations
         self._last_duration: dict[str, float] = {}
         self._announced: set[str] = set()  # tasks whose end the observer has seen
+        self._gathering: list[HostSpec] = []  # ready hosts held back at the start
+        self._gather_until: float | None = None  # None: not started; inf: done
         self._starts = 0
         self._interrupted = False
         self._closing = False
@@ -308,7 +315,12 @@ class Dispatcher:
 
     def _step(self, started: float) -> None:
         waiting_hosts = any(i.status == "connecting" for i in self._info.values())
-        if not waiting_hosts and not self._running and self._scheduler.stalled:
+        if (
+            not waiting_hosts
+            and not self._gathering
+            and not self._running
+            and self._scheduler.stalled
+        ):
             live = [n for n, i in self._info.items() if i.status == "ok"]
             reason = (
                 "no reachable host matches its labels or weight" if live else "no host is reachable"
@@ -327,7 +339,20 @@ class Dispatcher:
                     self._handle(self._queue.get_nowait(), started)
                 except queue.Empty:
                     break
+        self._join_gathered(started)
         self._check_deadlines()
+
+    def _join_gathered(self, started: float) -> None:
+        """Join the hosts held back at the start once all connected, or GATHER_S passed."""
+        if self._gather_until is None or self._gather_until == float("inf"):
+            return
+        connecting = any(i.status == "connecting" for i in self._info.values())
+        if connecting and time.monotonic() < self._gather_until:
+            return
+        self._gather_until = float("inf")
+        joined = HostsJoined(tuple(self._gathering))
+        self._gathering.clear()
+        self._apply(self._scheduler.handle(joined, self._now(started)), started)
 
     def _progress(self) -> Progress:
         records = self._scheduler.records.values()
@@ -346,7 +371,7 @@ class Dispatcher:
         capacity = sum(
             self._scheduler.limit(name) * info.host.weight
             for name, info in self._info.items()
-            if info.status == "ok"
+            if info.status == "ok" and name in self._scheduler.hosts  # not while gathering
         )
         # Unknown when nothing is left by the estimates but tasks still run (overruns).
         eta = work / capacity if capacity and work > 0 else None
@@ -358,6 +383,8 @@ class Dispatcher:
         deadlines = [
             a.deadline for a in self._running.values() if a.deadline is not None and not a.timed_out
         ]
+        if self._gather_until not in (None, float("inf")):
+            deadlines.append(self._gather_until)
         if not deadlines:
             return 0.2
         return max(0.0, min(0.2, min(deadlines) - time.monotonic()))
@@ -372,7 +399,12 @@ class Dispatcher:
             info.slots = item.host.slots or item.runner.cpus or 1
             self.observer(HostReady(item.host.name, item.runner.kind, info.slots))
             spec = HostSpec(item.host.name, info.slots, item.host.weight, item.host.labels)
-            self._apply(self._scheduler.handle(HostJoined(spec), now), started)
+            if self._gather_until == float("inf"):
+                self._apply(self._scheduler.handle(HostJoined(spec), now), started)
+            else:
+                self._gathering.append(spec)
+                if self._gather_until is None:
+                    self._gather_until = time.monotonic() + GATHER_S
         elif isinstance(item, _Unreachable):
             info = self._info[item.host.name]
             info.status = "unreachable"
@@ -409,6 +441,7 @@ class Dispatcher:
             return
         if attempt.cancelled and not attempt.timed_out:
             self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
+            self._announced.add(attempt.task)
             self.observer(
                 TaskEnded(
                     attempt.task,
@@ -454,7 +487,8 @@ class Dispatcher:
 
     def _announce_ends(self) -> None:
         """Tell the observer about tasks that ended without running (skipped/cancelled)."""
-        for name, record in self._scheduler.records.items():
+        for name in self._scheduler.take_ended():
+            record = self._scheduler.records[name]
             if (
                 record.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED)
                 and name not in self._announced

@@ -76,6 +76,11 @@ class Locator:
             if match and len(match.group(1)) == len(match.group(3)):
                 name = re.sub(r"\s*\.\s*", ".", match.group(2)).replace('"', "").replace("'", "")
                 self.headers.append(Header(number, name, len(match.group(1)) == 2))
+        # Positions of each (name, array?) header, so lookups do not rescan the file:
+        # a tasks.toml of thousands of tasks is located in linear time.
+        self._positions: dict[tuple[str, bool], list[int]] = {}
+        for position, header in enumerate(self.headers):
+            self._positions.setdefault((header.name, header.array), []).append(position)
 
     def _find_key(self, first: int, last: int, key: str) -> int | None:
         """The first ``key =`` (or dotted ``key.x =``) line in [first, last]."""
@@ -103,11 +108,7 @@ class Locator:
 
         With key None, or when the key is not found, the header's line.
         """
-        candidates = [
-            position
-            for position, header in enumerate(self.headers)
-            if header.name == table and header.array == (index is not None)
-        ]
+        candidates = self._positions.get((table, index is not None), [])
         position_in = index or 0
         if position_in >= len(candidates):
             return self.top_level(table)  # written inline: table = {...} / [{...}]

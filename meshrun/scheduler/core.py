@@ -77,6 +77,13 @@ class HostJoined:
 
 
 @dataclass(frozen=True, slots=True)
+class HostsJoined:
+    """Several hosts at once (the start of a run): placed before anything starts."""
+
+    hosts: tuple[HostSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HostLost:
     host: str
     reason: str = "connection lost"
@@ -117,7 +124,16 @@ class Abandon:
     reason: str
 
 
-Event = HostJoined | HostLost | TaskSucceeded | TaskFailed | HostLoad | CancelAll | Abandon
+Event = (
+    HostJoined
+    | HostsJoined
+    | HostLost
+    | TaskSucceeded
+    | TaskFailed
+    | HostLoad
+    | CancelAll
+    | Abandon
+)
 
 
 # -- decisions (instructions) -------------------------------------------------------
@@ -192,6 +208,7 @@ class Scheduler:
             for name, task in graph.tasks.items()
         }
         self._stalled: list[str] = []  # ready but no live host can run them
+        self._ended: list[str] = []  # final since the last take_ended()
         for record in self.records.values():
             record.waiting_on = len(record.task.needs)
         for spec in hosts:
@@ -225,11 +242,15 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Decision]:
         decisions: list[Decision] = []
-        if isinstance(event, HostJoined):
-            self._add_host(event.host)
+        if isinstance(event, HostJoined | HostsJoined):
+            joined = (event.host,) if isinstance(event, HostJoined) else event.hosts
+            for spec in joined:
+                self._add_host(spec)
             for name in self._stalled[:]:
                 self._stalled.remove(name)
                 self._place(name)
+            for spec in joined:
+                self._rebalance_onto(self.hosts[spec.name])
         elif isinstance(event, HostLost):
             self._lose_host(event.host)
         elif isinstance(event, TaskSucceeded):
@@ -310,6 +331,30 @@ class Scheduler:
             key=lambda h: (self._backlog_s(h) + record.expected_s / h.spec.speed, h.spec.name),
         )
         self._enqueue(best, name)
+
+    def _rebalance_onto(self, newcomer: _HostState) -> None:
+        """Give a joining host the queued tasks it would finish sooner.
+
+        Hosts join one by one as they connect; without this the first one to join
+        would keep every task queued so far. In priority order, each task moves if the
+        newcomer's expected finish beats its current host's; one pass, O(queued tasks).
+        """
+        entries = sorted(
+            (entry, host)
+            for host in self.hosts.values()
+            if host is not newcomer
+            for entry in host.queue
+        )
+        for entry, host in entries:
+            name = entry[2]
+            record = self.records[name]
+            if not self._eligible(newcomer, record.task) or newcomer.spec.name in record.avoid:
+                continue
+            here = self._backlog_s(host) + record.expected_s / host.spec.speed
+            there = self._backlog_s(newcomer) + record.expected_s / newcomer.spec.speed
+            if there < here:
+                self._dequeue(host, host.queue.index(entry))
+                self._enqueue(newcomer, name)
 
     def _succeeded(self, event: TaskSucceeded) -> None:
         record = self.records[event.task]
@@ -425,6 +470,12 @@ class Scheduler:
             return
         record.status = status
         record.error = error
+        self._ended.append(name)
+
+    def take_ended(self) -> list[str]:
+        """Tasks that reached a final state since the last call (for progress reports)."""
+        ended, self._ended = self._ended, []
+        return ended
 
     # -- filling hosts ---------------------------------------------------------------
 
@@ -503,6 +554,12 @@ class Scheduler:
                 record = self.records[name]
                 if host.spec.name in record.avoid:
                     continue  # it failed here; its retry was placed elsewhere on purpose
+                # Steal only what this host would finish no later than the victim:
+                # a slow host must not grab a long task a fast one would end sooner.
+                mine = record.expected_s / host.spec.speed
+                theirs = self._backlog_s(victim) + record.expected_s / victim.spec.speed
+                if mine > theirs:
+                    continue
                 if self._eligible(host, record.task) and self._fits(host, record.task):
                     return self._dequeue(victim, i)
         return None

@@ -16,6 +16,7 @@ from meshrun.scheduler.core import (
     Cancel,
     Decision,
     Event,
+    HostJoined,
     HostLost,
     HostSpec,
     Policy,
@@ -68,14 +69,23 @@ def simulate(
     policy: Policy | None = None,
     failures: Mapping[str, int] | None = None,
     lose_hosts: Mapping[str, float] | None = None,
+    join_at: Mapping[str, float] | None = None,
 ) -> SimResult:
     """Run ``graph`` to the end in virtual time.
 
     ``failures[task] = n``: the task's first n attempts fail (exit 1).
     ``lose_hosts[host] = t``: the host dies at time t; its running attempts are lost.
+    ``join_at[host] = t``: the host joins at time t (as ``meshrun dispatch`` sees hosts
+    arrive one by one while they connect) instead of being there from the start.
     """
     failures = dict(failures or {})
-    scheduler = Scheduler(graph, expected_s or actual_s, policy or Policy(), hosts)
+    joining = dict(join_at or {})
+    scheduler = Scheduler(
+        graph,
+        expected_s or actual_s,
+        policy or Policy(),
+        [h for h in hosts if h.name not in joining],
+    )
     speeds = {h.name: h.speed for h in hosts}
     heap: list[tuple[float, int, Event | None, tuple[str, str, int] | None]] = []
     seq = 0
@@ -113,6 +123,9 @@ def simulate(
 
     for host, at in (lose_hosts or {}).items():
         push(at, HostLost(host, "simulated loss"))
+    for spec in hosts:
+        if spec.name in joining:
+            push(joining[spec.name], HostJoined(spec))
     now = 0.0
     apply(scheduler.start(now), now)
     while heap:

@@ -667,6 +667,13 @@ class SSHConnector:
             connect_timeout_s=self.connect_timeout_s,
             proxy_jump=ep.proxy_jump,
         )
+        workdir = host.workdir
+        if workdir == "~" or workdir.startswith("~/"):
+            # Tasks run in "$HOME"/x; rsync would resolve "x" against the login
+            # directory, which need not be $HOME. Ask the host once.
+            home = self.connect(host).run_raw('printf "%s" "$HOME"').stdout.decode().strip()
+            if home.startswith("/"):
+                workdir = home.rstrip("/") + workdir[1:]
         argv = rsync.push_argv(
             ssh=ssh,
             user=ep.user,
@@ -674,7 +681,7 @@ class SSHConnector:
             root=root,
             paths=paths,
             excludes=excludes,
-            workdir=host.workdir,
+            workdir=workdir,
         )
         rsync.run(argv, host.name)
 

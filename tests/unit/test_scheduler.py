@@ -298,3 +298,33 @@ def test_a_host_lost_while_the_run_stops_cancels_its_tasks_instead_of_requeueing
     assert s.records["slow"].status is TaskStatus.CANCELLED
     s.handle(TaskSucceeded("other", started["other"], 5.0), 5)
     assert s.finished
+
+
+def test_hosts_joining_one_by_one_still_share_the_queue() -> None:
+    rng = random.Random(3)
+    durations = {f"t{i}": rng.lognormvariate(0, 1.2) for i in range(400)}
+    g = graph(*(task(n) for n in durations))
+    fleet = hosts(8, slots=4)
+    joins = {h.name: 0.001 * i for i, h in enumerate(fleet)}  # as hosts finish connecting
+    result = simulate(g, durations, fleet, join_at=joins)
+    # Without re-balancing on join, the first host kept every long task (ratio ~1.5).
+    assert result.makespan / lower_bound(g, durations, fleet) < 1.10
+
+
+def test_a_slow_host_does_not_steal_a_long_task_a_fast_host_finishes_sooner() -> None:
+    g = graph(task("long"), task("short"))
+    fleet = [HostSpec("fast", 1, 4.0), HostSpec("slow", 1, 0.25)]
+    result = simulate(g, {"long": 8.0, "short": 0.5}, fleet)
+    ran = {i.task: i.host for i in result.intervals}
+    assert ran["long"] == "fast"
+    assert result.makespan <= 2.5  # long on fast: 2 s (short runs beside it on slow)
+
+
+def test_mixed_host_speeds_stay_near_the_bound_when_durations_are_known() -> None:
+    rng = random.Random(5)
+    durations = {f"t{i}": rng.lognormvariate(0, 1.2) for i in range(400)}
+    g = graph(*(task(n) for n in durations))
+    speeds = [1.0, 1.0, 2.0, 0.5]
+    fleet = [HostSpec(f"h{i}", 4, speeds[i % 4]) for i in range(8)]
+    result = simulate(g, durations, fleet)
+    assert result.makespan / lower_bound(g, durations, fleet) < 1.25
