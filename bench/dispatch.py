@@ -1,0 +1,1318 @@
+"""Dispatch overhead: many tiny tasks (``echo $i``) over a loopback fleet, meshrun vs the others.
+
+The workload is pure overhead: 400 tasks that each print one number, spread over 8
+hosts with 32 running at a time (4 per host), so what is measured is how fast a tool
+gets a command to a host, run, and its exit status back — not the work itself.
+
+Every tool runs as a whole process, timed by wall clock from spawn to exit (start-up,
+imports, handshakes, the tasks, teardown), round-robin within each repetition with the
+starting tool rotating, as in bench/fanout.
+
+    bench/dispatch --repeat 7 --warmup 1 --breakdown 5 --json /tmp/dispatch.json
+
+Rows (competitors: the three parallel-ssh rows, Fabric, GNU parallel):
+
+- meshrun dispatch tasks.toml --hosts H -q -o none  with ``slots = 4`` in [defaults]
+  (32 at a time, like the competitors); also with slots unset (= the host's CPU count)
+  and with --no-agent (one SSH channel per task). Each row keeps one --state-dir for
+  all of its runs: reading and writing the history is part of the real cost.
+- parallel-ssh rounds: ParallelSSHClient over 32 host entries (4 per host: 32 SSH
+  sessions), run_command('%s', host_args=...) 32 commands at a time, join, check exit
+  codes (13 rounds; the last one on 16 entries). Does NOT check host keys.
+- parallel-ssh pool: 32 greenlets, each with its own pssh SSHClient (4 per host), each
+  taking the next command from a shared iterator: no round barrier. No host-key check.
+  Also with 1 session per host (8 at a time): fewer handshakes, and on a 2-CPU box
+  parallel-ssh's fastest setting, so the target is checked against it too.
+- Fabric: one Connection per host (8), 32 threads (4 per host) taking the next command
+  from a shared iterator, Connection.run(..., hide=True, in_stream=False); host keys
+  checked (RejectPolicy). Connections are shared by 4 threads: paramiko opens one
+  channel per command.
+- GNU parallel -j4 --sshloginfile F (4 job slots per sshlogin: -j is per login, so 32
+  in all), one ``ssh -o ControlMaster=auto -o ControlPath=... -o ControlPersist=60``
+  login per host, ``echo {}`` over 0..399. The masters are told to exit after every run
+  (not timed), so every run starts cold, as the other tools do. Host keys checked.
+
+All the Python clients set TCP_NODELAY on their sockets (meshrun does by itself; the
+parallel-ssh and Fabric scripts are patched to), and meshrun also re-arms TCP_QUICKACK.
+
+``--breakdown N`` (default 5) then runs meshrun N more times with timers wrapped around its
+functions from outside (no meshrun code is changed) and splits its wall clock into
+phases: start-up, imports, CLI, task file, connector, history, connect + agent start,
+task phase, shutdown, records, exit; plus per-host connect/agent times, per-task round
+trips, CPU per phase (meshrun's process and the whole machine) and the coordinator
+thread's time in its hot functions. ``--experiments`` repeats it with counterfactuals
+patched in from outside, to size a suggestion before anyone writes it (default:
+``announce``, an O(1) ``Dispatcher._announce_ends``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+if TYPE_CHECKING:
+    from meshrun.testing.fleet import Fleet
+
+# Only the standard library at module level: the --child run times meshrun's own
+# imports, so nothing of meshrun may be imported before it starts. bench/fanout's
+# helpers (which import the fleet, hence meshrun) are imported where they are used.
+LOOPBACK = "127.0.0.1"  # meshrun.testing.fleet.LOOPBACK
+RUN_TIMEOUT_S = 180.0
+GIVE_UP_AFTER = 2
+#: meshrun should do at least this many times parallel-ssh's tasks/s (the issue's target).
+TARGET_VS_PSSH = 1.5
+ISSUE_PSSH_RATE = 535  # tasks/s, the issue's reference (Fabric 304, GNU parallel 57-72)
+SUMMARY_RE = re.compile(r"meshrun: (\d+) tasks: (.*?) in (\S+) \(run (\S+)\)")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (as bench/fanout, stdlib only)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def tail(text: bytes, lines: int = 8) -> str:
+    return "\n".join(text.decode("utf-8", "replace").rstrip().splitlines()[-lines:])
+
+
+_NODELAY_PSSH = """
+import socket
+
+from pssh.clients.base import single
+
+_connect_socket = single.BaseSSHClient._connect_socket
+
+
+def _nodelay(self, *args, **kwargs):
+    out = _connect_socket(self, *args, **kwargs)
+    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return out
+
+
+single.BaseSSHClient._connect_socket = _nodelay
+"""
+
+PSSH_ROUNDS_SCRIPT = (
+    '''\
+"""parallel-ssh: N `echo i` over 32 sessions in rounds of 32. Does NOT check host keys."""
+import json
+import sys
+
+from pssh.clients import ParallelSSHClient
+from pssh.config import HostConfig
+'''
+    + _NODELAY_PSSH
+    + """
+spec = json.loads(sys.argv[1])
+# Host-major interleaving, so the last, partial round still covers every host.
+ports = [p for _ in range(spec["per_host"]) for p in spec["ports"]]
+hosts = [spec["address"]] * len(ports)
+config = [
+    HostConfig(port=p, user=spec["user"], private_key=spec["key"], allow_agent=False,
+               identity_auth=False, num_retries=1, timeout=30)
+    for p in ports
+]
+client = ParallelSSHClient(hosts, host_config=config, pool_size=len(ports), allow_agent=False,
+                           identity_auth=False, num_retries=1, timeout=30)
+commands = [f"echo {i}" for i in range(spec["tasks"])]
+bad, done = [], 0
+for start in range(0, len(commands), len(ports)):
+    chunk = commands[start:start + len(ports)]
+    if len(chunk) < len(ports):  # host_args must match the host list: shrink it
+        client.hosts = hosts[:len(chunk)]
+        client.host_config = config[:len(chunk)]
+    output = client.run_command("%s", host_args=chunk, stop_on_errors=True)
+    outs = {}
+    for o, command in zip(output, chunk):
+        outs[command] = list(o.stdout)  # read to EOF, else exit_code can still be None
+    client.join(output)
+    for o, command in zip(output, chunk):
+        done += 1
+        if o.exit_code != 0 or outs[command] != [command[5:]]:
+            bad.append((command, o.exit_code, outs[command], o.exception))
+if bad or done != len(commands):
+    sys.exit(f"parallel-ssh: {len(bad)} failed, {done} done: {bad[:5]}")
+"""
+)
+
+PSSH_POOL_SCRIPT = (
+    '''\
+"""parallel-ssh: N `echo i`, 32 greenlets with a session each. Does NOT check host keys."""
+import json
+import sys
+
+from gevent import joinall, spawn
+from pssh.clients import SSHClient
+'''
+    + _NODELAY_PSSH
+    + """
+spec = json.loads(sys.argv[1])
+todo = iter(range(spec["tasks"]))
+bad, done = [], []
+
+
+def worker(port):
+    # One libssh2 session cannot run channels from several greenlets at once
+    # (SSH2Error), so each greenlet has its own session, as ParallelSSHClient does.
+    client = SSHClient(spec["address"], user=spec["user"], port=port, pkey=spec["key"],
+                       allow_agent=False, identity_auth=False, num_retries=1, timeout=30)
+    for i in todo:
+        out = client.run_command(f"echo {i}")
+        lines = list(out.stdout)
+        client.wait_finished(out)
+        done.append(i)
+        if out.exit_code != 0 or lines != [str(i)]:
+            bad.append((i, out.exit_code, lines))
+    client.disconnect()
+
+
+joinall([spawn(worker, p) for _ in range(spec["per_host"]) for p in spec["ports"]],
+        raise_error=True)
+if bad or len(done) != spec["tasks"]:
+    sys.exit(f"parallel-ssh: {len(bad)} failed, {len(done)} done: {bad[:5]}")
+"""
+)
+
+FABRIC_SCRIPT = '''\
+"""Fabric: N `echo i`, one Connection per host, 32 threads; host keys checked."""
+import json
+import socket
+import sys
+import threading
+
+import paramiko
+from fabric import Connection
+
+spec = json.loads(sys.argv[1])
+connections = []
+for port in spec["ports"]:
+    c = Connection(
+        spec["address"],
+        user=spec["user"],
+        port=port,
+        connect_timeout=30,
+        connect_kwargs={"key_filename": spec["key"], "look_for_keys": False, "allow_agent": False},
+    )
+    # Fabric auto-adds unknown keys by default; check them like OpenSSH would instead.
+    c.client.load_host_keys(spec["known_hosts"])
+    c.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    connections.append(c)
+
+
+def open_one(c):
+    c.open()
+    c.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+openers = [threading.Thread(target=open_one, args=(c,)) for c in connections]
+for t in openers:
+    t.start()
+for t in openers:
+    t.join()
+if not all(c.is_connected for c in connections):
+    sys.exit("fabric: a connection failed")
+todo = iter(range(spec["tasks"]))
+lock = threading.Lock()
+bad, done = [], []
+
+
+def worker(c):
+    while True:
+        with lock:
+            i = next(todo, None)
+        if i is None:
+            return
+        try:
+            r = c.run(f"echo {i}", hide=True, in_stream=False, warn=True)
+            ok = r.exited == 0 and r.stdout == f"{i}\\n"
+        except Exception as exc:  # noqa: BLE001
+            ok, r = False, exc
+        with lock:
+            done.append(i)
+            if not ok:
+                bad.append((i, repr(r)[:200]))
+
+
+workers = [threading.Thread(target=worker, args=(c,))
+           for _ in range(spec["per_host"]) for c in connections]
+for t in workers:
+    t.start()
+for t in workers:
+    t.join()
+for c in connections:
+    c.close()
+if bad or len(done) != spec["tasks"]:
+    sys.exit(f"fabric: {len(bad)} failed, {len(done)} done: {bad[:5]}")
+'''
+
+
+# -- the workload -----------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    tasks: int
+    per_host: int
+    dir: Path
+    tasks_toml: Path
+    hosts_slots: Path  # [defaults] slots = per_host
+    hosts_auto: Path  # slots unset: the host's CPU count
+    args_file: Path  # 1..N, one a line, for GNU parallel
+    spec: str  # JSON for the Python competitor scripts
+
+
+def write_workload(fleet: Fleet, tasks: int, per_host: int, workdir: Path) -> Workload:
+    lines = ["# bench/dispatch: tiny tasks, nothing to sync", "[sync]", "paths = []", ""]
+    for i in range(tasks):
+        lines += ["[[task]]", f'name = "t{i}"', f'run = "echo {i}"', ""]
+    tasks_toml = workdir / "tasks.toml"
+    tasks_toml.write_text("\n".join(lines))
+    hosts_auto = fleet.hosts_toml
+    text = hosts_auto.read_text()
+    if not text.startswith("[defaults]\n"):
+        raise RuntimeError(f"unexpected hosts.toml layout in {hosts_auto}")
+    hosts_slots = workdir / f"hosts-slots{per_host}.toml"
+    hosts_slots.write_text(text.replace("[defaults]\n", f"[defaults]\nslots = {per_host}\n", 1))
+    args_file = workdir / "args.txt"
+    args_file.write_text("".join(f"{i}\n" for i in range(tasks)))
+    spec = json.dumps(
+        {
+            "address": LOOPBACK,
+            "user": fleet.user,
+            "key": str(fleet.client_key),
+            "known_hosts": str(fleet.known_hosts),
+            "ports": [h.port for h in fleet.hosts],
+            "tasks": tasks,
+            "per_host": per_host,
+        }
+    )
+    return Workload(tasks, per_host, workdir, tasks_toml, hosts_slots, hosts_auto, args_file, spec)
+
+
+# -- tools ------------------------------------------------------------------------------
+
+
+@dataclass
+class Tool:
+    key: str
+    label: str
+    argv: list[str]
+    competitor: bool = False
+    note: str = ""
+    after: Callable[[], None] | None = None  # after every run, not timed (cleanup)
+    state_dir: Path | None = None  # meshrun rows: where its run dirs go
+
+
+@dataclass
+class Sample:
+    wall_s: float
+    exit_code: int | None
+    stderr: bytes
+    client_cpu_s: float
+    machine_cpu_s: float
+
+
+@dataclass
+class ToolResult:
+    tool: Tool
+    times_s: list[float] = field(default_factory=list)
+    warmup_s: list[float] = field(default_factory=list)
+    inrun_s: list[float] = field(default_factory=list)  # meshrun: its own "in X s"
+    client_cpu_s: list[float] = field(default_factory=list)
+    machine_cpu_s: list[float] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    consecutive_failures: int = 0
+
+    @property
+    def gave_up(self) -> bool:
+        return self.consecutive_failures >= GIVE_UP_AFTER
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
+
+    @property
+    def minimum(self) -> float | None:
+        return min(self.times_s) if self.times_s else None
+
+    @property
+    def inrun(self) -> float | None:
+        return statistics.median(self.inrun_s) if self.inrun_s else None
+
+    @property
+    def cpu(self) -> float | None:
+        return statistics.median(self.client_cpu_s) if self.client_cpu_s else None
+
+    @property
+    def machine_cpu(self) -> float | None:
+        return statistics.median(self.machine_cpu_s) if self.machine_cpu_s else None
+
+
+def control_logins(fleet: Fleet, control_dir: Path) -> list[list[str]]:
+    """One OpenSSH argv (without the command) per host, multiplexed over a master."""
+    out = []
+    for h in fleet.hosts:
+        out.append(
+            [
+                "ssh",
+                "-p",
+                str(h.port),
+                "-i",
+                str(fleet.client_key),
+                "-o",
+                f"UserKnownHostsFile={fleet.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                # The kex paramiko negotiates (OpenSSH's default costs much more CPU).
+                "-o",
+                "KexAlgorithms=curve25519-sha256",
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                f"ControlPath={control_dir}/%C",
+                "-o",
+                "ControlPersist=60",
+            ]
+        )
+    return out
+
+
+def stop_masters(fleet: Fleet, control_dir: Path) -> None:
+    """``ssh -O exit`` every master left by a GNU parallel run (ControlPersist)."""
+    if not any(control_dir.iterdir()):
+        return
+    procs = [
+        subprocess.Popen(
+            [*login, "-O", "exit", f"{fleet.user}@{LOOPBACK}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for login in control_logins(fleet, control_dir)
+    ]
+    for p in procs:
+        p.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while any(control_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
+    scripts = {}
+    for name, text in [
+        ("pssh_rounds.py", PSSH_ROUNDS_SCRIPT),
+        ("pssh_pool.py", PSSH_POOL_SCRIPT),
+        ("fabric_tasks.py", FABRIC_SCRIPT),
+    ]:
+        path = work.dir / name
+        path.write_text(text)
+        scripts[name] = str(path)
+    control_dir = work.dir / "cm"
+    control_dir.mkdir(exist_ok=True)
+    sshlogins = work.dir / "sshlogins"
+    sshlogins.write_text(
+        "".join(
+            f"{shlex.join(login)} {fleet.user}@{LOOPBACK}\n"
+            for login in control_logins(fleet, control_dir)
+        )
+    )
+    from fanout import meshrun_executable
+
+    meshrun = meshrun_executable()
+
+    def mesh(key: str, label: str, hosts: Path, extra: list[str], note: str) -> Tool:
+        state = work.dir / f"state-{key}"
+        argv = [meshrun, "dispatch", str(work.tasks_toml), "--hosts", str(hosts), "-q"]
+        argv += ["-o", "none", "--state-dir", str(state), *extra]
+        return Tool(key, label, argv, note=note, state_dir=state)
+
+    n = work.per_host
+    return [
+        mesh(
+            "meshrun",
+            f"meshrun dispatch slots={n}",
+            work.hosts_slots,
+            [],
+            f"{n * len(fleet.hosts)} at a time; one state dir for all runs",
+        ),
+        mesh(
+            "meshrun-auto",
+            "meshrun dispatch (slots unset)",
+            work.hosts_auto,
+            [],
+            "slots = the host's CPUs (agent hello)",
+        ),
+        mesh(
+            "meshrun-noagent",
+            f"meshrun --no-agent slots={n}",
+            work.hosts_slots,
+            ["--no-agent"],
+            "one SSH channel + wrapper per task",
+        ),
+        Tool(
+            "pssh-rounds",
+            "parallel-ssh rounds",
+            [python, scripts["pssh_rounds.py"], work.spec],
+            competitor=True,
+            note=f"{n * len(fleet.hosts)} sessions, rounds; host keys NOT checked",
+        ),
+        Tool(
+            "pssh-pool",
+            "parallel-ssh pool",
+            [python, scripts["pssh_pool.py"], work.spec],
+            competitor=True,
+            note=f"{n * len(fleet.hosts)} sessions, no barrier; host keys NOT checked",
+        ),
+        Tool(
+            "pssh-pool-1",
+            "parallel-ssh pool, 1/host",
+            [python, scripts["pssh_pool.py"], json.dumps(json.loads(work.spec) | {"per_host": 1})],
+            competitor=True,
+            note=f"{len(fleet.hosts)} sessions, {len(fleet.hosts)} at a time: its best here",
+        ),
+        Tool(
+            "fabric",
+            "fabric threads",
+            [python, scripts["fabric_tasks.py"], work.spec],
+            competitor=True,
+            note=f"{len(fleet.hosts)} connections, {n * len(fleet.hosts)} threads",
+        ),
+        Tool(
+            "parallel",
+            "GNU parallel",
+            [
+                shutil.which("parallel") or "parallel",
+                f"-j{n}",
+                "--no-notice",
+                "--sshloginfile",
+                str(sshlogins),
+                "echo",
+                "{}",
+                "::::",
+                str(work.args_file),
+            ],
+            competitor=True,
+            note=f"-j{n} per login, ControlMaster (cold each run)",
+            after=lambda: stop_masters(fleet, control_dir),
+        ),
+    ]
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def time_once(tool: Tool, env: dict[str, str], scratch: Path) -> Sample:
+    """Wall clock of the whole process, spawn to exit.
+
+    stderr goes to a file, not a pipe: an OpenSSH master that goes to the background
+    (ControlPersist) keeps it open, and waiting for EOF would then wait for the master.
+    """
+    err_path = scratch / "stderr.txt"
+    with err_path.open("wb") as err:
+        cpu0, busy0 = children_cpu_s(), machine_busy_s()
+        start = time.perf_counter()
+        code: int | None
+        try:
+            proc = subprocess.run(
+                tool.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                timeout=RUN_TIMEOUT_S,
+                check=False,
+            )
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        except OSError as exc:
+            code = 127
+            err.write(str(exc).encode())
+        wall = time.perf_counter() - start
+        sample = Sample(wall, code, b"", children_cpu_s() - cpu0, machine_busy_s() - busy0)
+    sample.stderr = err_path.read_bytes() + (b"\n(timed out)" if code is None else b"")
+    if tool.after is not None:
+        tool.after()
+    return sample
+
+
+def run_dirs(tool: Tool) -> set[str]:
+    runs = tool.state_dir / "runs" if tool.state_dir is not None else None
+    return {p.name for p in runs.iterdir()} if runs is not None and runs.is_dir() else set()
+
+
+def meshrun_inrun_s(tool: Tool, stderr: bytes, before: set[str]) -> float | None:
+    """meshrun's own duration of the run, the one its summary line shows ("N tasks: ...
+    in X s"), from the run's report.json (ms; `-q` prints no summary when all is well),
+    else from the summary line."""
+    new = sorted(run_dirs(tool) - before)
+    found = SUMMARY_RE.search(stderr.decode("utf-8", "replace"))
+    if found is not None:
+        new = [found.group(4)]
+    if tool.state_dir is not None and len(new) == 1:
+        report = tool.state_dir / "runs" / new[0] / "report.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return float(json.loads(report.read_text())["duration_s"])
+    if found is None:
+        return None
+    from meshrun.durations import parse_duration
+
+    return parse_duration(found.group(3))
+
+
+def bench(
+    tools: Sequence[Tool], repeat: int, warmup: int, env: dict[str, str], scratch: Path
+) -> list[ToolResult]:
+    results = [ToolResult(t) for t in tools]
+    for rep in range(warmup + repeat):
+        is_warmup = rep < warmup
+        shift = rep % len(results)
+        line = []
+        for r in results[shift:] + results[:shift]:
+            if r.gave_up:
+                continue
+            before = run_dirs(r.tool)
+            s = time_once(r.tool, env, scratch)
+            inrun = meshrun_inrun_s(r.tool, s.stderr, before) if r.tool.state_dir else None
+            if s.exit_code == 0 and (r.tool.state_dir is None or inrun is not None):
+                r.consecutive_failures = 0
+                if is_warmup:
+                    r.warmup_s.append(s.wall_s)
+                else:
+                    r.times_s.append(s.wall_s)
+                    r.client_cpu_s.append(s.client_cpu_s)
+                    r.machine_cpu_s.append(s.machine_cpu_s)
+                    if inrun is not None:
+                        r.inrun_s.append(inrun)
+                line.append(f"{r.tool.key} {s.wall_s:.2f}")
+            else:
+                r.consecutive_failures += 1
+                r.failures.append(
+                    {
+                        "rep": rep,
+                        "warmup": is_warmup,
+                        "exit_code": s.exit_code,
+                        "wall_s": s.wall_s,
+                        "stderr_tail": tail(s.stderr),
+                    }
+                )
+                line.append(f"{r.tool.key} FAIL({s.exit_code})")
+        tag = "warmup" if is_warmup else f"rep {rep - warmup + 1}/{repeat}"
+        print(f"  {tag}: " + ", ".join(line), file=sys.stderr, flush=True)
+    return results
+
+
+# -- the instrumented meshrun run (--breakdown) ------------------------------------------
+
+#: Phases, in order, between marks taken inside meshrun's process (see child()).
+PHASES = [
+    ("startup", "spawned", "ready", "interpreter + site (python3 -c pass: ~30 ms)"),
+    (
+        "harness",
+        "ready",
+        "harness",
+        "this file's stdlib imports (not meshrun's; json, re, ... it would import anyway)",
+    ),
+    ("import", "harness", "imported", "import meshrun.cli (the CLI, meshrun's exec side)"),
+    (
+        "import dispatch",
+        "imported",
+        "imported_dispatch",
+        "the dispatch side, imported lazily in a real run",
+    ),
+    ("cli", "imported_dispatch", "cli", "build the command's parser, parse argv"),
+    ("load tasks", "cli", "loaded", "load_tasks: parse + validate tasks.toml"),
+    ("connector", "loaded", "connector", "inventory, default_connector (imports paramiko)"),
+    ("history", "connector", "run", "check_placeable, open history.sqlite, expected durations"),
+    ("connect", "run", "first_ready", "first host: TCP, kex, auth, agent upload + start + hello"),
+    ("tasks", "first_ready", "last_exit", "first host ready -> last task's exit handled"),
+    ("shutdown", "last_exit", "run_end", "close every agent channel, join threads"),
+    ("records", "run_end", "dispatch_end", "report.json, manifest.json, history (+400 rows)"),
+    ("finish", "dispatch_end", "end", "console summary, connector.close"),
+    ("exit", "end", "gone", "interpreter shutdown (parent-observed)"),
+]
+
+#: Coordinator-thread functions whose inclusive time is summed (see child()).
+HOT = [
+    ("meshrun.executor", "Dispatcher", "_announce_ends"),
+    ("meshrun.executor", "Dispatcher", "_progress"),
+    ("meshrun.executor", "Dispatcher", "_start"),
+    ("meshrun.executor", "Dispatcher", "_exited"),
+    ("meshrun.agent.client", "AgentRunner", "run"),
+    ("meshrun.scheduler.core", "Scheduler", "handle"),
+    ("meshrun.scheduler.core", "Scheduler", "finished"),  # a property
+    ("meshrun.console", "DispatchConsole", "__call__"),
+]
+
+
+def lean_agent_source(source: bytes) -> bytes:
+    """The host agent without its "started" event (the coordinator ignores it) and with
+    its events coalesced: one write per select() round instead of one per event.
+
+    A counterfactual for --experiments lean-agent, made by text substitution so the
+    real agent's logic is otherwise unchanged; fails loudly if the agent has changed.
+    """
+    text = source.decode()
+    swaps = [
+        (
+            '        send({"ev": "started", "id": task_id, "pid": proc.pid})\n',
+            "",
+        ),
+        (
+            "def send(obj):\n"
+            '    line = (json.dumps(obj, separators=(",", ":")) + "\\n").encode()\n'
+            "    view = memoryview(line)\n",
+            "PENDING = []\n\n\n"
+            "def send(obj):\n"
+            '    PENDING.append((json.dumps(obj, separators=(",", ":")) + "\\n").encode())\n'
+            "\n\n"
+            "def flush():\n"
+            "    if not PENDING:\n"
+            "        return\n"
+            '    line = b"".join(PENDING)\n'
+            "    del PENDING[:]\n"
+            "    view = memoryview(line)\n",
+        ),
+        (
+            "                        self.read_output(key)\n",
+            "                        self.read_output(key)\n                flush()\n",
+        ),
+        (
+            '"pid": os.getpid()})\n        try:\n',
+            '"pid": os.getpid()})\n        flush()\n        try:\n',
+        ),
+        (
+            "        finally:\n            self.shutdown()\n",
+            "        finally:\n            self.shutdown()\n"
+            "            try:\n                flush()\n            except OSError:\n"
+            "                pass\n",
+        ),
+    ]
+    for old, new in swaps:
+        if text.count(old) != 1:
+            raise RuntimeError(f"lean-agent: the agent source changed near {old[:40]!r}")
+        text = text.replace(old, new)
+    return text.encode()
+
+
+#: The child's first lines: the clock starts before this file's own imports.
+CHILD_LAUNCHER = (
+    "import time; ready = (time.time(), time.process_time()); import sys; "
+    "sys.path.insert(0, {bench!r}); import dispatch; dispatch.child(sys.argv[1], *ready)"
+)
+
+
+def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
+    """Run ``meshrun dispatch`` in this process with timers wrapped around meshrun."""
+    spawned = float(os.environ["BENCH_SPAWNED"])
+    t_harness = time.time()
+    import hashlib
+    import importlib
+    import resource
+    import threading
+
+    spec = json.loads(spec_json)
+
+    def cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    marks: dict[str, float] = {"spawned": spawned, "ready": t_ready, "harness": t_harness}
+    cpus: dict[str, float] = {"spawned": 0.0, "ready": cpu_ready, "harness": cpu()}
+    box: dict[str, float] = {"harness": machine_busy_s()}
+    main_cpu: dict[str, float] = {"harness": time.thread_time()}
+    spans: list[tuple[str, str, float, float]] = []
+    hot: dict[str, list[float]] = {}
+    task_rtt: dict[str, float] = {}
+    rtts: list[float] = []
+    lock = threading.Lock()
+    main = threading.main_thread()
+
+    def mark(name: str, *, first: bool = False) -> None:
+        if first and name in marks:
+            return
+        marks[name] = time.time()
+        cpus[name] = cpu()
+        box[name] = machine_busy_s()
+        if threading.current_thread() is main:
+            main_cpu[name] = time.thread_time()
+
+    def wrap(owner: Any, name: str, before: Any = None, after: Any = None) -> None:
+        real = getattr(owner, name)
+
+        def inner(*a: Any, **kw: Any) -> Any:
+            if before is not None:
+                before(*a, **kw)
+            try:
+                return real(*a, **kw)
+            finally:
+                if after is not None:
+                    after(*a, **kw)
+
+        setattr(owner, name, inner)
+
+    import meshrun.cli
+
+    mark("imported")
+    for module in [
+        "meshrun.dispatch",
+        "meshrun.executor",
+        "meshrun.history",
+        "meshrun.tasks",
+        "meshrun.scheduler",
+        "meshrun.agent.client",
+        "meshrun.manifest",
+    ]:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    mark("imported_dispatch")
+    import meshrun
+    import meshrun.agent.client as agent_client
+    import meshrun.dispatch as dispatch_mod
+    import meshrun.executor as executor
+
+    for module, cls, fn in HOT:
+        owner = getattr(importlib.import_module(module), cls)
+        real = owner.__dict__[fn]
+        is_property = isinstance(real, property)
+        if is_property:
+            real = real.fget
+        key = f"{cls}.{fn}"
+        hot[key] = [0.0, 0]
+
+        def timed(real: Any = real, key: str = key) -> Any:
+            def inner(*a: Any, **kw: Any) -> Any:
+                if threading.current_thread() is not main:
+                    return real(*a, **kw)
+                t0 = time.perf_counter()
+                try:
+                    return real(*a, **kw)
+                finally:
+                    acc = hot[key]
+                    acc[0] += time.perf_counter() - t0
+                    acc[1] += 1
+
+            return inner
+
+        setattr(owner, fn, property(timed()) if is_property else timed())
+
+    experiments = set(spec.get("experiments", ()))
+    if "announce" in experiments:
+        # Counterfactual: skip the scan over every task while none can have been
+        # skipped or cancelled (what an incremental version does on this workload).
+        real_announce = executor.Dispatcher._announce_ends
+
+        def announce(self: Any) -> None:
+            if self._scheduler._failures or self._scheduler._stopping is not None:
+                real_announce(self)
+
+        executor.Dispatcher._announce_ends = announce
+    if "lean-agent" in experiments:
+        source = lean_agent_source(agent_client.agent_source())
+        name = f"agent-lean-{hashlib.sha256(source).hexdigest()[:16]}.py"
+        agent_client.agent_source = lambda: source
+        agent_client.agent_file_name = lambda: name
+
+    real_load = meshrun.load_tasks
+
+    def load_tasks(*a: Any, **kw: Any) -> Any:
+        mark("cli")
+        graph = real_load(*a, **kw)
+        mark("loaded")
+        return graph
+
+    meshrun.load_tasks = load_tasks
+    real_run_dispatch = dispatch_mod.run_dispatch
+
+    def run_dispatch(*a: Any, **kw: Any) -> Any:
+        try:
+            return real_run_dispatch(*a, **kw)
+        finally:
+            mark("dispatch_end")
+
+    meshrun.run_dispatch = run_dispatch
+    wrap(
+        executor.Dispatcher,
+        "run",
+        before=lambda *a, **kw: mark("run"),
+        after=lambda *a, **kw: mark("run_end"),
+    )
+
+    real_handle = executor.Dispatcher._handle
+
+    def handle(self: Any, item: Any, started: float) -> None:
+        if isinstance(item, executor._Ready):  # before its first tasks are started
+            mark("first_ready", first=True)
+            mark("last_ready")
+        real_handle(self, item, started)
+
+    executor.Dispatcher._handle = handle
+    real_start = executor.Dispatcher._start
+
+    def start(self: Any, decision: Any, started: float) -> None:
+        mark("first_start", first=True)
+        task_rtt[decision.task] = time.perf_counter()
+        real_start(self, decision, started)
+
+    executor.Dispatcher._start = start
+    real_exited = executor.Dispatcher._exited
+
+    def exited(self: Any, event: Any, started: float) -> None:
+        attempt = self._running.get(event.task_id)  # the runner's id format is meshrun's
+        t0 = task_rtt.pop(attempt.task, None) if attempt is not None else None
+        if t0 is not None:
+            rtts.append(time.perf_counter() - t0)
+        real_exited(self, event, started)
+        mark("last_exit")
+
+    executor.Dispatcher._exited = exited
+
+    def span(kind: str, owner: Any, name: str, host_of: Callable[[tuple[Any, ...]], str]) -> None:
+        real = getattr(owner, name)
+
+        def inner(*a: Any, **kw: Any) -> Any:
+            t0 = time.time()
+            try:
+                return real(*a, **kw)
+            finally:
+                with lock:
+                    spans.append((kind, host_of(a), t0, time.time()))
+
+        setattr(owner, name, inner)
+
+    span("agent start", agent_client.AgentRunner, "__init__", lambda a: a[1])
+    span("host set-up", executor.Dispatcher, "_connect", lambda a: a[1].name)
+    real_connector = meshrun.default_connector
+
+    def default_connector(*a: Any, **kw: Any) -> Any:
+        connector = real_connector(*a, **kw)  # imports paramiko: timed in its phase
+        import meshrun.transport.ssh as ssh
+
+        span("ssh connect", ssh.SSHConnector, "connect", lambda a: a[1].name)
+        span("agent upload", ssh.SSHConnection, "run_raw", lambda a: a[0].host.name)
+        mark("connector")
+        return connector
+
+    meshrun.default_connector = default_connector
+
+    sys.argv = ["meshrun", *spec["argv"]]
+    code: Any = 0
+    try:
+        meshrun.cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    mark("end")
+    Path(spec["out"]).write_text(
+        json.dumps(
+            {
+                "code": code,
+                "marks": marks,
+                "cpu": cpus,
+                "box": box,
+                "main_cpu": main_cpu,
+                "spans": spans,
+                "hot": hot,
+                "rtt": rtts,
+            }
+        )
+    )
+    sys.exit(code)
+
+
+@dataclass
+class Breakdown:
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def run_breakdown(
+    tool: Tool, count: int, env: dict[str, str], scratch: Path, experiments: Sequence[str] = ()
+) -> Breakdown:
+    out = Breakdown()
+    argv = tool.argv[1:]  # drop the console script: the child calls meshrun.cli.main
+    for i in range(count):
+        result = scratch / f"breakdown-{i}.json"
+        spec = json.dumps({"argv": argv, "out": str(result), "experiments": list(experiments)})
+        launcher = CHILD_LAUNCHER.format(bench=str(BENCH))
+        cpu0, box0 = children_cpu_s(), machine_busy_s()
+        start = time.perf_counter()
+        child_env = {**env, "BENCH_SPAWNED": repr(time.time())}
+        proc = subprocess.run(
+            [sys.executable, "-c", launcher, spec],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        gone = time.time()
+        wall = time.perf_counter() - start
+        if proc.returncode != 0 or not result.exists():
+            out.failures.append(f"exit {proc.returncode}: {tail(proc.stderr)}")
+            continue
+        data = json.loads(result.read_text())
+        data["marks"]["gone"] = gone
+        data["wall"] = wall
+        data["cpu"]["gone"] = children_cpu_s() - cpu0  # the child's whole life
+        data["box"]["spawned"], data["box"]["gone"] = box0, machine_busy_s()
+        out.runs.append(data)
+        print(f"  breakdown {i + 1}/{count}: {wall:.2f}s", file=sys.stderr, flush=True)
+    return out
+
+
+def med(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def render_breakdown(b: Breakdown, tasks: int, label: str) -> str:
+    if not b.runs:
+        return f"\n== breakdown ({label}): no successful run ==\n" + "\n".join(b.failures)
+    out = [
+        f"\n== where meshrun's time goes ({label}, {len(b.runs)} instrumented runs, medians) ==",
+        f"{'phase':<16} {'ms':>7} {'cpu ms':>7} {'box ms':>7}  what",
+    ]
+    total_ms = []
+    for name, a, z, what in PHASES:
+        walls, cpus, boxes = [], [], []
+        for r in b.runs:
+            m = r["marks"]
+            if a in m and z in m:
+                walls.append((m[z] - m[a]) * 1000)
+            c = r["cpu"]
+            if a in c and z in c:
+                cpus.append((c[z] - c[a]) * 1000)
+            x = r["box"]
+            if a in x and z in x:
+                boxes.append((x[z] - x[a]) * 1000)
+        out.append(
+            f"{name:<16} {fmt(med(walls), '.0f'):>7} {fmt(med(cpus), '.0f'):>7} "
+            f"{fmt(med(boxes), '.0f'):>7}  {what}"
+        )
+    for r in b.runs:
+        total_ms.append(r["wall"] * 1000)
+    out.append(f"{'total':<16} {fmt(med(total_ms), '.0f'):>7}")
+    out.append(
+        "cpu ms = user+sys of meshrun's process (all threads); box ms = busy CPU of the "
+        "whole machine (meshrun + sshd + agents + tasks); the box has "
+        f"{os.cpu_count()} CPUs"
+    )
+
+    def per_run(fn: Callable[[dict[str, Any]], float | None]) -> float | None:
+        vals = [v for v in (fn(r) for r in b.runs) if v is not None]
+        return med(vals)
+
+    def between(r: dict[str, Any], a: str, z: str, key: str = "marks") -> float | None:
+        m = r[key]
+        return (m[z] - m[a]) if a in m and z in m else None
+
+    all_ready = per_run(lambda r: between(r, "run", "last_ready"))
+    task_phase = per_run(lambda r: between(r, "first_start", "last_exit"))
+    main_busy = per_run(lambda r: between(r, "first_start", "last_exit", "main_cpu"))
+    proc_cpu = per_run(lambda r: between(r, "first_start", "last_exit", "cpu"))
+    box_cpu = per_run(lambda r: between(r, "first_start", "last_exit", "box"))
+    rtt = per_run(lambda r: med(r["rtt"]))
+    rtt90 = per_run(lambda r: sorted(r["rtt"])[int(0.9 * len(r["rtt"]))] if r["rtt"] else None)
+    out.append("")
+    if all_ready is not None:
+        out.append(f"all hosts ready after {all_ready * 1000:.0f} ms (run start -> last hello)")
+    if task_phase:
+        out.append(
+            f"first task start -> last exit: {task_phase * 1000:.0f} ms = "
+            f"{tasks / task_phase:.0f} tasks/s; CPU in it: meshrun {fmt(proc_cpu, '.2f')} s "
+            f"(coordinator thread {fmt(main_busy, '.2f')} s), whole box {fmt(box_cpu, '.2f')} s "
+            f"= {fmt(box_cpu / task_phase if box_cpu else None, '.2f')} of "
+            f"{os.cpu_count()} CPUs busy"
+        )
+    if rtt is not None:
+        out.append(
+            f"per task, start decision -> exit handled: median {rtt * 1000:.1f} ms, "
+            f"p90 {fmt(rtt90 * 1000 if rtt90 else None, '.1f')} ms"
+        )
+    kinds = sorted({s[0] for r in b.runs for s in r["spans"]})
+    parts = []
+    for kind in kinds:
+        per = per_run(
+            lambda r, k=kind: med([(x[3] - x[2]) * 1000 for x in r["spans"] if x[0] == k])
+        )
+        parts.append(f"{kind} {fmt(per, '.0f')}")
+    if parts:
+        out.append("per host (ms, medians): " + ", ".join(parts))
+    hot_parts = []
+    for _, cls, fn in HOT:
+        key = f"{cls}.{fn}"
+        ms = per_run(lambda r, k=key: r["hot"].get(k, [0.0, 0])[0] * 1000)
+        calls = per_run(lambda r, k=key: r["hot"].get(k, [0.0, 0])[1])
+        hot_parts.append(f"{key} {fmt(ms, '.0f')} ms/{fmt(calls, '.0f')} calls")
+    out.append("coordinator thread, inclusive: " + "; ".join(hot_parts))
+    if b.failures:
+        out.append(f"{len(b.failures)} instrumented run(s) failed: {b.failures[0]}")
+    return "\n".join(out)
+
+
+# -- reporting --------------------------------------------------------------------------
+
+
+def render(results: Sequence[ToolResult], work: Workload, hosts: int, repeat: int) -> str:
+    mesh = next(r for r in results if r.tool.key == "meshrun")
+    base = mesh.median
+    n = work.tasks
+    out = [
+        f"\n== {n} x `echo i` over {hosts} hosts, {work.per_host * hosts} at a time: wall "
+        f"clock of the whole process, {repeat} runs ==",
+        f"{'tool':<30} {'median s':>8} {'min s':>6} {'tasks/s':>7} {'rate÷m':>6} "
+        f"{'time÷m':>6} {'in-run s':>8} {'in-run/s':>8} {'cpu s':>6} {'box s':>6}  ok  note",
+    ]
+    for r in results:
+        rate = n / r.median if r.median else None
+        rate_ratio = base / r.median if (r.median and base) else None
+        time_ratio = r.median / base if (r.median and base) else None
+        inrun_rate = n / r.inrun if r.inrun else None
+        status = f"  FAILED {len(r.failures)} run(s)" if r.failures else ""
+        out.append(
+            f"{r.tool.label:<30} {fmt(r.median):>8} {fmt(r.minimum, '.2f'):>6} "
+            f"{fmt(rate, '.0f'):>7} {fmt(rate_ratio, '.2f'):>6} {fmt(time_ratio, '.2f'):>6} "
+            f"{fmt(r.inrun):>8} {fmt(inrun_rate, '.0f'):>8} {fmt(r.cpu, '.2f'):>6} "
+            f"{fmt(r.machine_cpu, '.2f'):>6}  {len(r.times_s)}/{repeat}  {r.tool.note}{status}"
+        )
+    out.append(
+        "rate÷m = tool tasks/s ÷ meshrun (slots=4) tasks/s (<1: meshrun is faster); "
+        "time÷m = tool median / meshrun median (>1: meshrun is faster);\nin-run = meshrun's "
+        "own run duration (report.json duration_s: connect to last exit, no start-up/exit); "
+        "cpu s = the tool's process tree; box s = busy CPU of the whole machine"
+    )
+    if base:
+        rivals = [r for r in results if r.tool.competitor and r.median]
+        same = [r for r in rivals if r.tool.key in ("pssh-rounds", "pssh-pool")]
+        every = [r for r in rivals if r.tool.key.startswith("pssh")]
+        for what, group in [(f"{work.per_host * hosts} sessions", same), ("any setting", every)]:
+            if not group:
+                continue
+            best = min(group, key=lambda r: r.median or 0.0)
+            assert best.median is not None
+            factor = best.median / base
+            verdict = "MET" if factor >= TARGET_VS_PSSH else "NOT MET"
+            out.append(
+                f"target meshrun >= {TARGET_VS_PSSH}x parallel-ssh tasks/s ({what}): best "
+                f"{best.tool.label} {n / best.median:.0f} tasks/s, meshrun {n / base:.0f} "
+                f"tasks/s = {factor:.2f}x — {verdict}"
+            )
+        out.append(
+            f"(the issue's reference, measured earlier: parallel-ssh {ISSUE_PSSH_RATE} tasks/s; "
+            f"meshrun here = {n / base / ISSUE_PSSH_RATE:.2f}x that)"
+        )
+        if rivals:
+            best = min(rivals, key=lambda r: r.median or 0.0)
+            assert best.median is not None
+            out.append(
+                f"fastest competitor: {best.tool.label} {best.median:.3f}s; meshrun "
+                f"{base:.3f}s ({best.median / base:.2f}x its tasks/s)"
+            )
+    for r in results:
+        for f in r.failures[:1]:
+            out.append(
+                f"\n!! {r.tool.label} failed (exit {f['exit_code']}, {len(r.failures)} "
+                "failing run(s)); stderr tail:\n"
+                + "\n".join("   " + x for x in (f["stderr_tail"] or "(empty)").splitlines())
+            )
+    return "\n".join(out)
+
+
+def as_json(results: Sequence[ToolResult]) -> dict[str, Any]:
+    mesh = next(r for r in results if r.tool.key == "meshrun")
+    return {
+        r.tool.key: {
+            "label": r.tool.label,
+            "argv": r.tool.argv,
+            "competitor": r.tool.competitor,
+            "note": r.tool.note,
+            "times_s": r.times_s,
+            "warmup_s": r.warmup_s,
+            "median_s": r.median,
+            "min_s": r.minimum,
+            "inrun_s": r.inrun_s,
+            "client_cpu_s": r.client_cpu_s,
+            "machine_cpu_s": r.machine_cpu_s,
+            "time_ratio_to_meshrun": (
+                r.median / mesh.median if r.median is not None and mesh.median else None
+            ),
+            "failures": r.failures,
+        }
+        for r in results
+    }
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def running_fleet(count: int, base: Path) -> Iterator[Fleet]:
+    from meshrun.testing.fleet import Fleet
+
+    fleet = Fleet.start(count, base)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/dispatch", description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", type=int, default=8, help="fleet size (8)")
+    parser.add_argument("--tasks", type=int, default=400, help="number of `echo i` tasks (400)")
+    parser.add_argument(
+        "--per-host", type=int, default=4, help="tasks at a time per host: slots / sessions (4)"
+    )
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per tool (7)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per tool first (1)")
+    parser.add_argument(
+        "--breakdown", type=int, default=5, help="instrumented meshrun runs after (5; 0: none)"
+    )
+    parser.add_argument(
+        "--experiments",
+        metavar="LIST",
+        default="announce",
+        help="also run the breakdown with counterfactuals patched in from outside, each "
+        "comma-separated item one more set of runs, '+' to combine: announce "
+        "(Dispatcher._announce_ends skipped while nothing was skipped or cancelled), "
+        "lean-agent (the agent without its unused 'started' event, events coalesced per "
+        "select round), e.g. announce,lean-agent,announce+lean-agent (default: announce; "
+        "'' for none)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="KEYS",
+        help="comma-separated tool keys besides meshrun: meshrun-auto, meshrun-noagent, "
+        "pssh-rounds, pssh-pool, pssh-pool-1, fabric, parallel (default: all)",
+    )
+    parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument(
+        "--bytecode",
+        choices=["cache", "env"],
+        default="cache",
+        help="as bench/fanout: cache .pyc files in a private temp dir (default) or leave "
+        "PYTHONDONTWRITEBYTECODE as the environment has it",
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0 or args.tasks < 1 or args.hosts < 1:
+        parser.error("--repeat, --tasks, --hosts must be >= 1 and --warmup >= 0")
+    from fanout import tool_env, tree_state
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    doc: dict[str, Any] = {
+        "benchmark": "dispatch",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "hosts": args.hosts,
+        "tasks": args.tasks,
+        "per_host": args.per_host,
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "bytecode": args.bytecode,
+        "meshrun_tree": tree_state(),
+    }
+    failed = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshrun-dispatch-") as tmp:
+            root = Path(tmp)
+            env = tool_env(root / "pycache" if args.bytecode == "cache" else None)
+            print(
+                f"bytecode: {args.bytecode}; meshrun tree: {doc['meshrun_tree']['summary']}; "
+                f"starting {args.hosts} hosts ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            with running_fleet(args.hosts, root / "fleet") as fleet:
+                work_dir = root / "work"
+                work_dir.mkdir()
+                work = write_workload(fleet, args.tasks, args.per_host, work_dir)
+                tools = build_tools(fleet, work, sys.executable)
+                if args.only:
+                    keep = set(args.only.split(",")) | {"meshrun"}
+                    tools = [t for t in tools if t.key in keep]
+                try:
+                    results = bench(tools, args.repeat, args.warmup, env, root)
+                    table = render(results, work, args.hosts, args.repeat)
+                    print(table, flush=True)
+                    doc["tools"] = as_json(results)
+                    failed = any(r.failures for r in results)
+                    if args.breakdown > 0:
+                        variants = [""] + [x for x in args.experiments.split(",") if x]
+                        doc["breakdown"] = {}
+                        for variant in variants:
+                            label = f"slots={args.per_host}" + (
+                                f", experiment {variant}" if variant else ""
+                            )
+                            b = run_breakdown(
+                                tools[0], args.breakdown, env, root, variant.split("+")
+                            )
+                            print(render_breakdown(b, args.tasks, label), flush=True)
+                            doc["breakdown"][label] = b.runs
+                            failed = failed or bool(b.failures)
+                finally:
+                    for t in tools:
+                        if t.after is not None:
+                            with contextlib.suppress(Exception):
+                                t.after()
+    except KeyboardInterrupt:
+        print("\ndispatch: interrupted; fleet stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.json:
+            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
