@@ -575,6 +575,11 @@ def dispatch_command(
         if not hosts:
             selected = [meshrun.local_host(str(graph.sync.root))]
         state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
+        if (rerun_failed or resume) and not state.history.exists():
+            raise meshrun.InputError(
+                f"no previous run is recorded in {state.history}",
+                fix="run `meshrun dispatch` without --rerun-failed first (or pass --state-dir)",
+            )
         if rerun_failed or resume:
             with meshrun.History(state.history) as history:
                 graph = meshrun.select_rerun(graph, history, resume)

@@ -391,7 +391,7 @@ class DispatchConsole:
 
         self._clear_status()
         failed = [t for t in report.tasks if t.status is TaskStatus.FAILED]
-        if failed and self.mode is not OutputMode.NONE:
+        if failed and not self.quiet:
             self.err.write(self._paint("meshrun: output of failed tasks:", "1") + "\n")
             for t in failed:
                 try:
@@ -409,7 +409,7 @@ class DispatchConsole:
         counts: dict[str, int] = defaultdict(int)
         for t in report.tasks:
             counts[t.status.value] += 1
-        parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+        parts = ", ".join(f"{n} {s}" for s, n in counts.items()) or "nothing to run"
         self.err.write(
             self._paint(
                 f"meshrun: {len(report.tasks)} tasks: {parts} in "

@@ -72,6 +72,7 @@ class Agent:
         self.open_streams = {}  # id -> number of open output pipes
         self.buffer = b""
         self.stdin_open = True
+        self.kill_at = {}  # id -> when a cancelled task's group gets SIGKILL
 
     def start(self, msg):
         task_id = msg["id"]
@@ -101,6 +102,7 @@ class Agent:
         send({"ev": "started", "id": task_id, "pid": proc.pid})
 
     def finish(self, task_id):
+        self.kill_at.pop(task_id, None)
         proc = self.procs.pop(task_id)
         code = proc.wait()
         kill_group(proc.pid, signal.SIGKILL)  # anything it left in its group
@@ -119,9 +121,13 @@ class Agent:
         if op == "run":
             self.start(msg)
         elif op == "cancel":
-            proc = self.procs.get(msg.get("id"))
+            task_id = msg.get("id")
+            proc = self.procs.get(task_id)
             if proc is not None:
                 kill_group(proc.pid, signal.SIGTERM)
+                # A task that ignores SIGTERM is killed after the grace, as the exec
+                # wrapper does: a stop request always ends the task.
+                self.kill_at.setdefault(task_id, time.monotonic() + GRACE_S)
         elif op == "load":
             send({"ev": "load", "load1": load1(), "cpus": cpus()})
 
@@ -173,11 +179,21 @@ class Agent:
         send({"ev": "hello", "version": VERSION, "cpus": cpus(), "pid": os.getpid()})
         try:
             while self.stdin_open:
-                for key, _ in self.sel.select():
+                timeout = None
+                if self.kill_at:
+                    timeout = max(0.0, min(self.kill_at.values()) - time.monotonic())
+                for key, _ in self.sel.select(timeout):
                     if key.data is None:
                         self.read_stdin()
                     else:
                         self.read_output(key)
+                now = time.monotonic()
+                for task_id, when in list(self.kill_at.items()):
+                    if when <= now:
+                        del self.kill_at[task_id]
+                        proc = self.procs.get(task_id)
+                        if proc is not None:
+                            kill_group(proc.pid, signal.SIGKILL)
         except (BrokenPipeError, KeyboardInterrupt):
             pass
         finally:

@@ -1,0 +1,211 @@
+"""Helpers for the ``meshrun dispatch`` integration tests: projects, runs, logs.
+
+A test project is a directory with a tasks.toml (written from plain dicts here) and
+whatever workspace files the test needs. Runs go through the installed console script
+(``helpers.run_meshrun``) with ``--json``, so every assertion reads the real document.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+from helpers import Result, interrupt, run_meshrun, spawn_meshrun
+
+from meshrun.testing.fleet import Fleet
+
+#: Echoed by tasks that want their start/end on the record (``date +%s.%N``).
+STAMP_START = 'echo "meshrun-test-start $(date +%s.%N)"'
+STAMP_END = 'echo "meshrun-test-end $(date +%s.%N)"'
+_STAMP_RE = re.compile(r"^meshrun-test-(start|end) (\d+\.\d+)$", re.MULTILINE)
+
+
+def _toml(value: object) -> str:
+    """A TOML value: str, int, bool, lists, and dicts as inline tables (JSON escapes are
+    valid TOML)."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def tasks_toml(
+    tasks: Sequence[Mapping[str, object]],
+    *,
+    defaults: Mapping[str, object] | None = None,
+    sync: Mapping[str, object] | None = None,
+) -> str:
+    """tasks.toml text: optional [defaults] and [sync] tables, then one [[task]] each."""
+    lines: list[str] = []
+    for table, keys in (("defaults", defaults), ("sync", sync)):
+        if keys:
+            lines += [f"[{table}]", *(f"{k} = {_toml(v)}" for k, v in keys.items()), ""]
+    for task in tasks:
+        lines += ["[[task]]", *(f"{k} = {_toml(v)}" for k, v in task.items()), ""]
+    return "\n".join(lines)
+
+
+def write_project(
+    root: Path,
+    tasks: Sequence[Mapping[str, object]],
+    *,
+    defaults: Mapping[str, object] | None = None,
+    sync: Mapping[str, object] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Create ``root`` with tasks.toml and ``files`` (relative path -> text); the toml path."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, text in (files or {}).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    tasks_file = root / "tasks.toml"
+    tasks_file.write_text(tasks_toml(tasks, defaults=defaults, sync=sync))
+    return tasks_file
+
+
+def dispatch(
+    tasks_file: Path,
+    hosts: Path | str,
+    *args: str | os.PathLike[str],
+    timeout_s: float = 60.0,
+) -> Result:
+    """``meshrun dispatch TASKS --hosts HOSTS --json ARGS`` to completion."""
+    return run_meshrun(
+        "dispatch", tasks_file, "--hosts", hosts, "--json", *args, timeout_s=timeout_s
+    )
+
+
+def tasks_of(result: Result) -> dict[str, dict[str, Any]]:
+    """The --json document's task entries by name."""
+    assert result.doc is not None, f"expected a JSON document on stdout{result.describe()}"
+    return {t["name"]: t for t in result.doc["tasks"]}
+
+
+def task_statuses(result: Result) -> dict[str, str]:
+    return {name: t["status"] for name, t in tasks_of(result).items()}
+
+
+def log_text(result: Result, task: str) -> str:
+    """The log file the report names for ``task``."""
+    path = Path(tasks_of(result)[task]["log"])
+    assert path.is_file(), f"expected a log file for {task} at {path}{result.describe()}"
+    return path.read_text(errors="replace")
+
+
+def stamps(log: str) -> dict[str, float]:
+    """``{"start": t, "end": t}`` from the STAMP_* lines of the last attempt in ``log``."""
+    found: dict[str, float] = {}
+    for kind, value in _STAMP_RE.findall(log):
+        found[kind] = float(value)
+    return found
+
+
+def running_per_host(fleet: Fleet, marker: str) -> dict[str, int]:
+    """How many live processes under each host's sshd have ``marker`` in their argv."""
+    counts = dict.fromkeys(fleet.names, 0)
+    for name in fleet.names:
+        for proc in fleet.descendants(name):
+            try:
+                counts[name] += marker in " ".join(proc.cmdline())
+            except psutil.Error:  # exited between listing and reading: not running
+                continue
+    return counts
+
+
+def wait_host_runs(fleet: Fleet, host: str, marker: str, timeout_s: float = 10.0) -> int:
+    """Poll until a process under ``host``'s sshd has ``marker`` in its command line.
+
+    Returns how many such processes were seen; AssertionError at the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = running_per_host(fleet, marker)[host]
+        if seen:
+            return seen
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"expected {marker!r} running on {host} within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def spawn_dispatch(
+    tasks_file: Path, hosts: Path | str, *args: str | os.PathLike[str]
+) -> subprocess.Popen[str]:
+    """``meshrun dispatch ... --json`` in its own process group (see ``spawn_meshrun``)."""
+    return spawn_meshrun("dispatch", tasks_file, "--hosts", hosts, "--json", *args)
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float) -> Result:
+    """Wait for a spawned meshrun; on timeout kill its group and raise AssertionError.
+
+    The message says the run hung and shows what it printed, so a hang is a clean
+    test failure rather than a stuck test session.
+    """
+    started = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        interrupt(proc, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"expected meshrun to finish within {timeout_s}s; it hung and was killed"
+            f"\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        ) from None
+    result = Result(
+        argv=[str(a) for a in proc.args],
+        rc=proc.returncode,
+        stdout=out,
+        stderr=err,
+        duration_s=time.monotonic() - started,
+    )
+    if out.strip():
+        try:
+            result.doc = json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(
+                f"expected one JSON document on stdout: {exc}{result.describe()}"
+            ) from None
+    return result
+
+
+def kill_on_error(proc: subprocess.Popen[str]) -> None:
+    """Stop a spawned meshrun that a failed wait leaves running (test teardown)."""
+    if proc.poll() is None:
+        interrupt(proc, signal.SIGKILL)
+        proc.communicate()
+
+
+def write_hosts(
+    path: Path, fleet: Fleet, extra: Mapping[str, Mapping[str, object]] | None = None
+) -> Path:
+    """A hosts.toml for ``fleet`` whose per-host ``extra`` keys may be lists (labels)."""
+    lines = [
+        "[defaults]",
+        f"user = {_toml(fleet.user)}",
+        f"identity = {_toml(str(fleet.client_key))}",
+        f"known_hosts = {_toml(str(fleet.known_hosts))}",
+    ]
+    for h in fleet.hosts:
+        keys: dict[str, object] = {
+            "name": h.name,
+            "address": "127.0.0.1",
+            "port": h.port,
+            "workdir": str(h.workdir),
+            **(extra or {}).get(h.name, {}),
+        }
+        lines += ["", "[[host]]", *(f"{k} = {_toml(v)}" for k, v in keys.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
