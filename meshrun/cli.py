@@ -276,7 +276,7 @@ def _fleet(
     *,
     command: str | None,
     script: meshrun.Script | None,
-    hosts_spec: str | None,
+    hosts: str | None,
     limit: list[str] | None,
     parallel: int | None,
     batch: str | None,
@@ -293,7 +293,7 @@ def _fleet(
 ) -> int:
     _setup_logging(verbose, quiet)
     with _input_errors():
-        hosts = _select(hosts_spec, limit)
+        selected = _select(hosts, limit)
         if parallel is not None and parallel < 1:
             raise ValueError("--parallel must be at least 1")
         job = meshrun.FleetJob(
@@ -302,19 +302,19 @@ def _fleet(
             env=meshrun.parse_env(env or []),
             timeout_s=meshrun.parse_duration(timeout, option="--timeout") if timeout else None,
             parallel=parallel,
-            batches=meshrun.batch_sizes(batch, len(hosts)) if batch else None,
+            batches=meshrun.batch_sizes(batch, len(selected)) if batch else None,
             max_fail=meshrun.FailureBudget.parse(max_fail) if max_fail else None,
             fail_fast=fail_fast,
         )
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
-        hosts, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+        selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
     mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
-    console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in hosts], quiet=quiet)
+    console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in selected], quiet=quiet)
     try:
         report = meshrun.run_fleet(
-            hosts, job, connector, run_id=meshrun.new_run_id(), observer=console
+            selected, job, connector, run_id=meshrun.new_run_id(), observer=console
         )
     finally:
         connector.close()
@@ -336,24 +336,7 @@ One argument is a shell command line (pipes work); several arguments are quoted 
 one, exactly as typed."""
 
 
-def exec_command(
-    *,
-    command: list[str],
-    hosts: str | None,
-    limit: list[str] | None,
-    parallel: int | None,
-    batch: str | None,
-    max_fail: str | None,
-    fail_fast: bool,
-    timeout: str | None,
-    connect_timeout: str,
-    env: list[str] | None,
-    output: str,
-    json_out: bool,
-    quiet: bool,
-    verbose: int,
-    accept_new_host_keys: bool,
-) -> int:
+def exec_command(*, command: list[str], **options: Any) -> int:
     """Run a command on every selected host, in parallel.
 
     Each host runs it in its workdir, with MESHRUN_HOST and MESHRUN_RUN_ID set. When the
@@ -365,20 +348,7 @@ def exec_command(
     return _fleet(
         command=line,
         script=None,
-        hosts_spec=hosts,
-        limit=limit,
-        parallel=parallel,
-        batch=batch,
-        max_fail=max_fail,
-        fail_fast=fail_fast,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        env=env,
-        output=output,
-        json_out=json_out,
-        quiet=quiet,
-        verbose=verbose,
-        accept_new_host_keys=accept_new_host_keys,
+        **options,
     )
 
 
@@ -413,25 +383,7 @@ The script is uploaded once per host to WORKDIR/.meshrun/scripts/ under its cont
 hash and reused by later runs."""
 
 
-def run_command(
-    *,
-    script: str,
-    args: list[str],
-    hosts: str | None,
-    limit: list[str] | None,
-    parallel: int | None,
-    batch: str | None,
-    max_fail: str | None,
-    fail_fast: bool,
-    timeout: str | None,
-    connect_timeout: str,
-    env: list[str] | None,
-    output: str,
-    json_out: bool,
-    quiet: bool,
-    verbose: int,
-    accept_new_host_keys: bool,
-) -> int:
+def run_command(*, script: str, args: list[str], **options: Any) -> int:
     """Upload a local script to every selected host and run it there, with ARGS.
 
     Options go before SCRIPT; everything after SCRIPT is passed to it.
@@ -441,20 +393,7 @@ def run_command(
     return _fleet(
         command=None,
         script=loaded,
-        hosts_spec=hosts,
-        limit=limit,
-        parallel=parallel,
-        batch=batch,
-        max_fail=max_fail,
-        fail_fast=fail_fast,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        env=env,
-        output=output,
-        json_out=json_out,
-        quiet=quiet,
-        verbose=verbose,
-        accept_new_host_keys=accept_new_host_keys,
+        **options,
     )
 
 
