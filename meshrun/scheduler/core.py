@@ -47,6 +47,10 @@ class TaskStatus(enum.Enum):
 _FINAL = {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED}
 
 
+#: An idle host steals a task only if no other host would finish it within this
+#: fraction of the thief's time (a slow host leaves long tasks to faster ones).
+STEAL_MARGIN = 0.8
+
 #: How far down a blocked queue backfilling looks for a task that fits.
 BACKFILL_LOOKAHEAD = 32
 
@@ -509,6 +513,17 @@ class Scheduler:
         # A task heavier than the (shrunk) limit may run alone on an idle host.
         return task.weight <= free or (not host.running and task.weight <= host.spec.slots)
 
+    def _best_finish_s(self, record: TaskRecord, *, exclude: _HostState) -> float:
+        """The earliest expected finish of ``record`` on any other host that can run it."""
+        return min(
+            (
+                self._backlog_s(other) + record.expected_s / other.spec.speed
+                for other in self.hosts.values()
+                if other is not exclude and self._eligible(other, record.task)
+            ),
+            default=float("inf"),
+        )
+
     def _reserved_start(self, host: _HostState, units: int, now: float) -> float:
         """When ``units`` load units should be free on ``host``, from expected ends."""
         free = host.limit - host.used
@@ -554,11 +569,10 @@ class Scheduler:
                 record = self.records[name]
                 if host.spec.name in record.avoid:
                     continue  # it failed here; its retry was placed elsewhere on purpose
-                # Steal only what this host would finish no later than the victim:
-                # a slow host must not grab a long task a fast one would end sooner.
+                # Steal only what no other host would clearly finish sooner: a slow
+                # host must not grab a long task that a fast one would end earlier.
                 mine = record.expected_s / host.spec.speed
-                theirs = self._backlog_s(victim) + record.expected_s / victim.spec.speed
-                if mine > theirs:
+                if mine * STEAL_MARGIN > self._best_finish_s(record, exclude=host):
                     continue
                 if self._eligible(host, record.task) and self._fits(host, record.task):
                     return self._dequeue(victim, i)
