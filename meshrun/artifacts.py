@@ -1,0 +1,523 @@
+"""Collect a task's declared outputs on its host, hash them there, pull them home.
+
+Collect
+    :data:`COLLECT_SCRIPT` (stdlib-only Python 3) runs on the host inside the task's
+    workdir, expands the ``outputs`` patterns, hashes every file (sha256, size, mode,
+    read 1 MiB at a time) and prints one JSON document. :func:`collect` runs it and
+    turns every refusal into an :class:`~meshrun.errors.IntegrityError` (exit 4).
+
+Pull
+    :func:`pull` brings the listed files home with rsync over exactly the SSH settings
+    meshrun uses (:func:`meshrun.transport.rsync.ssh_command`), or over SFTP on the
+    existing SSH connection when rsync is missing (here or on the host). Files land in a
+    private temporary directory inside ``dest_dir`` (same filesystem), every file's size
+    and sha256 is checked against the host's, and only when *all* of them match are they
+    renamed into place. A mismatch, an interrupted or failed transfer leaves nothing at
+    any final path; the temporary directory is removed.
+
+Output patterns (rsync / gitignore habits)
+    Patterns are relative to the workdir and anchored there; ``/`` separates parts.
+
+    - ``*`` / ``?`` / ``[abc]`` match within one name, never across ``/``; ``*`` also
+      matches names starting with ``.`` (nothing is skipped silently).
+    - ``**`` as a whole part matches any number of directories (zero included):
+      ``**/*.log`` is every ``.log`` file at any depth.
+    - A pattern that matches a directory takes every file below it, so ``dist``,
+      ``dist/`` and ``dist/**`` all mean every file below ``dist`` (a trailing ``/``
+      only requires the match to be a directory).
+    - A leading ``?`` marks the pattern optional: ``?coverage/**`` may match nothing.
+      (So a pattern whose first character is the single-character wildcard is
+      written ``??x``.)
+    - Refused, with the pattern named: an absolute pattern, a ``..`` part, a match
+      whose real path leaves the workdir (a symlink pointing outside it), a special
+      file (FIFO, socket, device), a name that is not valid UTF-8, a symlinked
+      directory (never walked), and a pattern that matches no file unless optional.
+    - A symlink to a regular file inside the workdir is collected as that file's
+      content under the symlink's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshrun.errors import CommandError, IntegrityError
+from meshrun.inventory import Host
+from meshrun.manifest import FileEntry, hash_file, safe_relative_path
+from meshrun.transport import rsync
+from meshrun.transport.base import Connection, tail_text
+from meshrun.transport.wrapper import workdir_expr
+
+if TYPE_CHECKING:
+    from meshrun.transport.ssh import SSHConnector
+
+#: Prefix of the private directory a pull downloads into, inside ``dest_dir``.
+PULL_TEMP_PREFIX = ".meshrun-pull-"
+
+# The program the host runs, in its workdir, with {"patterns": [...]} as JSON on stdin.
+# It prints {"root": cwd, "files": [{path, size, sha256, mode}], "errors": [{pattern,
+# message}]}, ASCII-only JSON (names with newlines or odd bytes survive any locale).
+COLLECT_SCRIPT = r"""
+import fnmatch, hashlib, json, os, stat, sys
+
+CHUNK = 1 << 20
+MAGIC = set("*?[")
+
+
+def main():
+    request = json.loads(sys.stdin.read())
+    root = os.getcwd()
+    real_root = os.path.realpath(root)
+    files = {}
+    errors = []
+    for raw in request["patterns"]:
+        Pattern(raw, real_root, files, errors).run()
+    out = {"root": root, "files": [files[k] for k in sorted(files)], "errors": errors}
+    sys.stdout.write(json.dumps(out, ensure_ascii=True))
+
+
+def show(path):
+    try:
+        path.encode("utf-8")
+        return repr(path)
+    except UnicodeEncodeError:
+        return repr(os.fsencode(path))
+
+
+class Pattern:
+    def __init__(self, raw, real_root, files, errors):
+        self.raw = raw
+        self.real_root = real_root
+        self.files = files
+        self.errors = errors
+        self.found = 0
+
+    def error(self, message):
+        self.errors.append({"pattern": self.raw, "message": message})
+
+    def run(self):
+        text = self.raw
+        optional = text.startswith("?")
+        if optional:
+            text = text[1:]
+        if not text:
+            return self.error("the pattern is empty")
+        if "\0" in text:
+            return self.error("the pattern contains a NUL byte")
+        if text.startswith("/"):
+            return self.error("it is absolute; outputs are paths inside the workdir")
+        dir_only = text.endswith("/")
+        parts = [p for p in text.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            return self.error("it has a '..' part; outputs must stay inside the workdir")
+        if not parts:
+            parts = ["**"]
+        matches = set()
+        self.expand("", parts, dir_only, matches)
+        for rel in sorted(matches):
+            self.take(rel)
+        if not self.found and not optional:
+            self.error("it matched no file (mark it optional with a leading '?')")
+
+    # -- expansion ----------------------------------------------------------------
+
+    def expand(self, base, parts, dir_only, out):
+        head, rest = parts[0], parts[1:]
+        if head == "**":
+            if not rest:
+                out.add(base or ".")
+                return
+            self.expand(base, rest, dir_only, out)
+            for name, kind in self.listdir(base):
+                if kind == "dir":
+                    self.expand(join(base, name), parts, dir_only, out)
+            return
+        if not MAGIC.intersection(head):
+            names = [(head, self.kind(join(base, head)))]
+        else:
+            names = [(n, k) for n, k in self.listdir(base) if fnmatch.fnmatchcase(n, head)]
+        for name, kind in names:
+            path = join(base, name)
+            if kind is None:
+                continue
+            if rest:
+                if kind == "dir":
+                    self.expand(path, rest, dir_only, out)
+                elif kind == "dirlink":
+                    self.error(show(path) + ": is a symlink to a directory, which is not walked")
+            elif not dir_only or kind in ("dir", "dirlink"):
+                out.add(path)
+
+    def kind(self, path):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.error(show(path) + ": cannot stat: " + (exc.strerror or str(exc)))
+            return None
+        if stat.S_ISDIR(mode):
+            return "dir"
+        if stat.S_ISLNK(mode):
+            return "dirlink" if os.path.isdir(path) else "link"
+        return "other"
+
+    def listdir(self, base):
+        try:
+            with os.scandir(base or ".") as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.error(show(base or ".") + ": cannot list: " + (exc.strerror or str(exc)))
+            return []
+        result = []
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    kind = "dir"
+                elif entry.is_symlink():
+                    kind = "dirlink" if entry.is_dir() else "link"
+                else:
+                    kind = "other"
+            except OSError as exc:
+                self.error(show(join(base, entry.name)) + ": " + (exc.strerror or str(exc)))
+                continue
+            result.append((entry.name, kind))
+        return result
+
+    # -- taking matches ----------------------------------------------------------
+
+    def take(self, rel):
+        kind = self.kind(rel) if rel != "." else "dir"
+        if kind == "dir":
+            for name, sub in self.listdir("" if rel == "." else rel):
+                self.take_walk(join("" if rel == "." else rel, name), sub)
+        elif kind == "dirlink":
+            self.error(show(rel) + ": is a symlink to a directory, which is not walked")
+        elif kind is not None:
+            self.take_file(rel)
+
+    def take_walk(self, rel, kind):
+        if kind == "dir":
+            for name, sub in self.listdir(rel):
+                self.take_walk(join(rel, name), sub)
+        elif kind == "dirlink":
+            self.error(show(rel) + ": is a symlink to a directory, which is not walked")
+        else:
+            self.take_file(rel)
+
+    def take_file(self, rel):
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            return self.error(show(rel) + ": the name is not valid UTF-8")
+        real = os.path.realpath(rel)
+        if real != self.real_root and not real.startswith(self.real_root.rstrip("/") + "/"):
+            return self.error(show(rel) + ": resolves to " + show(real) + ", outside the workdir")
+        try:
+            if not stat.S_ISREG(os.stat(rel).st_mode):
+                return self.error(show(rel) + ": is a special file, not a regular file")
+            fd = os.open(rel, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            return self.error(show(rel) + ": cannot open: " + (exc.strerror or str(exc)))
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return self.error(show(rel) + ": is a special file, not a regular file")
+            digest = hashlib.sha256()
+            size = 0
+            buffer = bytearray(CHUNK)
+            view = memoryview(buffer)
+            while True:
+                count = handle.readinto(buffer)
+                if not count:
+                    break
+                digest.update(view[:count])
+                size += count
+        self.found += 1
+        self.files[rel] = {
+            "path": rel,
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "mode": stat.S_IMODE(info.st_mode),
+        }
+
+
+def join(base, name):
+    return base + "/" + name if base else name
+
+
+main()
+"""
+
+
+# -- collect -----------------------------------------------------------------------------
+
+
+def collect_command(workdir: str) -> str:
+    """The shell line that runs :data:`COLLECT_SCRIPT` in ``workdir`` (request on stdin)."""
+    return f"cd -- {workdir_expr(workdir)} && exec python3 -c {shlex.quote(COLLECT_SCRIPT)}"
+
+
+def collect_request(patterns: Sequence[str]) -> bytes:
+    """What :data:`COLLECT_SCRIPT` reads on stdin."""
+    return json.dumps({"patterns": list(patterns)}).encode("utf-8")
+
+
+def parse_collect_output(stdout: bytes, *, where: str = "host") -> tuple[str, list[FileEntry]]:
+    """The workdir's absolute path and its files, from the script's output.
+
+    Refusals the script reported become one IntegrityError naming every pattern.
+    """
+    try:
+        doc = json.loads(stdout.decode("utf-8"))
+        root = doc["root"]
+        raw_files = doc["files"]
+        errors = doc["errors"]
+        if not isinstance(root, str) or not isinstance(raw_files, list):
+            raise TypeError("bad types")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{where}: output collection answered garbage ({exc})") from None
+    if errors:
+        lines = [f"output {e['pattern']!r}: {e['message']}" for e in errors]
+        raise IntegrityError(
+            f"{where}: " + "; ".join(lines),
+            fix="outputs must be regular files inside the task's workdir",
+        )
+    files = [FileEntry.from_dict(item, f"{where}: file") for item in raw_files]
+    return root, files
+
+
+def collect_outputs(
+    conn: Connection, workdir: str, patterns: Sequence[str], *, timeout_s: float = 3600.0
+) -> tuple[str, list[FileEntry]]:
+    """:func:`collect`, plus the workdir's absolute path on the host (what rsync needs)."""
+    name = conn.host.name
+    result = conn.run_raw(
+        collect_command(workdir), stdin=collect_request(patterns), timeout_s=timeout_s
+    )
+    if result.exit_code != 0:
+        fix = "is python3 installed on the host?" if result.exit_code == 127 else None
+        raise CommandError(
+            f"{name}: collecting outputs failed (exit {result.exit_code}): "
+            f"{tail_text(result.stderr, 3)}",
+            fix=fix,
+        )
+    return parse_collect_output(result.stdout, where=name)
+
+
+def collect(conn: Connection, workdir: str, patterns: Sequence[str]) -> list[FileEntry]:
+    """Expand ``patterns`` in ``workdir`` on the host and hash every file there.
+
+    Sorted by path. IntegrityError naming each refused or unmatched pattern (see the
+    module docstring); CommandError when the script could not run (no python3, no
+    workdir).
+    """
+    return collect_outputs(conn, workdir, patterns)[1]
+
+
+# -- pull ----------------------------------------------------------------------------------
+
+
+def remote_root(connector: SSHConnector, host: Host, workdir: str | None = None) -> str:
+    """``workdir`` (default: the host's) as an absolute path on the host (``~`` resolved)."""
+    workdir = host.workdir if workdir is None else workdir
+    if workdir == "~" or workdir.startswith("~/"):
+        home = connector.connect(host).run_raw('printf "%s" "$HOME"').stdout.decode().strip()
+        if home.startswith("/"):
+            return home.rstrip("/") + workdir[1:]
+    return workdir
+
+
+def pull_argv(
+    *, ssh: Sequence[str], user: str, address: str, root: str, list_file: str, into: str
+) -> list[str]:
+    """rsync that copies the NUL-separated relative paths in ``list_file`` from ``root``.
+
+    Symlinks are copied as the files they point to (collect already checked they stay
+    inside the workdir; the hashes are checked on arrival anyway).
+    """
+    host = f"[{address}]" if ":" in address else address
+    return [
+        "rsync",
+        "--protect-args",
+        "--from0",
+        f"--files-from={list_file}",
+        "--copy-links",
+        "--times",
+        "-e",
+        shlex.join(ssh),
+        f"{user}@{host}:{rsync.remote_path(root).rstrip('/') or '/'}/",
+        into.rstrip("/") + "/",
+    ]
+
+
+def pull(
+    connector: SSHConnector,
+    host: Host,
+    files: Sequence[FileEntry],
+    dest_dir: Path,
+    *,
+    workdir: str | None = None,
+    use_rsync: bool = True,
+) -> None:
+    """Bring ``files`` (paths relative to the host's workdir) to ``dest_dir/<path>``.
+
+    ``workdir`` defaults to ``host.workdir``; ``~`` is resolved on the host. rsync is
+    used unless ``use_rsync`` is False or rsync is missing here or on the host, then
+    SFTP on the pooled connection. All-or-nothing: every file is verified (size,
+    sha256) before any is renamed into place; a mismatch is an IntegrityError naming
+    the file. Modes are set to the host's permission bits (without setuid/setgid/sticky).
+    """
+    dest_dir = Path(dest_dir)
+    entries = _checked_entries(files)
+    if not entries:
+        return
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    root = remote_root(connector, host, workdir)
+    with tempfile.TemporaryDirectory(prefix=PULL_TEMP_PREFIX, dir=dest_dir) as tmp:
+        recv = Path(tmp) / "recv"
+        recv.mkdir()
+        fetched = False
+        if use_rsync and shutil.which("rsync"):
+            fetched = _pull_rsync(connector, host, root, entries, Path(tmp), recv)
+        if not fetched:
+            _pull_sftp(connector, host, root, entries, recv)
+        _verify(host.name, entries, recv)
+        _install(entries, recv, dest_dir)
+
+
+def _checked_entries(files: Sequence[FileEntry]) -> list[FileEntry]:
+    seen: set[str] = set()
+    for entry in files:
+        safe_relative_path(entry.path)
+        if entry.path in seen:
+            raise IntegrityError(f"{entry.path!r} is listed twice")
+        seen.add(entry.path)
+    return sorted(files, key=lambda e: e.path)
+
+
+def _pull_rsync(
+    connector: SSHConnector,
+    host: Host,
+    root: str,
+    entries: Sequence[FileEntry],
+    tmp: Path,
+    recv: Path,
+) -> bool:
+    """Fetch with rsync; False when the host has no rsync (the caller falls back)."""
+    probe = connector.connect(host).run_raw("command -v rsync >/dev/null 2>&1")
+    if probe.exit_code != 0:
+        return False
+    ep = connector.endpoint(host)
+    ssh = rsync.ssh_command(
+        port=ep.port,
+        identities=[p for p in ep.identities if os.path.exists(p)],
+        known_hosts=ep.known_hosts,
+        connect_timeout_s=connector.connect_timeout_s,
+        proxy_jump=ep.proxy_jump,
+    )
+    list_file = tmp / "files0"
+    list_file.write_bytes(b"".join(e.path.encode("utf-8") + b"\0" for e in entries))
+    argv = pull_argv(
+        ssh=ssh,
+        user=ep.user,
+        address=ep.address,
+        root=root,
+        list_file=str(list_file),
+        into=str(recv),
+    )
+    rsync.run(argv, host.name)
+    return True
+
+
+def _pull_sftp(
+    connector: SSHConnector, host: Host, root: str, entries: Sequence[FileEntry], recv: Path
+) -> None:
+    """Fetch over SFTP on the pooled SSH connection, streamed into files under ``recv``."""
+    conn = connector.connect(host)
+    try:
+        sftp: Any = conn.transport.open_sftp_client()
+    except Exception as exc:  # paramiko.SSHException, EOFError, OSError
+        raise CommandError(f"{host.name}: cannot open an SFTP session: {exc}") from exc
+    try:
+        for entry in entries:
+            local = recv / entry.path
+            local.parent.mkdir(parents=True, exist_ok=True)
+            remote = root.rstrip("/") + "/" + entry.path
+            with open(local, "wb") as handle:
+                try:
+                    sftp.getfo(remote, handle)
+                except OSError as exc:
+                    raise CommandError(
+                        f"{host.name}: cannot fetch {entry.path!r} over SFTP: {exc}"
+                    ) from exc
+    finally:
+        sftp.close()
+
+
+def _verify(name: str, entries: Sequence[FileEntry], recv: Path) -> None:
+    for entry in entries:
+        try:
+            got = hash_file(recv / entry.path, root=recv)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{name}: {entry.path!r} did not arrive intact: {exc}") from None
+        if (got.size, got.sha256) != (entry.size, entry.sha256):
+            raise IntegrityError(
+                f"{name}: {entry.path!r} changed in transit or on the host: expected "
+                f"{entry.size} bytes sha256 {entry.sha256[:16]}…, got {got.size} bytes "
+                f"sha256 {got.sha256[:16]}…",
+                fix="was the file still being written after its task ended?",
+            )
+
+
+def _install(entries: Sequence[FileEntry], recv: Path, dest_dir: Path) -> None:
+    base = dest_dir.resolve()
+    for entry in entries:
+        target = base / safe_relative_path(entry.path)
+        _make_parents(base, target.parent, entry.path)
+        if target.is_symlink() or target.is_dir():
+            raise IntegrityError(
+                f"{target}: exists and is not a regular file; refusing to replace it"
+            )
+        source = recv / entry.path
+        os.chmod(source, entry.mode & 0o777)
+        os.replace(source, target)
+
+
+def _make_parents(base: Path, parent: Path, path: str) -> None:
+    """Create ``parent`` below ``base``, refusing symlinked or non-directory parts."""
+    current = base
+    for part in parent.relative_to(base).parts:
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except FileNotFoundError:
+            current.mkdir()
+            continue
+        if not stat.S_ISDIR(mode):
+            raise IntegrityError(
+                f"{path!r}: {current} is not a directory (a symlink?); refusing to write there"
+            )
+    if not parent.resolve().is_relative_to(base):
+        raise IntegrityError(f"{path!r}: would be written outside {base}")
+
+
+__all__ = [
+    "COLLECT_SCRIPT",
+    "PULL_TEMP_PREFIX",
+    "collect",
+    "collect_command",
+    "collect_outputs",
+    "collect_request",
+    "parse_collect_output",
+    "pull",
+    "pull_argv",
+    "remote_root",
+]
