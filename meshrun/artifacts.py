@@ -521,3 +521,21 @@ __all__ = [
     "pull_argv",
     "remote_root",
 ]
+
+
+def pull_local(host: Host, files: Sequence[FileEntry], dest_dir: Path) -> None:
+    """:func:`pull` for the local host: copy, verify and install the same way."""
+    dest_dir = Path(dest_dir)
+    entries = _checked_entries(files)
+    if not entries:
+        return
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(os.path.expanduser(host.workdir))
+    with tempfile.TemporaryDirectory(prefix=PULL_TEMP_PREFIX, dir=dest_dir) as tmp:
+        recv = Path(tmp) / "recv"
+        for entry in entries:
+            target = recv / safe_relative_path(entry.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / entry.path, target)
+        _verify(host.name, entries, recv)
+        _install(entries, recv, dest_dir)

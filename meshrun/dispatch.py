@@ -14,14 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshrun import artifacts
 from meshrun.errors import InputError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
 from meshrun.inventory import Host
-from meshrun.manifest import HostEntry, Manifest, TaskEntry, write_manifest
+from meshrun.manifest import FileEntry, HostEntry, Manifest, TaskEntry, write_manifest
 from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
-from meshrun.tasks import TaskGraph, check_placeable
+from meshrun.tasks import Task, TaskGraph, check_placeable
 from meshrun.transport.base import Connector
 
 if TYPE_CHECKING:
@@ -96,6 +97,22 @@ def run_dispatch(
                 host, root=str(graph.sync.root), paths=graph.sync.paths, excludes=excludes
             )
 
+        artifacts_root = run_dir / "artifacts"
+
+        def collect(host: Host, task: Task) -> tuple[FileEntry, ...]:
+            """Hash the task's outputs on its host, bring them home, verify them."""
+            conn = connector.connect(host)
+            files = artifacts.collect(conn, host.workdir, task.outputs)
+            dest = artifacts_root / task.name
+            if host.local:
+                artifacts.pull_local(host, files, dest)
+            else:
+                from meshrun.transport.ssh import SSHConnector
+
+                assert isinstance(connector, SSHConnector)
+                artifacts.pull(connector, host, files, dest)
+            return tuple(files)
+
         dispatcher = Dispatcher(
             graph=graph,
             hosts=hosts,
@@ -106,6 +123,7 @@ def run_dispatch(
             options=options,
             observer=observer,
             sync=push if options.sync and graph.sync.paths else None,
+            collect=collect,
         )
         started = time.time()
         report = dispatcher.run()
@@ -151,6 +169,7 @@ def build_manifest(
                 exit_code=t.exit_code,
                 attempts=t.attempts,
                 duration_s=t.duration_s,
+                files=t.files,
             )
             for t in report.tasks
         ),

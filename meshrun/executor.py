@@ -29,8 +29,9 @@ from meshrun.agent.client import (
     TaskOutput,
     start_runner,
 )
-from meshrun.errors import ConnectError, MeshrunError
+from meshrun.errors import ConnectError, IntegrityError, MeshrunError
 from meshrun.inventory import Host
+from meshrun.manifest import FileEntry
 from meshrun.scheduler import (
     Abandon,
     Cancel,
@@ -48,7 +49,7 @@ from meshrun.scheduler import (
     TaskStatus,
     TaskSucceeded,
 )
-from meshrun.tasks import TaskGraph
+from meshrun.tasks import Task, TaskGraph
 from meshrun.transport.base import Connector, Stream
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class TaskResult:
     duration_s: float | None  # of the last attempt
     log: str
     error: str | None
+    files: tuple[FileEntry, ...] = ()  # collected outputs, verified on arrival
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class DispatchReport:
     hosts: tuple[HostSummary, ...]
     run_dir: str
     interrupted: bool = False
+    integrity_failures: tuple[str, ...] = ()  # tasks whose outputs failed verification
 
     @property
     def ok(self) -> bool:
@@ -116,6 +119,8 @@ class DispatchReport:
         """DESIGN.md for dispatch: 130, then 3 if no host could be reached, then 1."""
         if self.interrupted:
             return 130
+        if self.integrity_failures:
+            return 4
         if self.hosts and all(h.status == "unreachable" for h in self.hosts):
             return 3
         return 0 if self.ok else 1
@@ -202,6 +207,16 @@ class _Unreachable:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Collected:
+    """Outputs of a finished task came home (``files``) or could not (``error``)."""
+
+    task_id: str
+    files: tuple[FileEntry, ...]
+    error: str | None = None
+    integrity: bool = False
+
+
 @dataclass(slots=True)
 class _Attempt:
     task: str
@@ -227,6 +242,8 @@ class _HostInfo:
 
 
 SyncFn = Callable[[Host], None]
+#: Collects a task's outputs on its host and brings them home, verified.
+CollectFn = Callable[[Host, Task], tuple[FileEntry, ...]]
 
 
 @dataclass
@@ -242,9 +259,10 @@ class Dispatcher:
     options: DispatchOptions = field(default_factory=DispatchOptions)
     observer: Observer = _ignore
     sync: SyncFn | None = None  # pushes the workspace to a host before it joins
+    collect: CollectFn | None = None  # brings a succeeded task's outputs home
 
     def __post_init__(self) -> None:
-        self._queue: queue.Queue[RunnerEvent | _Ready | _Unreachable] = queue.Queue()
+        self._queue: queue.Queue[RunnerEvent | _Ready | _Unreachable | _Collected] = queue.Queue()
         self._info = {h.name: _HostInfo(h) for h in self.hosts}
         self._running: dict[str, _Attempt] = {}  # runner task id -> attempt
         self._durations: dict[str, float] = {}  # successful attempt durations
@@ -253,6 +271,10 @@ class Dispatcher:
         self._gathering: list[HostSpec] = []  # ready hosts held back at the start
         self._gather_until: float | None = None  # None: not started; inf: done
         self._starts = 0
+        self._collecting: dict[str, tuple[_Attempt, float]] = {}
+        self._collectors: list[threading.Thread] = []
+        self._files: dict[str, tuple[FileEntry, ...]] = {}
+        self._integrity: list[str] = []
         self._interrupted = False
         self._closing = False
         self._scheduler = Scheduler(
@@ -389,7 +411,9 @@ class Dispatcher:
             return 0.2
         return max(0.0, min(0.2, min(deadlines) - time.monotonic()))
 
-    def _handle(self, item: RunnerEvent | _Ready | _Unreachable, started: float) -> None:
+    def _handle(
+        self, item: RunnerEvent | _Ready | _Unreachable | _Collected, started: float
+    ) -> None:
         now = self._now(started)
         if isinstance(item, _Ready):
             info = self._info[item.host.name]
@@ -423,6 +447,8 @@ class Dispatcher:
             )
         elif isinstance(item, RunnerGone):
             self._host_lost(item.host, item.reason, started)
+        elif isinstance(item, _Collected):
+            self._collected(item, started)
 
     def _exited(self, event: TaskExited, started: float) -> None:
         attempt = self._running.get(event.task_id)
@@ -435,7 +461,6 @@ class Dispatcher:
         attempt.log.close()
         info = self._info[attempt.host]
         info.tasks_run += 1
-        now = self._now(started)
         if event.exit_code is None and not (attempt.timed_out or attempt.cancelled):
             # The runner lost it; a RunnerGone follows and re-queues it.
             return
@@ -464,12 +489,64 @@ class Dispatcher:
             )
         elif event.exit_code == 0:
             self._durations[attempt.task] = duration * self._speed(attempt.host)
+            task = self.graph.tasks[attempt.task]
+            if self.collect is not None and task.outputs:
+                # Bring the outputs home before the task counts as succeeded; its slot
+                # stays taken meanwhile. The result comes back as a _Collected.
+                self._collecting[event.task_id] = (attempt, duration)
+                thread = threading.Thread(
+                    target=self._collect_outputs,
+                    args=(event.task_id, self._info[attempt.host].host, task),
+                    name=f"meshrun-collect-{attempt.task}",
+                    daemon=True,
+                )
+                self._collectors.append(thread)
+                thread.start()
+                return
             event_out = TaskSucceeded(attempt.task, attempt.host, duration)
         else:
             event_out = TaskFailed(
                 attempt.task, attempt.host, event.exit_code, f"exit code {event.exit_code}"
             )
-        decisions = self._scheduler.handle(event_out, now)
+        self._conclude(attempt, duration, event_out, event.exit_code, started)
+
+    def _collect_outputs(self, task_id: str, host: Host, task: Task) -> None:
+        assert self.collect is not None
+        try:
+            files = self.collect(host, task)
+        except IntegrityError as exc:
+            self._queue.put(_Collected(task_id, (), str(exc), integrity=True))
+        except MeshrunError as exc:
+            self._queue.put(_Collected(task_id, (), f"collecting outputs failed: {exc}"))
+        except Exception as exc:  # a bug must not leave the task running forever
+            log.exception("collecting outputs of %s failed", task.name)
+            self._queue.put(_Collected(task_id, (), f"internal error: {exc!r}"))
+        else:
+            self._queue.put(_Collected(task_id, files))
+
+    def _collected(self, item: _Collected, started: float) -> None:
+        attempt, duration = self._collecting.pop(item.task_id)
+        if item.error is None:
+            self._files[attempt.task] = item.files
+            event_out: TaskFailed | TaskSucceeded = TaskSucceeded(
+                attempt.task, attempt.host, duration
+            )
+        else:
+            if item.integrity:
+                self._integrity.append(attempt.task)
+            event_out = TaskFailed(attempt.task, attempt.host, 0, item.error)
+        self._conclude(attempt, duration, event_out, 0, started)
+
+    def _conclude(
+        self,
+        attempt: _Attempt,
+        duration: float,
+        event_out: TaskFailed | TaskSucceeded,
+        exit_code: int | None,
+        started: float,
+    ) -> None:
+        """Tell the scheduler how an attempt ended, then the observer, then act."""
+        decisions = self._scheduler.handle(event_out, self._now(started))
         record = self._scheduler.records[attempt.task]
         final = record.status if record.status.final else None
         self.observer(
@@ -477,7 +554,7 @@ class Dispatcher:
                 attempt.task,
                 attempt.host,
                 final,
-                event.exit_code,
+                exit_code,
                 duration,
                 record.error if final is not TaskStatus.SUCCEEDED else None,
             )
@@ -652,7 +729,7 @@ class Dispatcher:
                 closer = threading.Thread(target=info.runner.close, daemon=True)
                 closer.start()
                 closers.append(closer)
-        for thread in closers:
+        for thread in [*closers, *self._collectors]:
             thread.join(timeout=15)
         # Hosts still connecting (hung in a handshake) are not waited for: the caller
         # closes the connector, which aborts them, and a runner handed over late is
@@ -681,6 +758,7 @@ class Dispatcher:
                 duration_s=self._last_duration.get(name),
                 log=str(self.logs_dir / f"{name}.log"),
                 error=record.error if record.status is not TaskStatus.SUCCEEDED else None,
+                files=self._files.get(name, ()),
             )
             for name, record in self._scheduler.records.items()
         )
@@ -705,6 +783,12 @@ class Dispatcher:
             hosts,
             str(self.run_dir),
             self._interrupted,
+            # Only tasks that ended failed on an integrity error: a retry may rescue one.
+            tuple(
+                name
+                for name in dict.fromkeys(self._integrity)
+                if self._scheduler.records[name].status is TaskStatus.FAILED
+            ),
         )
 
     @property
