@@ -539,3 +539,33 @@ def pull_local(host: Host, files: Sequence[FileEntry], dest_dir: Path) -> None:
             shutil.copyfile(root / entry.path, target)
         _verify(host.name, entries, recv)
         _install(entries, recv, dest_dir)
+
+
+def publish(src_dir: Path, files: Sequence[FileEntry], dest_dir: Path) -> None:
+    """Copy verified files from ``src_dir/<path>`` to ``dest_dir/<path>``, atomically.
+
+    Used to place outputs where a local build would have left them (the workspace) or
+    under ``--artifacts DIR/<task>/``, while the run directory keeps the verified copy
+    that ``meshrun verify`` checks. Each file is written aside and renamed into place.
+    """
+    entries = _checked_entries(files)
+    if not entries:
+        return
+    Path(dest_dir).mkdir(parents=True, exist_ok=True)
+    base = Path(dest_dir).resolve()
+    for entry in entries:
+        target = base / safe_relative_path(entry.path)
+        _make_parents(base, target.parent, entry.path)
+        if target.is_symlink() or target.is_dir():
+            raise IntegrityError(
+                f"{target}: exists and is not a regular file; refusing to replace it"
+            )
+        fd, temp = tempfile.mkstemp(prefix=".meshrun-publish-", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(Path(src_dir) / entry.path, temp)
+            os.chmod(temp, entry.mode & 0o777)
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise

@@ -489,6 +489,7 @@ def dispatch_command(
     no_agent: bool,
     junit: str | None,
     sign_key: str | None,
+    artifacts: str | None,
     output: str,
     json_out: bool,
     connect_timeout: str,
@@ -551,6 +552,7 @@ def dispatch_command(
                 command_line=sys.argv,
                 junit_path=junit,
                 signing_key=signing_key,
+                artifacts_dir=artifacts,
             )
     finally:
         connector.close()
@@ -607,6 +609,12 @@ def _parse_dispatch(args: list[str]) -> dict[str, Any]:
         help="One SSH channel per task instead of the persistent agent.",
     )
     p.add_argument("--junit", metavar="FILE", help="Write JUnit XML (one testcase per task).")
+    p.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="Put each task's outputs under DIR/<task>/ (with a copy of the manifest) "
+        "instead of at their paths in the workspace.",
+    )
     p.add_argument(
         "--sign-key",
         metavar="KEY",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun import artifacts
-from meshrun.errors import InputError
+from meshrun.errors import InputError, IntegrityError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
 from meshrun.inventory import Host
@@ -75,6 +76,7 @@ def run_dispatch(
     command_line: Sequence[str] = (),
     junit_path: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
+    artifacts_dir: str | Path | None = None,
 ) -> DispatchReport:
     """Run ``graph`` on ``hosts``; write logs, report.json, the manifest (signed with
     ``signing_key``), JUnit, and the history. The manifest is written for failed and
@@ -98,9 +100,12 @@ def run_dispatch(
             )
 
         artifacts_root = run_dir / "artifacts"
+        workspace = graph.sync.root.resolve()
+        claimed: dict[str, str] = {}  # output path -> the task that wrote it
+        claim_lock = threading.Lock()
 
         def collect(host: Host, task: Task) -> tuple[FileEntry, ...]:
-            """Hash the task's outputs on its host, bring them home, verify them."""
+            """Hash the task's outputs on its host, bring them home verified, place them."""
             conn = connector.connect(host)
             files = artifacts.collect(conn, host.workdir, task.outputs)
             dest = artifacts_root / task.name
@@ -111,6 +116,21 @@ def run_dispatch(
 
                 assert isinstance(connector, SSHConnector)
                 artifacts.pull(connector, host, files, dest)
+            if artifacts_dir is not None:
+                artifacts.publish(dest, files, Path(artifacts_dir) / task.name)
+                return tuple(files)
+            with claim_lock:
+                for entry in files:
+                    other = claimed.setdefault(entry.path, task.name)
+                    if other != task.name:
+                        raise IntegrityError(
+                            f"task {task.name!r}: output {entry.path!r} was already written "
+                            f"by task {other!r}",
+                            fix="give each task its own output paths, or use --artifacts DIR",
+                        )
+            ran_here = host.local and Path(host.workdir).expanduser().resolve() == workspace
+            if not ran_here:  # a local task's outputs are already in the workspace
+                artifacts.publish(dest, files, workspace)
             return tuple(files)
 
         dispatcher = Dispatcher(
@@ -129,7 +149,10 @@ def run_dispatch(
         report = dispatcher.run()
         document = dispatch_document(report, command_line=command_line)
         (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
-        write_manifest(run_dir, build_manifest(graph, report, command_line), signing_key)
+        manifest = build_manifest(graph, report, command_line)
+        write_manifest(run_dir, manifest, signing_key)
+        if artifacts_dir is not None:  # the artifacts carry their own manifest copy
+            write_manifest(Path(artifacts_dir), manifest, signing_key)
         if junit_path:
             Path(junit_path).write_text(junit_xml(report))
         history.record_durations(dispatcher.learned_durations)

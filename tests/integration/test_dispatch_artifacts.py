@@ -17,9 +17,9 @@ def test_outputs_come_home_verified_and_signed(fleet4: Fleet, tmp_path: Path) ->
         [
             {
                 "name": "build",
-                "run": "mkdir -p 'dist/sub dir' && printf 'bin\\n' > dist/app && "
-                "printf 'ü\\n' > 'dist/sub dir/nötes.txt'",
-                "outputs": ["dist/**"],
+                "run": "mkdir -p 'signed-dist/sub dir' && printf 'bin\\n' > signed-dist/app && "
+                "printf 'ü\\n' > 'signed-dist/sub dir/nötes.txt'",
+                "outputs": ["signed-dist/**"],
             },
             {"name": "lint", "run": "true"},
         ],
@@ -31,16 +31,16 @@ def test_outputs_come_home_verified_and_signed(fleet4: Fleet, tmp_path: Path) ->
     assert r.rc == 0, r.describe()
     run_dir = Path(r.doc["run_dir"])
     build_dir = run_dir / "artifacts" / "build"
-    assert (build_dir / "dist" / "app").read_text() == "bin\n"
-    assert (build_dir / "dist" / "sub dir" / "nötes.txt").read_text() == "ü\n"
+    assert (build_dir / "signed-dist" / "app").read_text() == "bin\n"
+    assert (build_dir / "signed-dist" / "sub dir" / "nötes.txt").read_text() == "ü\n"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     files = {t["name"]: [f["path"] for f in t["files"]] for t in manifest["tasks"]}
-    assert files == {"build": ["dist/app", "dist/sub dir/nötes.txt"], "lint": []}
+    assert files == {"build": ["signed-dist/app", "signed-dist/sub dir/nötes.txt"], "lint": []}
     ok = run_meshrun("verify", run_dir, "--key", f"{tmp_path / 'key'}.pub")
     assert ok.rc == 0, ok.describe()
-    (build_dir / "dist" / "app").write_text("changed\n")
+    (build_dir / "signed-dist" / "app").write_text("changed\n")
     tampered = run_meshrun("verify", run_dir, "--key", f"{tmp_path / 'key'}.pub")
-    assert tampered.rc == 4 and "dist/app" in tampered.stderr, tampered.describe()
+    assert tampered.rc == 4 and "signed-dist/app" in tampered.stderr, tampered.describe()
 
 
 def test_an_unmatched_or_escaping_output_fails_the_task_with_exit_4(
@@ -63,3 +63,65 @@ def test_an_unmatched_or_escaping_output_fails_the_task_with_exit_4(
     assert tasks["fine"]["status"] == "succeeded", r.describe()
     artifacts = Path(r.doc["run_dir"]) / "artifacts"
     assert not (artifacts / "escape").exists(), "nothing may be written for a refused output"
+
+
+def test_outputs_land_in_the_workspace_as_a_local_build_would_leave_them(
+    fleet4: Fleet, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    tasks_file = write_project(
+        project,
+        [
+            {
+                "name": "build",
+                "run": "mkdir -p ws-dist && echo v1 > ws-dist/app",
+                "outputs": ["ws-dist/**"],
+            },
+            {
+                "name": "docs",
+                "run": "mkdir -p ws-site && echo doc > ws-site/index.html",
+                "outputs": ["ws-site/index.html"],
+            },
+        ],
+        sync={"paths": []},
+    )
+    r = dispatch(tasks_file, fleet4.hosts_toml)
+    assert r.rc == 0, r.describe()
+    assert (project / "ws-dist" / "app").read_text() == "v1\n"
+    assert (project / "ws-site" / "index.html").read_text() == "doc\n"
+
+
+def test_two_tasks_writing_the_same_output_path_is_an_error(fleet4: Fleet, tmp_path: Path) -> None:
+    tasks_file = write_project(
+        tmp_path / "proj",
+        [
+            {"name": "a", "run": "echo a > out.txt", "outputs": ["out.txt"]},
+            {"name": "b", "run": "echo b > out.txt", "outputs": ["out.txt"], "needs": ["a"]},
+        ],
+        sync={"paths": []},
+    )
+    r = dispatch(tasks_file, fleet4.hosts_toml)
+    assert r.rc == 4, r.describe()
+    assert "already written by task 'a'" in (tasks_of(r)["b"]["error"] or ""), r.describe()
+
+
+def test_artifacts_dir_gets_outputs_per_task_and_a_manifest_copy_that_verifies(
+    fleet4: Fleet, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    tasks_file = write_project(
+        project,
+        [{"name": "build", "run": "mkdir -p pkg && echo v2 > pkg/app", "outputs": ["pkg/**"]}],
+        sync={"paths": []},
+    )
+    out = tmp_path / "out"
+    r = dispatch(tasks_file, fleet4.hosts_toml, "--artifacts", out)
+    assert r.rc == 0, r.describe()
+    assert (out / "build" / "pkg" / "app").read_text() == "v2\n"
+    assert not (project / "pkg").exists(), "with --artifacts the workspace is left alone"
+    assert (out / "manifest.json").is_file()
+    ok = run_meshrun("verify", out, "--json")
+    assert ok.rc == 0 and ok.doc["files_checked"] == 1, ok.describe()
+    (out / "build" / "extra.txt").write_text("not from the run")
+    extra = run_meshrun("verify", out)
+    assert extra.rc == 4 and "extra.txt" in extra.stderr, extra.describe()
