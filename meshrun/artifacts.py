@@ -415,14 +415,7 @@ def _pull_rsync(
     probe = connector.connect(host).run_raw("command -v rsync >/dev/null 2>&1")
     if probe.exit_code != 0:
         return False
-    ep = connector.endpoint(host)
-    ssh = rsync.ssh_command(
-        port=ep.port,
-        identities=[p for p in ep.identities if os.path.exists(p)],
-        known_hosts=ep.known_hosts,
-        connect_timeout_s=connector.connect_timeout_s,
-        proxy_jump=ep.proxy_jump,
-    )
+    ep, ssh = connector.rsync_ssh(host)
     list_file = tmp / "files0"
     list_file.write_bytes(b"".join(e.path.encode("utf-8") + b"\0" for e in entries))
     argv = pull_argv(
@@ -477,15 +470,20 @@ def _verify(name: str, entries: Sequence[FileEntry], recv: Path) -> None:
             )
 
 
+def _install_target(base: Path, entry: FileEntry) -> Path:
+    """Where ``entry`` goes under ``base`` (resolved): parents made safely, and never a
+    symlink or directory replaced."""
+    target = base / safe_relative_path(entry.path)
+    _make_parents(base, target.parent, entry.path)
+    if target.is_symlink() or target.is_dir():
+        raise IntegrityError(f"{target}: exists and is not a regular file; refusing to replace it")
+    return target
+
+
 def _install(entries: Sequence[FileEntry], recv: Path, dest_dir: Path) -> None:
     base = dest_dir.resolve()
     for entry in entries:
-        target = base / safe_relative_path(entry.path)
-        _make_parents(base, target.parent, entry.path)
-        if target.is_symlink() or target.is_dir():
-            raise IntegrityError(
-                f"{target}: exists and is not a regular file; refusing to replace it"
-            )
+        target = _install_target(base, entry)
         source = recv / entry.path
         os.chmod(source, entry.mode & 0o777)
         os.replace(source, target)
@@ -554,12 +552,7 @@ def publish(src_dir: Path, files: Sequence[FileEntry], dest_dir: Path) -> None:
     Path(dest_dir).mkdir(parents=True, exist_ok=True)
     base = Path(dest_dir).resolve()
     for entry in entries:
-        target = base / safe_relative_path(entry.path)
-        _make_parents(base, target.parent, entry.path)
-        if target.is_symlink() or target.is_dir():
-            raise IntegrityError(
-                f"{target}: exists and is not a regular file; refusing to replace it"
-            )
+        target = _install_target(base, entry)
         fd, temp = tempfile.mkstemp(prefix=".meshrun-publish-", dir=target.parent)
         os.close(fd)
         try:

@@ -57,8 +57,24 @@ def colour_enabled(stream: TextIO) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+class _StatusLine:
+    """Colour and the one redrawable status line on stderr, shared by the consoles."""
+
+    err: TextIO
+    _colour: bool
+    _status_shown: bool
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.err.write("\r\x1b[K")
+            self._status_shown = False
+
+
 @dataclass
-class FleetConsole:
+class FleetConsole(_StatusLine):
     """Renders fleet events; call ``finish(report)`` at the end."""
 
     mode: OutputMode = OutputMode.STREAM
@@ -80,14 +96,6 @@ class FleetConsole:
         self._status_shown = False
 
     # -- helpers ------------------------------------------------------------------
-
-    def _paint(self, text: str, code: str) -> str:
-        return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
-
-    def _clear_status(self) -> None:
-        if self._status_shown:
-            self.err.write("\r\x1b[K")
-            self._status_shown = False
 
     def _draw_status(self) -> None:
         if not self.progress:
@@ -256,7 +264,7 @@ def render_probes(probes: list[HostProbe]) -> str:
 
 
 @dataclass
-class DispatchConsole:
+class DispatchConsole(_StatusLine):
     """Renders a dispatch run: task outputs as chosen, progress, replay, summary.
 
     ``group`` (default) prints each task's output as one block when it ends, as if it
@@ -280,14 +288,6 @@ class DispatchConsole:
         self._running: dict[str, str] = {}
         self._snapshot: Progress | None = None
         self._status_shown = False
-
-    def _paint(self, text: str, code: str) -> str:
-        return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
-
-    def _clear_status(self) -> None:
-        if self._status_shown:
-            self.err.write("\r\x1b[K")
-            self._status_shown = False
 
     def _draw_status(self) -> None:
         snap = self._snapshot

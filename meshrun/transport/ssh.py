@@ -658,7 +658,9 @@ class SSHConnector:
             "~/.ssh/authorized_keys",
         )
 
-    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+    def rsync_ssh(self, host: Host) -> tuple[Endpoint, list[str]]:
+        """The endpoint and the ssh command rsync must use for ``host``: the very
+        settings of this connector (key, port, user, known_hosts, jump host)."""
         ep = self.endpoint(host)
         ssh = rsync.ssh_command(
             port=ep.port,
@@ -667,6 +669,10 @@ class SSHConnector:
             connect_timeout_s=self.connect_timeout_s,
             proxy_jump=ep.proxy_jump,
         )
+        return ep, ssh
+
+    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+        ep, ssh = self.rsync_ssh(host)
         workdir = host.workdir
         if workdir == "~" or workdir.startswith("~/"):
             # Tasks run in "$HOME"/x; rsync would resolve "x" against the login
