@@ -42,3 +42,21 @@ def test_importing_meshrun_does_not_import_paramiko() -> None:
     code = "import sys, meshrun, meshrun.cli; print('paramiko' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "paramiko must be imported lazily (startup time)"
+
+
+def test_the_scheduler_is_pure() -> None:
+    forbidden = {"threading", "socket", "time", "subprocess", "asyncio", "selectors"}
+    forbidden_meshrun = (
+        "meshrun.transport",
+        "meshrun.executor",
+        "meshrun.cli",
+        "meshrun.agent",
+        "meshrun.dispatch",
+        "meshrun.history",
+    )
+    offenders = []
+    for path in (PACKAGE / "scheduler").rglob("*.py"):
+        for name in imports_of(path):
+            if name.split(".")[0] in forbidden or name.startswith(forbidden_meshrun):
+                offenders.append(f"{path.name}: {name}")
+    assert offenders == [], f"the scheduler must stay pure (no I/O, threads, clock): {offenders}"
