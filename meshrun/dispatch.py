@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshrun import artifacts
+from meshrun import artifacts, staging
 from meshrun.errors import InputError, IntegrityError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
@@ -133,6 +133,11 @@ def run_dispatch(
                 artifacts.publish(dest, files, workspace)
             return tuple(files)
 
+        def stage(host: Host, needs: Sequence[tuple[str, tuple[FileEntry, ...]]]) -> int:
+            """Push needs' verified outputs (the run directory's copy) to ``host``."""
+            inputs = [staging.Input(need, artifacts_root / need, files) for need, files in needs]
+            return staging.push(connector, host, inputs)
+
         dispatcher = Dispatcher(
             graph=graph,
             hosts=hosts,
@@ -144,6 +149,7 @@ def run_dispatch(
             observer=observer,
             sync=push if options.sync and graph.sync.paths else None,
             collect=collect,
+            stage=stage,
         )
         started = time.time()
         report = dispatcher.run()

@@ -72,6 +72,9 @@ class DispatchOptions:
     use_agent: bool = True
     sync: bool = True
     load_poll_s: float = 2.0
+    #: How long tasks no host can run yet wait for one to appear (``--discover``):
+    #: until then a run with no usable host is not given up.
+    wait_for_hosts_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +119,13 @@ class DispatchReport:
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md for dispatch: 130, then 3 if no host could be reached, then 1."""
+        """DESIGN.md for dispatch: 130, 4, then 3 if no host could be reached (or none
+        was found), then 1."""
         if self.interrupted:
             return 130
         if self.integrity_failures:
             return 4
-        if self.hosts and all(h.status == "unreachable" for h in self.hosts):
+        if not self.ok and all(h.status == "unreachable" for h in self.hosts):
             return 3
         return 0 if self.ok else 1
 
@@ -217,6 +221,30 @@ class _Collected:
     integrity: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _AddHost:
+    host: Host
+
+
+@dataclass(frozen=True, slots=True)
+class _RemoveHost:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A task's inputs reached its host (``error`` None) or could not."""
+
+    task_id: str
+    sent_bytes: int = 0
+    error: str | None = None
+    integrity: bool = False
+
+
+_Item = RunnerEvent | _Ready | _Unreachable | _Collected | _Staged | _AddHost | _RemoveHost
+
+
 @dataclass(slots=True)
 class _Attempt:
     task: str
@@ -228,6 +256,7 @@ class _Attempt:
     timed_out: bool = False
     cancelled: bool = False
     stop_sent: float | None = None  # when we asked the host to stop it
+    staging: bool = False  # its needs' outputs are still being pushed to the host
 
 
 @dataclass(slots=True)
@@ -244,6 +273,8 @@ class _HostInfo:
 SyncFn = Callable[[Host], None]
 #: Collects a task's outputs on its host and brings them home, verified.
 CollectFn = Callable[[Host, Task], tuple[FileEntry, ...]]
+#: Pushes needs' outputs (need name, its verified files) to a host; returns bytes sent.
+StageFn = Callable[[Host, Sequence[tuple[str, tuple[FileEntry, ...]]]], int]
 
 
 @dataclass
@@ -260,9 +291,12 @@ class Dispatcher:
     observer: Observer = _ignore
     sync: SyncFn | None = None  # pushes the workspace to a host before it joins
     collect: CollectFn | None = None  # brings a succeeded task's outputs home
+    stage: StageFn | None = None  # pushes needs' outputs to a dependent's host
 
     def __post_init__(self) -> None:
-        self._queue: queue.Queue[RunnerEvent | _Ready | _Unreachable | _Collected] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._connectors: list[threading.Thread] = []
+        self._wait_for_hosts_until = 0.0  # monotonic; set by run()
         self._info = {h.name: _HostInfo(h) for h in self.hosts}
         self._running: dict[str, _Attempt] = {}  # runner task id -> attempt
         self._durations: dict[str, float] = {}  # successful attempt durations
@@ -286,18 +320,25 @@ class Dispatcher:
 
     # -- public ------------------------------------------------------------------------
 
+    def add_host(self, host: Host) -> None:
+        """A host that appeared during the run (discovery): connect and let it join.
+
+        Thread-safe. A host already in the run is ignored; one that was lost or
+        unreachable joins again.
+        """
+        self._queue.put(_AddHost(host))
+
+    def remove_host(self, name: str, reason: str) -> None:
+        """A host that left (discovery): handled as lost, its tasks re-queued. Thread-safe."""
+        self._queue.put(_RemoveHost(name, reason))
+
     def run(self) -> DispatchReport:
         started_wall = time.time()
         started = time.monotonic()
+        self._wait_for_hosts_until = started + self.options.wait_for_hosts_s
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        connectors = [
-            threading.Thread(
-                target=self._connect, args=(h,), name=f"meshrun-connect-{h.name}", daemon=True
-            )
-            for h in self.hosts
-        ]
-        for thread in connectors:
-            thread.start()
+        for host in self.hosts:
+            self._start_connecting(host)
         self._apply(self._scheduler.start(self._now(started)), started)
         next_load_poll = time.monotonic() + self.options.load_poll_s
         next_progress = time.monotonic()
@@ -326,7 +367,7 @@ class Dispatcher:
                     self.observer(Notice("disconnecting"))
                     self._abort_running(started)
                     break
-        self._shutdown(connectors)
+        self._shutdown(self._connectors)
         return self._report(started_wall, time.monotonic() - started)
 
     # -- the loop --------------------------------------------------------------------
@@ -342,6 +383,7 @@ class Dispatcher:
             and not self._gathering
             and not self._running
             and self._scheduler.stalled
+            and time.monotonic() >= self._wait_for_hosts_until
         ):
             live = [n for n, i in self._info.items() if i.status == "ok"]
             reason = (
@@ -411,12 +453,14 @@ class Dispatcher:
             return 0.2
         return max(0.0, min(0.2, min(deadlines) - time.monotonic()))
 
-    def _handle(
-        self, item: RunnerEvent | _Ready | _Unreachable | _Collected, started: float
-    ) -> None:
+    def _handle(self, item: _Item, started: float) -> None:
         now = self._now(started)
         if isinstance(item, _Ready):
             info = self._info[item.host.name]
+            if info.status != "connecting" or info.host is not item.host:
+                # It left (or was replaced) while connecting: not part of the run.
+                threading.Thread(target=item.runner.close, daemon=True).start()
+                return
             info.runner = item.runner
             info.fingerprint = item.fingerprint
             info.status = "ok"
@@ -431,6 +475,8 @@ class Dispatcher:
                     self._gather_until = time.monotonic() + GATHER_S
         elif isinstance(item, _Unreachable):
             info = self._info[item.host.name]
+            if info.host is not item.host:
+                return
             info.status = "unreachable"
             info.error = item.error
             self.observer(HostDown(item.host.name, item.error, ever_ready=False))
@@ -449,6 +495,20 @@ class Dispatcher:
             self._host_lost(item.host, item.reason, started)
         elif isinstance(item, _Collected):
             self._collected(item, started)
+        elif isinstance(item, _Staged):
+            self._staged(item, started)
+        elif isinstance(item, _AddHost):
+            known = self._info.get(item.host.name)
+            if known is None or known.status in ("lost", "unreachable"):
+                self._info[item.host.name] = _HostInfo(item.host)
+                self._start_connecting(item.host)
+        elif isinstance(item, _RemoveHost):
+            known = self._info.get(item.name)
+            if known is not None and known.status == "connecting":
+                known.status = "lost"
+                known.error = item.reason
+            else:
+                self._host_lost(item.name, item.reason, started)
 
     def _exited(self, event: TaskExited, started: float) -> None:
         attempt = self._running.get(event.task_id)
@@ -529,7 +589,11 @@ class Dispatcher:
         if item.error is None:
             self._files[attempt.task] = item.files
             event_out: TaskFailed | TaskSucceeded = TaskSucceeded(
-                attempt.task, attempt.host, duration
+                attempt.task,
+                attempt.host,
+                duration,
+                output_files=len(item.files),
+                output_bytes=sum(f.size for f in item.files),
             )
         else:
             if item.integrity:
@@ -583,8 +647,8 @@ class Dispatcher:
         return self.graph.tasks[task].timeout_s or self.options.default_timeout_s or 0.0
 
     def _host_lost(self, host: str, reason: str, started: float) -> None:
-        info = self._info[host]
-        if info.status != "ok":
+        info = self._info.get(host)
+        if info is None or info.status != "ok":
             return
         info.status = "lost"
         info.error = reason
@@ -620,6 +684,8 @@ class Dispatcher:
                     attempt.stop_sent = None
 
     def _stop_attempt(self, task_id: str, attempt: _Attempt) -> None:
+        if attempt.staging:
+            return  # nothing runs yet; _staged sees the flag and does not start it
         attempt.stop_sent = time.monotonic()
         runner = self._info[attempt.host].runner
         if runner is not None:
@@ -652,41 +718,119 @@ class Dispatcher:
     def _start(self, decision: Start, started: float) -> None:
         task = self.graph.tasks[decision.task]
         info = self._info[decision.host]
-        assert info.runner is not None
         # Unique per start: a re-queued task must never share an id with the attempt
         # on a lost host, whose late reports would otherwise be taken for the new one.
         self._starts += 1
         task_id = f"{decision.task}#{self._starts}"
-        timeout = task.timeout_s or self.options.default_timeout_s
         log_file = (self.logs_dir / f"{decision.task}.log").open("ab")
         log_file.write(
             f"# meshrun: attempt {decision.attempt} on {decision.host}: {task.run}\n".encode()
         )
-        now = time.monotonic()
         attempt = _Attempt(
-            decision.task,
-            decision.host,
-            decision.attempt,
-            now,
-            None if timeout is None else now + timeout,
-            log_file,
+            decision.task, decision.host, decision.attempt, time.monotonic(), None, log_file
         )
         self._running[task_id] = attempt
+        self.observer(TaskStarted(decision.task, decision.host, decision.attempt))
+        moves = [
+            (need, self._files[need])
+            for need in task.needs
+            if self._files.get(need) and self._scheduler.records[need].host != decision.host
+        ]
+        if moves and self.stage is not None:
+            # The needs ran elsewhere: push their outputs first, off this thread. The
+            # slot stays taken meanwhile; the command starts when _Staged arrives.
+            attempt.staging = True
+            attempt.deadline = None
+            thread = threading.Thread(
+                target=self._stage_inputs,
+                args=(task_id, info.host, moves),
+                name=f"meshrun-stage-{decision.task}",
+                daemon=True,
+            )
+            self._collectors.append(thread)
+            thread.start()
+            return
+        self._launch(task_id, attempt)
+
+    def _stage_inputs(
+        self, task_id: str, host: Host, moves: Sequence[tuple[str, tuple[FileEntry, ...]]]
+    ) -> None:
+        assert self.stage is not None
+        try:
+            sent = self.stage(host, moves)
+        except IntegrityError as exc:
+            self._queue.put(_Staged(task_id, error=str(exc), integrity=True))
+        except MeshrunError as exc:
+            self._queue.put(_Staged(task_id, error=f"pushing its inputs failed: {exc}"))
+        except Exception as exc:  # a bug must not leave the task staging forever
+            log.exception("pushing the inputs of %s failed", task_id)
+            self._queue.put(_Staged(task_id, error=f"internal error: {exc!r}"))
+        else:
+            self._queue.put(_Staged(task_id, sent_bytes=sent))
+
+    def _staged(self, item: _Staged, started: float) -> None:
+        attempt = self._running.get(item.task_id)
+        if attempt is None or not attempt.staging:
+            return  # its host was lost meanwhile (the task is re-queued), or interrupted
+        attempt.staging = False
+        took = time.monotonic() - attempt.started
+        if attempt.cancelled:
+            del self._running[item.task_id]
+            attempt.log.close()
+            self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
+            self._announced.add(attempt.task)
+            self.observer(
+                TaskEnded(attempt.task, attempt.host, TaskStatus.CANCELLED, None, took, "cancelled")
+            )
+            self._announce_ends()
+            return
+        if item.error is not None:
+            del self._running[item.task_id]
+            attempt.log.write(f"# meshrun: {item.error}\n".encode())
+            attempt.log.close()
+            self._last_duration[attempt.task] = took
+            if item.integrity:
+                self._integrity.append(attempt.task)
+            failed = TaskFailed(
+                attempt.task, attempt.host, None, item.error, infrastructure=not item.integrity
+            )
+            self._conclude(attempt, took, failed, None, started)
+            return
+        note = f"# meshrun: its needs' outputs pushed here ({item.sent_bytes} bytes, {took:.2f}s)\n"
+        attempt.log.write(note.encode())
+        self._launch(item.task_id, attempt)
+
+    def _launch(self, task_id: str, attempt: _Attempt) -> None:
+        """Run the attempt's command on its host; its clock and timeout start now."""
+        task = self.graph.tasks[attempt.task]
+        info = self._info[attempt.host]
+        assert info.runner is not None
+        timeout = task.timeout_s or self.options.default_timeout_s
+        attempt.started = time.monotonic()
+        attempt.deadline = None if timeout is None else attempt.started + timeout
         env = {
             **task.env,
-            "MESHRUN_HOST": decision.host,
+            "MESHRUN_HOST": attempt.host,
             "MESHRUN_RUN_ID": self.run_id,
-            "MESHRUN_TASK": decision.task,
-            "MESHRUN_ATTEMPT": str(decision.attempt),
+            "MESHRUN_TASK": attempt.task,
+            "MESHRUN_ATTEMPT": str(attempt.number),
         }
-        self.observer(TaskStarted(decision.task, decision.host, decision.attempt))
         try:
             info.runner.run(task_id, task.run, info.host.workdir, env)
         except MeshrunError as exc:
-            self._queue.put(TaskExited(decision.host, task_id, None, str(exc)))
-            self._queue.put(RunnerGone(decision.host, str(exc)))
+            self._queue.put(TaskExited(attempt.host, task_id, None, str(exc)))
+            self._queue.put(RunnerGone(attempt.host, str(exc)))
 
     # -- connecting and closing ----------------------------------------------------------
+
+    def _start_connecting(self, host: Host) -> None:
+        if self._closing:
+            return
+        thread = threading.Thread(
+            target=self._connect, args=(host,), name=f"meshrun-connect-{host.name}", daemon=True
+        )
+        self._connectors.append(thread)
+        thread.start()
 
     def _connect(self, host: Host) -> None:
         try:

@@ -15,6 +15,10 @@ How work is placed:
 - **work stealing**: a host with free capacity and nothing of its own to start takes
   the lowest-priority task it can run from the queue with the most work (the task that
   would otherwise start last).
+- **transfer cost**: a task whose needs produced outputs on another host waits for
+  them to be pushed to its host, so every finish estimate above adds that transfer
+  (``Policy.transfer_setup_s`` per need plus bytes at ``transfer_bytes_per_s``). A
+  chain therefore stays on one host unless another host would still end it sooner.
 - **dynamic concurrency**: each host starts at ``slots`` load units; distress
   (an infrastructure failure, a timeout, load above its CPUs) halves the limit, at most
   once per ``distress_cooldown_s``; each clean success adds one back, up to ``slots``.
@@ -70,6 +74,10 @@ class Policy:
     fail_fast: bool = False
     max_fail: int | None = None  # stop starting new tasks once more than this many failed
     distress_cooldown_s: float = 5.0
+    #: What moving one need's outputs to another host costs: a fixed set-up (connect
+    #: rsync, verify on arrival) plus the bytes at a LAN-ish rate, hashing included.
+    transfer_setup_s: float = 0.2
+    transfer_bytes_per_s: float = 50e6
 
 
 # -- events (facts) -----------------------------------------------------------------
@@ -95,9 +103,14 @@ class HostLost:
 
 @dataclass(frozen=True, slots=True)
 class TaskSucceeded:
+    """``output_files``/``output_bytes``: what it left for its dependents (collected
+    outputs); a dependent placed on another host must wait for them to be pushed."""
+
     task: str
     host: str
     duration_s: float
+    output_files: int = 0
+    output_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +224,7 @@ class Scheduler:
             name: TaskRecord(task, bottom[name], expected_s.get(name, 1.0))
             for name, task in graph.tasks.items()
         }
+        self._outputs: dict[str, int] = {}  # succeeded task -> bytes of outputs it left
         self._stalled: list[str] = []  # ready but no live host can run them
         self._ended: list[str] = []  # final since the last take_ended()
         for record in self.records.values():
@@ -304,6 +318,23 @@ class Scheduler:
         work = host.queued_work + host.running_work / 2
         return work / (host.spec.speed * max(1, host.limit))
 
+    def transfer_s(self, name: str, host: str) -> float:
+        """Expected seconds to bring the outputs of ``name``'s needs to ``host``."""
+        total = 0.0
+        for need in self.records[name].task.needs:
+            size = self._outputs.get(need)
+            if size is not None and self.records[need].host != host:
+                total += self.policy.transfer_setup_s + size / self.policy.transfer_bytes_per_s
+        return total
+
+    def _finish_s(self, host: _HostState, record: TaskRecord) -> float:
+        """When ``host`` is expected to finish ``record`` if queued there now."""
+        return (
+            self._backlog_s(host)
+            + record.expected_s / host.spec.speed
+            + self.transfer_s(record.task.name, host.spec.name)
+        )
+
     def _enqueue(self, host: _HostState, name: str) -> None:
         self._seq += 1
         bisect.insort(host.queue, (-self.records[name].priority, self._seq, name))
@@ -330,10 +361,7 @@ class Scheduler:
         if not candidates:
             self._stalled.append(name)
             return
-        best = min(
-            candidates,
-            key=lambda h: (self._backlog_s(h) + record.expected_s / h.spec.speed, h.spec.name),
-        )
+        best = min(candidates, key=lambda h: (self._finish_s(h, record), h.spec.name))
         self._enqueue(best, name)
 
     def _rebalance_onto(self, newcomer: _HostState) -> None:
@@ -354,9 +382,7 @@ class Scheduler:
             record = self.records[name]
             if not self._eligible(newcomer, record.task) or newcomer.spec.name in record.avoid:
                 continue
-            here = self._backlog_s(host) + record.expected_s / host.spec.speed
-            there = self._backlog_s(newcomer) + record.expected_s / newcomer.spec.speed
-            if there < here:
+            if self._finish_s(newcomer, record) < self._finish_s(host, record):
                 self._dequeue(host, host.queue.index(entry))
                 self._enqueue(newcomer, name)
 
@@ -368,6 +394,8 @@ class Scheduler:
         if host is not None:
             self._release(host, event.task)
             host.limit = min(host.spec.slots, host.limit + 1)
+        if event.output_files:
+            self._outputs[event.task] = event.output_bytes
         self._end(event.task, TaskStatus.SUCCEEDED, None)
         for dependent in self.graph.dependents(event.task):
             dep = self.records[dependent]
@@ -501,7 +529,11 @@ class Scheduler:
                 record.host = host.spec.name
                 record.attempts += 1
                 host.running[name] = record.task.weight
-                host.expected_end[name] = now + record.expected_s / host.spec.speed
+                host.expected_end[name] = (
+                    now
+                    + record.expected_s / host.spec.speed
+                    + self.transfer_s(name, host.spec.name)
+                )
                 host.used += record.task.weight
                 host.running_work += self._work(name)
                 decisions.append(Start(name, host.spec.name, record.attempts))
@@ -517,7 +549,7 @@ class Scheduler:
         """The earliest expected finish of ``record`` on any other host that can run it."""
         return min(
             (
-                self._backlog_s(other) + record.expected_s / other.spec.speed
+                self._finish_s(other, record)
                 for other in self.hosts.values()
                 if other is not exclude and self._eligible(other, record.task)
             ),
@@ -564,14 +596,23 @@ class Scheduler:
             reverse=True,
         )
         for victim in victims:
-            for i in range(len(victim.queue) - 1, -1, -1):
+            # What the victim can start itself right now (its free room, from the head
+            # of its queue) is not stolen: it would only move a task that starts anyway.
+            room = victim.limit - victim.used
+            own = 0
+            for _, _, queued in victim.queue:
+                room -= self.records[queued].task.weight
+                if room < 0:
+                    break
+                own += 1
+            for i in range(len(victim.queue) - 1, own - 1, -1):
                 name = victim.queue[i][2]
                 record = self.records[name]
                 if host.spec.name in record.avoid:
                     continue  # it failed here; its retry was placed elsewhere on purpose
                 # Steal only what no other host would clearly finish sooner: a slow
                 # host must not grab a long task that a fast one would end earlier.
-                mine = record.expected_s / host.spec.speed
+                mine = record.expected_s / host.spec.speed + self.transfer_s(name, host.spec.name)
                 if mine * STEAL_MARGIN > self._best_finish_s(record, exclude=host):
                     continue
                 if self._eligible(host, record.task) and self._fits(host, record.task):

@@ -1,8 +1,10 @@
 """A discrete-event simulator for the scheduler: virtual time, no I/O.
 
 It plays the executor's part — starts what the scheduler decides, finishes each task
-``actual_s / speed`` later, injects failures and host losses — and records a trace that
-tests check invariants on and benchmarks measure makespans with.
+``actual_s / speed`` later (plus the time to push its needs' outputs when they were
+made on another host, at the policy's transfer rate), injects failures and host
+losses — and records a trace that tests check invariants on and benchmarks measure
+makespans with.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def simulate(
     failures: Mapping[str, int] | None = None,
     lose_hosts: Mapping[str, float] | None = None,
     join_at: Mapping[str, float] | None = None,
+    output_bytes: Mapping[str, int] | None = None,
 ) -> SimResult:
     """Run ``graph`` to the end in virtual time.
 
@@ -77,7 +80,10 @@ def simulate(
     ``lose_hosts[host] = t``: the host dies at time t; its running attempts are lost.
     ``join_at[host] = t``: the host joins at time t (as ``meshrun dispatch`` sees hosts
     arrive one by one while they connect) instead of being there from the start.
+    ``output_bytes[task] = n``: the task leaves n bytes of outputs that a dependent on
+    another host must have pushed to it first.
     """
+    outputs = dict(output_bytes or {})
     failures = dict(failures or {})
     joining = dict(join_at or {})
     scheduler = Scheduler(
@@ -106,12 +112,15 @@ def simulate(
                 running[key] = now
                 n = attempts_seen.get(d.task, 0) + 1
                 attempts_seen[d.task] = n
-                duration = actual_s[d.task] / speeds[d.host]
+                staging = scheduler.transfer_s(d.task, d.host)
+                duration = actual_s[d.task] / speeds[d.host] + staging
                 if failures.get(d.task, 0) > 0:
                     failures[d.task] -= 1
                     push(now + duration, TaskFailed(d.task, d.host, 1, "exit code 1"), key)
                 else:
-                    push(now + duration, TaskSucceeded(d.task, d.host, duration), key)
+                    size = outputs.get(d.task)
+                    done = TaskSucceeded(d.task, d.host, duration, int(size is not None), size or 0)
+                    push(now + duration, done, key)
             elif isinstance(d, Cancel):
                 for key in [k for k in running if k[0] == d.task and k[1] == d.host]:
                     start = running.pop(key)

@@ -77,8 +77,11 @@ def push_argv(
     return argv
 
 
-def run(argv: Sequence[str], host: str, timeout_s: float = 3600.0) -> None:
-    """Run rsync; a failure becomes an error that names the host and what to do."""
+def run(
+    argv: Sequence[str], host: str, timeout_s: float = 3600.0, *, what: str = "workspace sync"
+) -> None:
+    """Run rsync; a failure becomes an error that names the host, ``what`` it was doing
+    and what to do."""
     import subprocess
 
     from meshrun.errors import CommandError, HostUnreachable
@@ -91,11 +94,11 @@ def run(argv: Sequence[str], host: str, timeout_s: float = 3600.0) -> None:
             fix="install rsync (apt-get install rsync)",
         ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"{host}: workspace sync timed out after {timeout_s:g}s") from exc
+        raise CommandError(f"{host}: {what} timed out after {timeout_s:g}s") from exc
     if done.returncode == 0:
         return
     tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-    message = f"workspace sync failed (rsync exit {done.returncode}): {' / '.join(tail)}"
+    message = f"{what} failed (rsync exit {done.returncode}): {' / '.join(tail)}"
     if done.returncode == 255:  # ssh itself failed
         raise HostUnreachable(host, message)
     fix = "is rsync installed on the host?" if done.returncode in (12, 127) else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dispatch_helpers import dispatch, tasks_of, write_project
-from helpers import run_meshrun
+from dispatch_helpers import dispatch, log_text, tasks_of, write_hosts, write_project
+from helpers import describe_procs, marker_seconds, run_meshrun, wait_gone
 
 from meshrun.testing.fleet import Fleet
 
@@ -125,3 +125,78 @@ def test_artifacts_dir_gets_outputs_per_task_and_a_manifest_copy_that_verifies(
     (out / "build" / "extra.txt").write_text("not from the run")
     extra = run_meshrun("verify", out)
     assert extra.rc == 4 and "extra.txt" in extra.stderr, extra.describe()
+
+
+def test_a_chain_split_over_two_hosts_gets_its_needs_outputs_pushed(
+    fleet4: Fleet, tmp_path: Path
+) -> None:
+    """``build`` can only run on h1 and ``package`` only on h2: build's outputs are
+    pushed to h2 (verified) before package starts, and package reads them there."""
+    hosts = write_hosts(
+        tmp_path / "hosts.toml", fleet4, {"h1": {"labels": ["a"]}, "h2": {"labels": ["b"]}}
+    )
+    tasks_file = write_project(
+        tmp_path / "proj",
+        [
+            {
+                "name": "build",
+                "run": "mkdir -p 'chain-dist/sub dir' && echo lib-$MESHRUN_RUN_ID > "
+                "'chain-dist/sub dir/lib.txt'",
+                "outputs": ["chain-dist/**"],
+                "labels": ["a"],
+            },
+            {
+                "name": "package",
+                "run": "mkdir -p chain-pkg && cat 'chain-dist/sub dir/lib.txt' > chain-pkg/pkg.txt",
+                "outputs": ["chain-pkg/pkg.txt"],
+                "needs": ["build"],
+                "labels": ["b"],
+            },
+            {
+                "name": "check",  # same host as build: nothing to push
+                "run": "cat 'chain-dist/sub dir/lib.txt'",
+                "needs": ["build"],
+                "labels": ["a"],
+            },
+        ],
+        sync={"paths": []},
+    )
+    r = dispatch(tasks_file, hosts)
+    assert r.rc == 0, r.describe()
+    tasks = tasks_of(r)
+    assert (tasks["build"]["host"], tasks["package"]["host"]) == ("h1", "h2"), r.describe()
+    run_id = r.doc["run_id"]
+    h2_copy = fleet4.host("h2").workdir / "chain-dist" / "sub dir" / "lib.txt"
+    assert h2_copy.read_text() == f"lib-{run_id}\n"
+    assert (tmp_path / "proj" / "chain-pkg" / "pkg.txt").read_text() == f"lib-{run_id}\n"
+    assert "outputs pushed here" in log_text(r, "package")
+    assert "outputs pushed here" not in log_text(r, "check")
+    ok = run_meshrun("verify", r.doc["run_dir"])
+    assert ok.rc == 0, ok.describe()
+
+
+def test_with_fail_fast_an_integrity_failure_stops_the_run_and_the_manifest_says_so(
+    fleet4: Fleet, tmp_path: Path
+) -> None:
+    marker = marker_seconds()
+    tasks_file = write_project(
+        tmp_path / "proj",
+        [
+            {"name": "slow", "run": f"sleep {marker}"},
+            {
+                "name": "leaky",
+                "run": "sleep 0.5; ln -sf /etc/hostname ff-leak",
+                "outputs": ["ff-leak"],
+            },
+            {"name": "after", "run": "true", "needs": ["slow"]},
+        ],
+        sync={"paths": []},
+    )
+    r = dispatch(tasks_file, fleet4.hosts_toml, "--fail-fast")
+    assert r.rc == 4, f"expected exit 4 (integrity) with --fail-fast{r.describe()}"
+    statuses = {name: t["status"] for name, t in tasks_of(r).items()}
+    assert statuses == {"slow": "cancelled", "leaky": "failed", "after": "cancelled"}, r.describe()
+    manifest = json.loads((Path(r.doc["run_dir"]) / "manifest.json").read_text())
+    assert {t["name"]: t["status"] for t in manifest["tasks"]} == statuses
+    left = wait_gone(marker)
+    assert not left, f"expected no 'sleep {marker}' left:\n{describe_procs(left)}"

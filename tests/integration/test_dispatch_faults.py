@@ -479,6 +479,9 @@ def test_ctrl_c_cancels_every_task_exits_130_and_leaves_nothing(
     assert "interrupted" in r.stderr, f"expected the interruption on stderr{r.describe()}"
     left = wait_gone(marker)
     assert not left, f"expected no 'sleep {marker}' left after Ctrl-C:\n{describe_procs(left)}"
+    # The manifest of an interrupted run is written and says how each task ended.
+    manifest = json.loads((Path(r.doc["run_dir"]) / "manifest.json").read_text())
+    assert {t["name"]: t["status"] for t in manifest["tasks"]} == task_statuses(r)
 
 
 @pytest.mark.parametrize("flags", RUNNERS)

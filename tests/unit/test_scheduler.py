@@ -219,7 +219,15 @@ def test_ten_thousand_tasks_over_a_hundred_hosts() -> None:
 @st.composite
 def scenarios(
     draw: st.DrawFn,
-) -> tuple[TaskGraph, dict[str, float], list[HostSpec], dict[str, int], dict[str, float], Policy]:
+) -> tuple[
+    TaskGraph,
+    dict[str, float],
+    list[HostSpec],
+    dict[str, int],
+    dict[str, float],
+    Policy,
+    dict[str, int],
+]:
     n = draw(st.integers(1, 25))
     names = [f"t{i}" for i in range(n)]
     tasks = []
@@ -239,7 +247,8 @@ def scenarios(
     )
     lose = {h: draw(st.floats(0, 20)) for h in lost_names}
     policy = Policy(fail_fast=draw(st.booleans()))
-    return graph(*tasks), durations, fleet, failures, lose, policy
+    outputs = draw(st.dictionaries(st.sampled_from(names), st.integers(0, 10**9), max_size=n))
+    return graph(*tasks), durations, fleet, failures, lose, policy, outputs
 
 
 def _check_capacity(intervals: list[Interval], fleet: list[HostSpec]) -> None:
@@ -254,8 +263,16 @@ def _check_capacity(intervals: list[Interval], fleet: list[HostSpec]) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_invariants_hold_for_any_graph_fleet_failures_and_losses(scenario) -> None:  # type: ignore[no-untyped-def]
-    g, durations, fleet, failures, lose, policy = scenario
-    result = simulate(g, durations, fleet, policy=policy, failures=failures, lose_hosts=lose)
+    g, durations, fleet, failures, lose, policy, outputs = scenario
+    result = simulate(
+        g,
+        durations,
+        fleet,
+        policy=policy,
+        failures=failures,
+        lose_hosts=lose,
+        output_bytes=outputs,
+    )
     records = result.records
     # every task ends in exactly one final state
     assert all(r.status.final for r in records.values())
@@ -328,3 +345,62 @@ def test_mixed_host_speeds_stay_near_the_bound_when_durations_are_known() -> Non
     fleet = [HostSpec(f"h{i}", 4, speeds[i % 4]) for i in range(8)]
     result = simulate(g, durations, fleet)
     assert result.makespan / lower_bound(g, durations, fleet) < 1.25
+
+
+# -- transfer cost: moving a need's outputs to another host ----------------------------
+
+
+def _hosts_of(result: SimResult) -> dict[str, str]:
+    return {i.task: i.host for i in result.intervals if i.outcome == "succeeded"}
+
+
+def test_a_chain_with_big_outputs_stays_on_its_host_when_that_is_not_slower() -> None:
+    # ``build`` must run on h1 (label); h1 has a slot left beside ``long``, h2 is idle.
+    # Without a transfer cost ``test`` goes to the idle h2; with 2 GB of outputs to
+    # move (~40 s) it stays on h1, where it starts just as soon.
+    g = graph(task("long"), task("build", labels=["x"]), task("test", "build"))
+    durations = {"long": 10.0, "build": 1.0, "test": 2.0}
+    fleet = [HostSpec("h1", 2, 1.0, frozenset({"x"})), HostSpec("h2", 1, 1.0)]
+    cheap = _hosts_of(simulate(g, durations, fleet, output_bytes={"build": 1}))
+    costly = simulate(g, durations, fleet, output_bytes={"build": 2 * 10**9})
+    assert (cheap["build"], cheap["test"]) == ("h1", "h2")
+    assert _hosts_of(costly)["test"] == "h1"
+    assert costly.makespan == 10.0
+
+
+def test_a_fan_out_spreads_when_moving_the_outputs_is_cheap() -> None:
+    # One build, eight 10 s tests, two hosts: 1 MB moves in ~0.2 s, far less than
+    # waiting for the build's host, so the tests spread over both hosts.
+    g = graph(task("build"), *(task(f"test{i}", "build") for i in range(8)))
+    durations = {"build": 1.0, **{f"test{i}": 10.0 for i in range(8)}}
+    result = simulate(g, durations, hosts(2), output_bytes={"build": 10**6})
+    where = _hosts_of(result)
+    tests_per_host = {
+        h: sum(1 for t, w in where.items() if t != "build" and w == h) for h in where.values()
+    }
+    assert sorted(tests_per_host.values()) == [4, 4]
+    assert result.makespan < 1.0 + 4 * 10.0 + 1.0  # the 0.2 s push paid once per test at most
+
+
+def test_a_fan_out_stays_home_when_moving_the_outputs_costs_more_than_waiting() -> None:
+    # Two quick tests after a build with 20 GB of outputs (~400 s to move): running
+    # both where the build ran (2 s) beats pushing the outputs to the idle host.
+    g = graph(task("build"), task("t1", "build"), task("t2", "build"))
+    durations = {"build": 1.0, "t1": 1.0, "t2": 1.0}
+    result = simulate(g, durations, hosts(2), output_bytes={"build": 20 * 10**9})
+    where = _hosts_of(result)
+    assert where["t1"] == where["t2"] == where["build"]
+    assert result.makespan == 3.0
+
+
+def test_transfer_cost_counts_only_needs_that_left_outputs_elsewhere() -> None:
+    g = graph(task("a"), task("b"), task("c", "a", "b"))
+    scheduler = Scheduler(g, {"a": 1.0, "b": 1.0, "c": 1.0}, Policy(), hosts(2))
+    decisions = scheduler.start(0.0)
+    placed = {d.task: d.host for d in decisions if isinstance(d, Start)}
+    scheduler.handle(TaskSucceeded("a", placed["a"], 1.0, output_files=3, output_bytes=10**8), 1.0)
+    scheduler.handle(TaskSucceeded("b", placed["b"], 1.0), 1.0)  # no outputs
+    policy = scheduler.policy
+    moved = policy.transfer_setup_s + 10**8 / policy.transfer_bytes_per_s
+    assert scheduler.transfer_s("c", placed["a"]) == 0.0
+    assert scheduler.transfer_s("c", placed["b"]) == moved
