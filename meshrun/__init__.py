@@ -24,6 +24,7 @@ from meshrun.console import (
     DispatchConsole,
     FleetConsole,
     OutputMode,
+    render_agents,
     render_history,
     render_probes,
 )
@@ -36,6 +37,7 @@ from meshrun.errors import (
     HostUnreachable,
     InputError,
     IntegrityError,
+    Interrupted,
     InventoryError,
     MeshrunError,
     TaskFileError,
@@ -50,7 +52,16 @@ from meshrun.fleet import (
     read_script,
     run_fleet,
 )
-from meshrun.inventory import Host, load_inventory, local_host, resolve_hosts, select_hosts
+from meshrun.inventory import (
+    Host,
+    HostDefaults,
+    Inventory,
+    load_inventory,
+    local_host,
+    read_inventory,
+    resolve_hosts,
+    select_hosts,
+)
 from meshrun.probe import HostProbe, probe_hosts
 from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
@@ -64,11 +75,25 @@ from meshrun.transport.base import (
 from meshrun.transport.wrapper import shell_command
 
 if TYPE_CHECKING:
-    from meshrun import executor
-    from meshrun.dispatch import StateDir, run_dispatch, select_rerun
+    from meshrun import discovery, executor
+    from meshrun.discovery import (
+        Advert,
+        Agent,
+        AgentOptions,
+        Browser,
+        agent_to_host,
+        discover,
+        hosts_toml,
+        resolve_with_discovery,
+        run_agent,
+        watch,
+        write_hosts_toml,
+    )
+    from meshrun.dispatch import LiveDiscovery, StateDir, run_dispatch, select_rerun
     from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
     from meshrun.history import History
     from meshrun.manifest import verify_run
+    from meshrun.pulls import record_fleet_run, run_fleet_recorded
     from meshrun.scheduler import TaskStatus
     from meshrun.signing import (
         allowed_signer_keys,
@@ -82,6 +107,7 @@ if TYPE_CHECKING:
 #: use: ``meshrun exec`` never pays for it.
 _LAZY = {
     "StateDir": "meshrun.dispatch",
+    "LiveDiscovery": "meshrun.dispatch",
     "run_dispatch": "meshrun.dispatch",
     "select_rerun": "meshrun.dispatch",
     "DispatchOptions": "meshrun.executor",
@@ -98,6 +124,21 @@ _LAZY = {
     "load_public_key": "meshrun.signing",
     "allowed_signer_keys": "meshrun.signing",
     "verify_run": "meshrun.manifest",
+    # Discovery: zeroconf (~0.12 s) loads only for agent, discover and --discover.
+    "discovery": "meshrun.discovery",
+    "Advert": "meshrun.discovery",
+    "Agent": "meshrun.discovery",
+    "AgentOptions": "meshrun.discovery",
+    "Browser": "meshrun.discovery",
+    "agent_to_host": "meshrun.discovery",
+    "discover": "meshrun.discovery",
+    "hosts_toml": "meshrun.discovery",
+    "resolve_with_discovery": "meshrun.discovery",
+    "run_agent": "meshrun.discovery",
+    "watch": "meshrun.discovery",
+    "write_hosts_toml": "meshrun.discovery",
+    "run_fleet_recorded": "meshrun.pulls",
+    "record_fleet_run": "meshrun.pulls",
 }
 
 
@@ -115,7 +156,11 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Advert",
+    "Agent",
+    "AgentOptions",
     "AuthError",
+    "Browser",
     "CommandError",
     "CommandOutcome",
     "CommandRequest",
@@ -131,6 +176,7 @@ __all__ = [
     "FleetReport",
     "History",
     "Host",
+    "HostDefaults",
     "HostKeyError",
     "HostProbe",
     "HostResult",
@@ -138,7 +184,10 @@ __all__ = [
     "HostUnreachable",
     "InputError",
     "IntegrityError",
+    "Interrupted",
+    "Inventory",
     "InventoryError",
+    "LiveDiscovery",
     "MeshrunError",
     "OutputMode",
     "Script",
@@ -149,12 +198,16 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "__version__",
+    "agent_to_host",
     "allowed_signer_keys",
     "batch_sizes",
     "default_connector",
+    "discover",
+    "discovery",
     "executor",
     "format_duration",
     "generate_keypair",
+    "hosts_toml",
     "load_inventory",
     "load_private_key",
     "load_public_key",
@@ -164,15 +217,23 @@ __all__ = [
     "parse_duration",
     "parse_env",
     "probe_hosts",
+    "read_inventory",
     "read_script",
+    "record_fleet_run",
+    "render_agents",
     "render_history",
     "render_probes",
     "report",
     "resolve_hosts",
+    "resolve_with_discovery",
+    "run_agent",
     "run_dispatch",
     "run_fleet",
+    "run_fleet_recorded",
     "select_hosts",
     "select_rerun",
     "shell_command",
     "verify_run",
+    "watch",
+    "write_hosts_toml",
 ]

@@ -44,15 +44,17 @@ import shlex
 import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from meshrun.errors import CommandError, IntegrityError
+from meshrun.errors import CommandError, InputError, IntegrityError, Interrupted
 from meshrun.inventory import Host
 from meshrun.manifest import FileEntry, hash_file, safe_relative_path
 from meshrun.transport import rsync
-from meshrun.transport.base import Connection, tail_text
+from meshrun.transport.base import Connection, Connector, tail_text
 from meshrun.transport.wrapper import workdir_expr
 
 if TYPE_CHECKING:
@@ -99,8 +101,11 @@ class Pattern:
         self.errors = errors
         self.found = 0
 
-    def error(self, message):
-        self.errors.append({"pattern": self.raw, "message": message})
+    def error(self, message, kind="refused"):
+        self.errors.append({"pattern": self.raw, "message": message, "kind": kind})
+
+    def unreadable(self, path, what, exc):
+        self.error(show(path) + what + (exc.strerror or str(exc)), "unreadable")
 
     def run(self):
         text = self.raw
@@ -124,7 +129,7 @@ class Pattern:
         for rel in sorted(matches):
             self.take(rel)
         if not self.found and not optional:
-            self.error("it matched no file (mark it optional with a leading '?')")
+            self.error("it matched no file (mark it optional with a leading '?')", "unmatched")
 
     # -- expansion ----------------------------------------------------------------
 
@@ -161,7 +166,7 @@ class Pattern:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self.error(show(path) + ": cannot stat: " + (exc.strerror or str(exc)))
+            self.unreadable(path, ": cannot stat: ", exc)
             return None
         if stat.S_ISDIR(mode):
             return "dir"
@@ -174,7 +179,7 @@ class Pattern:
             with os.scandir(base or ".") as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            self.error(show(base or ".") + ": cannot list: " + (exc.strerror or str(exc)))
+            self.unreadable(base or ".", ": cannot list: ", exc)
             return []
         result = []
         for entry in entries:
@@ -186,7 +191,7 @@ class Pattern:
                 else:
                     kind = "other"
             except OSError as exc:
-                self.error(show(join(base, entry.name)) + ": " + (exc.strerror or str(exc)))
+                self.unreadable(join(base, entry.name), ": ", exc)
                 continue
             result.append((entry.name, kind))
         return result
@@ -225,7 +230,7 @@ class Pattern:
                 return self.error(show(rel) + ": is a special file, not a regular file")
             fd = os.open(rel, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
-            return self.error(show(rel) + ": cannot open: " + (exc.strerror or str(exc)))
+            return self.unreadable(rel, ": cannot open: ", exc)
         with os.fdopen(fd, "rb", buffering=0) as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
@@ -270,34 +275,68 @@ def collect_request(patterns: Sequence[str]) -> bytes:
     return json.dumps({"patterns": list(patterns)}).encode("utf-8")
 
 
-def parse_collect_output(stdout: bytes, *, where: str = "host") -> tuple[str, list[FileEntry]]:
-    """The workdir's absolute path and its files, from the script's output.
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A pattern the host's collect program refused or found nothing for.
 
-    Refusals the script reported become one IntegrityError naming every pattern.
+    ``kind``: ``"unmatched"`` (no file, pattern not optional), ``"unreadable"``
+    (cannot stat, list or open: permissions) or ``"refused"`` (unsafe: absolute, ``..``,
+    leaves the workdir through a symlink, special file, symlinked directory, bad name).
+    """
+
+    pattern: str
+    message: str
+    kind: str = "refused"
+
+    def describe(self, what: str = "output") -> str:
+        return f"{what} {self.pattern!r}: {self.message}"
+
+
+def parse_collect_report(
+    stdout: bytes, *, where: str = "host"
+) -> tuple[str, list[FileEntry], list[Refusal]]:
+    """The workdir's absolute path, its files and the refusals, from the script's output.
+
+    Garbage (not the script's JSON, a malformed file entry) is an IntegrityError.
     """
     try:
         doc = json.loads(stdout.decode("utf-8"))
         root = doc["root"]
         raw_files = doc["files"]
-        errors = doc["errors"]
+        refusals = [
+            Refusal(str(e["pattern"]), str(e["message"]), str(e.get("kind", "refused")))
+            for e in doc["errors"]
+        ]
         if not isinstance(root, str) or not isinstance(raw_files, list):
             raise TypeError("bad types")
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"{where}: output collection answered garbage ({exc})") from None
-    if errors:
-        lines = [f"output {e['pattern']!r}: {e['message']}" for e in errors]
+    files = [FileEntry.from_dict(item, f"{where}: file") for item in raw_files]
+    return root, files, refusals
+
+
+def parse_collect_output(stdout: bytes, *, where: str = "host") -> tuple[str, list[FileEntry]]:
+    """The workdir's absolute path and its files, from the script's output.
+
+    Refusals the script reported become one IntegrityError naming every pattern.
+    """
+    root, files, refusals = parse_collect_report(stdout, where=where)
+    if refusals:
         raise IntegrityError(
-            f"{where}: " + "; ".join(lines),
+            f"{where}: " + "; ".join(r.describe() for r in refusals),
             fix="outputs must be regular files inside the task's workdir",
         )
-    files = [FileEntry.from_dict(item, f"{where}: file") for item in raw_files]
     return root, files
 
 
-def collect_outputs(
+def collect_report(
     conn: Connection, workdir: str, patterns: Sequence[str], *, timeout_s: float = 3600.0
-) -> tuple[str, list[FileEntry]]:
-    """:func:`collect`, plus the workdir's absolute path on the host (what rsync needs)."""
+) -> tuple[str, list[FileEntry], list[Refusal]]:
+    """Run the collect program in ``workdir``: its absolute path, the files, the refusals.
+
+    Refusals are data here (the caller decides what each kind costs); CommandError when
+    the program could not run (no python3, no workdir).
+    """
     name = conn.host.name
     result = conn.run_raw(
         collect_command(workdir), stdin=collect_request(patterns), timeout_s=timeout_s
@@ -309,7 +348,48 @@ def collect_outputs(
             f"{tail_text(result.stderr, 3)}",
             fix=fix,
         )
-    return parse_collect_output(result.stdout, where=name)
+    return parse_collect_report(result.stdout, where=name)
+
+
+def collect_outputs(
+    conn: Connection, workdir: str, patterns: Sequence[str], *, timeout_s: float = 3600.0
+) -> tuple[str, list[FileEntry]]:
+    """:func:`collect`, plus the workdir's absolute path on the host (what rsync needs)."""
+    name = conn.host.name
+    root, files, refusals = collect_report(conn, workdir, patterns, timeout_s=timeout_s)
+    if refusals:
+        raise IntegrityError(
+            f"{name}: " + "; ".join(r.describe() for r in refusals),
+            fix="outputs must be regular files inside the task's workdir",
+        )
+    return root, files
+
+
+def check_patterns(patterns: Sequence[str], *, what: str = "pattern") -> tuple[str, ...]:
+    """``patterns`` unchanged (duplicates dropped) if each could match inside a workdir.
+
+    What can be told without a host is refused here as an InputError naming the
+    pattern: empty, a NUL, absolute (``/``, ``~``), a ``..`` part. The host's collect
+    program checks the same again, and everything else (symlinks, special files).
+    """
+    for raw in patterns:
+        text = raw[1:] if raw.startswith("?") else raw
+        problem = None
+        if not text:
+            problem = "is empty"
+        elif "\0" in text:
+            problem = "contains a NUL byte"
+        elif text.startswith(("/", "~")):
+            problem = "is absolute; patterns are relative to the host's workdir"
+        elif ".." in text.split("/"):
+            problem = "has a '..' part; files must stay inside the host's workdir"
+        if problem:
+            raise InputError(
+                f"{what} {raw!r} {problem}",
+                fix="write a path or glob relative to the workdir, e.g. 'logs/*.log' or "
+                "'dist/**' (a leading '?' marks it optional)",
+            )
+    return tuple(dict.fromkeys(patterns))
 
 
 def collect(conn: Connection, workdir: str, patterns: Sequence[str]) -> list[FileEntry]:
@@ -366,6 +446,8 @@ def pull(
     *,
     workdir: str | None = None,
     use_rsync: bool = True,
+    cancel: threading.Event | None = None,
+    timeout_s: float = 3600.0,
 ) -> None:
     """Bring ``files`` (paths relative to the host's workdir) to ``dest_dir/<path>``.
 
@@ -374,6 +456,9 @@ def pull(
     SFTP on the pooled connection. All-or-nothing: every file is verified (size,
     sha256) before any is renamed into place; a mismatch is an IntegrityError naming
     the file. Modes are set to the host's permission bits (without setuid/setgid/sticky).
+
+    Setting ``cancel`` stops the transfer (rsync is terminated, SFTP stops at its next
+    chunk) and raises Interrupted; nothing is installed. ``timeout_s`` bounds rsync.
     """
     dest_dir = Path(dest_dir)
     entries = _checked_entries(files)
@@ -386,11 +471,19 @@ def pull(
         recv.mkdir()
         fetched = False
         if use_rsync and shutil.which("rsync"):
-            fetched = _pull_rsync(connector, host, root, entries, Path(tmp), recv)
+            fetched = _pull_rsync(
+                connector, host, root, entries, Path(tmp), recv, cancel=cancel, timeout_s=timeout_s
+            )
         if not fetched:
-            _pull_sftp(connector, host, root, entries, recv)
+            _pull_sftp(connector, host, root, entries, recv, cancel=cancel)
         _verify(host.name, entries, recv)
+        _check_cancel(host.name, cancel)
         _install(entries, recv, dest_dir)
+
+
+def _check_cancel(name: str, cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Interrupted(f"{name}: pull stopped; nothing was installed")
 
 
 def _checked_entries(files: Sequence[FileEntry]) -> list[FileEntry]:
@@ -410,6 +503,9 @@ def _pull_rsync(
     entries: Sequence[FileEntry],
     tmp: Path,
     recv: Path,
+    *,
+    cancel: threading.Event | None = None,
+    timeout_s: float = 3600.0,
 ) -> bool:
     """Fetch with rsync; False when the host has no rsync (the caller falls back)."""
     probe = connector.connect(host).run_raw("command -v rsync >/dev/null 2>&1")
@@ -426,14 +522,26 @@ def _pull_rsync(
         list_file=str(list_file),
         into=str(recv),
     )
-    rsync.run(argv, host.name)
+    rsync.run(argv, host.name, timeout_s, what="pull", cancel=cancel)
     return True
 
 
 def _pull_sftp(
-    connector: SSHConnector, host: Host, root: str, entries: Sequence[FileEntry], recv: Path
+    connector: SSHConnector,
+    host: Host,
+    root: str,
+    entries: Sequence[FileEntry],
+    recv: Path,
+    *,
+    cancel: threading.Event | None = None,
 ) -> None:
-    """Fetch over SFTP on the pooled SSH connection, streamed into files under ``recv``."""
+    """Fetch over SFTP on the pooled SSH connection, streamed into files under ``recv``.
+
+    Read in batches of :data:`SFTP_BATCH_BYTES` (pipelined within a batch), so memory
+    stays small and ``cancel`` takes effect within one batch: paramiko's whole-file
+    prefetch would keep fetching (and closing would wait for) the rest of the file.
+    """
+    _check_cancel(host.name, cancel)
     conn = connector.connect(host)
     try:
         sftp: Any = conn.transport.open_sftp_client()
@@ -446,13 +554,34 @@ def _pull_sftp(
             remote = root.rstrip("/") + "/" + entry.path
             with open(local, "wb") as handle:
                 try:
-                    sftp.getfo(remote, handle)
-                except OSError as exc:
+                    _sftp_copy(sftp, remote, handle, lambda: _check_cancel(host.name, cancel))
+                except Interrupted:
+                    raise
+                except Exception as exc:  # OSError; paramiko's SSHException, EOFError
                     raise CommandError(
                         f"{host.name}: cannot fetch {entry.path!r} over SFTP: {exc}"
                     ) from exc
     finally:
         sftp.close()
+
+
+#: Bytes an SFTP pull requests at once (in 32 KiB reads, pipelined).
+SFTP_BATCH_BYTES = 4 << 20
+
+
+def _sftp_copy(sftp: Any, remote: str, handle: BinaryIO, check: Callable[[], None]) -> None:
+    """Copy ``remote`` into ``handle`` batch by batch, calling ``check`` before each."""
+    with sftp.open(remote, "rb") as source:
+        size = source.stat().st_size
+        offset = 0
+        while offset < size:
+            check()
+            length = min(SFTP_BATCH_BYTES, size - offset)
+            for data in source.readv([(offset, length)]):
+                handle.write(data)
+            offset += length
+        source.seek(size)
+        handle.write(source.read(1))  # a file that grew no longer matches its hash
 
 
 def _verify(name: str, entries: Sequence[FileEntry], recv: Path) -> None:
@@ -482,9 +611,25 @@ def _install_target(base: Path, entry: FileEntry) -> Path:
 
 def _install(entries: Sequence[FileEntry], recv: Path, dest_dir: Path) -> None:
     base = dest_dir.resolve()
+    # Many files share a directory: check (and make) each parent once, not per file.
+    # _make_parents resolves the whole path, which is most of the cost of a small file.
+    checked: set[str] = set()
     for entry in entries:
-        target = _install_target(base, entry)
-        source = recv / entry.path
+        rel = safe_relative_path(entry.path)
+        parent, _, _ = rel.rpartition("/")
+        target = base / rel
+        if parent not in checked:
+            _make_parents(base, target.parent, entry.path)
+            checked.add(parent)
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
+            raise IntegrityError(
+                f"{target}: exists and is not a regular file; refusing to replace it"
+            )
+        source = recv / rel
         os.chmod(source, entry.mode & 0o777)
         os.replace(source, target)
 
@@ -510,19 +655,34 @@ def _make_parents(base: Path, parent: Path, path: str) -> None:
 __all__ = [
     "COLLECT_SCRIPT",
     "PULL_TEMP_PREFIX",
+    "Refusal",
+    "check_patterns",
     "collect",
     "collect_command",
     "collect_outputs",
+    "collect_report",
     "collect_request",
     "parse_collect_output",
+    "parse_collect_report",
     "pull",
     "pull_argv",
+    "pull_from",
+    "pull_local",
     "remote_root",
 ]
 
 
-def pull_local(host: Host, files: Sequence[FileEntry], dest_dir: Path) -> None:
-    """:func:`pull` for the local host: copy, verify and install the same way."""
+def pull_local(
+    host: Host,
+    files: Sequence[FileEntry],
+    dest_dir: Path,
+    *,
+    cancel: threading.Event | None = None,
+) -> None:
+    """:func:`pull` for the local host: copy, verify and install the same way.
+
+    ``cancel`` is checked between files (Interrupted; nothing is installed).
+    """
     dest_dir = Path(dest_dir)
     entries = _checked_entries(files)
     if not entries:
@@ -532,11 +692,41 @@ def pull_local(host: Host, files: Sequence[FileEntry], dest_dir: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=PULL_TEMP_PREFIX, dir=dest_dir) as tmp:
         recv = Path(tmp) / "recv"
         for entry in entries:
+            _check_cancel(host.name, cancel)
             target = recv / safe_relative_path(entry.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / entry.path, target)
         _verify(host.name, entries, recv)
+        _check_cancel(host.name, cancel)
         _install(entries, recv, dest_dir)
+
+
+def pull_from(
+    connector: Connector,
+    host: Host,
+    files: Sequence[FileEntry],
+    dest_dir: Path,
+    *,
+    workdir: str | None = None,
+    cancel: threading.Event | None = None,
+    timeout_s: float = 3600.0,
+) -> None:
+    """:func:`pull_local` for the local host, :func:`pull` over ``connector`` otherwise.
+
+    A connector that cannot transfer files (neither the local one nor SSH) is a
+    CommandError naming the host.
+    """
+    if host.local:
+        pull_local(host, files, dest_dir, cancel=cancel)
+        return
+    from meshrun.transport.ssh import SSHConnector
+
+    if not isinstance(connector, SSHConnector):
+        raise CommandError(
+            f"{host.name}: cannot pull files through {type(connector).__name__}",
+            fix="pull from SSH hosts or the local machine",
+        )
+    pull(connector, host, files, dest_dir, workdir=workdir, cancel=cancel, timeout_s=timeout_s)
 
 
 def publish(src_dir: Path, files: Sequence[FileEntry], dest_dir: Path) -> None:

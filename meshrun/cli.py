@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -191,11 +192,105 @@ def _fleet_options(
             default="stream",
             help=output_help,
         ),
+        p.add_argument(
+            "--pull",
+            metavar="GLOB",
+            action="append",
+            help="After the command (whatever its exit code), bring home the files GLOB "
+            "matches in each host's workdir, verified, to PULL_DIR/<host>/<path> "
+            "('logs/*.log', 'dist/**'; a leading '?' allows no match). Repeatable.",
+        ),
+        p.add_argument(
+            "--pull-dir",
+            metavar="DIR",
+            help="Where pulled files land, with a copy of the manifest "
+            "(default: STATE_DIR/runs/<run-id>/hosts/).",
+        ),
+        p.add_argument(
+            "--sign-key",
+            metavar="KEY",
+            help="Sign the run's manifest.json with this Ed25519 key (OpenSSH format, e.g. "
+            "from `meshrun keygen`); check it later with `meshrun verify`.",
+        ),
+        p.add_argument(
+            "--state-dir",
+            metavar="DIR",
+            help="Where a run with --pull or --sign-key is recorded: runs/<run-id>/ with "
+            "report.json and manifest.json (default: .meshrun in this directory).",
+        ),
         _json_option(p),
         _quiet_option(p),
         _verbose_option(p),
         _accept_option(p),
     ]
+
+
+def _discover_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """``--discover`` and the options that only make sense with it (exec, run)."""
+    return [
+        p.add_argument(
+            "--discover",
+            action="store_true",
+            help="Also run on the meshrun agents found on the LAN (see `meshrun agent`). "
+            "Each is held to the host key it advertised; unknown keys still need "
+            "--accept-new-host-keys.",
+        ),
+        p.add_argument(
+            "--discover-timeout",
+            metavar="DURATION",
+            help="How long to look for agents.  [default: 2s]",
+        ),
+        p.add_argument(
+            "--interface",
+            metavar="ADDR",
+            action="append",
+            help="Look for agents on this local address or interface (repeatable; "
+            "default: every non-loopback IPv4 interface).",
+        ),
+        p.add_argument(
+            "--user",
+            metavar="USER",
+            help="Log in to discovered agents as USER (default: [defaults] user of "
+            "--hosts, else the user the agent advertises).",
+        ),
+        p.add_argument(
+            "--identity",
+            metavar="KEY",
+            help="Private key for discovered agents (default: [defaults] of --hosts, "
+            "else ~/.ssh/id_*).",
+        ),
+        p.add_argument(
+            "--known-hosts",
+            metavar="FILE",
+            help="known_hosts file for discovered agents (default: [defaults] of --hosts, "
+            "else ~/.ssh/known_hosts).",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class _Discovery:
+    """The --discover options of exec and run, as parsed."""
+
+    enabled: bool
+    timeout: str | None
+    interfaces: list[str] | None
+    user: str | None
+    identity: str | None
+    known_hosts: str | None
+
+
+def _with_discovery(parsed: dict[str, Any]) -> dict[str, Any]:
+    """Fold the --discover options into one ``discovery`` argument."""
+    parsed["discovery"] = _Discovery(
+        enabled=parsed.pop("discover"),
+        timeout=parsed.pop("discover_timeout"),
+        interfaces=parsed.pop("interface"),
+        user=parsed.pop("user"),
+        identity=parsed.pop("identity"),
+        known_hosts=parsed.pop("known_hosts"),
+    )
+    return parsed
 
 
 def _split_operands(
@@ -264,8 +359,35 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
-def _select(hosts_spec: str | None, limits: list[str] | None) -> list[meshrun.Host]:
-    hosts = meshrun.resolve_hosts(hosts_spec)
+def _select(
+    hosts_spec: str | None, limits: list[str] | None, discovery: _Discovery | None = None
+) -> list[meshrun.Host]:
+    if discovery is not None and discovery.enabled:
+        hosts = meshrun.resolve_with_discovery(
+            hosts_spec,
+            timeout_s=meshrun.parse_duration(
+                discovery.timeout or "2s", option="--discover-timeout"
+            ),
+            interfaces=discovery.interfaces,
+            user=discovery.user,
+            identity=discovery.identity,
+            known_hosts=discovery.known_hosts,
+        )
+    else:
+        if discovery is not None:
+            for option, value in (
+                ("--discover-timeout", discovery.timeout),
+                ("--interface", discovery.interfaces),
+                ("--user", discovery.user),
+                ("--identity", discovery.identity),
+                ("--known-hosts", discovery.known_hosts),
+            ):
+                if value:
+                    _fail(
+                        f"{option} only applies to agents found with --discover; add "
+                        "--discover, or set it for your hosts in hosts.toml"
+                    )
+        hosts = meshrun.resolve_hosts(hosts_spec)
     if limits:
         source = hosts_spec if hosts_spec and hosts_spec.endswith(".toml") else None
         hosts = meshrun.select_hosts(hosts, limits, source=source)
@@ -286,14 +408,21 @@ def _fleet(
     connect_timeout: str,
     env: list[str] | None,
     output: str,
+    pull: list[str] | None,
+    pull_dir: str | None,
+    sign_key: str | None,
+    state_dir: str | None,
     json_out: bool,
     quiet: bool,
     verbose: int,
     accept_new_host_keys: bool,
+    discovery: _Discovery | None = None,
 ) -> int:
     _setup_logging(verbose, quiet)
+    if pull_dir and not pull:
+        _fail("--pull-dir needs --pull GLOB (what to bring home)")
     with _input_errors():
-        selected = _select(hosts, limit)
+        selected = _select(hosts, limit, discovery)
         if parallel is not None and parallel < 1:
             raise ValueError("--parallel must be at least 1")
         job = meshrun.FleetJob(
@@ -305,7 +434,10 @@ def _fleet(
             batches=meshrun.batch_sizes(batch, len(selected)) if batch else None,
             max_fail=meshrun.FailureBudget.parse(max_fail) if max_fail else None,
             fail_fast=fail_fast,
+            pull=pull or (),
+            pull_dir=Path(pull_dir) if pull_dir else None,
         )
+        signing_key = meshrun.load_private_key(sign_key) if sign_key else None
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
         selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
@@ -313,9 +445,17 @@ def _fleet(
     mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
     console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in selected], quiet=quiet)
     try:
-        report = meshrun.run_fleet(
-            selected, job, connector, run_id=meshrun.new_run_id(), observer=console
-        )
+        with _input_errors():
+            report = meshrun.run_fleet_recorded(
+                selected,
+                job,
+                connector,
+                run_id=meshrun.new_run_id(),
+                state_dir=Path(state_dir) if state_dir else None,
+                observer=console,
+                command_line=sys.argv,
+                signing_key=signing_key,
+            )
     finally:
         connector.close()
     console.finish(report)
@@ -331,9 +471,19 @@ Examples:
   meshrun exec --hosts hosts.toml -- uptime
   meshrun exec -H hosts.toml -l 'web*' -o fold -- 'df -h / | tail -1'
   meshrun exec -- echo hi            # no --hosts: this machine
+  meshrun exec -H hosts.toml --pull 'logs/*.log' -- ./selftest
+  meshrun exec -H hosts.toml --pull '?core*' --pull-dir cores --sign-key key -- ./soak
+  meshrun exec --discover --user ci -l label:gpu -- nvidia-smi   # agents on the LAN
 
 One argument is a shell command line (pipes work); several arguments are quoted one by \
-one, exactly as typed."""
+one, exactly as typed.
+
+With --pull, each host's matching files come home after its command ends (whatever its \
+exit code) to .meshrun/runs/<run-id>/hosts/<host>/<path>, each sha256 checked on arrival \
+and installed atomically; the run's manifest.json lists them (signed with --sign-key): \
+check it later with `meshrun verify .meshrun/runs/<run-id>`. A pattern that matches \
+nothing fails its host (exit 1); a refused path (outside the workdir, a symlink leading \
+out, a special file) or a changed file exits 4."""
 
 
 def exec_command(*, command: list[str], **options: Any) -> int:
@@ -364,8 +514,9 @@ def _parse_exec(args: list[str]) -> dict[str, Any]:
         output_help="stream: lines prefixed by host as they come; group: one block per "
         "host; fold: identical outputs once, under folded host names.  [default: stream]",
     )
+    actions += _discover_options(p)
     options, command = _split_operands(args, _value_options(actions))
-    parsed = vars(p.parse_args(options))
+    parsed = _with_discovery(vars(p.parse_args(options)))
     if not command:
         p.error("the following arguments are required: COMMAND...")
     parsed["command"] = command
@@ -378,9 +529,16 @@ _RUN_EPILOG = """\
 Examples:
   meshrun run --hosts hosts.toml deploy.sh v42
   meshrun run -H hosts.toml --batch 1,25%,100% --max-fail 0 deploy.sh
+  meshrun run --hosts hosts.toml --pull 'logs/*.log' --pull '?core*' collect.sh
+  meshrun run -H hosts.toml --pull 'dist/**' --pull-dir out --sign-key key build.sh
 
 The script is uploaded once per host to WORKDIR/.meshrun/scripts/ under its content \
-hash and reused by later runs."""
+hash and reused by later runs.
+
+--pull brings files home as for `meshrun exec` (see its help): to \
+.meshrun/runs/<run-id>/hosts/<host>/<path> or --pull-dir DIR/<host>/<path>, listed in the \
+run's (signed) manifest; `meshrun verify` accepts the run directory or the pull \
+directory."""
 
 
 def run_command(*, script: str, args: list[str], **options: Any) -> int:
@@ -407,8 +565,9 @@ def _parse_run(args: list[str]) -> dict[str, Any]:
         env_help="Set an environment variable for the script (repeatable).",
         output_help="stream | group | fold (see `meshrun exec --help`).  [default: stream]",
     )
+    actions += _discover_options(p)
     options, operands = _split_operands(args, _value_options(actions))
-    parsed = vars(p.parse_args(options))
+    parsed = _with_discovery(vars(p.parse_args(options)))
     if not operands:
         p.error("the following arguments are required: SCRIPT")
     parsed["script"], parsed["args"] = operands[0], operands[1:]
@@ -467,6 +626,12 @@ Examples:
   meshrun dispatch tasks.toml --hosts agents.toml
   meshrun dispatch tasks.toml -H agents.toml --junit junit.xml --json
   meshrun dispatch tasks.toml --rerun-failed
+  meshrun dispatch tasks.toml --discover --hosts defaults.toml
+
+With --discover, meshrun agents on the LAN (`meshrun agent`) join the run as they are \
+found, also while it runs, and one that leaves is a lost host whose tasks move elsewhere; \
+tasks no host can run yet wait --discover-timeout for one. Without --hosts, only agents run \
+tasks.
 
 The workspace ([sync] in tasks.toml; default: the directory of tasks.toml) is pushed to \
 every host with rsync before its first task. Logs: .meshrun/runs/<run-id>/logs/<task>.log \
@@ -496,13 +661,15 @@ def dispatch_command(
     quiet: bool,
     verbose: int,
     accept_new_host_keys: bool,
+    discovery: _Discovery,
 ) -> int:
     """Spread a graph of tasks over the hosts; one exit code for the whole run.
 
     Tasks are placed by expected duration (learned from past runs) and host speed,
     idle hosts steal queued work, and each host's concurrency adapts to its health.
     Failed tasks' logs are replayed at the end. Exit 0 all tasks succeeded, 1 a task
-    failed or was skipped, 2 bad input, 3 no host reachable, 130 interrupted.
+    failed or was skipped, 2 bad input, 3 no host reachable (or found), 4 an output
+    failed verification, 130 interrupted.
     """
     _setup_logging(verbose, quiet)
     if fail_fast and keep_going:
@@ -511,9 +678,27 @@ def dispatch_command(
         _fail("--rerun-failed and --resume both pick the tasks to run; pass one")
     with _input_errors():
         graph = meshrun.load_tasks(tasks_file)
-        selected = _select(hosts, limit)
-        if not hosts:
-            selected = [meshrun.local_host(str(graph.sync.root))]
+        live = None
+        if discovery.enabled:
+            inventory = meshrun.discovery.discovery_inventory(
+                hosts,
+                user=discovery.user,
+                identity=discovery.identity,
+                known_hosts=discovery.known_hosts,
+            )
+            selected = [h for h in inventory.hosts if not limit or _limited(h, limit)]
+            live = meshrun.LiveDiscovery(
+                defaults=inventory.defaults,
+                wait_s=meshrun.parse_duration(
+                    discovery.timeout or "2s", option="--discover-timeout"
+                ),
+                interfaces=meshrun.discovery.resolve_interfaces(discovery.interfaces),
+                limits=limit or (),
+            )
+        else:
+            selected = _select(hosts, limit, discovery)
+            if not hosts:
+                selected = [meshrun.local_host(str(graph.sync.root))]
         state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
         if (rerun_failed or resume) and not state.history.exists():
             raise meshrun.InputError(
@@ -535,7 +720,10 @@ def dispatch_command(
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
-        selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+        selected,
+        connect_timeout_s=connect_timeout_s,
+        accept_new_host_keys=accept_new_host_keys,
+        remote=live is not None,
     )
     mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
     console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
@@ -553,6 +741,7 @@ def dispatch_command(
                 junit_path=junit,
                 signing_key=signing_key,
                 artifacts_dir=artifacts,
+                discovery=live,
             )
     finally:
         connector.close()
@@ -635,6 +824,210 @@ def _parse_dispatch(args: list[str]) -> dict[str, Any]:
     _quiet_option(p)
     _verbose_option(p)
     _accept_option(p)
+    _discover_options(p)
+    return _with_discovery(vars(p.parse_args(args)))
+
+
+def _limited(host: meshrun.Host, limits: list[str]) -> bool:
+    """Whether ``host`` passes every ``--limit`` (for hosts beside discovered agents)."""
+    try:
+        meshrun.select_hosts([host], limits)
+    except meshrun.InventoryError:
+        return False
+    return True
+
+
+# -- agent, discover ------------------------------------------------------------------------
+
+_AGENT_EPILOG = """\
+Examples:
+  meshrun agent --slots 8 --labels linux,x86_64
+  meshrun agent --name build-1 --user ci --workdir /var/tmp/meshrun
+  meshrun agent --interface eth0 --host-key /etc/ssh/ssh_host_ecdsa_key.pub
+
+The machine still needs sshd and the coordinator's public key in USER's \
+authorized_keys: work arrives over SSH, and the coordinator refuses the machine if the \
+host key it presents is not the one announced here. Runs in the foreground; SIGTERM or \
+Ctrl-C sends goodbye packets and exits 0; SIGHUP (and every 10s) re-reads the host key \
+and CPU count and updates the record. The name must be unique on the LAN: the default \
+(this machine's host name) becomes NAME-2, NAME-3... when taken; a taken --name is an \
+error."""
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(f"meshrun: {line}\n")
+    sys.stderr.flush()
+
+
+def _labels(values: list[str] | None) -> list[str]:
+    """``--labels a,b --labels c`` -> ``[a, b, c]``."""
+    return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
+
+
+def agent_command(
+    *,
+    name: str | None,
+    slots: int | None,
+    labels: list[str] | None,
+    ssh_port: int,
+    user: str | None,
+    workdir: str | None,
+    host_key: str,
+    interface: list[str] | None,
+    verbose: int,
+) -> int:
+    """Announce this machine on the LAN as a meshrun host (zeroconf, _meshrun._tcp).
+
+    The record carries the SSH port and user, slots, CPU count, labels, workdir, OS and
+    architecture, and the SHA256 fingerprint of this machine's SSH host key, so that
+    `meshrun discover` and `--discover` find it and SSH can hold it to that key.
+    """
+    _setup_logging(verbose, False)
+    with _input_errors():
+        options = meshrun.AgentOptions(
+            name=name,
+            slots=slots,
+            labels=tuple(_labels(labels)),
+            ssh_port=ssh_port,
+            user=user,
+            workdir=workdir,
+            host_key=os.path.expanduser(host_key),
+            interfaces=tuple(interface or ()),
+        )
+        meshrun.run_agent(options, report=_say)
+    return 0
+
+
+def _parse_agent(args: list[str]) -> dict[str, Any]:
+    p = _parser("agent", agent_command, "[OPTIONS]", _AGENT_EPILOG)
+    p.add_argument(
+        "--name",
+        metavar="NAME",
+        help="Unique name on the LAN, used as the host name (default: this machine's "
+        "short host name).",
+    )
+    p.add_argument(
+        "--slots",
+        metavar="N",
+        type=int,
+        help="Tasks this machine runs at once (default: its CPU count).",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="L1,L2",
+        action="append",
+        help="Labels tasks can require, e.g. 'linux,x86_64,gpu' (repeatable).",
+    )
+    p.add_argument(
+        "--ssh-port",
+        metavar="PORT",
+        type=int,
+        default=22,
+        help="Port of this machine's sshd.  [default: 22]",
+    )
+    p.add_argument(
+        "--user",
+        metavar="USER",
+        help="Login the coordinator should use (default: the user running the agent).",
+    )
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="Where work runs here, absolute or ~/... (default: the coordinator's).",
+    )
+    p.add_argument(
+        "--host-key",
+        metavar="PUBFILE",
+        default="/etc/ssh/ssh_host_ed25519_key.pub",
+        help="Public host key of this machine's sshd, whose fingerprint is announced.  "
+        "[default: /etc/ssh/ssh_host_ed25519_key.pub]",
+    )
+    p.add_argument(
+        "--interface",
+        metavar="ADDR",
+        action="append",
+        help="Announce on this local address or interface only (repeatable; default: "
+        "every non-loopback IPv4 interface).",
+    )
+    _verbose_option(p)
+    return vars(p.parse_args(args))
+
+
+_DISCOVER_EPILOG = """\
+Examples:
+  meshrun discover
+  meshrun discover --labels linux,gpu --json
+  meshrun discover --write hosts.toml && meshrun exec -H hosts.toml -- uptime
+
+An agent that is still starting (about 2s to register) may need a longer --timeout. \
+Records that are malformed are skipped with a warning. The hosts.toml of --write notes \
+each agent's advertised host key; keys are still checked against known_hosts when \
+meshrun connects."""
+
+
+def discover_command(
+    *,
+    timeout: str,
+    interface: list[str] | None,
+    labels: list[str] | None,
+    json_out: bool,
+    write: str | None,
+    verbose: int,
+) -> int:
+    """List the meshrun agents on the LAN: address, SSH port and user, capacity, host key.
+
+    Exits 0 (even when none is found), 2 on bad options, 3 when --write has nothing
+    to write.
+    """
+    _setup_logging(verbose, False)
+    with _input_errors():
+        timeout_s = meshrun.parse_duration(timeout, option="--timeout")
+        agents = meshrun.discover(timeout_s, interface, _labels(labels))
+        if write and not agents:
+            _fail(f"--write {write}: no agents found within {timeout_s:g}s; nothing written", 3)
+        if write:
+            meshrun.write_hosts_toml(write, agents)
+    if json_out:
+        sys.stdout.write(meshrun.report.dumps(meshrun.report.agents_document(agents)) + "\n")
+    elif agents:
+        sys.stdout.write(meshrun.render_agents(agents))
+    if not agents:
+        where = ", ".join(interface) if interface else "the LAN"
+        _say(f"no agents found on {where} within {timeout_s:g}s")
+    if write:
+        _say(f"wrote {write} ({len(agents)} host{'' if len(agents) == 1 else 's'})")
+    return 0
+
+
+def _parse_discover(args: list[str]) -> dict[str, Any]:
+    p = _parser("discover", discover_command, "[OPTIONS]", _DISCOVER_EPILOG)
+    p.add_argument(
+        "-t",
+        "--timeout",
+        metavar="DURATION",
+        default="2s",
+        help="How long to listen for agents.  [default: 2s]",
+    )
+    p.add_argument(
+        "--interface",
+        metavar="ADDR",
+        action="append",
+        help="Browse on this local address or interface only (repeatable; default: "
+        "every non-loopback IPv4 interface).",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="L1,L2",
+        action="append",
+        help="Only agents with every one of these labels (repeatable).",
+    )
+    _json_option(p)
+    p.add_argument(
+        "--write",
+        metavar="FILE",
+        help="Also write the agents found as a hosts.toml (for --hosts).",
+    )
+    _verbose_option(p)
     return vars(p.parse_args(args))
 
 
@@ -751,7 +1144,8 @@ def _parse_verify(args: list[str]) -> dict[str, Any]:
     p.add_argument(
         "directory",
         metavar="RUN_DIR",
-        help="A run directory (.meshrun/runs/<run-id>) or an artifacts directory.",
+        help="A run directory (.meshrun/runs/<run-id>), or a directory given to "
+        "--artifacts (dispatch) or --pull-dir (exec/run).",
     )
     p.add_argument(
         "--key",
@@ -784,6 +1178,8 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], dict[str, Any]], Callable[..., 
     "exec": (_parse_exec, exec_command),
     "run": (_parse_run, run_command),
     "hosts": (_parse_hosts, hosts_command),
+    "agent": (_parse_agent, agent_command),
+    "discover": (_parse_discover, discover_command),
     "dispatch": (_parse_dispatch, dispatch_command),
     "history": (_parse_history, history_command),
     "keygen": (_parse_keygen, keygen_command),

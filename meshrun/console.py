@@ -33,6 +33,7 @@ from meshrun.probe import HostProbe
 from meshrun.transport.base import tail_text
 
 if TYPE_CHECKING:
+    from meshrun.discovery.record import Agent
     from meshrun.executor import DispatchReport, Progress
     from meshrun.history import DurationRecord
 
@@ -215,6 +216,8 @@ class FleetConsole(_StatusLine):
         if self.quiet and not problems:
             return
         self.err.write(self._paint(line, "1") + "\n")
+        if report.pull_dir is not None:
+            self.err.write(_pulled_line(report) + "\n")
         if not problems:
             self.err.flush()
             return
@@ -225,7 +228,10 @@ class FleetConsole(_StatusLine):
                 by_reason[(r.status, r.error or "")].append(r.name)
                 continue
             label = self._paint(r.status.value.ljust(11), _STATUS_COLOUR[r.status])
-            self.err.write(f"  {r.name.ljust(width)}  {label}  {r.error or ''}\n")
+            reason = r.error or ""
+            if r.pull_error and r.pull_error != r.error:
+                reason += f"; {r.pull_error}" if reason else r.pull_error
+            self.err.write(f"  {r.name.ljust(width)}  {label}  {reason}\n")
             tail = tail_text(r.stderr, 3)
             if r.status is HostStatus.FAILED and tail:
                 for tail_line in tail.splitlines():
@@ -234,6 +240,28 @@ class FleetConsole(_StatusLine):
             painted = self._paint(ended.value.ljust(11), _STATUS_COLOUR[ended])
             self.err.write(f"  {fold(names)}  {painted}  {reason}\n")
         self.err.flush()
+
+
+def _pulled_line(report: FleetReport) -> str:
+    """``meshrun: 12 files from 3 hosts in DIR (manifest PATH)``: one line."""
+    files = report.files_pulled
+    hosts = sum(1 for r in report.results if r.files)
+    line = (
+        f"meshrun: {files} file{'s' * (files != 1)} from {hosts} host{'s' * (hosts != 1)} "
+        f"in {_shown_path(report.pull_dir or '')}"
+    )
+    if report.manifest_path:
+        line += f" (manifest {_shown_path(report.manifest_path)})"
+    return line
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the current directory when it lies below it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative
 
 
 def render_probes(probes: list[HostProbe]) -> str:
@@ -260,6 +288,30 @@ def render_probes(probes: list[HostProbe]) -> str:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
         lines.append(("  ".join(cells) + "  " + row[-1]).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def render_agents(agents: list[Agent]) -> str:
+    """The table ``meshrun discover`` prints."""
+    rows = [("NAME", "ADDRESS", "PORT", "USER", "SLOTS", "CPUS", "PLATFORM", "LABELS", "HOST KEY")]
+    for a in agents:
+        rows.append(
+            (
+                a.name,
+                a.address,
+                str(a.port),
+                a.user or "",
+                str(a.slots),
+                str(a.cpus),
+                f"{a.os}/{a.arch}",
+                ",".join(a.labels),
+                a.host_key_fingerprint,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -10,16 +10,16 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun import artifacts, staging
-from meshrun.errors import InputError, IntegrityError
+from meshrun.errors import InputError, IntegrityError, InventoryError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
-from meshrun.inventory import Host
+from meshrun.inventory import Host, HostDefaults, select_hosts
 from meshrun.manifest import FileEntry, HostEntry, Manifest, TaskEntry, write_manifest
 from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
@@ -28,6 +28,8 @@ from meshrun.transport.base import Connector
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from meshrun.discovery import Agent, Browser
 
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
 
@@ -44,6 +46,51 @@ class StateDir:
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDiscovery:
+    """``dispatch --discover``: agents on the LAN join the run for as long as it lasts.
+
+    An agent found before or during the run connects and joins (it starts stealing
+    work); one that leaves (goodbye, or its record expires) is a lost host whose tasks
+    are re-queued. Login settings come from ``defaults``; each agent is held to the
+    host key it advertised. Tasks no known host can run wait ``wait_s`` for one to
+    appear before they are given up. A host of ``--hosts`` with the same name or
+    address wins over the agent; ``limits`` (``--limit``) filter agents too.
+    """
+
+    defaults: HostDefaults = field(default_factory=HostDefaults)
+    wait_s: float = 2.0
+    interfaces: Sequence[str] | None = None
+    limits: Sequence[str] = ()
+
+
+def _join_discovered(
+    dispatcher: Dispatcher, listed: Sequence[Host], live: LiveDiscovery
+) -> Browser:
+    """Feed agents that come and go into the running ``dispatcher``."""
+    from meshrun.discovery import agent_to_host, watch
+
+    names = {h.name for h in listed}
+    endpoints = {(h.address, h.port or 22) for h in listed}
+
+    def added(agent: Agent) -> None:
+        if agent.name in names or (agent.address, agent.port) in endpoints:
+            return
+        host = agent_to_host(agent, live.defaults)
+        if live.limits:
+            try:
+                select_hosts([host], live.limits)
+            except InventoryError:
+                return
+        dispatcher.add_host(host)
+
+    def removed(name: str) -> None:
+        if name not in names:
+            dispatcher.remove_host(name, "its agent left the network")
+
+    return watch(on_added=added, on_removed=removed, interfaces=live.interfaces)
 
 
 def select_rerun(graph: TaskGraph, history: History, run_id: str | None) -> TaskGraph:
@@ -77,11 +124,17 @@ def run_dispatch(
     junit_path: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     artifacts_dir: str | Path | None = None,
+    discovery: LiveDiscovery | None = None,
 ) -> DispatchReport:
     """Run ``graph`` on ``hosts``; write logs, report.json, the manifest (signed with
     ``signing_key``), JUnit, and the history. The manifest is written for failed and
-    interrupted runs too: it says exactly which task ended how."""
-    check_placeable(graph, hosts)
+    interrupted runs too: it says exactly which task ended how. With ``discovery``,
+    agents found on the LAN join and leave while the run lasts (:class:`LiveDiscovery`).
+    """
+    if discovery is None:
+        check_placeable(graph, hosts)
+    else:  # a host that can run them may yet appear
+        options = replace(options, wait_for_hosts_s=max(options.wait_for_hosts_s, discovery.wait_s))
     run_dir = state.run_dir(run_id)
     with History(state.history) as history:
         expected = history.expected(graph.tasks)
@@ -152,7 +205,12 @@ def run_dispatch(
             stage=stage,
         )
         started = time.time()
-        report = dispatcher.run()
+        browser = None if discovery is None else _join_discovered(dispatcher, hosts, discovery)
+        try:
+            report = dispatcher.run()
+        finally:
+            if browser is not None:
+                browser.close()
         document = dispatch_document(report, command_line=command_line)
         (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
         manifest = build_manifest(graph, report, command_line)

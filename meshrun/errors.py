@@ -3,13 +3,16 @@
     MeshrunError                      base; ``exit_code`` is what the CLI exits with
     ├── InputError (2)                a file or option the user wrote is wrong
     │   ├── InventoryError            hosts.toml / --hosts / --limit
-    │   └── TaskFileError             tasks.toml
+    │   ├── TaskFileError             tasks.toml
+    │   └── NameConflictError         another agent on the LAN announces the same name
     ├── ConnectError (3)              a host could not be reached or refused us
     │   ├── HostUnreachable           TCP refused / timed out, no SSH banner, link lost
-    │   ├── HostKeyError              host key unknown or changed (never silently accepted)
+    │   ├── HostKeyError              host key unknown, changed, or not the one advertised
     │   └── AuthError                 no key was accepted; encrypted key with no agent
     ├── CommandError (1)              a command ran and failed (exit code, timeout)
-    └── IntegrityError (4)            an artifact or manifest failed verification
+    ├── DiscoveryError (1)            zeroconf could not announce or browse (sockets, multicast)
+    ├── IntegrityError (4)            an artifact or manifest failed verification
+    └── Interrupted (130)             stopped on request (Ctrl-C) before it finished
 
 Context lives in attributes (``host``, ``path``, ``fix``); ``str()`` is one readable
 line that says what went wrong and, where we know it, what to do next.
@@ -75,6 +78,14 @@ class TaskFileError(InputError):
     """A mistake in tasks.toml."""
 
 
+class NameConflictError(InputError):
+    """``meshrun agent``: another agent on the LAN already announces ``name``."""
+
+    def __init__(self, name: str, message: str, *, fix: str) -> None:
+        super().__init__(message, fix=fix)
+        self.name = name
+
+
 class ConnectError(MeshrunError):
     """We could not get a working SSH session to ``host``."""
 
@@ -93,11 +104,20 @@ class HostKeyError(ConnectError):
     """The host key is unknown (and not accepted) or differs from known_hosts."""
 
     def __init__(
-        self, host: str, message: str, *, fingerprint: str, changed: bool, fix: str
+        self,
+        host: str,
+        message: str,
+        *,
+        fingerprint: str,
+        changed: bool,
+        fix: str,
+        advertised_fingerprint: str | None = None,
     ) -> None:
         super().__init__(host, message, fix=fix)
         self.fingerprint = fingerprint
         self.changed = changed
+        #: Set when the key differs from what the host advertised on the LAN (a spoof?).
+        self.advertised_fingerprint = advertised_fingerprint
 
 
 class AuthError(ConnectError):
@@ -110,7 +130,19 @@ class CommandError(MeshrunError):
     exit_code = 1
 
 
+class DiscoveryError(MeshrunError):
+    """Zeroconf could not announce or browse: no usable socket, multicast refused."""
+
+    exit_code = 1
+
+
 class IntegrityError(MeshrunError):
     """An artifact or manifest failed verification."""
 
     exit_code = 4
+
+
+class Interrupted(MeshrunError):
+    """An operation (a file transfer) was stopped on request before it finished."""
+
+    exit_code = 130

@@ -5,6 +5,9 @@ The coordinator loop lives here. Worker threads (one per host being run, at most
 owns every decision — what starts next, rolling batches, the failure budget,
 fail-fast, Ctrl-C — and hands events to an observer (the console) in order.
 Partial failure is data: every host ends with a HostResult in the FleetReport.
+
+With ``FleetJob.pull``, each worker brings files home after its host's command ended
+(whatever its exit code), on the same pooled connection: see :mod:`meshrun.pulls`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshrun.errors import ConnectError, MeshrunError
+from meshrun.errors import ConnectError, InputError, MeshrunError
 from meshrun.inventory import Host
 from meshrun.rollout import FailureBudget
-from meshrun.transport.base import CommandRequest, Connector, Stream, tail_text
+from meshrun.transport.base import CommandRequest, Connection, Connector, Stream, tail_text
 from meshrun.transport.wrapper import WORKDIR_FAILED, upload_script
+
+if TYPE_CHECKING:
+    from meshrun.manifest import FileEntry
+    from meshrun.pulls import HostPull
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,16 @@ class HostStatus(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class HostResult:
+    """How one host ended. ``duration_s`` covers its connect, command and pull.
+
+    ``files`` are the files pulled from it (``FleetJob.pull``), verified and installed
+    under ``pull_dir/<name>/``; ``pull_error`` says why a pull failed or was partial
+    (a pattern matched nothing: the matching files still came home), and
+    ``integrity_failed`` marks a refused or changed file (exit 4). A pull problem turns
+    an ``ok`` host into ``failed`` (``cancelled`` for Ctrl-C, ``unreachable`` for a lost
+    link); a failed command stays ``failed`` with its own ``error``.
+    """
+
     name: str
     status: HostStatus
     exit_code: int | None = None
@@ -49,6 +68,10 @@ class HostResult:
     stderr: bytes = b""
     duration_s: float = 0.0
     error: str | None = None
+    files: tuple[FileEntry, ...] = ()
+    pull_error: str | None = None
+    integrity_failed: bool = False
+    host_key_fingerprint: str | None = None  # SHA256:...; None for local or never reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +91,14 @@ class Script:
 
 @dataclass(frozen=True, slots=True)
 class FleetJob:
-    """What to run and how. Exactly one of ``command`` and ``script`` is set."""
+    """What to run and how. Exactly one of ``command`` and ``script`` is set.
+
+    ``pull``: globs relative to the host's workdir (rsync/gitignore habits, a leading
+    ``?`` marks one optional; see :mod:`meshrun.artifacts`), brought home after the
+    command into ``pull_dir/<host>/<path>``. Patterns that cannot stay inside a workdir
+    (absolute, ``..``) are an InputError here, before any host is contacted.
+    ``timeout_s`` limits the command only; a pull is limited by ``pull_timeout_s``.
+    """
 
     command: str | None = None
     script: Script | None = None
@@ -78,6 +108,17 @@ class FleetJob:
     batches: Sequence[int] | None = None  # sizes from rollout.batch_sizes
     max_fail: FailureBudget | None = None
     fail_fast: bool = False
+    pull: Sequence[str] = ()
+    pull_dir: Path | None = None  # required with ``pull`` (run_fleet_recorded defaults it)
+    pull_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        patterns = (self.pull,) if isinstance(self.pull, str) else tuple(self.pull)
+        if patterns:
+            from meshrun.artifacts import check_patterns
+
+            patterns = check_patterns(patterns, what="pull pattern")
+        object.__setattr__(self, "pull", patterns)
 
     def describe(self) -> str:
         if self.script is not None:
@@ -87,14 +128,26 @@ class FleetJob:
 
 @dataclass(frozen=True, slots=True)
 class FleetReport:
+    """Every host's end. ``started_at`` is wall-clock (``time.time()``); ``pull_dir``
+    is set when files were pulled; ``run_dir`` and ``manifest_path`` when the run was
+    recorded (:func:`meshrun.pulls.run_fleet_recorded`)."""
+
     run_id: str
     command: str
     results: tuple[HostResult, ...]
     duration_s: float
     interrupted: bool = False
+    started_at: float = 0.0
+    pull_dir: str | None = None
+    run_dir: str | None = None
+    manifest_path: str | None = None
 
     def count(self, status: HostStatus) -> int:
         return sum(1 for r in self.results if r.status is status)
+
+    @property
+    def files_pulled(self) -> int:
+        return sum(len(r.files) for r in self.results)
 
     @property
     def ok(self) -> bool:
@@ -102,9 +155,11 @@ class FleetReport:
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md: the first of 130, 3, 1 that applies, else 0."""
+        """DESIGN.md: the first of 130, 4, 3, 1 that applies, else 0."""
         if self.interrupted:
             return 130
+        if any(r.integrity_failed for r in self.results):
+            return 4
         if self.count(HostStatus.UNREACHABLE):
             return 3
         if any(r.status is not HostStatus.OK for r in self.results):
@@ -158,13 +213,16 @@ class _Worker:
         connector: Connector,
         events: queue.Queue[FleetEvent],
         cancel: threading.Event,
+        interrupt: threading.Event,
     ) -> None:
         self.host = host
         self.job = job
         self.env = env
         self.connector = connector
         self.events = events
-        self.cancel = cancel
+        self.cancel = cancel  # stop the command (fail-fast, Ctrl-C)
+        self.interrupt = interrupt  # Ctrl-C: stop a pull too
+        self.fingerprint: str | None = None
         self.thread = threading.Thread(
             target=self._main, name=f"meshrun-host-{host.name}", daemon=True
         )
@@ -185,13 +243,41 @@ class _Worker:
         except Exception as exc:  # a bug must not hang the run: report it on the host
             log.exception("internal error on %s", self.host.name)
             result = HostResult(self.host.name, HostStatus.FAILED, error=f"internal error: {exc!r}")
-        self.events.put(HostFinished(result))
+        self.events.put(HostFinished(replace(result, host_key_fingerprint=self.fingerprint)))
 
     def _run(self, started: float) -> HostResult:
-        name = self.host.name
         conn = self.connector.connect(self.host)
+        self.fingerprint = conn.host_key_fingerprint
+        result, ran = self._command(conn, started)
+        if not (ran and self.job.pull):
+            return result
+        from meshrun.pulls import pull_host
+
+        assert self.job.pull_dir is not None  # run_fleet checks
+        try:
+            pulled = pull_host(
+                self.connector,
+                self.host,
+                self.job.pull,
+                Path(self.job.pull_dir) / self.host.name,
+                cancel=self.interrupt,
+                timeout_s=self.job.pull_timeout_s,
+            )
+        except Exception as exc:  # a bug must not lose the command's result
+            log.exception("internal error pulling from %s", self.host.name)
+            from meshrun.pulls import HostPull
+
+            pulled = HostPull(error=f"internal error: {exc!r}")
+        return with_pull(result, pulled, time.monotonic() - started)
+
+    def _command(self, conn: Connection, started: float) -> tuple[HostResult, bool]:
+        """Upload (a script) and run the command: its result, and whether it ran to an
+        end (exit status, timeout, fail-fast stop) so that there may be files to pull."""
+        name = self.host.name
         if self.cancel.is_set():
-            return HostResult(name, HostStatus.CANCELLED, error="cancelled before it started")
+            return HostResult(
+                name, HostStatus.CANCELLED, error="cancelled before it started"
+            ), False
         command = self.job.command
         if self.job.script is not None:
             script = self.job.script
@@ -207,7 +293,7 @@ class _Worker:
                     up.stderr,
                     time.monotonic() - started,
                     error=f"could not upload {script.name}: {tail_text(up.stderr, 2)}",
-                )
+                ), False
             remote_path = up.stdout.decode().strip().splitlines()[-1]
             command = shlex.join([remote_path, *script.args])
         assert command is not None
@@ -226,21 +312,50 @@ class _Worker:
             return HostResult(name, status, out.exit_code, out.stdout, out.stderr, duration, error)
 
         if out.lost:
-            return ended(HostStatus.UNREACHABLE, "the connection was lost while the command ran")
+            return ended(
+                HostStatus.UNREACHABLE, "the connection was lost while the command ran"
+            ), False
         if out.timed_out:
             return ended(
                 HostStatus.FAILED,
                 f"timed out after {self.job.timeout_s:g}s; its processes were killed",
-            )
+            ), True
         if out.cancelled:
-            return ended(HostStatus.CANCELLED, "stopped; its processes were killed")
+            return ended(HostStatus.CANCELLED, "stopped; its processes were killed"), True
         if out.exit_code == 0:
-            return ended(HostStatus.OK)
+            return ended(HostStatus.OK), True
         if out.exit_code == WORKDIR_FAILED:
             return ended(
                 HostStatus.FAILED, tail_text(out.stderr, 1) or "cannot enter the work directory"
-            )
-        return ended(HostStatus.FAILED, f"exit code {out.exit_code}")
+            ), False
+        return ended(HostStatus.FAILED, f"exit code {out.exit_code}"), True
+
+
+def with_pull(result: HostResult, pulled: HostPull, duration_s: float) -> HostResult:
+    """``result`` (the command's) with what its pull brought; pure.
+
+    A pull problem only changes an ``ok`` host: to ``cancelled`` when Ctrl-C stopped
+    it, ``unreachable`` when the link was lost, else ``failed`` (with the pull's error).
+    A host that already failed keeps its status and its command's error.
+    """
+    status, error = result.status, result.error
+    if pulled.error is not None and status is HostStatus.OK:
+        if pulled.interrupted:
+            status = HostStatus.CANCELLED
+        elif pulled.lost:
+            status = HostStatus.UNREACHABLE
+        else:
+            status = HostStatus.FAILED
+        error = pulled.error
+    return replace(
+        result,
+        status=status,
+        error=error,
+        duration_s=duration_s,
+        files=pulled.files,
+        pull_error=pulled.error,
+        integrity_failed=pulled.integrity,
+    )
 
 
 def run_fleet(
@@ -253,15 +368,30 @@ def run_fleet(
 ) -> FleetReport:
     """Run ``job`` on ``hosts`` (in inventory order) and report every host's end.
 
-    Ctrl-C (KeyboardInterrupt in this thread) once: start nothing more and stop the
-    running commands (their process groups are killed); twice: close every connection.
-    The report is returned either way, with ``interrupted`` set.
+    Ctrl-C (KeyboardInterrupt in this thread) once: start nothing more, stop the
+    running commands (their process groups are killed) and the running pulls (nothing
+    half-transferred is installed); twice: close every connection. The report is
+    returned either way, with ``interrupted`` set.
+
+    With ``job.pull``, ``job.pull_dir`` must be set; each host's files land in
+    ``pull_dir/<host name>/``.
     """
+    if job.pull:
+        if job.pull_dir is None:
+            raise ValueError("FleetJob.pull needs FleetJob.pull_dir (where files land)")
+        for host in hosts:
+            if "/" in host.name or host.name in ("", ".", ".."):
+                raise InputError(
+                    f"host name {host.name!r} cannot name a directory under the pull directory",
+                    fix="give the host a plain name (letters, digits, '.', '_', '-')",
+                )
+    started_at = time.time()
     started = time.monotonic()
     parallel = job.parallel or min(len(hosts), DEFAULT_PARALLEL_CAP) or 1
     batches = list(job.batches) if job.batches else [len(hosts)]
     events: queue.Queue[FleetEvent] = queue.Queue()
     cancel = threading.Event()
+    interrupt = threading.Event()
     results: dict[str, HostResult] = {}
     workers: list[_Worker] = []
     failed = 0
@@ -291,7 +421,7 @@ def run_fleet(
             try:
                 while waiting and running < parallel and stop_reason is None:
                     host = waiting.pop(0)
-                    worker = _Worker(host, job, env_for(host), connector, events, cancel)
+                    worker = _Worker(host, job, env_for(host), connector, events, cancel, interrupt)
                     workers.append(worker)
                     worker.thread.start()
                     running += 1
@@ -321,6 +451,7 @@ def run_fleet(
                             stop(f"--max-fail exceeded ({failed} failed)", cancel_running=False)
                 observer(event)
             except KeyboardInterrupt:
+                interrupt.set()
                 if not interrupted:
                     interrupted = True
                     stop(
@@ -343,6 +474,7 @@ def run_fleet(
                 worker.thread.join(0.2)
             except KeyboardInterrupt:
                 interrupted = forced = True
+                interrupt.set()
                 cancel.set()
                 connector.close()
     # A second Ctrl-C may have closed connections under running commands; those
@@ -351,14 +483,8 @@ def run_fleet(
     for host in order:
         result = results[host.name]
         if interrupted and result.status is HostStatus.UNREACHABLE and forced:
-            result = HostResult(
-                host.name,
-                HostStatus.CANCELLED,
-                result.exit_code,
-                result.stdout,
-                result.stderr,
-                result.duration_s,
-                "disconnected by a second Ctrl-C",
+            result = replace(
+                result, status=HostStatus.CANCELLED, error="disconnected by a second Ctrl-C"
             )
         final.append(result)
     return FleetReport(
@@ -367,6 +493,8 @@ def run_fleet(
         results=tuple(final),
         duration_s=time.monotonic() - started,
         interrupted=interrupted,
+        started_at=started_at,
+        pull_dir=str(job.pull_dir) if job.pull and job.pull_dir is not None else None,
     )
 
 

@@ -29,9 +29,12 @@ from meshrun.tomlfile import toml_type as _toml_type
 __all__ = [
     "LOCAL_HOST_NAME",
     "Host",
+    "HostDefaults",
+    "Inventory",
     "load_inventory",
     "local_host",
     "parse_inline",
+    "read_inventory",
     "resolve_hosts",
     "select_hosts",
 ]
@@ -59,11 +62,43 @@ class Host:
     labels: frozenset[str] = field(default_factory=frozenset)
     proxy_jump: str | None = None
     local: bool = False  # the embedded default: run on this machine, no SSH
+    # What the host announced on the LAN (``meshrun agent``), never read from a file:
+    # the key it presents must have this fingerprint, or it is refused as a spoof.
+    advertised_fingerprint: str | None = None  # "SHA256:..."
+    advertised_key_type: str | None = None  # "ssh-ed25519": asked for first
 
     @property
     def ssh_alias(self) -> str:
         """What ssh_config's ``Host`` patterns are matched against."""
         return self.address or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class HostDefaults:
+    """The ``[defaults]`` table of a hosts.toml; None (or empty) where it says nothing.
+
+    Hosts found on the LAN (``--discover``) take their login settings from here.
+    ``workdir`` may still hold the ``{name}`` placeholder; ``slots`` None is unset or
+    ``"auto"`` (both mean the remote CPU count).
+    """
+
+    port: int | None = None
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    workdir: str | None = None
+    slots: int | None = None
+    weight: float | None = None
+    labels: frozenset[str] = field(default_factory=frozenset)
+    proxy_jump: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """A whole hosts.toml: its hosts, in file order, and its ``[defaults]``."""
+
+    hosts: tuple[Host, ...]
+    defaults: HostDefaults
 
 
 _HOST_KEYS = (
@@ -346,9 +381,10 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
 class _Loader:
     """Validates parsed TOML into Hosts, raising errors that point into the file."""
 
-    def __init__(self, path: str, text: str) -> None:
+    def __init__(self, path: str, text: str, *, hosts_required: bool = True) -> None:
         self.path = path
         self.locate = _Locator(text)
+        self.hosts_required = hosts_required
 
     def fail(
         self,
@@ -375,7 +411,7 @@ class _Loader:
                 fix=exc.fix,
             )
 
-    def load(self, data: dict[str, Any]) -> list[Host]:
+    def load(self, data: dict[str, Any]) -> Inventory:
         for key in data:
             if key not in _TOP_LEVEL_KEYS:
                 if key in _DEFAULT_KEYS:
@@ -406,7 +442,7 @@ class _Loader:
                 key="host",
                 fix="write [[host]] (double brackets) above each host's keys",
             )
-        if not raw_hosts:
+        if not raw_hosts and self.hosts_required:
             self.fail(
                 "no hosts: the file has no [[host]] entries",
                 line=self.locate.top_level("host"),
@@ -415,7 +451,7 @@ class _Loader:
             )
         hosts: list[Host] = []
         first_use: dict[str, int] = {}
-        for index, raw in enumerate(raw_hosts):
+        for index, raw in enumerate(raw_hosts or ()):
             host = self._host(index, raw, defaults)
             if host.name in first_use:
                 first_line = self.locate.in_table("host", first_use[host.name], "name")
@@ -429,7 +465,7 @@ class _Loader:
                 )
             first_use[host.name] = index
             hosts.append(host)
-        return hosts
+        return Inventory(tuple(hosts), HostDefaults(**defaults))
 
     def _defaults(self, raw: object) -> dict[str, Any]:
         entry = "[defaults]"
@@ -504,6 +540,15 @@ class _Loader:
 
 def load_inventory(path: str | os.PathLike[str]) -> list[Host]:
     """Read and validate a hosts.toml; every mistake is an InventoryError pointing at it."""
+    return list(read_inventory(path).hosts)
+
+
+def read_inventory(path: str | os.PathLike[str], *, hosts_required: bool = True) -> Inventory:
+    """Like :func:`load_inventory`, with the ``[defaults]`` table too.
+
+    ``hosts_required=False`` accepts a file without ``[[host]]`` entries: a
+    ``[defaults]`` table alone is a valid inventory for hosts found by ``--discover``.
+    """
     shown = os.fspath(path)
     create_fix = f"create it, or pass an inline list like {_INLINE_EXAMPLE}"
     try:
@@ -547,7 +592,7 @@ def load_inventory(path: str | os.PathLike[str]) -> list[Host]:
             fix='write key = value with strings in double quotes (address = "10.0.0.11"); '
             "tables are [defaults] and [[host]]",
         ) from None
-    return _Loader(shown, text).load(data)
+    return _Loader(shown, text, hosts_required=hosts_required).load(data)
 
 
 # --- inline lists, the local host, resolution ----------------------------------------

@@ -57,6 +57,12 @@ from meshrun.signing import fingerprint, sshsig_sign, sshsig_verify
 SCHEMA = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"
+#: A run directory's report (the --json document); its ``kind`` says where files are.
+REPORT_NAME = "report.json"
+#: Where a dispatch run keeps its tasks' outputs, inside the run directory.
+DISPATCH_FILES_DIR = "artifacts"
+#: Where a fleet run (exec/run --pull) keeps each host's files by default.
+FLEET_FILES_DIR = "hosts"
 CHUNK_BYTES = 1 << 20
 DURATION_DECIMALS = 3
 
@@ -609,6 +615,7 @@ def verify_directory(
     *,
     allowed_keys: Sequence[Ed25519PublicKey] | None,
     root: Path | None = None,
+    ignore: Sequence[Path] = (),
 ) -> VerifyReport:
     """Check ``directory/manifest.json``, its signature, and every file it lists.
 
@@ -617,8 +624,9 @@ def verify_directory(
     soundness and the report says ``untrusted`` or ``unsigned``. Files are looked up at
     ``<root>/<task>/<path>`` (``root`` defaults to ``directory``) without following
     symlinks; everything under ``root`` that the manifest does not list is reported as
-    unlisted, except ``directory``'s own manifest.json and manifest.json.sig. Problems
-    are data in the report; only a ``directory`` that is not one is an InputError.
+    unlisted, except ``directory``'s own manifest.json and manifest.json.sig and the
+    paths in ``ignore`` (a manifest copy in ``root``). Problems are data in the report;
+    only a ``directory`` that is not one is an InputError.
     """
     directory = Path(directory)
     root = directory if root is None else Path(root)
@@ -663,7 +671,7 @@ def verify_directory(
 
     present, scan_errors = _scan(root)
     errors.extend(scan_errors)
-    own = {_absolute(manifest_path), _absolute(signature_path)}
+    own = {_absolute(manifest_path), _absolute(signature_path), *map(_absolute, ignore)}
     expected: dict[str, tuple[TaskEntry, FileEntry]] = {
         f"{task.name}/{entry.path}": (task, entry) for task, entry in manifest.files()
     }
@@ -833,7 +841,10 @@ class _Object:
 
 __all__ = [
     "CHUNK_BYTES",
+    "DISPATCH_FILES_DIR",
+    "FLEET_FILES_DIR",
     "MANIFEST_NAME",
+    "REPORT_NAME",
     "SCHEMA",
     "SIGNATURE_NAME",
     "ChangedFile",
@@ -856,11 +867,49 @@ __all__ = [
 def verify_run(directory: Path, *, allowed_keys: Sequence[Ed25519PublicKey] | None) -> VerifyReport:
     """:func:`verify_directory` for what users pass to ``meshrun verify``.
 
-    A run directory (``.meshrun/runs/<id>``, which has report.json and logs beside the
-    manifest) keeps its files under ``artifacts/``; any other directory (``--artifacts``)
-    is itself the root of ``<task>/<path>``.
+    A run directory (``.meshrun/runs/<id>``, which has report.json beside the manifest)
+    keeps its files where its kind of run puts them: a dispatch run under
+    ``artifacts/<task>/``; a fleet run (exec/run, report.json ``"kind": "fleet"``) under
+    ``hosts/<host>/``, or in the ``pull_dir`` its report names when that lies elsewhere.
+    Any other directory (``--artifacts``, ``--pull-dir``) holds a manifest copy and is
+    itself the root of ``<task>/<path>``; a fleet run's ``hosts/`` is verified as its
+    run directory.
     """
     directory = Path(directory)
-    is_run_dir = (directory / "report.json").is_file()
-    root = directory / "artifacts" if is_run_dir else directory
-    return verify_directory(directory, allowed_keys=allowed_keys, root=root)
+    if (
+        directory.name == FLEET_FILES_DIR
+        and not (directory / MANIFEST_NAME).exists()
+        and _run_kind(directory.parent)[0] == "fleet"
+    ):
+        directory = directory.parent
+    kind, pull_dir = _run_kind(directory)
+    ignore: list[Path] = []
+    if kind is None:
+        root = directory
+    elif kind == "fleet":
+        root = directory / FLEET_FILES_DIR
+        elsewhere = Path(pull_dir) if pull_dir is not None else None
+        if not root.exists() and elsewhere is not None and (elsewhere / MANIFEST_NAME).is_file():
+            root = elsewhere  # --pull-dir outside the run directory: it has a manifest copy
+            ignore = [root / MANIFEST_NAME, root / SIGNATURE_NAME]
+    else:
+        root = directory / DISPATCH_FILES_DIR
+    return verify_directory(directory, allowed_keys=allowed_keys, root=root, ignore=ignore)
+
+
+def _run_kind(directory: Path) -> tuple[str | None, str | None]:
+    """(``"dispatch"`` or ``"fleet"``, the fleet run's pull_dir) for a run directory,
+    (None, None) for any other. The report is not signed: it only says where to look;
+    what is found there is checked against the signed manifest."""
+    try:
+        data = (directory / REPORT_NAME).read_bytes()
+    except OSError:
+        return None, None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and document.get("kind") == "fleet":
+        pull_dir = document.get("pull_dir")
+        return "fleet", pull_dir if isinstance(pull_dir, str) else None
+    return "dispatch", None

@@ -12,6 +12,7 @@ from meshrun.fleet import FleetReport
 from meshrun.probe import HostProbe
 
 if TYPE_CHECKING:
+    from meshrun.discovery.record import Agent
     from meshrun.executor import DispatchReport
 
 SCHEMA = 1
@@ -22,15 +23,23 @@ def _text(data: bytes) -> str:
 
 
 def fleet_document(report: FleetReport) -> dict[str, Any]:
-    """The ``--json`` document of ``meshrun exec`` / ``meshrun run``."""
+    """The ``--json`` document of ``meshrun exec`` / ``meshrun run`` (also saved as a
+    recorded run's report.json, where ``kind`` and ``pull_dir`` tell ``meshrun verify``
+    where the files are). ``run_dir``, ``pull_dir`` and ``manifest`` are null when the
+    run wrote nothing; each host lists the ``files`` pulled from it."""
     return {
         "schema": SCHEMA,
+        "kind": "fleet",
         "ok": report.ok,
         "exit_code": report.exit_code,
         "run_id": report.run_id,
         "command": report.command,
         "duration_s": round(report.duration_s, 3),
         "interrupted": report.interrupted,
+        "run_dir": report.run_dir,
+        "pull_dir": report.pull_dir,
+        "manifest": report.manifest_path,
+        "files_pulled": report.files_pulled,
         "hosts": [
             {
                 "name": r.name,
@@ -40,6 +49,9 @@ def fleet_document(report: FleetReport) -> dict[str, Any]:
                 "stderr": _text(r.stderr),
                 "duration_s": round(r.duration_s, 3),
                 "error": r.error,
+                "files": [f.to_dict() for f in r.files],
+                "pull_error": r.pull_error,
+                "integrity_failed": r.integrity_failed,
             }
             for r in report.results
         ],
@@ -64,6 +76,32 @@ def hosts_document(probes: list[HostProbe]) -> dict[str, Any]:
                 "error": p.error,
             }
             for p in probes
+        ],
+    }
+
+
+def agents_document(agents: Sequence[Agent]) -> dict[str, Any]:
+    """The ``--json`` document of ``meshrun discover``."""
+    return {
+        "schema": SCHEMA,
+        "agents": [
+            {
+                "name": a.name,
+                "address": a.address,
+                "port": a.port,
+                "user": a.user,
+                "slots": a.slots,
+                "cpus": a.cpus,
+                "labels": list(a.labels),
+                "workdir": a.workdir,
+                "host_key_fingerprint": a.host_key_fingerprint,
+                "host_key_type": a.host_key_type,
+                "os": a.os,
+                "arch": a.arch,
+                "version": a.version,
+                "meshrun_version": a.meshrun_version,
+            }
+            for a in agents
         ],
     }
 

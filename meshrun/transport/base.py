@@ -126,12 +126,14 @@ def default_connector(
     *,
     connect_timeout_s: float = 10.0,
     accept_new_host_keys: bool = False,
+    remote: bool = False,
 ) -> Connector:
-    """The connector for ``hosts``: local for the embedded default, SSH otherwise.
+    """The connector for ``hosts``: local for the embedded default, SSH otherwise
+    (always SSH with ``remote``: hosts found later, by discovery, are remote).
 
     SSH code (and paramiko) is imported only when a remote host is in the run.
     """
-    if all(h.local for h in hosts):
+    if not remote and all(h.local for h in hosts):
         from meshrun.transport.local import LocalConnector
 
         return LocalConnector()

@@ -8,6 +8,8 @@ user, identities, the same known_hosts with strict checking, the jump host — a
 from __future__ import annotations
 
 import shlex
+import threading
+import time
 from collections.abc import Sequence
 
 
@@ -78,28 +80,69 @@ def push_argv(
 
 
 def run(
-    argv: Sequence[str], host: str, timeout_s: float = 3600.0, *, what: str = "workspace sync"
+    argv: Sequence[str],
+    host: str,
+    timeout_s: float = 3600.0,
+    *,
+    what: str = "workspace sync",
+    cancel: threading.Event | None = None,
 ) -> None:
     """Run rsync; a failure becomes an error that names the host, ``what`` it was doing
-    and what to do."""
+    and what to do.
+
+    With ``cancel``, rsync runs in a session of its own (a terminal's Ctrl-C reaches the
+    coordinator only, which decides) and is terminated as soon as ``cancel`` is set,
+    raising Interrupted.
+    """
     import subprocess
 
-    from meshrun.errors import CommandError, HostUnreachable
+    from meshrun.errors import CommandError, HostUnreachable, Interrupted
 
     try:
-        done = subprocess.run(list(argv), capture_output=True, timeout=timeout_s, check=False)
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=cancel is not None,
+        )
     except FileNotFoundError as exc:
         raise CommandError(
             f"{host}: rsync is not installed on this machine",
             fix="install rsync (apt-get install rsync)",
         ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"{host}: {what} timed out after {timeout_s:g}s") from exc
-    if done.returncode == 0:
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            cancelled = cancel is not None and cancel.is_set()
+            remaining = deadline - time.monotonic()
+            if cancelled or remaining <= 0:
+                proc.terminate()
+                try:
+                    proc.communicate(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                if cancelled:
+                    raise Interrupted(f"{host}: {what} stopped")
+                raise CommandError(f"{host}: {what} timed out after {timeout_s:g}s")
+            try:
+                _, stderr = proc.communicate(
+                    timeout=remaining if cancel is None else min(remaining, 0.1)
+                )
+            except subprocess.TimeoutExpired:
+                continue
+            break
+    except BaseException:
+        if proc.poll() is None:  # e.g. KeyboardInterrupt in the calling thread
+            proc.kill()
+            proc.wait()
+        raise
+    if proc.returncode == 0:
         return
-    tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-    message = f"{what} failed (rsync exit {done.returncode}): {' / '.join(tail)}"
-    if done.returncode == 255:  # ssh itself failed
+    tail = stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+    message = f"{what} failed (rsync exit {proc.returncode}): {' / '.join(tail)}"
+    if proc.returncode == 255:  # ssh itself failed
         raise HostUnreachable(host, message)
-    fix = "is rsync installed on the host?" if done.returncode in (12, 127) else None
+    fix = "is rsync installed on the host?" if proc.returncode in (12, 127) else None
     raise CommandError(f"{host}: {message}", fix=fix)

@@ -9,9 +9,7 @@ accept changed) and one reader per channel instead of Fabric's thread per stream
 
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import logging
 import os
 import socket
@@ -25,6 +23,7 @@ import paramiko
 
 from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable
 from meshrun.inventory import Host
+from meshrun.sshkeys import sha256_fingerprint
 from meshrun.transport import rsync
 from meshrun.transport.base import (
     CommandOutcome,
@@ -44,8 +43,11 @@ _POLL_S = 0.1
 
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's SHA256 fingerprint of a public key (``SHA256:...``)."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return sha256_fingerprint(key.asbytes())
+
+
+# paramiko negotiates RSA host keys under the names of their signature algorithms.
+_KEY_TYPE_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 
 class _QuickAckSocket(socket.socket):
@@ -517,12 +519,19 @@ class SSHConnector:
         transport = paramiko.Transport(sock)
         transport.banner_timeout = self.connect_timeout_s
         transport.handshake_timeout = self.connect_timeout_s
-        if expected:
+        wanted: set[str] = set(expected)
+        if not wanted and host.advertised_key_type:
+            # A host found on the LAN: ask for the key it advertised, so the
+            # fingerprint check compares like with like.
+            wanted.update(
+                _KEY_TYPE_ALGORITHMS.get(host.advertised_key_type, (host.advertised_key_type,))
+            )
+        if wanted:
             # Ask for a key type we already know, as OpenSSH does, so a host offering
             # several keys is checked against the one in known_hosts.
             opts = transport.get_security_options()
-            known_types = [t for t in opts.key_types if t in expected]
-            opts.key_types = known_types + [t for t in opts.key_types if t not in expected]
+            known_types = [t for t in opts.key_types if t in wanted]
+            opts.key_types = known_types + [t for t in opts.key_types if t not in wanted]
         hung = HostUnreachable(
             host.name,
             f"{ep.address}:{ep.port} accepted TCP but sent no SSH banner within "
@@ -563,6 +572,23 @@ class SSHConnector:
         transport: paramiko.Transport,
     ) -> None:
         fp = fingerprint(key)
+        advertised = host.advertised_fingerprint
+        if advertised is not None and fp != advertised:
+            # Discovery only proposes: whatever known_hosts or --accept-new-host-keys
+            # say, a host that is not what it announced is not trusted.
+            transport.close()
+            raise HostKeyError(
+                host.name,
+                f"possible spoof: {name} presented host key {key.get_name()} {fp}, which does "
+                f"not match the fingerprint {advertised} it advertised on the LAN; refusing "
+                "to connect",
+                fingerprint=fp,
+                changed=False,
+                advertised_fingerprint=advertised,
+                fix="if that machine's sshd really uses this key, restart `meshrun agent` "
+                "there with --host-key naming its .pub file; otherwise another machine is "
+                "answering for it: find out which",
+            )
         expected = known.lookup(name)
         if key.get_name() in expected:
             if expected[key.get_name()] == key:
@@ -595,12 +621,15 @@ class SSHConnector:
                 fix=f"check the host; if the key is right, remove the old entry with "
                 f"`ssh-keygen -R '{name}' -f {ep.known_hosts}`",
             )
+        verify = "verify the fingerprint"
+        if advertised is not None:
+            verify = "it matches what the host advertised on the LAN; verify it out of band"
         raise HostKeyError(
             host.name,
             f"unknown host key for {name}: {key.get_name()} {fp} is not in {ep.known_hosts}",
             fingerprint=fp,
             changed=False,
-            fix="verify the fingerprint, then run again with --accept-new-host-keys "
+            fix=f"{verify}, then run again with --accept-new-host-keys "
             f"(or add it with `ssh-keyscan -p {ep.port} {ep.address} >> {ep.known_hosts}`)",
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from discovery_helpers import AgentProcess
 
 from meshrun.testing.fleet import SSHD, Fleet
 
@@ -55,3 +56,20 @@ def fleet4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     _require_sshd()
     with Fleet.start(4, tmp_path_factory.mktemp("fleet4")) as fleet:
         yield fleet
+
+
+@pytest.fixture
+def start_agents() -> Iterator[Any]:
+    """start_agents((name, args), ...) -> AgentProcesses, all announced; killed at the end."""
+    started: list[AgentProcess] = []
+
+    def start(*specs: tuple[str, list[str | os.PathLike[str]]]) -> list[AgentProcess]:
+        agents = [AgentProcess(name, *args) for name, args in specs]
+        started.extend(agents)
+        for agent in agents:
+            agent.wait_for("announced")
+        return agents
+
+    yield start
+    for agent in started:
+        agent.kill()

@@ -134,7 +134,7 @@ def test_forged_entry_outside_dest_is_refused(
 def test_large_file_streams(one: tuple[Fleet, Host, SSHConnector], tmp_path: Path) -> None:
     fleet, host, connector = one
     work = fleet.hosts[0].workdir
-    size = 200 * 1024 * 1024
+    size = 1024 * 1024 * 1024  # 1 GiB, sparse on the host
     with open(work / "big.bin", "wb") as f:
         f.truncate(size)
         f.seek(size // 2)

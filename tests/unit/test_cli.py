@@ -64,6 +64,10 @@ FLEET_OPTIONS = [
     "--connect-timeout DURATION",
     "-e, --env K=V",
     "-o, --output <stream|group|fold>",
+    "--pull GLOB",
+    "--pull-dir DIR",
+    "--sign-key KEY",
+    "--state-dir DIR",
     "--json",
     "-q, --quiet",
     "-v, --verbose",
@@ -80,6 +84,7 @@ HELP: dict[str, tuple[list[str], list[str]]] = {
             "  meshrun exec --hosts hosts.toml -- uptime",
             "  meshrun exec -H hosts.toml -l 'web*' -o fold -- 'df -h / | tail -1'",
             "  meshrun exec -- echo hi            # no --hosts: this machine",
+            "  meshrun exec -H hosts.toml --pull 'logs/*.log' -- ./selftest",
         ],
     ),
     "run": (
@@ -89,6 +94,7 @@ HELP: dict[str, tuple[list[str], list[str]]] = {
             "Examples:",
             "  meshrun run --hosts hosts.toml deploy.sh v42",
             "  meshrun run -H hosts.toml --batch 1,25%,100% --max-fail 0 deploy.sh",
+            "  meshrun run --hosts hosts.toml --pull 'logs/*.log' --pull '?core*' collect.sh",
         ],
     ),
     "hosts": (

@@ -1,0 +1,198 @@
+"""Agents found on the LAN -> inventory Hosts, and -> a hosts.toml (``--write``).
+
+Pure apart from reading and writing the inventory file.
+
+Where a discovered host's settings come from:
+
+- name, address, SSH port, slots, labels: the agent's record;
+- user: ``--user``, else ``[defaults] user`` of ``--hosts``, else the user the agent
+  advertises (whom we log in as is the coordinator's decision; the LAN only suggests);
+- identity, known_hosts, weight: ``--identity``/``--known-hosts``, else ``[defaults]``;
+- workdir: the agent's (it knows its disks), else ``[defaults] workdir``;
+- the advertised host-key fingerprint, which the SSH transport holds the host to.
+
+The proxy jump of ``[defaults]`` is not applied: an agent is on this machine's LAN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+
+from meshrun.discovery.record import Agent
+from meshrun.errors import InputError
+from meshrun.inventory import (
+    Host,
+    HostDefaults,
+    Inventory,
+    parse_inline,
+    read_inventory,
+)
+
+__all__ = [
+    "agent_to_host",
+    "discovery_inventory",
+    "hosts_toml",
+    "merge_hosts",
+    "toml_string",
+    "write_hosts_toml",
+]
+
+log = logging.getLogger(__name__)
+
+
+def agent_to_host(agent: Agent, defaults: HostDefaults | None = None) -> Host:
+    """The Host meshrun connects to for ``agent``, carrying its advertised fingerprint."""
+    defaults = defaults or HostDefaults()
+    workdir = agent.workdir or defaults.workdir
+    host = Host(
+        name=agent.name,
+        address=agent.address,
+        port=agent.port,
+        user=defaults.user or agent.user,
+        identity=defaults.identity,
+        known_hosts=defaults.known_hosts,
+        slots=agent.slots,
+        weight=defaults.weight or 1.0,
+        labels=frozenset(agent.labels),
+        advertised_fingerprint=agent.host_key_fingerprint,
+        advertised_key_type=agent.host_key_type,
+    )
+    if workdir is None:
+        return host
+    return replace(host, workdir=workdir.replace("{name}", agent.name))
+
+
+def merge_hosts(
+    hosts: Sequence[Host], agents: Sequence[Agent], defaults: HostDefaults | None = None
+) -> list[Host]:
+    """``hosts`` then the agents, skipping an agent that ``hosts`` already names.
+
+    An agent is the same as a listed host when it has the same name, or the same
+    address and port: the inventory entry wins (it was written on purpose).
+    """
+    merged = list(hosts)
+    names = {host.name for host in hosts}
+    endpoints = {(host.address, host.port or 22) for host in hosts}
+    for agent in agents:
+        if agent.name in names or (agent.address, agent.port) in endpoints:
+            log.info("agent %r is already in --hosts; using that entry", agent.name)
+            continue
+        merged.append(agent_to_host(agent, defaults))
+        names.add(agent.name)
+        endpoints.add((agent.address, agent.port))
+    return merged
+
+
+def discovery_inventory(
+    spec: str | None,
+    *,
+    user: str | None = None,
+    identity: str | None = None,
+    known_hosts: str | None = None,
+) -> Inventory:
+    """``--hosts`` read for ``--discover``: its hosts (maybe none) and its defaults,
+    with ``--user``/``--identity``/``--known-hosts`` over ``[defaults]``.
+
+    No SPEC means agents only (not this machine). A file may hold ``[defaults]`` alone.
+    """
+    if spec is None:
+        inventory = Inventory((), HostDefaults())
+    elif os.path.isfile(spec) or spec.endswith(".toml"):
+        inventory = read_inventory(spec, hosts_required=False)
+    else:
+        inventory = Inventory(tuple(parse_inline(spec)), HostDefaults())
+    defaults = inventory.defaults
+    defaults = replace(
+        defaults,
+        user=user or defaults.user,
+        identity=identity or defaults.identity,
+        known_hosts=known_hosts or defaults.known_hosts,
+    )
+    return Inventory(inventory.hosts, defaults)
+
+
+# -- hosts.toml ---------------------------------------------------------------------
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: quotes, backslashes and controls escaped."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def hosts_toml(agents: Sequence[Agent], *, comment: str | None = None) -> str:
+    """A hosts.toml listing ``agents``, which ``load_inventory`` (and ``--hosts``) reads.
+
+    Each host's advertised key and platform are written as a comment: meshrun checks
+    keys against known_hosts when it connects, not against this file.
+    """
+    lines = [
+        "# Agents found on the LAN by `meshrun discover`.",
+        "# Host keys are checked against known_hosts when meshrun connects;",
+        "# the fingerprint each agent advertised is noted for comparison.",
+    ]
+    if comment:
+        lines += [f"# {line}" for line in comment.splitlines()]
+    for agent in agents:
+        lines += [
+            "",
+            "[[host]]",
+            f"name = {toml_string(agent.name)}",
+            f"address = {toml_string(agent.address)}",
+            f"port = {agent.port}",
+        ]
+        if agent.user is not None:
+            lines.append(f"user = {toml_string(agent.user)}")
+        lines.append(f"slots = {agent.slots}")
+        lines.append("labels = [" + ", ".join(toml_string(label) for label in agent.labels) + "]")
+        if agent.workdir is not None:
+            lines.append(f"workdir = {toml_string(agent.workdir)}")
+        lines.append(
+            f"# advertised host key {agent.host_key_type} {agent.host_key_fingerprint}; "
+            f"{agent.cpus} CPUs, {agent.os}/{agent.arch}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_hosts_toml(
+    path: str | os.PathLike[str], agents: Sequence[Agent], *, comment: str | None = None
+) -> None:
+    """Write :func:`hosts_toml` to ``path`` atomically (a reader never sees half).
+
+    An unwritable path is an InputError naming ``--write``.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".hosts-", suffix=".toml", dir=directory)
+    except OSError as exc:
+        raise InputError(
+            f"--write {target}: cannot write there ({exc.strerror or exc})",
+            fix="choose a path in an existing, writable directory",
+        ) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(hosts_toml(agents, comment=comment))
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise InputError(
+            f"--write {target}: cannot write it ({exc.strerror or exc})",
+            fix="choose another path (not a directory), writable by you",
+        ) from None
+    except BaseException:
+        os.unlink(temporary)
+        raise

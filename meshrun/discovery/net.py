@@ -1,0 +1,105 @@
+"""Where zeroconf speaks: the ``--interface`` values, checked against this machine.
+
+IPv4 only for now. The default is every non-loopback IPv4 address (the LAN, not this
+machine alone); tests always pass ``127.0.0.1`` so they never reach a real network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from meshrun.errors import DiscoveryError, InputError
+
+__all__ = ["LocalAddress", "local_addresses", "networks_of", "resolve_interfaces"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """One IPv4 address of this machine and the interface that has it."""
+
+    address: str
+    prefix: int  # network prefix length
+    interface: str  # e.g. eth0
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.address}/{self.prefix}", strict=False)
+
+
+def local_addresses() -> list[LocalAddress]:
+    """Every IPv4 address of this machine's interfaces, loopback included."""
+    import ifaddr  # zeroconf's own dependency; only discovery needs it
+
+    found: list[LocalAddress] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4 and isinstance(ip.ip, str):
+                found.append(LocalAddress(ip.ip, ip.network_prefix, adapter.nice_name))
+    return found
+
+
+def resolve_interfaces(
+    requested: Sequence[str] | None, *, option: str = "--interface"
+) -> list[str]:
+    """The IPv4 addresses to bind zeroconf to.
+
+    Each requested item is an address of this machine (``192.168.1.20``,
+    ``127.0.0.1``) or an interface name (``eth0``). Nothing requested: every
+    non-loopback address. Raises InputError naming ``option`` and the choices, or
+    DiscoveryError when the machine has no non-loopback IPv4 address at all.
+    """
+    addresses = local_addresses()
+    if not requested:
+        chosen = [a.address for a in addresses if not ipaddress.IPv4Address(a.address).is_loopback]
+        if not chosen:
+            raise DiscoveryError(
+                "this machine has no non-loopback IPv4 address to announce or browse on",
+                fix=f"connect it to the LAN, or pass {option} 127.0.0.1 to stay on this machine",
+            )
+        return _unique(chosen)
+    chosen = []
+    for item in requested:
+        text = item.strip()
+        try:
+            parsed = ipaddress.ip_address(text)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.version == 6:
+            raise InputError(
+                f"{option} {item}: IPv6 is not supported yet",
+                fix=f"pass an IPv4 address of this machine: {_choices(addresses)}",
+            )
+        if parsed is not None:
+            if not any(a.address == str(parsed) for a in addresses):
+                raise InputError(
+                    f"{option} {item}: no interface of this machine has that address",
+                    fix=f"choose from {_choices(addresses)}",
+                )
+            chosen.append(str(parsed))
+            continue
+        named = [a.address for a in addresses if a.interface == text]
+        if not named:
+            raise InputError(
+                f"{option} {item}: not an IPv4 address or interface name of this machine",
+                fix=f"choose from {_choices(addresses)}",
+            )
+        chosen.extend(named)
+    return _unique(chosen)
+
+
+def networks_of(addresses: Sequence[str]) -> list[ipaddress.IPv4Network]:
+    """The networks the given local addresses are on (to prefer agents' addresses there)."""
+    by_address = {a.address: a for a in local_addresses()}
+    return [by_address[a].network for a in addresses if a in by_address]
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _choices(addresses: Sequence[LocalAddress]) -> str:
+    if not addresses:
+        return "(this machine has no IPv4 address)"
+    return ", ".join(f"{a.address} ({a.interface})" for a in addresses)
