@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from meshrun.errors import CommandError, InputError, IntegrityError, Interrupted
 from meshrun.inventory import Host
-from meshrun.manifest import FileEntry, hash_file, safe_relative_path
+from meshrun.manifest import FileEntry, file_digest, safe_relative_path
 from meshrun.transport import rsync
 from meshrun.transport.base import Connection, Connector, tail_text
 from meshrun.transport.wrapper import workdir_expr
@@ -71,6 +71,7 @@ import fnmatch, hashlib, json, os, stat, sys
 
 CHUNK = 1 << 20
 MAGIC = set("*?[")
+REAL_DIRS = {}  # directory (relative) -> its real path
 
 
 def main():
@@ -222,11 +223,22 @@ class Pattern:
             rel.encode("utf-8")
         except UnicodeEncodeError:
             return self.error(show(rel) + ": the name is not valid UTF-8")
-        real = os.path.realpath(rel)
+        try:
+            mode = os.lstat(rel).st_mode
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(rel)
+                mode = os.stat(rel).st_mode
+            else:  # only the directory can lead elsewhere: resolve each one once
+                head, _, tail = rel.rpartition("/")
+                if head not in REAL_DIRS:
+                    REAL_DIRS[head] = os.path.realpath(head or ".")
+                real = REAL_DIRS[head].rstrip("/") + "/" + tail
+        except OSError as exc:
+            return self.error(show(rel) + ": cannot stat: " + (exc.strerror or str(exc)))
         if real != self.real_root and not real.startswith(self.real_root.rstrip("/") + "/"):
             return self.error(show(rel) + ": resolves to " + show(real) + ", outside the workdir")
         try:
-            if not stat.S_ISREG(os.stat(rel).st_mode):
+            if not stat.S_ISREG(mode):
                 return self.error(show(rel) + ": is a special file, not a regular file")
             fd = os.open(rel, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
@@ -237,7 +249,7 @@ class Pattern:
                 return self.error(show(rel) + ": is a special file, not a regular file")
             digest = hashlib.sha256()
             size = 0
-            buffer = bytearray(CHUNK)
+            buffer = bytearray(min(CHUNK, info.st_size + 1))  # a fresh 1 MiB per small file is slow
             view = memoryview(buffer)
             while True:
                 count = handle.readinto(buffer)
@@ -267,7 +279,10 @@ main()
 
 def collect_command(workdir: str) -> str:
     """The shell line that runs :data:`COLLECT_SCRIPT` in ``workdir`` (request on stdin)."""
-    return f"cd -- {workdir_expr(workdir)} && exec python3 -c {shlex.quote(COLLECT_SCRIPT)}"
+    # -I -S: no user site, no environment, no site import: faster, and nothing of the
+    # host's Python set-up changes what the stdlib-only program does.
+    script = shlex.quote(COLLECT_SCRIPT)
+    return f"cd -- {workdir_expr(workdir)} && exec python3 -I -S -c {script}"
 
 
 def collect_request(patterns: Sequence[str]) -> bytes:
@@ -423,17 +438,17 @@ def pull_argv(
     Symlinks are copied as the files they point to (collect already checked they stay
     inside the workdir; the hashes are checked on arrival anyway).
     """
-    host = f"[{address}]" if ":" in address else address
     return [
         "rsync",
         "--protect-args",
         "--from0",
         f"--files-from={list_file}",
         "--copy-links",
+        "--perms",
         "--times",
         "-e",
         shlex.join(ssh),
-        f"{user}@{host}:{rsync.remote_path(root).rstrip('/') or '/'}/",
+        rsync.remote_dir(user, address, root),
         into.rstrip("/") + "/",
     ]
 
@@ -476,9 +491,9 @@ def pull(
             )
         if not fetched:
             _pull_sftp(connector, host, root, entries, recv, cancel=cancel)
-        _verify(host.name, entries, recv)
+        modes = _verify(host.name, entries, recv)
         _check_cancel(host.name, cancel)
-        _install(entries, recv, dest_dir)
+        _install(entries, recv, dest_dir, modes)
 
 
 def _check_cancel(name: str, cancel: threading.Event | None) -> None:
@@ -584,19 +599,25 @@ def _sftp_copy(sftp: Any, remote: str, handle: BinaryIO, check: Callable[[], Non
         handle.write(source.read(1))  # a file that grew no longer matches its hash
 
 
-def _verify(name: str, entries: Sequence[FileEntry], recv: Path) -> None:
+def _verify(name: str, entries: Sequence[FileEntry], recv: Path) -> dict[str, int]:
+    """Check every file under ``recv`` against its entry; the permission bits each
+    arrived with, by path."""
+    modes: dict[str, int] = {}
+    base = str(recv)
     for entry in entries:
         try:
-            got = hash_file(recv / entry.path, root=recv)
+            size, sha256, mode = file_digest(f"{base}/{entry.path}")
         except IntegrityError as exc:
             raise IntegrityError(f"{name}: {entry.path!r} did not arrive intact: {exc}") from None
-        if (got.size, got.sha256) != (entry.size, entry.sha256):
+        if (size, sha256) != (entry.size, entry.sha256):
             raise IntegrityError(
                 f"{name}: {entry.path!r} changed in transit or on the host: expected "
-                f"{entry.size} bytes sha256 {entry.sha256[:16]}…, got {got.size} bytes "
-                f"sha256 {got.sha256[:16]}…",
+                f"{entry.size} bytes sha256 {entry.sha256[:16]}…, got {size} bytes "
+                f"sha256 {sha256[:16]}…",
                 fix="was the file still being written after its task ended?",
             )
+        modes[entry.path] = mode
+    return modes
 
 
 def _install_target(base: Path, entry: FileEntry) -> Path:
@@ -609,7 +630,25 @@ def _install_target(base: Path, entry: FileEntry) -> Path:
     return target
 
 
-def _install(entries: Sequence[FileEntry], recv: Path, dest_dir: Path) -> None:
+def _install(
+    entries: Sequence[FileEntry], recv: Path, dest_dir: Path, modes: dict[str, int]
+) -> None:
+    """Give every file its mode and move it from ``recv`` to its place under ``dest_dir``.
+
+    ``modes`` are the bits the files arrived with (chmod only where they differ). Into a
+    destination that holds nothing else yet (a fresh run directory), the received
+    top-level entries move with one rename each, so a tree appears all at once.
+    """
+    for entry in entries:
+        if modes.get(entry.path) != entry.mode & 0o777:
+            os.chmod(recv / entry.path, entry.mode & 0o777)
+    with os.scandir(dest_dir) as it:
+        present = [e.name for e in it]
+    fresh = present == [recv.parent.name] and recv.parent.parent.resolve() == dest_dir.resolve()
+    if fresh and recv.parent.name not in {e.path.split("/", 1)[0] for e in entries}:
+        for child in os.listdir(recv):
+            os.rename(recv / child, dest_dir / child)
+        return
     base = dest_dir.resolve()
     # Many files share a directory: check (and make) each parent once, not per file.
     # _make_parents resolves the whole path, which is most of the cost of a small file.
@@ -629,9 +668,7 @@ def _install(entries: Sequence[FileEntry], recv: Path, dest_dir: Path) -> None:
             raise IntegrityError(
                 f"{target}: exists and is not a regular file; refusing to replace it"
             )
-        source = recv / rel
-        os.chmod(source, entry.mode & 0o777)
-        os.replace(source, target)
+        os.replace(recv / rel, target)
 
 
 def _make_parents(base: Path, parent: Path, path: str) -> None:
@@ -696,9 +733,9 @@ def pull_local(
             target = recv / safe_relative_path(entry.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / entry.path, target)
-        _verify(host.name, entries, recv)
+        modes = _verify(host.name, entries, recv)
         _check_cancel(host.name, cancel)
-        _install(entries, recv, dest_dir)
+        _install(entries, recv, dest_dir, modes)
 
 
 def pull_from(

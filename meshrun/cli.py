@@ -143,6 +143,15 @@ def _accept_option(p: argparse.ArgumentParser) -> argparse.Action:
     )
 
 
+def _sign_key_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
+        "--sign-key",
+        metavar="KEY",
+        help="Sign the run's manifest.json with this Ed25519 key (OpenSSH format, e.g. "
+        "from `meshrun keygen`); check it later with `meshrun verify`.",
+    )
+
+
 def _connect_timeout_option(p: argparse.ArgumentParser) -> argparse.Action:
     return p.add_argument(
         "--connect-timeout",
@@ -206,12 +215,7 @@ def _fleet_options(
             help="Where pulled files land, with a copy of the manifest "
             "(default: STATE_DIR/runs/<run-id>/hosts/).",
         ),
-        p.add_argument(
-            "--sign-key",
-            metavar="KEY",
-            help="Sign the run's manifest.json with this Ed25519 key (OpenSSH format, e.g. "
-            "from `meshrun keygen`); check it later with `meshrun verify`.",
-        ),
+        _sign_key_option(p),
         p.add_argument(
             "--state-dir",
             metavar="DIR",
@@ -804,12 +808,7 @@ def _parse_dispatch(args: list[str]) -> dict[str, Any]:
         help="Put each task's outputs under DIR/<task>/ (with a copy of the manifest) "
         "instead of at their paths in the workspace.",
     )
-    p.add_argument(
-        "--sign-key",
-        metavar="KEY",
-        help="Sign the run's manifest.json with this Ed25519 key (OpenSSH format, e.g. "
-        "from `meshrun keygen`); check it later with `meshrun verify`.",
-    )
+    _sign_key_option(p)
     p.add_argument(
         "-o",
         "--output",

@@ -6,12 +6,10 @@ What a library user calls; the CLI only parses options around it.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +18,14 @@ from meshrun.errors import InputError, IntegrityError, InventoryError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
 from meshrun.inventory import Host, HostDefaults, select_hosts
-from meshrun.manifest import FileEntry, HostEntry, Manifest, TaskEntry, write_manifest
+from meshrun.manifest import (
+    FileEntry,
+    HostEntry,
+    Manifest,
+    TaskEntry,
+    run_manifest,
+    write_manifest,
+)
 from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
 from meshrun.tasks import Task, TaskGraph, check_placeable
@@ -237,13 +242,11 @@ def build_manifest(
     graph: TaskGraph, report: DispatchReport, command_line: Sequence[str]
 ) -> Manifest:
     """The run's manifest: hosts with their host-key fingerprints, each task's end."""
-    started = datetime.fromtimestamp(report.started_at, UTC)
-    return Manifest(
+    return run_manifest(
         run_id=report.run_id,
-        started=started,
-        ended=datetime.fromtimestamp(report.started_at + report.duration_s, UTC),
-        coordinator=socket.gethostname(),
-        command_line=tuple(command_line),
+        started_at=report.started_at,
+        duration_s=report.duration_s,
+        command_line=command_line,
         hosts=tuple(
             HostEntry(h.name, h.address or h.name, h.host_key_fingerprint) for h in report.hosts
         ),

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import socket
 import stat
 import tempfile
 from collections.abc import Sequence
@@ -340,6 +341,28 @@ class Manifest:
         return [(task, entry) for task in self.tasks for entry in task.files]
 
 
+def run_manifest(
+    *,
+    run_id: str,
+    started_at: float,
+    duration_s: float,
+    command_line: Sequence[str],
+    hosts: Sequence[HostEntry],
+    tasks: Sequence[TaskEntry],
+) -> Manifest:
+    """The manifest of a run on this coordinator that started at ``started_at`` (wall
+    clock, seconds) and lasted ``duration_s``: what dispatch and fleet runs both write."""
+    return Manifest(
+        run_id=run_id,
+        started=datetime.fromtimestamp(started_at, UTC),
+        ended=datetime.fromtimestamp(started_at + duration_s, UTC),
+        coordinator=socket.gethostname(),
+        command_line=tuple(command_line),
+        hosts=tuple(hosts),
+        tasks=tuple(tasks),
+    )
+
+
 def canonical_bytes(manifest: Manifest) -> bytes:
     """The bytes that are written and signed (see the module docstring)."""
     text = json.dumps(
@@ -399,6 +422,16 @@ def hash_file(path: Path, *, root: Path | None = None) -> FileEntry:
         relative = path.relative_to(base).as_posix()
     except ValueError:
         raise IntegrityError(f"{path} is not inside {base}") from None
+    size, sha256, mode = file_digest(str(path))
+    return FileEntry(relative, size, sha256, mode)
+
+
+def file_digest(path: str) -> tuple[int, str, int]:
+    """Size, sha256 (hex) and permission bits of the regular file at ``path``, streamed.
+
+    The lean core of :func:`hash_file` (plain strings: it runs once per file pulled).
+    Symlinks are not followed; anything but a readable regular file is an IntegrityError.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -411,12 +444,13 @@ def hash_file(path: Path, *, root: Path | None = None) -> FileEntry:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise IntegrityError(f"{path}: not a regular file")
-        buffer = bytearray(CHUNK_BYTES)
+        # Sized to the file: a fresh zeroed 1 MiB per small file costs more than its hash.
+        buffer = bytearray(min(CHUNK_BYTES, info.st_size + 1))
         view = memoryview(buffer)
         while count := handle.readinto(buffer):
             digest.update(view[:count])
             size += count
-    return FileEntry(relative, size, digest.hexdigest(), stat.S_IMODE(info.st_mode))
+    return size, digest.hexdigest(), stat.S_IMODE(info.st_mode)
 
 
 def hash_tree(root: Path) -> tuple[FileEntry, ...]:
@@ -855,9 +889,11 @@ __all__ = [
     "TaskEntry",
     "VerifyReport",
     "canonical_bytes",
+    "file_digest",
     "hash_file",
     "hash_tree",
     "parse_manifest",
+    "run_manifest",
     "safe_relative_path",
     "verify_directory",
     "write_manifest",

@@ -28,11 +28,9 @@ and a pull directory elsewhere (``--pull-dir``) gets its own copy of the manifes
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +46,7 @@ from meshrun.manifest import (
     HostEntry,
     Manifest,
     TaskEntry,
+    run_manifest,
     write_manifest,
 )
 from meshrun.transport.base import Connector
@@ -148,13 +147,11 @@ def build_fleet_manifest(
     never started (``skipped``) has no attempt and no duration.
     """
     address = {h.name: h.address or h.name for h in hosts}
-    started = datetime.fromtimestamp(report.started_at, UTC)
-    return Manifest(
+    return run_manifest(
         run_id=report.run_id,
-        started=started,
-        ended=datetime.fromtimestamp(report.started_at + report.duration_s, UTC),
-        coordinator=socket.gethostname(),
-        command_line=tuple(command_line),
+        started_at=report.started_at,
+        duration_s=report.duration_s,
+        command_line=command_line,
         hosts=tuple(
             HostEntry(r.name, address.get(r.name, r.name), r.host_key_fingerprint)
             for r in report.results

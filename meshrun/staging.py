@@ -159,7 +159,6 @@ def push_argv(
     """rsync that copies the NUL-separated relative paths in ``list_file`` from
     ``source`` into the host's ``root``, always sending (no quick-check skip), with the
     files' permission bits. rsync writes each file aside and renames it into place."""
-    host = f"[{address}]" if ":" in address else address
     return [
         "rsync",
         "--protect-args",
@@ -172,7 +171,7 @@ def push_argv(
         "-e",
         shlex.join(ssh),
         source.rstrip("/") + "/",
-        f"{user}@{host}:{rsync.remote_path(root).rstrip('/') or '/'}/",
+        rsync.remote_dir(user, address, root),
     ]
 
 

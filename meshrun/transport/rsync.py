@@ -54,6 +54,13 @@ def remote_path(workdir: str) -> str:
     return workdir
 
 
+def remote_dir(user: str, address: str, directory: str) -> str:
+    """rsync's ``user@host:DIR/`` for a directory on the host (an IPv6 address in
+    brackets, ``~/x`` relative to the login directory)."""
+    host = f"[{address}]" if ":" in address else address
+    return f"{user}@{host}:{remote_path(directory).rstrip('/')}/"
+
+
 def push_argv(
     *,
     ssh: Sequence[str],
@@ -69,13 +76,12 @@ def push_argv(
     Incremental (rsync's delta transfer), keeps relative layout, never deletes on the
     host: a misconfigured workdir must not cost anyone their files.
     """
-    host = f"[{address}]" if ":" in address else address
     argv = ["rsync", "-a", "--relative", "--mkpath", "-e", shlex.join(ssh)]
     for pattern in excludes:
         argv += ["--exclude", pattern]
     root = root.rstrip("/") or "/"
     argv += [f"{root}/./{p}" if p != "." else f"{root}/./" for p in paths]
-    argv.append(f"{user}@{host}:{remote_path(workdir).rstrip('/')}/")
+    argv.append(remote_dir(user, address, workdir))
     return argv
 
 

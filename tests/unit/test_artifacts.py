@@ -240,7 +240,7 @@ def test_collect_command_runs_in_the_workdir_through_sh(tree: Path) -> None:
 
 
 def test_collect_command_with_home_workdir() -> None:
-    assert collect_command("~/w s").startswith("cd -- \"$HOME\"/'w s' && exec python3 -c ")
+    assert collect_command("~/w s").startswith("cd -- \"$HOME\"/'w s' && exec python3 -I -S -c ")
 
 
 def test_pull_argv_shape() -> None:
