@@ -45,6 +45,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -430,6 +431,19 @@ def remote_root(connector: SSHConnector, host: Host, workdir: str | None = None)
     return workdir
 
 
+_HAS_RSYNC: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
+
+
+def host_has_rsync(conn: Connection) -> bool:
+    """Whether rsync is on the host's PATH: asked once per connection (a dispatch run
+    pulls after every task on the same pooled connection)."""
+    known = _HAS_RSYNC.get(conn)
+    if known is None:
+        known = conn.run_raw("command -v rsync >/dev/null 2>&1").exit_code == 0
+        _HAS_RSYNC[conn] = known
+    return known
+
+
 def pull_argv(
     *, ssh: Sequence[str], user: str, address: str, root: str, list_file: str, into: str
 ) -> list[str]:
@@ -523,8 +537,7 @@ def _pull_rsync(
     timeout_s: float = 3600.0,
 ) -> bool:
     """Fetch with rsync; False when the host has no rsync (the caller falls back)."""
-    probe = connector.connect(host).run_raw("command -v rsync >/dev/null 2>&1")
-    if probe.exit_code != 0:
+    if not host_has_rsync(connector.connect(host)):
         return False
     ep, ssh = connector.rsync_ssh(host)
     list_file = tmp / "files0"

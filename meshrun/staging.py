@@ -132,7 +132,7 @@ def _push_ssh(
     has_rsync = (
         use_rsync
         and shutil.which("rsync") is not None
-        and conn.run_raw("command -v rsync >/dev/null 2>&1").exit_code == 0
+        and artifacts.host_has_rsync(conn)
     )
     for item, entries in todo:
         if has_rsync:
