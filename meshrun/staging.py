@@ -129,11 +129,7 @@ def _push_ssh(
 ) -> None:
     conn = connector.connect(host)
     root = artifacts.remote_root(connector, host)
-    has_rsync = (
-        use_rsync
-        and shutil.which("rsync") is not None
-        and artifacts.host_has_rsync(conn)
-    )
+    has_rsync = use_rsync and shutil.which("rsync") is not None and artifacts.host_has_rsync(conn)
     for item, entries in todo:
         if has_rsync:
             _push_rsync(connector, host, root, item.source, entries)
