@@ -404,3 +404,15 @@ def test_transfer_cost_counts_only_needs_that_left_outputs_elsewhere() -> None:
     moved = policy.transfer_setup_s + 10**8 / policy.transfer_bytes_per_s
     assert scheduler.transfer_s("c", placed["a"]) == 0.0
     assert scheduler.transfer_s("c", placed["b"]) == moved
+
+
+def test_tasks_ready_at_the_start_are_placed_longest_first_whatever_the_file_order() -> None:
+    # tasks.toml lists the short ones first. Placed in that order, the long task
+    # would join a short one's queue (h1: a then c); placed longest first, it gets a
+    # host of its own and both short ones share the other: makespan 2, not 3.
+    g = graph(task("a"), task("b"), task("c"))
+    scheduler = Scheduler(g, {"a": 1.0, "b": 1.0, "c": 2.0}, Policy(), hosts(2))
+    started = {d.task: d.host for d in scheduler.start(0.0) if isinstance(d, Start)}
+    assert "c" in started
+    queued = {name: h for h, state in scheduler.hosts.items() for _, _, name in state.queue}
+    assert len(queued) == 1 and next(iter(queued.values())) != started["c"], (started, queued)
