@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meshrun.errors import InputError, IntegrityError
+from meshrun.sshkeys import sha256_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ def public_key_blob(key: Ed25519PublicKey) -> bytes:
 
 def fingerprint(key: Ed25519PublicKey) -> str:
     """OpenSSH's fingerprint (``ssh-keygen -l``): ``SHA256:`` + unpadded base64."""
-    digest = hashlib.sha256(public_key_blob(key)).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return sha256_fingerprint(public_key_blob(key))
 
 
 def same_key(a: Ed25519PublicKey, b: Ed25519PublicKey) -> bool:
