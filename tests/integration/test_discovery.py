@@ -423,7 +423,9 @@ def netns() -> Iterator[tuple[str, str, str]]:
             f"ip netns exec {name} ip link set {inside} up",
             f"ip netns exec {name} ip link set lo up",
         ):
-            subprocess.run(command.split(), check=True, capture_output=True)
+            step = subprocess.run(command.split(), capture_output=True, text=True)
+            if step.returncode != 0:  # e.g. no veth support in this kernel or container
+                pytest.skip(f"cannot set up a veth link here: {command}: {step.stderr.strip()}")
         yield name, ours, theirs
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
