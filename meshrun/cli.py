@@ -1133,7 +1133,7 @@ def verify_command(
     sys.stderr.write(
         f"meshrun: verify {state}: signature {result.signature.value}"
         + (f" by {result.signer_fingerprint}" if result.signer_fingerprint else "")
-        + f", {result.files_checked} files checked\n"
+        + f", {result.files_checked} file{'' if result.files_checked == 1 else 's'} checked\n"
     )
     return 0 if result.ok and (allowed is None or result.signature.value == "trusted") else 4
 
