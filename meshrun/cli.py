@@ -589,14 +589,16 @@ def hosts_command(
     connect_timeout: str,
     verbose: int,
     accept_new_host_keys: bool,
+    discovery: _Discovery,
 ) -> int:
     """Check every selected host: reachable, login ok, round trip, CPUs, load, python3.
 
-    Exits 3 if any host is unreachable or refuses the login.
+    Exits 3 if any host is unreachable or refuses the login. With --discover, the
+    agents found on the LAN are checked too (each held to the host key it advertised).
     """
     _setup_logging(verbose, False)
     with _input_errors():
-        selected = _select(hosts, limit)
+        selected = _select(hosts, limit, discovery)
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
     connector = meshrun.default_connector(
         selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
@@ -620,7 +622,8 @@ def _parse_hosts(args: list[str]) -> dict[str, Any]:
     _connect_timeout_option(p)
     _verbose_option(p)
     _accept_option(p)
-    return vars(p.parse_args(args))
+    _discover_options(p)
+    return _with_discovery(vars(p.parse_args(args)))
 
 
 # -- dispatch --------------------------------------------------------------------------------

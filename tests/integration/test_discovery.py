@@ -393,6 +393,16 @@ def test_exec_discover_holds_agents_to_their_advertised_host_key(
     assert "possible spoof" in known.hosts[spoof.name]["error"]
     assert "possible spoof" in known.stderr, "the console must say why too"
 
+    # `meshrun hosts --discover` checks the agents the same way.
+    checked = run_meshrun(
+        "hosts", "--discover", "--interface", LOOPBACK, "--discover-timeout", "1s",
+        "-l", f"label:{token}", "--hosts", defaults_only, "--json",
+    )  # fmt: skip
+    assert checked.rc == 3, checked.describe()
+    probes = {h["name"]: h for h in checked.doc["hosts"]}
+    assert probes[good.name]["reachable"] and probes[good.name]["auth_ok"], checked.describe()
+    assert "possible spoof" in (probes[spoof.name]["error"] or ""), checked.describe()
+
 
 # -- a real link: two network namespaces joined by a veth pair ----------------------------
 
