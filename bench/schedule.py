@@ -336,7 +336,7 @@ def simulate_joined(
     """
     import heapq
 
-    from meshrun.scheduler import HostJoined, Policy, Scheduler, Start, TaskSucceeded
+    from meshrun.scheduler import Cancel, HostJoined, Policy, Scheduler, Start, TaskSucceeded
 
     scheduler = Scheduler(graph, expected, Policy())
     if replace_on_join:
@@ -344,14 +344,19 @@ def simulate_joined(
     speed = {h.name: h.speed for h in hosts}
     heap: list[tuple[float, int, Any]] = []
     seq = 0
+    stopped: set[tuple[str, str]] = set()  # (task, host) runs stopped (moved) early
 
     def apply(decisions: Sequence[Any], now: float) -> None:
         nonlocal seq
         for d in decisions:
             if isinstance(d, Start):
+                stopped.discard((d.task, d.host))
                 took = actual[d.task] / speed[d.host]
                 seq += 1
                 heapq.heappush(heap, (now + took, seq, TaskSucceeded(d.task, d.host, took)))
+            elif isinstance(d, Cancel):  # a running task moved to a host that joined
+                stopped.add((d.task, d.host))
+                apply(scheduler.cancelled_running(d.task, d.host, d.reason, now), now)
 
     apply(scheduler.start(0.0), 0.0)
     for i, h in enumerate(hosts):
@@ -361,6 +366,8 @@ def simulate_joined(
     while heap:
         now, _, event = heapq.heappop(heap)
         if isinstance(event, TaskSucceeded):
+            if (event.task, event.host) in stopped:
+                continue
             makespan = now
         apply(scheduler.handle(event, now), now)
     if not scheduler.finished:

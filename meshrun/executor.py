@@ -525,18 +525,7 @@ class Dispatcher:
             # The runner lost it; a RunnerGone follows and re-queues it.
             return
         if attempt.cancelled and not attempt.timed_out:
-            self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
-            self._announced.add(attempt.task)
-            self.observer(
-                TaskEnded(
-                    attempt.task,
-                    attempt.host,
-                    TaskStatus.CANCELLED,
-                    event.exit_code,
-                    duration,
-                    "cancelled",
-                )
-            )
+            self._stopped(attempt, event.exit_code, duration, started)
             return
         if attempt.timed_out:
             timeout = self._timeout_of(attempt.task)
@@ -569,6 +558,32 @@ class Dispatcher:
                 attempt.task, attempt.host, event.exit_code, f"exit code {event.exit_code}"
             )
         self._conclude(attempt, duration, event_out, event.exit_code, started)
+
+    def _stopped(
+        self, attempt: _Attempt, exit_code: int | None, duration: float, started: float
+    ) -> None:
+        """A cancelled attempt has stopped: the task ends cancelled, or, when the
+        scheduler moved it to a host that joined, starts again there."""
+        decisions = self._scheduler.cancelled_running(
+            attempt.task, attempt.host, self._stop_reason(), self._now(started)
+        )
+        if self._scheduler.records[attempt.task].status.final:
+            self._announced.add(attempt.task)
+            self.observer(
+                TaskEnded(
+                    attempt.task,
+                    attempt.host,
+                    TaskStatus.CANCELLED,
+                    exit_code,
+                    duration,
+                    "cancelled",
+                )
+            )
+        else:
+            self.observer(
+                Notice(f"{attempt.task}: moved from {attempt.host} to a faster host that joined")
+            )
+        self._apply(decisions, started)
 
     def _collect_outputs(self, task_id: str, host: Host, task: Task) -> None:
         assert self.collect is not None
@@ -777,12 +792,7 @@ class Dispatcher:
         if attempt.cancelled:
             del self._running[item.task_id]
             attempt.log.close()
-            self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
-            self._announced.add(attempt.task)
-            self.observer(
-                TaskEnded(attempt.task, attempt.host, TaskStatus.CANCELLED, None, took, "cancelled")
-            )
-            self._announce_ends()
+            self._stopped(attempt, None, took, started)
             return
         if item.error is not None:
             del self._running[item.task_id]
@@ -859,11 +869,12 @@ class Dispatcher:
         for info in self._info.values():
             if info.runner is not None:
                 threading.Thread(target=info.runner.close, daemon=True).start()
+        # Stop first, so that no task being moved is queued again.
+        self._scheduler.handle(CancelAll(INTERRUPTED), self._now(started))
         for attempt in list(self._running.values()):
             attempt.log.close()
             self._scheduler.cancelled_running(attempt.task, attempt.host, INTERRUPTED)
         self._running.clear()
-        self._scheduler.handle(CancelAll(INTERRUPTED), self._now(started))
 
     def _shutdown(self, connectors: list[threading.Thread]) -> None:
         self._closing = True

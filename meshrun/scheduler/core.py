@@ -19,6 +19,10 @@ How work is placed:
   them to be pushed to its host, so every finish estimate above adds that transfer
   (``Policy.transfer_setup_s`` per need plus bytes at ``transfer_bytes_per_s``). A
   chain therefore stays on one host unless another host would still end it sooner.
+- **moving a running task**: a host that joins mid-run (a discovered agent) with
+  nothing to do takes over running tasks it would end clearly sooner (a long task
+  that started on a slow host just before a fast one arrived): the task is stopped
+  where it runs and started again there, as after a lost host (not an attempt).
 - **dynamic concurrency**: each host starts at ``slots`` load units; distress
   (an infrastructure failure, a timeout, load above its CPUs) halves the limit, at most
   once per ``distress_cooldown_s``; each clean success adds one back, up to ``slots``.
@@ -60,6 +64,15 @@ STEAL_MARGIN = 1.0
 
 #: How far down a blocked queue backfilling looks for a task that fits.
 BACKFILL_LOOKAHEAD = 32
+
+#: A host that joins mid-run with nothing queued takes over a running task (which is
+#: stopped and started again there) only if that ends it this much sooner: at least
+#: MOVE_MIN_GAIN_S, and MOVE_MIN_GAIN of the time the task still has where it runs.
+MOVE_MIN_GAIN_S = 1.0
+MOVE_MIN_GAIN = 0.25
+
+#: Up to this many (queued tasks x hosts), a join places every queued task again.
+REPLACE_MAX_WORK = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +243,7 @@ class Scheduler:
         self._outputs: dict[str, int] = {}  # succeeded task -> bytes of outputs it left
         self._stalled: list[str] = []  # ready but no live host can run them
         self._ended: list[str] = []  # final since the last take_ended()
+        self._moving: dict[str, str] = {}  # running task being stopped -> its new host
         for record in self.records.values():
             record.waiting_on = len(record.task.needs)
         for spec in hosts:
@@ -275,11 +289,9 @@ class Scheduler:
             joined = (event.host,) if isinstance(event, HostJoined) else event.hosts
             for spec in joined:
                 self._add_host(spec)
-            stalled, self._stalled = self._stalled, []
-            for name in self._by_priority(stalled):
-                self._place(name)
+            self._replace_queued([self.hosts[spec.name] for spec in joined])
             for spec in joined:
-                self._rebalance_onto(self.hosts[spec.name])
+                decisions += self._move_onto(self.hosts[spec.name], now)
         elif isinstance(event, HostLost):
             self._lose_host(event.host)
         elif isinstance(event, TaskSucceeded):
@@ -378,6 +390,31 @@ class Scheduler:
         best = min(candidates, key=lambda h: (self._finish_s(h, record), h.spec.name))
         self._enqueue(best, name)
 
+    def _replace_queued(self, newcomers: list[_HostState]) -> None:
+        """Place every queued (and stalled) task again now that ``newcomers`` joined,
+        highest priority first, as if all hosts had been there from the start.
+
+        Above REPLACE_MAX_WORK (queued tasks x hosts) each newcomer only takes over the
+        queued tasks it would finish sooner: many hosts joining one by one must not
+        make each join cost a full placement.
+        """
+        queued = sum(len(h.queue) for h in self.hosts.values()) + len(self._stalled)
+        if queued * len(self.hosts) > REPLACE_MAX_WORK:
+            stalled, self._stalled = self._stalled, []
+            for name in self._by_priority(stalled):
+                self._place(name)
+            for newcomer in newcomers:
+                self._rebalance_onto(newcomer)
+            return
+        names = list(self._stalled)
+        self._stalled.clear()
+        for host in self.hosts.values():
+            names += [name for _, _, name in host.queue]
+            host.queue.clear()
+            host.queued_work = 0.0
+        for name in self._by_priority(names):
+            self._place(name)
+
     def _rebalance_onto(self, newcomer: _HostState) -> None:
         """Give a joining host the queued tasks it would finish sooner.
 
@@ -400,11 +437,55 @@ class Scheduler:
                 self._dequeue(host, host.queue.index(entry))
                 self._enqueue(newcomer, name)
 
+    def _move_onto(self, newcomer: _HostState, now: float) -> list[Decision]:
+        """Stop running tasks that ``newcomer`` would end clearly sooner; they start
+        again there once stopped (see :meth:`cancelled_running`).
+
+        Only tasks that would start on the newcomer at once count (its free room after
+        the queued tasks of higher priority), biggest gain first.
+        """
+        if self._stopping is not None:
+            return []
+        gains: list[tuple[float, str]] = []
+        for host in self.hosts.values():
+            if host is newcomer or not host.alive:
+                continue
+            for name, end in host.expected_end.items():
+                record = self.records[name]
+                if name in self._moving or not self._eligible(newcomer, record.task):
+                    continue
+                if newcomer.spec.name in record.avoid:
+                    continue
+                left = end - now
+                there = record.expected_s / newcomer.spec.speed + self.transfer_s(
+                    name, newcomer.spec.name
+                )
+                gain = left - there
+                if gain >= max(MOVE_MIN_GAIN_S, MOVE_MIN_GAIN * left):
+                    gains.append((gain, name))
+        decisions: list[Decision] = []
+        taken = newcomer.used
+        for _, name in sorted(gains, key=lambda g: (-g[0], g[1])):
+            record = self.records[name]
+            ahead = sum(
+                self.records[queued].task.weight
+                for _, _, queued in newcomer.queue
+                if self.records[queued].priority > record.priority
+            )
+            if taken + ahead + record.task.weight > newcomer.limit:
+                continue
+            taken += record.task.weight
+            assert record.host is not None
+            self._moving[name] = newcomer.spec.name
+            decisions.append(Cancel(name, record.host, f"moved to {newcomer.spec.name}"))
+        return decisions
+
     def _succeeded(self, event: TaskSucceeded) -> None:
         record = self.records[event.task]
         host = self.hosts.get(event.host)
         if record.status is not TaskStatus.RUNNING or record.host != event.host:
             return  # a late report for a task already re-queued elsewhere
+        self._moving.pop(event.task, None)  # it ended before the stop landed
         if host is not None:
             self._release(host, event.task)
             host.limit = min(host.spec.slots, host.limit + 1)
@@ -424,6 +505,7 @@ class Scheduler:
         record = self.records[event.task]
         if record.status is not TaskStatus.RUNNING or record.host != event.host:
             return []
+        self._moving.pop(event.task, None)
         host = self.hosts.get(event.host)
         if host is not None:
             self._release(host, event.task)
@@ -473,6 +555,7 @@ class Scheduler:
         host.queued_work = host.running_work = 0.0
         for task in orphans:
             record = self.records[task]
+            self._moving.pop(task, None)
             if record.status is TaskStatus.RUNNING:
                 record.attempts -= 1  # a lost host is not the task's failure
             if self._stopping is not None:
@@ -504,14 +587,32 @@ class Scheduler:
                     decisions.append(Cancel(name, host.spec.name, reason))
         return decisions
 
-    def cancelled_running(self, task: str, host: str, reason: str) -> None:
-        """The executor confirms a cancelled task has stopped."""
+    def cancelled_running(
+        self, task: str, host: str, reason: str, now: float = 0.0
+    ) -> list[Decision]:
+        """The executor confirms a cancelled task has stopped.
+
+        A task that was being moved is queued on its new host (its attempt does not
+        count) and the answer may start it; any other cancelled task ends cancelled.
+        """
         record = self.records[task]
         state = self.hosts.get(host)
         if state is not None:
             self._release(state, task)
+        target = self._moving.pop(task, None)
+        if target is not None and not record.status.final and self._stopping is None:
+            record.status = TaskStatus.QUEUED
+            record.attempts -= 1
+            record.host = None
+            new = self.hosts.get(target)
+            if new is not None and self._eligible(new, record.task):
+                self._enqueue(new, task)
+            else:
+                self._place(task)
+            return self._fill(now)
         if not record.status.final:
             self._end(task, TaskStatus.CANCELLED, reason)
+        return []
 
     def _end(self, name: str, status: TaskStatus, error: str | None) -> None:
         record = self.records[name]

@@ -128,7 +128,7 @@ def simulate(
                     result.intervals.append(
                         Interval(d.task, d.host, start, now, "cancelled", units)
                     )
-                scheduler.cancelled_running(d.task, d.host, d.reason)
+                apply(scheduler.cancelled_running(d.task, d.host, d.reason, now), now)
 
     for host, at in (lose_hosts or {}).items():
         push(at, HostLost(host, "simulated loss"))
@@ -148,16 +148,19 @@ def simulate(
             speeds_alive = {h: s for h, s in speeds.items() if h != event.host}
             speeds.clear()
             speeds.update(speeds_alive)
+        elif isinstance(event, HostJoined) and event.host.name not in speeds:
+            event = None  # lost before it joined: it never comes
         elif key is not None:
             if key not in running:
-                continue  # the attempt was lost or cancelled meanwhile
-            start = running.pop(key)
-            outcome = "succeeded" if isinstance(event, TaskSucceeded) else "failed"
-            result.intervals.append(
-                Interval(key[0], key[1], start, now, outcome, graph.tasks[key[0]].weight)
-            )
-        assert event is not None
-        apply(scheduler.handle(event, now), now)
+                event = None  # the attempt was lost, cancelled or moved meanwhile
+            else:
+                start = running.pop(key)
+                outcome = "succeeded" if isinstance(event, TaskSucceeded) else "failed"
+                result.intervals.append(
+                    Interval(key[0], key[1], start, now, outcome, graph.tasks[key[0]].weight)
+                )
+        if event is not None:
+            apply(scheduler.handle(event, now), now)
         if not heap and not scheduler.finished:
             apply(scheduler.handle(Abandon("every host is gone"), now), now)
     result.makespan = max((i.end for i in result.intervals), default=0.0)

@@ -6,6 +6,7 @@ Local hosts through the real agent subprocess; no SSH and no zeroconf here.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from meshrun.executor import (
@@ -13,6 +14,7 @@ from meshrun.executor import (
     DispatchEvent,
     DispatchOptions,
     DispatchReport,
+    Notice,
     TaskStarted,
 )
 from meshrun.inventory import Host
@@ -21,7 +23,13 @@ from meshrun.tasks import parse_tasks
 from meshrun.transport.local import LocalConnector
 
 
-def dispatcher(tmp_path: Path, tasks: str, hosts: list[Host], **options: object) -> Dispatcher:
+def dispatcher(
+    tmp_path: Path,
+    tasks: str,
+    hosts: list[Host],
+    expected_s: dict[str, float] | None = None,
+    **options: object,
+) -> Dispatcher:
     graph = parse_tasks(tasks, source="tasks.toml", root=tmp_path)
     return Dispatcher(
         graph=graph,
@@ -29,7 +37,7 @@ def dispatcher(tmp_path: Path, tasks: str, hosts: list[Host], **options: object)
         connector=LocalConnector(),
         run_id="r1",
         run_dir=tmp_path / "run",
-        expected_s={},
+        expected_s=expected_s or {},
         options=DispatchOptions(sync=False, **options),  # type: ignore[arg-type]
     )
 
@@ -107,3 +115,33 @@ run = 'if [ "$MESHRUN_HOST" = first ]; then sleep 30; fi; echo done'
     hosts = {h.name: (h.status, h.error) for h in report.hosts}
     assert hosts["first"] == ("lost", "its agent left the network")
     assert hosts["second"][0] == "ok"
+
+
+def test_a_much_faster_host_that_joins_takes_over_a_long_running_task(tmp_path: Path) -> None:
+    tasks = """
+[[task]]
+name = "long"
+run = 'if [ "$MESHRUN_HOST" = slow ]; then sleep 30; fi; echo done on $MESHRUN_HOST'
+"""
+    started = threading.Event()
+    notices: list[str] = []
+
+    def observe(event: DispatchEvent) -> None:
+        if isinstance(event, TaskStarted) and event.host == "slow":
+            started.set()
+        if isinstance(event, Notice):
+            notices.append(event.text)
+
+    slow = local("slow", tmp_path)
+    # Known from history: a 40 s task on a weight-1 host.
+    d = dispatcher(tmp_path, tasks, [slow], expected_s={"long": 40.0})
+    d.observer = observe
+    thread, out = run_in_thread(d)
+    assert started.wait(10), "the task never started on the slow host"
+    d.add_host(replace(local("fast", tmp_path), weight=4.0))
+    thread.join(20)
+    (report,) = out
+    assert report.exit_code == 0
+    (t,) = report.tasks
+    assert (t.status, t.host, t.attempts) == (TaskStatus.SUCCEEDED, "fast", 1)
+    assert any("moved from slow" in n for n in notices), notices

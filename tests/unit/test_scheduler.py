@@ -227,6 +227,7 @@ def scenarios(
     dict[str, float],
     Policy,
     dict[str, int],
+    dict[str, float],
 ]:
     n = draw(st.integers(1, 25))
     names = [f"t{i}" for i in range(n)]
@@ -248,7 +249,11 @@ def scenarios(
     lose = {h: draw(st.floats(0, 20)) for h in lost_names}
     policy = Policy(fail_fast=draw(st.booleans()))
     outputs = draw(st.dictionaries(st.sampled_from(names), st.integers(0, 10**9), max_size=n))
-    return graph(*tasks), durations, fleet, failures, lose, policy, outputs
+    # Some hosts join later (a discovered agent): queued work is placed again and
+    # running tasks may move to them.
+    late = draw(st.lists(st.sampled_from([h.name for h in fleet]), unique=True))
+    join = {h: draw(st.floats(0, 15)) for h in late}
+    return graph(*tasks), durations, fleet, failures, lose, policy, outputs, join
 
 
 def _check_capacity(intervals: list[Interval], fleet: list[HostSpec]) -> None:
@@ -263,7 +268,7 @@ def _check_capacity(intervals: list[Interval], fleet: list[HostSpec]) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_invariants_hold_for_any_graph_fleet_failures_and_losses(scenario) -> None:  # type: ignore[no-untyped-def]
-    g, durations, fleet, failures, lose, policy, outputs = scenario
+    g, durations, fleet, failures, lose, policy, outputs, join = scenario
     result = simulate(
         g,
         durations,
@@ -272,6 +277,7 @@ def test_invariants_hold_for_any_graph_fleet_failures_and_losses(scenario) -> No
         failures=failures,
         lose_hosts=lose,
         output_bytes=outputs,
+        join_at=join,
     )
     records = result.records
     # every task ends in exactly one final state
@@ -291,6 +297,8 @@ def test_invariants_hold_for_any_graph_fleet_failures_and_losses(scenario) -> No
     _check_capacity(result.intervals, fleet)
     for host, at in lose.items():
         assert all(i.start <= at or i.host != host for i in result.intervals)
+    for host, at in join.items():  # nothing runs on a host before it joined
+        assert all(i.start >= at or i.host != host for i in result.intervals)
     # failures are bounded by retries; without failures and fail-fast, everything succeeds
     if not failures:
         assert all(r.status is TaskStatus.SUCCEEDED for r in records.values())
@@ -416,3 +424,21 @@ def test_tasks_ready_at_the_start_are_placed_longest_first_whatever_the_file_ord
     assert "c" in started
     queued = {name: h for h, state in scheduler.hosts.items() for _, _, name in state.queue}
     assert len(queued) == 1 and next(iter(queued.values())) != started["c"], (started, queued)
+
+
+def test_a_fast_host_that_joins_mid_run_takes_over_a_long_task_a_slow_host_just_started() -> None:
+    g = graph(task("long"))
+    durations = {"long": 40.0}
+    fleet = [HostSpec("slow", 1, 1.0), HostSpec("fast", 1, 4.0)]
+    result = simulate(g, durations, fleet, join_at={"fast": 2.0})
+    runs = [(i.task, i.host, i.outcome) for i in result.intervals if i.task == "long"]
+    assert runs == [("long", "slow", "cancelled"), ("long", "fast", "succeeded")]
+    assert result.makespan == 12.0  # 2 s on the slow host, then 40 / 4 on the fast one
+    assert result.records["long"].attempts == 1  # a move is not an attempt
+
+
+def test_a_running_task_is_not_moved_for_a_small_gain() -> None:
+    g = graph(task("long"))
+    fleet = [HostSpec("slow", 1, 1.0), HostSpec("fast", 1, 1.2)]
+    result = simulate(g, {"long": 10.0}, fleet, join_at={"fast": 1.0})
+    assert [(i.host, i.outcome) for i in result.intervals] == [("slow", "succeeded")]
