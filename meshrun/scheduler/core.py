@@ -354,12 +354,28 @@ class Scheduler:
         return total
 
     def _finish_s(self, host: _HostState, record: TaskRecord) -> float:
-        """When ``host`` is expected to finish ``record`` if queued there now."""
+        """When ``host`` is expected to finish ``record`` if queued there now.
+
+        Only the queued work that would start before it counts (the queue runs
+        highest priority first): a short queue of urgent tasks delays it, a long one of
+        lesser tasks does not.
+        """
+        ahead = self._work_ahead(host, record.priority) + host.running_work / 2
         return (
-            self._backlog_s(host)
+            ahead / (host.spec.speed * max(1, host.limit))
             + record.expected_s / host.spec.speed
             + self.transfer_s(record.task.name, host.spec.name)
         )
+
+    def _work_ahead(self, host: _HostState, priority: float) -> float:
+        """The queued work on ``host`` of at least ``priority``; O(the shorter side)."""
+        index = bisect.bisect_right(host.queue, (-priority, float("inf"), ""))
+        if index == len(host.queue):
+            return host.queued_work
+        if index <= len(host.queue) - index:
+            return sum(self._work(name) for _, _, name in host.queue[:index])
+        behind = sum(self._work(name) for _, _, name in host.queue[index:])
+        return max(0.0, host.queued_work - behind)
 
     def _enqueue(self, host: _HostState, name: str) -> None:
         self._seq += 1
