@@ -30,7 +30,7 @@ from meshrun.inventory import Host
 from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
 from meshrun.tomlfile import Invalid as _Invalid
 from meshrun.tomlfile import Locator as _Locator
-from meshrun.tomlfile import did_you_mean
+from meshrun.tomlfile import check_text, did_you_mean, wrong_type
 from meshrun.tomlfile import show as _show
 from meshrun.tomlfile import toml_type as _toml_type
 
@@ -355,18 +355,12 @@ def _did_you_mean_task(name: str, names: Sequence[str]) -> str:
 
 
 def _wrong_type(key: str, expected: str, value: object) -> _Invalid:
-    fix = f"write {_EXAMPLES[key]}"
-    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-        fix = f"write {key} = {value.strip()} (a number, without quotes)"
-    return _Invalid(f"expected {expected}, found {_toml_type(value)} ({_show(value)})", fix)
+    # Every number in a task file is an integer.
+    return wrong_type(key, expected, value, _EXAMPLES[key], number=r"[0-9]+")
 
 
 def _check_text(key: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise _wrong_type(key, "a string", value)
-    if not value.strip():
-        raise _Invalid("must not be empty", f"write {_EXAMPLES[key]}")
-    return value
+    return check_text(key, value, _EXAMPLES[key])
 
 
 def _check_name(key: str, value: object) -> str:

@@ -54,6 +54,26 @@ def show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def wrong_type(
+    key: str, expected: str, value: object, example: str, *, number: str = r"[0-9.]+"
+) -> Invalid:
+    """``expected X, found Y`` with ``example`` as the fix; a quoted number that
+    matches ``number`` gets "without quotes" instead."""
+    fix = f"write {example}"
+    if isinstance(value, str) and re.fullmatch(number, value.strip()):
+        fix = f"write {key} = {value.strip()} (a number, without quotes)"
+    return Invalid(f"expected {expected}, found {toml_type(value)} ({show(value)})", fix)
+
+
+def check_text(key: str, value: object, example: str) -> str:
+    """A non-empty string, else Invalid with ``example`` as the fix."""
+    if not isinstance(value, str):
+        raise wrong_type(key, "a string", value, example)
+    if not value.strip():
+        raise Invalid("must not be empty", f"write {example}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     line: int  # 1-based
