@@ -89,7 +89,13 @@ if TYPE_CHECKING:
         watch,
         write_hosts_toml,
     )
-    from meshrun.dispatch import LiveDiscovery, StateDir, run_dispatch, select_rerun
+    from meshrun.dispatch import (
+        LiveDiscovery,
+        StateDir,
+        live_discovery,
+        run_dispatch,
+        select_rerun,
+    )
     from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
     from meshrun.history import History
     from meshrun.manifest import verify_run
@@ -108,6 +114,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "StateDir": "meshrun.dispatch",
     "LiveDiscovery": "meshrun.dispatch",
+    "live_discovery": "meshrun.dispatch",
     "run_dispatch": "meshrun.dispatch",
     "select_rerun": "meshrun.dispatch",
     "DispatchOptions": "meshrun.executor",
@@ -208,6 +215,7 @@ __all__ = [
     "format_duration",
     "generate_keypair",
     "hosts_toml",
+    "live_discovery",
     "load_inventory",
     "load_private_key",
     "load_public_key",

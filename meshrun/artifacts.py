@@ -657,7 +657,8 @@ def _install(
             os.chmod(recv / entry.path, entry.mode & 0o777)
     with os.scandir(dest_dir) as it:
         present = [e.name for e in it]
-    fresh = present == [recv.parent.name] and recv.parent.parent.resolve() == dest_dir.resolve()
+    # ``recv`` lives in a private temporary directory inside ``dest_dir``.
+    fresh = present == [recv.parent.name]
     if fresh and recv.parent.name not in {e.path.split("/", 1)[0] for e in entries}:
         for child in os.listdir(recv):
             os.rename(recv / child, dest_dir / child)

@@ -687,20 +687,16 @@ def dispatch_command(
         graph = meshrun.load_tasks(tasks_file)
         live = None
         if discovery.enabled:
-            inventory = meshrun.discovery.discovery_inventory(
+            selected, live = meshrun.live_discovery(
                 hosts,
-                user=discovery.user,
-                identity=discovery.identity,
-                known_hosts=discovery.known_hosts,
-            )
-            selected = [h for h in inventory.hosts if not limit or _limited(h, limit)]
-            live = meshrun.LiveDiscovery(
-                defaults=inventory.defaults,
+                limits=limit or (),
                 wait_s=meshrun.parse_duration(
                     discovery.timeout or "2s", option="--discover-timeout"
                 ),
-                interfaces=meshrun.discovery.resolve_interfaces(discovery.interfaces),
-                limits=limit or (),
+                interfaces=discovery.interfaces,
+                user=discovery.user,
+                identity=discovery.identity,
+                known_hosts=discovery.known_hosts,
             )
         else:
             selected = _select(hosts, limit, discovery)
@@ -828,15 +824,6 @@ def _parse_dispatch(args: list[str]) -> dict[str, Any]:
     _accept_option(p)
     _discover_options(p)
     return _with_discovery(vars(p.parse_args(args)))
-
-
-def _limited(host: meshrun.Host, limits: list[str]) -> bool:
-    """Whether ``host`` passes every ``--limit`` (for hosts beside discovered agents)."""
-    try:
-        meshrun.select_hosts([host], limits)
-    except meshrun.InventoryError:
-        return False
-    return True
 
 
 # -- agent, discover ------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun import artifacts, staging
-from meshrun.errors import InputError, IntegrityError, InventoryError
+from meshrun.errors import InputError, IntegrityError
 from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
 from meshrun.history import History, TaskOutcome
-from meshrun.inventory import Host, HostDefaults, select_hosts
+from meshrun.inventory import Host, HostDefaults, limit_filter
 from meshrun.manifest import (
     FileEntry,
     HostEntry,
@@ -71,28 +71,50 @@ class LiveDiscovery:
     limits: Sequence[str] = ()
 
 
+def live_discovery(
+    spec: str | None,
+    *,
+    limits: Sequence[str] = (),
+    wait_s: float = 2.0,
+    interfaces: Sequence[str] | None = None,
+    user: str | None = None,
+    identity: str | None = None,
+    known_hosts: str | None = None,
+) -> tuple[list[Host], LiveDiscovery]:
+    """What ``dispatch --hosts SPEC --discover`` starts with: SPEC's hosts that pass
+    ``limits`` (maybe none), and the discovery that adds agents as they come. Login
+    settings for agents: ``user``/``identity``/``known_hosts``, else SPEC's
+    ``[defaults]``. Bad SPEC, limits or interfaces are errors now, before any run."""
+    from meshrun.discovery import discovery_inventory, resolve_interfaces
+
+    inventory = discovery_inventory(spec, user=user, identity=identity, known_hosts=known_hosts)
+    passes = limit_filter(limits)
+    live = LiveDiscovery(
+        defaults=inventory.defaults,
+        wait_s=wait_s,
+        interfaces=resolve_interfaces(interfaces),
+        limits=tuple(limits),
+    )
+    return [h for h in inventory.hosts if passes(h)], live
+
+
 def _join_discovered(
     dispatcher: Dispatcher, listed: Sequence[Host], live: LiveDiscovery
 ) -> Browser:
     """Feed agents that come and go into the running ``dispatcher``."""
-    from meshrun.discovery import agent_to_host, watch
+    from meshrun.discovery import agent_to_host, same_host, watch
 
-    names = {h.name for h in listed}
-    endpoints = {(h.address, h.port or 22) for h in listed}
+    passes = limit_filter(live.limits)
 
     def added(agent: Agent) -> None:
-        if agent.name in names or (agent.address, agent.port) in endpoints:
-            return
+        if any(same_host(agent, host) for host in listed):
+            return  # the --hosts entry wins
         host = agent_to_host(agent, live.defaults)
-        if live.limits:
-            try:
-                select_hosts([host], live.limits)
-            except InventoryError:
-                return
-        dispatcher.add_host(host)
+        if passes(host):
+            dispatcher.add_host(host)
 
     def removed(name: str) -> None:
-        if name not in names:
+        if all(name != host.name for host in listed):
             dispatcher.remove_host(name, "its agent left the network")
 
     return watch(on_added=added, on_removed=removed, interfaces=live.interfaces)

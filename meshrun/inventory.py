@@ -723,6 +723,13 @@ def _matching(hosts: Sequence[Host], patterns: list[_Pattern]) -> set[int]:
     return chosen
 
 
+def limit_filter(limits: Sequence[str]) -> Callable[[Host], bool]:
+    """``--limit`` as a test of one host at a time (hosts that come and go, such as
+    discovered agents). The values are checked now: InventoryError if malformed."""
+    parsed = [_parse_limit(value, None) for value in limits]
+    return lambda host: all(_matching([host], patterns) for patterns in parsed)
+
+
 def select_hosts(
     hosts: Sequence[Host], limits: Sequence[str], *, source: str | None = None
 ) -> list[Host]:

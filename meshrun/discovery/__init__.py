@@ -24,6 +24,7 @@ from meshrun.discovery.hosts import (
     discovery_inventory,
     hosts_toml,
     merge_hosts,
+    same_host,
     write_hosts_toml,
 )
 from meshrun.discovery.net import resolve_interfaces
@@ -70,6 +71,7 @@ __all__ = [
     "resolve_interfaces",
     "resolve_with_discovery",
     "run_agent",
+    "same_host",
     "watch",
     "write_hosts_toml",
 ]

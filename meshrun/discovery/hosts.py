@@ -37,6 +37,7 @@ __all__ = [
     "discovery_inventory",
     "hosts_toml",
     "merge_hosts",
+    "same_host",
     "toml_string",
     "write_hosts_toml",
 ]
@@ -75,16 +76,20 @@ def merge_hosts(
     address and port: the inventory entry wins (it was written on purpose).
     """
     merged = list(hosts)
-    names = {host.name for host in hosts}
-    endpoints = {(host.address, host.port or 22) for host in hosts}
     for agent in agents:
-        if agent.name in names or (agent.address, agent.port) in endpoints:
+        if any(same_host(agent, host) for host in merged):
             log.info("agent %r is already in --hosts; using that entry", agent.name)
             continue
         merged.append(agent_to_host(agent, defaults))
-        names.add(agent.name)
-        endpoints.add((agent.address, agent.port))
     return merged
+
+
+def same_host(agent: Agent, host: Host) -> bool:
+    """Whether ``agent`` is ``host``: the same name, or the same address and port."""
+    return agent.name == host.name or (agent.address, agent.port) == (
+        host.address,
+        host.port or 22,
+    )
 
 
 def discovery_inventory(
