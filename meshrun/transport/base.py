@@ -131,7 +131,9 @@ def default_connector(
     """The connector for ``hosts``: local for the embedded default, SSH otherwise
     (always SSH with ``remote``: hosts found later, by discovery, are remote).
 
-    SSH code (and paramiko) is imported only when a remote host is in the run.
+    SSH code (and paramiko) is imported only when a remote host is in the run. Raises
+    InputError (before any host is contacted) for an ssh_config OpenSSH refuses or a
+    passphrase-protected key that ssh-agent does not hold.
     """
     if not remote and all(h.local for h in hosts):
         from meshrun.transport.local import LocalConnector
@@ -139,6 +141,10 @@ def default_connector(
         return LocalConnector()
     from meshrun.transport.ssh import SSHConnector
 
-    return SSHConnector(
+    connector = SSHConnector(
         connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
     )
+    # Resolve ssh_config for every host at once and refuse keys that would need a
+    # prompt, before any host is contacted.
+    connector.prepare(hosts)
+    return connector

@@ -9,7 +9,6 @@ accept changed) and one reader per channel instead of Fabric's thread per stream
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
@@ -21,7 +20,7 @@ from typing import Any
 
 import paramiko
 
-from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable
+from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable, InputError
 from meshrun.inventory import Host
 from meshrun.sshkeys import sha256_fingerprint
 from meshrun.transport import rsync
@@ -33,11 +32,20 @@ from meshrun.transport.base import (
     Stream,
     _discard,
 )
+from meshrun.transport.identities import IdentityFiles, agent_for, offers
+from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
+from meshrun.transport.proxycommand import proxy_failure, start_proxy_command
+from meshrun.transport.sshconfig import (
+    SSHConfigResolver,
+    expand_tokens,
+    parse_jump_spec,
+    split_jumps,
+    token_values,
+)
 from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper, remote_exec_line
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 _POLL_S = 0.1
 
 
@@ -70,47 +78,66 @@ class _QuickAckSocket(socket.socket):
 _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 
 
-def known_hosts_name(address: str, port: int) -> str:
-    """The name a host has in known_hosts: ``addr`` on port 22, ``[addr]:port`` otherwise."""
-    return address if port == 22 else f"[{address}]:{port}"
+_MAX_HOPS = 8  # ProxyJump chains longer than this are a loop in ssh_config
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where and as whom to connect, after inventory and ssh_config are merged."""
+    """Where, as whom and how to connect: the inventory merged with ssh_config."""
 
-    address: str
+    alias: str  # what ssh_config matched (``%n``)
+    address: str  # HostName
     port: int
     user: str
     identities: tuple[str, ...]
-    known_hosts: str
-    proxy_jump: str | None
+    identities_only: bool
+    certificates: tuple[str, ...]
+    identity_agent: str | None  # None: $SSH_AUTH_SOCK; "none": no agent
+    known_hosts: str  # where an accepted new key is written
+    known_hosts_files: tuple[str, ...]  # every file that is trusted, user then global
+    host_key_alias: str | None
+    hash_known_hosts: bool
+    proxy_jump: tuple[str, ...]  # hops in dial order
+    proxy_command: str | None
+    connect_timeout_s: float
+    keepalive_s: int
+
+    @property
+    def key_name(self) -> str:
+        """The name this host's key is filed under in known_hosts."""
+        return host_key_name(self.address, self.port, self.host_key_alias)
 
 
-class _KnownHosts:
-    """One known_hosts file, shared by every host that uses it; appends under a lock."""
+class IdentityUnusable(InputError):
+    """A key the run needs cannot be used without a prompt (found before dialling)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.keys = paramiko.HostKeys()
-        self.lock = threading.Lock()
-        if os.path.exists(path):
-            try:
-                self.keys.load(path)
-            except (OSError, paramiko.SSHException) as exc:
-                log.warning("could not read known_hosts %s: %s", path, exc)
 
-    def lookup(self, name: str) -> dict[str, paramiko.PKey]:
-        with self.lock:
-            found = self.keys.lookup(name)
-            return dict(found) if found else {}
+def _agent_blobs(identity_agent: str | None) -> set[bytes]:
+    agent = agent_for(identity_agent)
+    if agent is None:
+        return set()
+    try:
+        return {k.blob for k in agent.get_keys()}
+    except paramiko.SSHException:
+        return set()
+    finally:
+        agent.close()
 
-    def add(self, name: str, key: paramiko.PKey) -> None:
-        with self.lock:
-            self.keys.add(name, key.get_name(), key)
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            with open(self.path, "a", encoding="ascii") as f:
-                f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+
+def _through(exc: ConnectError, host: Host, hop: str) -> ConnectError:
+    """``exc`` from a jump host, re-addressed to the host behind it (same kind)."""
+    detail = exc.message.split(": ", 1)[1] if ": " in exc.message else exc.message
+    message = f"jump host {hop}: {detail}"
+    if isinstance(exc, HostKeyError):
+        return HostKeyError(
+            host.name,
+            message,
+            fingerprint=exc.fingerprint,
+            changed=exc.changed,
+            fix=exc.fix or "",
+            advertised_fingerprint=exc.advertised_fingerprint,
+        )
+    return type(exc)(host.name, message, fix=exc.fix)
 
 
 def _exit_received(chan: paramiko.Channel) -> bool:
@@ -342,7 +369,7 @@ class SSHConnector:
         max_handshakes: int = 32,
         channels_per_host: int = 8,
         keepalive_s: int = 15,
-        ssh_config_path: str = "~/.ssh/config",
+        ssh_config_path: str | None = None,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.accept_new_host_keys = accept_new_host_keys
@@ -352,50 +379,103 @@ class SSHConnector:
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
         self._connections: dict[str, SSHConnection] = {}
-        self._known_hosts: dict[str, _KnownHosts] = {}
+        self._known_hosts = KnownHosts()
+        self._identity_files = IdentityFiles()
+        self._hops: dict[tuple[tuple[str, ...], str | None, str | None], Host] = {}
         self._closed = False
         self._dialing: set[Any] = set()  # sockets/transports mid-setup, closed by close()
-        config_path = os.path.expanduser(ssh_config_path)
-        self._ssh_config = (
-            paramiko.SSHConfig.from_path(config_path) if os.path.isfile(config_path) else None
-        )
+        self._resolver = SSHConfigResolver(ssh_config_path)
 
     # -- resolution ---------------------------------------------------------------
 
     def endpoint(self, host: Host) -> Endpoint:
-        """Merge the inventory entry with ~/.ssh/config and OpenSSH's defaults."""
-        cfg: dict[str, Any] = {}
-        if self._ssh_config is not None:
-            cfg = dict(self._ssh_config.lookup(host.ssh_alias))
-        address = str(cfg.get("hostname", host.ssh_alias))
-        port = host.port or int(cfg.get("port", 22))
-        user = host.user or cfg.get("user") or getpass.getuser()
+        """The inventory entry merged with OpenSSH's resolution of its alias.
+
+        Inventory keys win (``port``/``user`` are passed as ``ssh -p``/``-l`` would be,
+        ``identity``, ``known_hosts`` and ``proxy_jump`` replace what ssh_config says).
+        """
+        pinned: set[str] = set()
         if host.identity:
-            identities: tuple[str, ...] = (host.identity,)
-        elif cfg.get("identityfile"):
-            identities = tuple(cfg["identityfile"])
+            pinned.add("identityfile")
+        if host.known_hosts:
+            pinned.update(("userknownhostsfile", "globalknownhostsfile"))
+        if host.proxy_jump:
+            pinned.update(("proxyjump", "proxycommand"))
+        s = self._resolver.resolve(
+            host.ssh_alias, user=host.user, port=host.port, pinned=frozenset(pinned)
+        )
+        if host.known_hosts:
+            user_files: tuple[str, ...] = (os.path.expanduser(host.known_hosts),)
+            global_files: tuple[str, ...] = ()
         else:
-            identities = DEFAULT_IDENTITIES
-        known = host.known_hosts
-        if known is None and cfg.get("userknownhostsfile"):
-            known = str(cfg["userknownhostsfile"]).split()[0]
-        proxy = host.proxy_jump or cfg.get("proxyjump")
-        if proxy == "none":
-            proxy = None
+            user_files, global_files = s.user_known_hosts, s.global_known_hosts
+        if host.proxy_jump:
+            jumps, proxy_command = split_jumps(host.proxy_jump), None
+        else:
+            jumps, proxy_command = s.proxy_jump, s.proxy_command
         return Endpoint(
-            address=address,
-            port=port,
-            user=user,
-            identities=tuple(os.path.expanduser(p) for p in identities),
-            known_hosts=os.path.expanduser(known or "~/.ssh/known_hosts"),
-            proxy_jump=proxy,
+            alias=host.ssh_alias,
+            address=s.hostname,
+            port=s.port,
+            user=s.user,
+            identities=(
+                (os.path.expanduser(host.identity),) if host.identity else s.identity_files
+            ),
+            identities_only=s.identities_only,
+            certificates=s.certificate_files,
+            identity_agent=s.identity_agent,
+            known_hosts=(user_files or ("~/.ssh/known_hosts",))[0],
+            known_hosts_files=user_files + global_files,
+            host_key_alias=s.host_key_alias,
+            hash_known_hosts=s.hash_known_hosts,
+            proxy_jump=jumps,
+            proxy_command=proxy_command,
+            connect_timeout_s=s.connect_timeout_s or self.connect_timeout_s,
+            keepalive_s=s.server_alive_interval_s or self.keepalive_s,
         )
 
-    def _known(self, path: str) -> _KnownHosts:
-        with self._lock:
-            if path not in self._known_hosts:
-                self._known_hosts[path] = _KnownHosts(path)
-            return self._known_hosts[path]
+    def prepare(self, hosts: Sequence[Host]) -> None:
+        """Resolve every host up front (in parallel) and check the keys they need.
+
+        Raises, before any host is contacted: InputError for an ssh_config OpenSSH
+        refuses, IdentityUnusable for a passphrase-protected key that ssh-agent does not
+        hold and that a host can do without no other way (meshrun never prompts).
+        """
+        remote = [h for h in hosts if not h.local]
+        self._resolver.resolve_all(
+            (h.ssh_alias, h.user, h.port, frozenset()) for h in remote if not h.identity
+        )
+        agent_blobs: dict[str | None, set[bytes]] = {}
+        locked: dict[str, list[str]] = {}
+        for host in remote:
+            ep = self.endpoint(host)
+            if ep.identity_agent not in agent_blobs:
+                agent_blobs[ep.identity_agent] = _agent_blobs(ep.identity_agent)
+            held = agent_blobs[ep.identity_agent]
+            files = [self._identity_files.get(p) for p in ep.identities]
+            if host.identity and not files[0].exists:
+                raise IdentityUnusable(
+                    f"{host.name}: identity file {files[0].path} does not exist",
+                    fix="fix `identity` in the inventory or create the key",
+                )
+            stuck = [f.path for f in files if f.encrypted and f.public_blob not in held]
+            usable = any(f.key is not None or f.public_blob in held for f in files) or (
+                bool(held) and not ep.identities_only
+            )
+            if stuck and (not usable or host.identity):
+                for path in stuck:
+                    locked.setdefault(path, []).append(host.name)
+        if locked:
+            paths = sorted(locked)
+            names = sorted({n for ns in locked.values() for n in ns})
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise IdentityUnusable(
+                f"{', '.join(paths)}: passphrase-protected and not loaded in ssh-agent, and "
+                f"{shown} can log in with no other key; meshrun never prompts mid-run",
+                fix="load it first: "
+                + "; ".join(f"`ssh-add {p}`" for p in paths)
+                + " (start an agent with `eval $(ssh-agent)` if none runs)",
+            )
 
     # -- connecting ---------------------------------------------------------------
 
@@ -424,7 +504,12 @@ class SSHConnector:
         ep = self.endpoint(host)
         where = f"{ep.user}@{ep.address}:{ep.port}"
         sock: Any
-        sock = self._jump_channel(host, ep) if ep.proxy_jump else self._tcp(host, ep)
+        if ep.proxy_jump:
+            sock = self._jump_channel(host, ep)
+        elif ep.proxy_command:
+            sock = self._proxy_command(host, ep)
+        else:
+            sock = self._tcp(host, ep)
         with self._handshakes:
             transport = self._handshake(host, ep, sock, where)
         self._track(transport)
@@ -438,9 +523,9 @@ class SSHConnector:
         if self._closed:
             transport.close()
             raise HostUnreachable(host.name, "the run is shutting down")
-        transport.set_keepalive(self.keepalive_s)
-        log.debug("connected", extra={"host": host.name})
-        return SSHConnection(host, transport, self.channels_per_host, self.connect_timeout_s)
+        transport.set_keepalive(ep.keepalive_s)
+        log.debug("connected to %s (%s)", host.name, where, extra={"host": host.name})
+        return SSHConnection(host, transport, self.channels_per_host, ep.connect_timeout_s)
 
     def _track(self, thing: Any) -> None:
         with self._lock:
@@ -456,12 +541,11 @@ class SSHConnector:
         if self._closed:
             raise HostUnreachable(host.name, "the run is shutting down")
         try:
-            sock = socket.create_connection((ep.address, ep.port), timeout=self.connect_timeout_s)
+            sock = socket.create_connection((ep.address, ep.port), timeout=ep.connect_timeout_s)
         except TimeoutError as exc:
             raise HostUnreachable(
                 host.name,
-                f"TCP connect to {ep.address}:{ep.port} timed out after "
-                f"{self.connect_timeout_s:g}s",
+                f"TCP connect to {ep.address}:{ep.port} timed out after {ep.connect_timeout_s:g}s",
                 fix="check the address and port, or raise --connect-timeout",
             ) from exc
         except OSError as exc:
@@ -477,70 +561,100 @@ class SSHConnector:
             sock.settimeout(timeout)
         return sock
 
+    def _proxy_command(self, host: Host, ep: Endpoint) -> socket.socket:
+        """``ProxyCommand``: run it as ``ssh`` does (``/bin/sh -c 'exec CMD'``, tokens
+        expanded) with a socket pair as its stdin and stdout."""
+        assert ep.proxy_command
+        if self._closed:
+            raise HostUnreachable(host.name, "the run is shutting down")
+        tokens = token_values(ep.alias, ep.address, ep.port, ep.user)
+        command = expand_tokens(ep.proxy_command, tokens)
+        return start_proxy_command(command, host.name)
+
     def _jump_channel(self, host: Host, ep: Endpoint) -> paramiko.Channel:
-        """A direct-tcpip channel through the ProxyJump host, used as the socket."""
-        assert ep.proxy_jump
-        spec = ep.proxy_jump
-        user, _, rest = spec.rpartition("@")
-        address, port = rest, None
-        if rest.startswith("["):
-            address, _, tail = rest[1:].partition("]")
-            port = int(tail[1:]) if tail.startswith(":") else None
-        elif rest.count(":") == 1:
-            address, port_text = rest.split(":")
-            port = int(port_text)
-        jump_host = Host(
-            name=f"{host.name} (via {spec})",
-            address=address,
-            port=port,
-            user=user or None,
-            identity=host.identity,
-            known_hosts=host.known_hosts,
-        )
-        jump = self.connect(jump_host)
+        """A direct-tcpip channel through the last ProxyJump hop, used as the socket.
+
+        ``ProxyJump a,b`` dials ``a`` (as its own ssh_config says), then ``b`` through
+        ``a``, then the host through ``b``: OpenSSH's order. Each hop is one pooled
+        connection shared by every host behind it, and is held to the same host-key
+        and identity rules as the host itself.
+        """
+        hops = ep.proxy_jump
+        last = hops[-1]
+        try:
+            jump = self.connect(self._hop_host(host, hops))
+        except ConnectError as exc:
+            raise _through(exc, host, last) from exc
         try:
             return jump.transport.open_channel(
                 "direct-tcpip",
                 (ep.address, ep.port),
                 ("127.0.0.1", 0),
-                timeout=self.connect_timeout_s,
+                timeout=ep.connect_timeout_s,
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(
                 host.name,
-                f"jump host {spec} could not reach {ep.address}:{ep.port}: {exc}",
-                fix="check proxy_jump and that the jump host allows TCP forwarding",
+                f"jump host {last} could not reach {ep.address}:{ep.port}: {exc}",
+                fix="check proxy_jump / ProxyJump and that the jump host allows TCP forwarding",
             ) from exc
 
+    def _hop_host(self, host: Host, hops: tuple[str, ...]) -> Host:
+        """The Host for the last of ``hops``, reached through the ones before it.
+
+        Hops inherit the inventory's ``identity`` and ``known_hosts`` (inventory keys
+        win), so they are part of the pool key: one connection per distinct hop.
+        """
+        if len(hops) > _MAX_HOPS:
+            raise InputError(
+                f"{host.name}: more than {_MAX_HOPS} ProxyJump hops ({','.join(hops)})",
+                fix="check ssh_config for a ProxyJump loop",
+            )
+        user, address, port = parse_jump_spec(hops[-1])
+        key = (hops, host.identity, host.known_hosts)
+        with self._lock:
+            found = self._hops.get(key)
+            if found is None:
+                name = f"jump {','.join(hops)}"
+                taken = sum(1 for k in self._hops if k[0] == hops)
+                found = Host(
+                    name=name if not taken else f"{name} #{taken + 1}",
+                    address=address,
+                    port=port,
+                    user=user,
+                    identity=host.identity,
+                    known_hosts=host.known_hosts,
+                    proxy_jump=",".join(hops[:-1]) or None,
+                )
+                self._hops[key] = found
+            return found
+
     def _handshake(self, host: Host, ep: Endpoint, sock: Any, where: str) -> paramiko.Transport:
-        known = self._known(ep.known_hosts)
-        name = known_hosts_name(ep.address, ep.port)
-        expected = known.lookup(name)
+        name = ep.key_name
         transport = paramiko.Transport(sock)
-        transport.banner_timeout = self.connect_timeout_s
-        transport.handshake_timeout = self.connect_timeout_s
-        wanted: set[str] = set(expected)
+        transport.banner_timeout = ep.connect_timeout_s
+        transport.handshake_timeout = ep.connect_timeout_s
+        wanted = self._known_hosts.listed_types(ep.known_hosts_files, name)
         if not wanted and host.advertised_key_type:
             # A host found on the LAN: ask for the key it advertised, so the
             # fingerprint check compares like with like.
-            wanted.update(
-                _KEY_TYPE_ALGORITHMS.get(host.advertised_key_type, (host.advertised_key_type,))
-            )
-        if wanted:
+            wanted.add(host.advertised_key_type)
+        wanted_algorithms = {a for t in wanted for a in _KEY_TYPE_ALGORITHMS.get(t, (t,))}
+        if wanted_algorithms:
             # Ask for a key type we already know, as OpenSSH does, so a host offering
             # several keys is checked against the one in known_hosts.
             opts = transport.get_security_options()
-            known_types = [t for t in opts.key_types if t in wanted]
-            opts.key_types = known_types + [t for t in opts.key_types if t not in wanted]
+            known_types = [t for t in opts.key_types if t in wanted_algorithms]
+            opts.key_types = known_types + [t for t in opts.key_types if t not in wanted_algorithms]
         hung = HostUnreachable(
             host.name,
             f"{ep.address}:{ep.port} accepted TCP but sent no SSH banner within "
-            f"{self.connect_timeout_s:g}s",
+            f"{ep.connect_timeout_s:g}s",
             fix="the host or its sshd is hung or overloaded; check it, or raise --connect-timeout",
         )
         self._track(transport)
         try:
-            transport.start_client(timeout=self.connect_timeout_s)
+            transport.start_client(timeout=ep.connect_timeout_s)
             # paramiko may return at its timeout with the key exchange unfinished.
             if not transport.is_active() or transport.host_key is None:
                 raise hung
@@ -551,6 +665,13 @@ class SSHConnector:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport.close()
             text = str(exc)
+            detail = proxy_failure(sock)
+            if detail:
+                raise HostUnreachable(
+                    host.name,
+                    f"ProxyCommand for {where} ended: {detail}",
+                    fix="run the ProxyCommand by hand (`ssh -v HOST` shows it) and fix it",
+                ) from exc
             if "banner" in text.lower() or "session" in text.lower():
                 raise hung from exc
             raise HostUnreachable(host.name, f"SSH handshake with {where} failed: {text}") from exc
@@ -559,14 +680,13 @@ class SSHConnector:
         if self._closed:
             transport.close()
             raise HostUnreachable(host.name, "the run is shutting down")
-        self._check_host_key(host, ep, known, name, key, transport)
+        self._check_host_key(host, ep, name, key, transport)
         return transport
 
     def _check_host_key(
         self,
         host: Host,
         ep: Endpoint,
-        known: _KnownHosts,
         name: str,
         key: paramiko.PKey,
         transport: paramiko.Transport,
@@ -589,33 +709,45 @@ class SSHConnector:
                 "there with --host-key naming its .pub file; otherwise another machine is "
                 "answering for it: find out which",
             )
-        expected = known.lookup(name)
-        if key.get_name() in expected:
-            if expected[key.get_name()] == key:
-                return
-            transport.close()
+        key_type = key.get_name()
+        check = self._known_hosts.check(ep.known_hosts_files, name, key_type, key.asbytes())
+        files = " ".join(ep.known_hosts_files) or "(no known_hosts file)"
+        if check.verdict is Verdict.TRUSTED:
+            return
+        if check.verdict is Verdict.UNKNOWN and self.accept_new_host_keys:
+            self._known_hosts.add(
+                ep.known_hosts, name, key_type, key.get_base64(), hashed=ep.hash_known_hosts
+            )
+            log.warning(
+                "added new host key for %s (%s %s) to %s", name, key_type, fp, ep.known_hosts
+            )
+            return
+        transport.close()
+        if check.verdict is Verdict.REVOKED:
             raise HostKeyError(
                 host.name,
-                f"HOST KEY CHANGED for {name}: it now presents {key.get_name()} {fp}, "
-                f"which differs from {ep.known_hosts}; refusing to connect (this may be an "
+                f"REVOKED HOST KEY for {name}: {key_type} {fp} is marked @revoked in "
+                f"{check.listed_in}; refusing to connect",
+                fingerprint=fp,
+                changed=True,
+                fix="this key must never be trusted again; find out why the host presents it",
+            )
+        if check.verdict is Verdict.CHANGED:
+            raise HostKeyError(
+                host.name,
+                f"HOST KEY CHANGED for {name}: it now presents {key_type} {fp}, "
+                f"which differs from {check.listed_in}; refusing to connect (this may be an "
                 "attack, or the host was reinstalled)",
                 fingerprint=fp,
                 changed=True,
                 fix=f"if the change is expected, remove the old key with "
-                f"`ssh-keygen -R '{name}' -f {ep.known_hosts}` and connect again",
+                f"`ssh-keygen -R '{name}' -f {check.listed_in}` and connect again",
             )
-        if self.accept_new_host_keys and not expected:
-            known.add(name, key)
-            log.warning(
-                "added new host key for %s (%s %s) to %s", name, key.get_name(), fp, ep.known_hosts
-            )
-            return
-        transport.close()
-        if expected:
+        if check.verdict is Verdict.OTHER_TYPE:
             raise HostKeyError(
                 host.name,
-                f"{name} presented a {key.get_name()} key ({fp}) but {ep.known_hosts} only "
-                f"lists {', '.join(sorted(expected))} for it; refusing",
+                f"{name} presented a {key_type} key ({fp}) but {files} only "
+                f"lists {', '.join(sorted(check.listed_types))} for it; refusing",
                 fingerprint=fp,
                 changed=True,
                 fix=f"check the host; if the key is right, remove the old entry with "
@@ -624,9 +756,15 @@ class SSHConnector:
         verify = "verify the fingerprint"
         if advertised is not None:
             verify = "it matches what the host advertised on the LAN; verify it out of band"
+        ca_note = ""
+        if check.has_cert_authority:
+            ca_note = (
+                " (a @cert-authority line covers this name, but meshrun cannot check host "
+                "certificates: list the host's own key)"
+            )
         raise HostKeyError(
             host.name,
-            f"unknown host key for {name}: {key.get_name()} {fp} is not in {ep.known_hosts}",
+            f"unknown host key for {name}: {key_type} {fp} is not in {files}{ca_note}",
             fingerprint=fp,
             changed=False,
             fix=f"{verify}, then run again with --accept-new-host-keys "
@@ -636,72 +774,87 @@ class SSHConnector:
     def _authenticate(
         self, host: Host, ep: Endpoint, transport: paramiko.Transport, where: str
     ) -> None:
-        tried: list[str] = []
-        encrypted: list[str] = []
-        keys: list[tuple[str, paramiko.PKey]] = []
-        for path in ep.identities:
-            if not os.path.exists(path):
-                if host.identity:
-                    raise AuthError(
-                        host.name,
-                        f"identity file {path} does not exist",
-                        fix="fix `identity` in the inventory or create the key",
-                    )
-                continue
-            try:
-                keys.append((path, paramiko.PKey.from_path(path)))
-            except paramiko.PasswordRequiredException:
-                encrypted.append(path)
-            except (paramiko.SSHException, OSError, ValueError) as exc:
-                raise AuthError(
-                    host.name,
-                    f"cannot read identity file {path}: {exc}",
-                    fix="point `identity` at an OpenSSH private key",
-                ) from exc
-        if os.environ.get("SSH_AUTH_SOCK"):
-            try:
-                for agent_key in paramiko.Agent().get_keys():
-                    keys.append((f"agent:{agent_key.get_name()}", agent_key))
-            except paramiko.SSHException as exc:
-                log.warning("ssh-agent unavailable: %s", exc)
-        for label, key in keys:
-            tried.append(label)
-            try:
-                remaining = transport.auth_publickey(ep.user, key)
-            except paramiko.AuthenticationException:
-                continue
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise HostUnreachable(host.name, f"connection lost during login: {exc}") from exc
-            if not remaining and transport.is_authenticated():
-                return
-        if encrypted and not tried:
+        if host.identity and not os.path.exists(ep.identities[0]):
             raise AuthError(
                 host.name,
-                f"the only key(s) found are passphrase-protected: {', '.join(encrypted)}",
-                fix="load them into ssh-agent (`ssh-add KEY`); meshrun never prompts mid-run",
+                f"identity file {ep.identities[0]} does not exist",
+                fix="fix `identity` in the inventory or create the key",
             )
+        for path in ep.identities:
+            ident = self._identity_files.get(path)
+            if ident.error is not None and (host.identity or path in ep.certificates):
+                raise AuthError(
+                    host.name,
+                    f"cannot read identity file {path}: {ident.error}",
+                    fix="point `identity` at an OpenSSH private key",
+                )
+        agent = agent_for(ep.identity_agent)
+        try:
+            agent_keys = list(agent.get_keys()) if agent is not None else []
+            plan = offers(
+                self._identity_files,
+                ep.identities,
+                ep.certificates,
+                agent_keys,
+                identities_only=ep.identities_only,
+            )
+            tried: list[str] = []
+            for offer in plan.keys:
+                tried.append(offer.label)
+                try:
+                    remaining = transport.auth_publickey(ep.user, offer.key)
+                except paramiko.AuthenticationException:
+                    if not transport.is_active():
+                        break  # sshd's MaxAuthTries: it hung up on us
+                    continue
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    if transport.is_active():
+                        raise HostUnreachable(
+                            host.name, f"connection lost during login: {exc}"
+                        ) from exc
+                    break
+                if not remaining and transport.is_authenticated():
+                    return
+        finally:
+            if agent is not None:
+                agent.close()
+        skipped = ""
+        if plan.encrypted_not_in_agent:
+            skipped = (
+                f"; skipped passphrase-protected {', '.join(plan.encrypted_not_in_agent)} "
+                "(not in ssh-agent)"
+            )
+        if not tried:
+            raise AuthError(
+                host.name,
+                f"no key to offer {where}{skipped}",
+                fix="load your key into ssh-agent (`ssh-add KEY`) or set `identity` for this "
+                "host; meshrun never prompts mid-run",
+            )
+        hung_up = not transport.is_active()
         raise AuthError(
             host.name,
-            f"{where} refused every key offered ({', '.join(tried) or 'none found'})",
-            fix="set `identity` for this host, or add your public key to the host's "
-            "~/.ssh/authorized_keys",
+            f"{where} refused every key offered ({', '.join(tried)}){skipped}"
+            + (
+                " and then closed the connection (too many keys: sshd's MaxAuthTries)"
+                if hung_up
+                else ""
+            ),
+            fix="set `identity` (or IdentitiesOnly yes in ssh_config) for this host, or add "
+            "your public key to the host's ~/.ssh/authorized_keys",
         )
 
-    def rsync_ssh(self, host: Host) -> tuple[Endpoint, list[str]]:
-        """The endpoint and the ssh command rsync must use for ``host``: the very
-        settings of this connector (key, port, user, known_hosts, jump host)."""
-        ep = self.endpoint(host)
-        ssh = rsync.ssh_command(
-            port=ep.port,
-            identities=[p for p in ep.identities if os.path.exists(p)],
-            known_hosts=ep.known_hosts,
-            connect_timeout_s=self.connect_timeout_s,
-            proxy_jump=ep.proxy_jump,
-        )
-        return ep, ssh
+    def rsync_ssh(self, host: Host) -> rsync.RemoteShell:
+        """rsync's remote shell for ``host``: a helper that runs the remote side on this
+        connector's own pooled connection (one exec channel per transfer, through the
+        channel relay), so a transfer goes through the same hops with the same identity
+        and host-key check as the command, without a second handshake."""
+        from meshrun.transport import channel_relay
+
+        return channel_relay.remote_shell(self, host)
 
     def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
-        ep, ssh = self.rsync_ssh(host)
+        rsh = self.rsync_ssh(host)
         workdir = host.workdir
         if workdir == "~" or workdir.startswith("~/"):
             # Tasks run in "$HOME"/x; rsync would resolve "x" against the login
@@ -710,15 +863,9 @@ class SSHConnector:
             if home.startswith("/"):
                 workdir = home.rstrip("/") + workdir[1:]
         argv = rsync.push_argv(
-            ssh=ssh,
-            user=ep.user,
-            address=ep.address,
-            root=root,
-            paths=paths,
-            excludes=excludes,
-            workdir=workdir,
+            rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir
         )
-        rsync.run(argv, host.name)
+        rsync.run(argv, host.name, env=rsh.env)
 
     def close(self) -> None:
         """Close every transport; running channels end at once."""
@@ -731,6 +878,11 @@ class SSHConnector:
             conn.close()
         for thing in dialing:
             thing.close()
+        import sys
+
+        relay = sys.modules.get("meshrun.transport.channel_relay")
+        if relay is not None:  # imported by a transfer: this connector may have a relay
+            relay.close(self)
 
 
 __all__ = ["ConnectError", "SSHConnection", "SSHConnector", "fingerprint"]

@@ -1,0 +1,556 @@
+"""OpenSSH's own answer to "how do I reach HOST": ``ssh -G``, asked only when it matters.
+
+A fleet tool must reach a host exactly as the user's ``ssh HOST`` does: the system and
+user config, ``Include``, ``Match``, ``Host`` patterns, tokens, first-value-wins. Rather
+than re-implement ``readconf.c``, we ask the OpenSSH client itself: ``ssh -G`` prints
+every resolved setting without connecting, in about 5 ms.
+
+Five milliseconds per host is still too much on the fan-out path of a large fleet, so:
+
+- each distinct (alias, user, port) is resolved once per run, whoever asks, and the
+  first resolution of a fleet runs in parallel (:meth:`SSHConfigResolver.resolve_all`);
+- a cheap scan of the config files (:class:`ConfigScan`, keywords and ``Host`` patterns
+  only) answers whether anything in them could change a setting meshrun uses for this
+  alias that the inventory has not already pinned. When nothing could, ``ssh -G`` is
+  skipped and OpenSSH's defaults are used. The scan is conservative: any ``Match``
+  block, ``CanonicalizeHostname`` or unreadable ``Include`` sends the host to ``ssh -G``.
+
+``~`` here is the home directory of the user's passwd entry, as OpenSSH has it, not
+``$HOME``: a config read by ``ssh`` and by meshrun must mean the same files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from meshrun.errors import InputError
+
+__all__ = [
+    "ConfigScan",
+    "SSHConfigResolver",
+    "SSHSettings",
+    "expand_tokens",
+    "home_dir",
+    "match_pattern_list",
+    "parse_jump_spec",
+    "split_jumps",
+    "token_values",
+]
+
+SYSTEM_CONFIG = "/etc/ssh/ssh_config"
+_DEFAULT_IDENTITIES = (
+    "~/.ssh/id_rsa",
+    "~/.ssh/id_ecdsa",
+    "~/.ssh/id_ecdsa_sk",
+    "~/.ssh/id_ed25519",
+    "~/.ssh/id_ed25519_sk",
+    "~/.ssh/id_xmss",
+    "~/.ssh/id_dsa",
+)
+_DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+_DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+_MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
+
+#: ssh_config keywords whose values meshrun uses. A config that sets none of them for
+#: an alias cannot change how meshrun reaches it. (``HashKnownHosts``, which only
+#: decides how an accepted new key is written, is left out on purpose: Debian's own
+#: /etc/ssh/ssh_config sets it for every host, which would defeat the scan.)
+RELEVANT_KEYWORDS = frozenset(
+    {
+        "hostname",
+        "port",
+        "user",
+        "identityfile",
+        "identitiesonly",
+        "identityagent",
+        "certificatefile",
+        "proxyjump",
+        "proxycommand",
+        "hostkeyalias",
+        "userknownhostsfile",
+        "globalknownhostsfile",
+        "connecttimeout",
+        "serveraliveinterval",
+        "serveralivecountmax",
+        "pubkeyauthentication",
+    }
+)
+#: Keywords that make OpenSSH re-read the config or rewrite the name: never guessed.
+_ALWAYS_RESOLVE = frozenset({"canonicalizehostname"})
+
+
+def home_dir() -> str:
+    """The home directory OpenSSH uses for ``~``: the passwd entry's, not ``$HOME``."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:  # no passwd entry (some containers): OpenSSH would fail; be lenient
+        return os.path.expanduser("~")
+
+
+def local_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        import getpass
+
+        return getpass.getuser()
+
+
+def expand_home(path: str) -> str:
+    """``~/x`` against the passwd home (OpenSSH's ``~``); other paths unchanged."""
+    if path == "~" or path.startswith("~/"):
+        return home_dir() + path[1:]
+    return os.path.expanduser(path) if path.startswith("~") else path
+
+
+@dataclass(frozen=True, slots=True)
+class SSHSettings:
+    """The settings OpenSSH resolved for one destination, as meshrun uses them.
+
+    Paths are absolute (``~`` and ``%`` tokens expanded), except ``proxy_command``,
+    whose tokens are expanded when it is run (they depend on the hop being dialled).
+    """
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...] = _DEFAULT_IDENTITIES
+    identities_only: bool = False
+    identity_agent: str | None = None  # None: $SSH_AUTH_SOCK; "none": no agent
+    certificate_files: tuple[str, ...] = ()
+    proxy_jump: tuple[str, ...] = ()  # hops in dial order: "[user@]host[:port]"
+    proxy_command: str | None = None
+    host_key_alias: str | None = None
+    user_known_hosts: tuple[str, ...] = _DEFAULT_USER_KNOWN_HOSTS
+    global_known_hosts: tuple[str, ...] = _DEFAULT_GLOBAL_KNOWN_HOSTS
+    connect_timeout_s: float | None = None
+    server_alive_interval_s: int = 0
+    server_alive_count_max: int = 3
+    hash_known_hosts: bool = False
+    pubkey_authentication: bool = True
+    resolved_by_ssh: bool = False  # False: defaults only, the scan found nothing to ask
+
+
+# -- patterns and tokens ----------------------------------------------------------------
+
+
+def _glob_to_re(pattern: str) -> re.Pattern[str]:
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
+
+
+def match_pattern_list(name: str, patterns: Iterable[str]) -> bool:
+    """OpenSSH's ``match_pattern_list``: any positive pattern matches and no ``!``
+    pattern does (case-insensitive, ``*`` and ``?`` wildcards)."""
+    matched = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = pattern[1:] if negated else pattern
+        if _glob_to_re(body).fullmatch(name):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+_TOKEN_RE = re.compile(r"%(.)")
+
+
+def expand_tokens(text: str, values: dict[str, str]) -> str:
+    """Replace OpenSSH ``%x`` tokens from ``values`` (``%%`` is a percent sign).
+
+    An unknown token is an InputError, as ``ssh`` refuses it too.
+    """
+
+    def one(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "%":
+            return "%"
+        if key not in values:
+            raise InputError(
+                f"ssh_config: unknown token %{key} in {text!r}",
+                fix="see TOKENS in `man ssh_config` for the tokens each keyword accepts",
+            )
+        return values[key]
+
+    return _TOKEN_RE.sub(one, text)
+
+
+def token_values(alias: str, hostname: str, port: int, user: str) -> dict[str, str]:
+    home = home_dir()
+    return {
+        "d": home,
+        "h": hostname,
+        "i": str(os.getuid()),
+        "L": socket.gethostname().split(".")[0],
+        "l": socket.gethostname(),
+        "n": alias,
+        "p": str(port),
+        "r": user,
+        "u": local_user(),
+    }
+
+
+def parse_jump_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """One ProxyJump hop, ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``."""
+    text = spec.strip()
+    if text.startswith("ssh://"):
+        text = text[len("ssh://") :].rstrip("/")
+    user, _, rest = text.rpartition("@")
+    host, port = rest, None
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port = _port(tail[1:], spec)
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        port = _port(port_text, spec)
+    if not host:
+        raise InputError(
+            f"ProxyJump {spec!r}: no host name", fix="write [user@]host[:port] for each hop"
+        )
+    return (user or None), host, port
+
+
+def _port(text: str, spec: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise InputError(f"ProxyJump {spec!r}: bad port {text!r}", fix="a port is 1-65535")
+    return int(text)
+
+
+def split_jumps(value: str | None) -> tuple[str, ...]:
+    """``a,b`` -> ("a", "b"); ``none`` or empty -> ()."""
+    if not value or value.strip().lower() == "none":
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+# -- the cheap scan ----------------------------------------------------------------------
+
+
+@dataclass
+class _Block:
+    """One ``Host`` or ``Match`` section (or the unconditional head of a file)."""
+
+    patterns: tuple[str, ...] | None  # None: Match (unknown), () : top of file (all)
+    keywords: set[str] = field(default_factory=set)
+
+
+_SPLIT_RE = re.compile(r"\s*=\s*|\s+", re.ASCII)
+
+
+def _split_line(line: str) -> tuple[str, str] | None:
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    parts = _SPLIT_RE.split(text, maxsplit=1)
+    keyword = parts[0].lower()
+    return keyword, (parts[1] if len(parts) > 1 else "")
+
+
+def _args(value: str) -> list[str]:
+    """Whitespace-separated arguments, honouring double quotes as OpenSSH does."""
+    return [a.strip('"') for a in re.findall(r'"[^"]*"|\S+', value)]
+
+
+class ConfigScan:
+    """Keywords and ``Host`` patterns of the config files, to skip ``ssh -G`` safely.
+
+    Not a resolver: it only answers "could these files change a setting meshrun uses
+    for this alias?" and says yes whenever it cannot be sure.
+    """
+
+    def __init__(self, files: Sequence[tuple[str, str]]) -> None:
+        """``files``: (path, directory relative Includes are read from), in order."""
+        self.blocks: list[_Block] = []
+        self.uncertain = False  # an unreadable Include, a cycle: resolve everything
+        self.files_read: list[str] = []
+        for path, include_dir in files:
+            self._read(path, include_dir, 0, None)
+
+    def _read(self, path: str, include_dir: str, depth: int, inherited: _Block | None) -> None:
+        if depth > _MAX_INCLUDE_DEPTH:
+            self.uncertain = True
+            return
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            if depth:
+                return  # OpenSSH ignores missing Include files
+            return
+        except OSError:
+            self.uncertain = True
+            return
+        self.files_read.append(path)
+        block = inherited if inherited is not None else _Block(patterns=())
+        self.blocks.append(block)
+        for line in lines:
+            split = _split_line(line)
+            if split is None:
+                continue
+            keyword, value = split
+            if keyword == "host":
+                block = _Block(patterns=tuple(_args(value)))
+                self.blocks.append(block)
+            elif keyword == "match":
+                block = _Block(patterns=None)
+                self.blocks.append(block)
+            elif keyword == "include":
+                for pattern in _args(value):
+                    full = expand_home(pattern)
+                    if not os.path.isabs(full):
+                        full = os.path.join(include_dir, full)
+                    for included in sorted(glob.glob(full)):
+                        self._read(included, include_dir, depth + 1, block)
+                    if any(ch in full for ch in "%$"):
+                        self.uncertain = True  # tokens/env in Include paths: let ssh decide
+            else:
+                block.keywords.add(keyword)
+        # Host/Match sections do not continue into the file that included this one,
+        # but OpenSSH does carry on with the includer's current section.
+
+    def may_change(self, alias: str, pinned: frozenset[str]) -> bool:
+        """Could a section that applies to ``alias`` set a used keyword not ``pinned``?"""
+        if self.uncertain:
+            return True
+        for block in self.blocks:
+            if block.keywords & _ALWAYS_RESOLVE:
+                return True
+            wanted = (block.keywords & RELEVANT_KEYWORDS) - pinned
+            if not wanted:
+                continue
+            if block.patterns is None:  # Match: criteria we do not evaluate
+                return True
+            if not block.patterns or match_pattern_list(alias.lower(), block.patterns):
+                return True
+        return False
+
+
+# -- the resolver --------------------------------------------------------------------------
+
+
+def _parse_dump(text: str) -> dict[str, list[str]]:
+    """``ssh -G`` output: ``keyword value`` per line; repeated keywords accumulate."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        keyword, _, value = line.partition(" ")
+        if keyword:
+            out.setdefault(keyword.lower(), []).append(value)
+    return out
+
+
+def _yes(value: str | None) -> bool:
+    return (value or "").lower() in ("yes", "true")
+
+
+_Query = tuple[str, str | None, int | None]  # alias, ssh -l, ssh -p
+
+
+class SSHConfigResolver:
+    """Resolves destinations the way the user's ``ssh`` would, once each, thread-safe.
+
+    ``config_path`` None reads what ``ssh`` reads (``~/.ssh/config``, then
+    ``/etc/ssh/ssh_config``); a path reads only that file (like ``ssh -F``); a path
+    that does not exist reads nothing.
+    """
+
+    def __init__(self, config_path: str | None = None, *, ssh_binary: str = "ssh") -> None:
+        self._ssh = ssh_binary
+        self._lock = threading.Lock()
+        self._cache: dict[
+            tuple[str, str | None, int | None], concurrent.futures.Future[SSHSettings]
+        ] = {}
+        self._config_arg: list[str] = []
+        if config_path is None:
+            home = home_dir()
+            files = [
+                (os.path.join(home, ".ssh", "config"), os.path.join(home, ".ssh")),
+                (SYSTEM_CONFIG, os.path.dirname(SYSTEM_CONFIG)),
+            ]
+        else:
+            path = expand_home(config_path)
+            if os.path.exists(path):
+                files = [(path, os.path.join(home_dir(), ".ssh"))]
+                self._config_arg = ["-F", path]
+            else:
+                files = []
+                self._config_arg = ["-F", "/dev/null"]
+        self.scan = ConfigScan(files)
+
+    def resolve(
+        self,
+        alias: str,
+        *,
+        user: str | None = None,
+        port: int | None = None,
+        pinned: frozenset[str] = frozenset(),
+    ) -> SSHSettings:
+        """The settings for ``ssh [-l user] [-p port] alias``.
+
+        ``pinned`` names the keywords the caller will override anyway (inventory keys);
+        when the config could change nothing else for ``alias``, ``ssh -G`` is skipped.
+        """
+        key = (alias, user, port)
+        if not self.scan.may_change(alias, pinned | _pinned_by_args(user, port)):
+            return self._defaults(alias, user, port)
+        with self._lock:
+            future = self._cache.get(key)
+            owner = future is None
+            if owner:
+                future = concurrent.futures.Future()
+                self._cache[key] = future
+        assert future is not None
+        if owner:
+            try:
+                future.set_result(self._run_ssh_g(alias, user, port))
+            except BaseException as exc:
+                future.set_exception(exc)
+        return future.result()
+
+    def resolve_all(
+        self,
+        queries: Iterable[tuple[str, str | None, int | None, frozenset[str]]],
+        *,
+        workers: int = 8,
+    ) -> None:
+        """Warm the cache for many destinations at once (subprocesses run in parallel).
+
+        Errors are left in the cache: the host that needs a failed resolution gets it.
+        """
+        todo = {
+            (alias, user, port): pinned
+            for alias, user, port, pinned in queries
+            if self.scan.may_change(alias, pinned | _pinned_by_args(user, port))
+        }
+        if len(todo) <= 1:
+            return
+        with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:
+            futures = [
+                pool.submit(self.resolve, a, user=u, port=p, pinned=pinned)
+                for (a, u, p), pinned in todo.items()
+            ]
+            for f in futures:
+                f.exception()
+
+    def _defaults(self, alias: str, user: str | None, port: int | None) -> SSHSettings:
+        return SSHSettings(
+            alias=alias,
+            hostname=alias,
+            port=port or 22,
+            user=user or local_user(),
+            identity_files=tuple(expand_home(p) for p in _DEFAULT_IDENTITIES),
+            user_known_hosts=tuple(expand_home(p) for p in _DEFAULT_USER_KNOWN_HOSTS),
+        )
+
+    def _run_ssh_g(self, alias: str, user: str | None, port: int | None) -> SSHSettings:
+        if shutil.which(self._ssh) is None:
+            raise InputError(
+                f"ssh_config has settings for {alias!r} but the OpenSSH client `ssh`, which "
+                "meshrun asks to resolve them (`ssh -G`), is not installed",
+                fix="install openssh-client (apt-get install openssh-client), or pin the "
+                "host's address, port, user and identity in the inventory",
+            )
+        argv = [self._ssh, *self._config_arg, "-G"]
+        if user:
+            argv += ["-l", user]
+        if port:
+            argv += ["-p", str(port)]
+        argv += ["--", alias]
+        proc = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+        )
+        if proc.returncode != 0:
+            problem = " / ".join(
+                line for line in proc.stderr.strip().splitlines() if "Pseudo-terminal" not in line
+            )
+            raise InputError(
+                f"ssh_config: OpenSSH cannot resolve {alias!r}: {problem or 'ssh -G failed'}",
+                fix="fix the ssh_config line it names (`ssh -G HOST` shows the same error)",
+            )
+        return settings_from_dump(alias, proc.stdout)
+
+
+def _pinned_by_args(user: str | None, port: int | None) -> frozenset[str]:
+    pinned = set()
+    if user:
+        pinned.add("user")
+    if port:
+        pinned.add("port")
+    return frozenset(pinned)
+
+
+def settings_from_dump(alias: str, text: str) -> SSHSettings:
+    """SSHSettings from ``ssh -G`` output, with ``~`` and ``%`` tokens expanded."""
+    dump = _parse_dump(text)
+
+    def one(keyword: str) -> str | None:
+        values = dump.get(keyword)
+        return values[0] if values else None
+
+    hostname = one("hostname") or alias
+    port = int(one("port") or 22)
+    user = one("user") or local_user()
+    tokens = token_values(alias, hostname, port, user)
+    host_key_alias = one("hostkeyalias")
+    tokens["k"] = host_key_alias or hostname
+
+    def path(value: str) -> str:
+        return expand_home(expand_tokens(value, tokens))
+
+    def paths(keyword: str) -> tuple[str, ...]:
+        out: list[str] = []
+        for value in dump.get(keyword, []):
+            out.extend(path(v) for v in _args(value) if v.lower() != "none")
+        return tuple(out)
+
+    agent = one("identityagent")
+    if agent is not None and agent.lower() not in ("none", "ssh_auth_sock"):
+        agent = expand_home(expand_tokens(agent, tokens))
+        if agent.startswith("$"):
+            agent = os.environ.get(agent[1:], "none")
+    elif agent is not None and agent.lower() == "ssh_auth_sock":
+        agent = None
+    proxy_command = one("proxycommand")
+    if proxy_command is not None and proxy_command.strip().lower() == "none":
+        proxy_command = None
+    timeout = one("connecttimeout")
+    return SSHSettings(
+        alias=alias,
+        hostname=hostname,
+        port=port,
+        user=user,
+        identity_files=paths("identityfile"),
+        identities_only=_yes(one("identitiesonly")),
+        identity_agent=agent.lower() if agent and agent.lower() == "none" else agent,
+        certificate_files=paths("certificatefile"),
+        proxy_jump=split_jumps(one("proxyjump")),
+        proxy_command=proxy_command,
+        host_key_alias=host_key_alias,
+        user_known_hosts=paths("userknownhostsfile"),
+        global_known_hosts=paths("globalknownhostsfile"),
+        connect_timeout_s=float(timeout) if timeout and timeout.isdigit() else None,
+        server_alive_interval_s=int(one("serveraliveinterval") or 0),
+        server_alive_count_max=int(one("serveralivecountmax") or 3),
+        hash_known_hosts=_yes(one("hashknownhosts")),
+        pubkey_authentication=(one("pubkeyauthentication") or "yes").lower() not in ("no", "false"),
+        resolved_by_ssh=True,
+    )
