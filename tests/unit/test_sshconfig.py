@@ -200,5 +200,5 @@ def test_a_skipped_resolution_is_what_ssh_G_says(
 def test_a_config_openssh_refuses_is_an_input_error(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text("Host web1\n  NoSuchOption yes\n  HostName 10.0.0.1\n")
-    with pytest.raises(InputError, match="NoSuchOption|Bad configuration option"):
+    with pytest.raises(InputError, match=r"NoSuchOption|Bad configuration option"):
         SSHConfigResolver(str(config)).resolve("web1")
