@@ -341,23 +341,3 @@ def test_tilde_workdir_is_under_the_remote_home(fleet4: Fleet, tmp_path: Path) -
     assert {n: h["stdout"] for n, h in r.hosts.items()} == expected, (
         f"expected '~' to mean the remote HOME (created when missing){r.describe()}"
     )
-
-
-def test_inline_hosts_use_the_default_key_and_known_hosts(fleet4: Fleet) -> None:
-    ssh_dir = Path(os.environ["HOME"]) / ".ssh"  # HOME is a fresh directory per test
-    ssh_dir.mkdir(mode=0o700)
-    key = ssh_dir / "id_ed25519"
-    key.write_bytes(fleet4.client_key.read_bytes())
-    key.chmod(0o600)
-    spec = ",".join(f"{fleet4.user}@127.0.0.1:{h.port}" for h in fleet4.hosts[:2])
-
-    r = run_meshrun("exec", "--hosts", spec, "--json", "--accept-new-host-keys", "--", "true")
-    assert r.rc == 0, f"expected ~/.ssh/id_ed25519 to log in{r.describe()}"
-    known = (ssh_dir / "known_hosts").read_text().splitlines()
-    assert sorted(line.split()[0] for line in known) == sorted(
-        f"[127.0.0.1]:{h.port}" for h in fleet4.hosts[:2]
-    ), f"expected the keys added to ~/.ssh/known_hosts, got {known}"
-
-    r = run_meshrun("exec", "--hosts", spec, "--json", "--", "echo $MESHRUN_TEST_HOST")
-    assert r.rc == 0, r.describe()
-    assert sorted(h["stdout"] for h in r.doc["hosts"]) == ["h1\n", "h2\n"], r.describe()

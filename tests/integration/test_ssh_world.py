@@ -337,3 +337,23 @@ def test_user_certificates_beside_the_key_and_from_certificate_file(
     r = world.meshrun("exec", "-H", "certfile", "--json", "--", "echo $MESHRUN_TEST_HOST")
     assert r.rc == 0, r.describe()
     assert re.search(r"h3", r.stdout), r.describe()
+
+
+def test_inline_hosts_use_the_default_key_and_known_hosts(world_dir: Path, fleet: Fleet) -> None:
+    """An account with no ssh_config: OpenSSH's defaults (``~`` of the passwd entry)."""
+    blank = make_user_world(world_dir / "blank")
+    try:
+        blank.copy_key(fleet.client_key, ".ssh/id_ed25519")
+        spec = ",".join(f"{fleet.user}@127.0.0.1:{h.port}" for h in fleet.hosts[:2])
+        r = blank.meshrun("exec", "--hosts", spec, "--json", "--accept-new-host-keys", "--", "true")
+        assert r.rc == 0, f"expected ~/.ssh/id_ed25519 to log in{r.describe()}"
+        known = (blank.ssh_dir / "known_hosts").read_text().splitlines()
+        assert sorted(line.split()[0] for line in known) == sorted(
+            f"[127.0.0.1]:{h.port}" for h in fleet.hosts[:2]
+        ), f"expected the keys added to ~/.ssh/known_hosts, got {known}"
+
+        r = blank.meshrun("exec", "--hosts", spec, "--json", "--", "echo $MESHRUN_TEST_HOST")
+        assert r.rc == 0, r.describe()
+        assert sorted(h["stdout"] for h in r.doc["hosts"]) == ["h1\n", "h2\n"], r.describe()  # type: ignore[attr-defined]
+    finally:
+        remove_user_world(blank)
