@@ -37,6 +37,7 @@ class CommandOutcome:
     timed_out: bool = False
     cancelled: bool = False
     lost: bool = False  # the connection died before the command ended
+    started: bool = True  # False: cancelled while waiting for a free session, never run
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +142,13 @@ def default_connector(
         return LocalConnector()
     from meshrun.transport.ssh import SSHConnector
 
+    import os
+
     connector = SSHConnector(
-        connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+        connect_timeout_s=connect_timeout_s,
+        accept_new_host_keys=accept_new_host_keys,
+        # Like `ssh -F FILE`: only that file, not ~/.ssh/config nor /etc/ssh/ssh_config.
+        ssh_config_path=os.environ.get("MESHRUN_SSH_CONFIG") or None,
     )
     # Resolve ssh_config for every host at once and refuse keys that would need a
     # prompt, before any host is contacted.
