@@ -9,12 +9,13 @@ accept changed) and one reader per channel instead of Fabric's thread per stream
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import paramiko
 from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable, InputError
 from meshrun.inventory import Host
 from meshrun.sshkeys import sha256_fingerprint
-from meshrun.transport import rsync
+from meshrun.transport import rsync, startups
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -35,6 +36,12 @@ from meshrun.transport.base import (
 from meshrun.transport.identities import IdentityFiles, agent_for, offers
 from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
 from meshrun.transport.proxycommand import proxy_failure, start_proxy_command
+from meshrun.transport.sessions import (
+    Lease,
+    SessionBudget,
+    SessionRefused,
+    SessionsUnavailable,
+)
 from meshrun.transport.sshconfig import (
     SSHConfigResolver,
     expand_tokens,
@@ -112,6 +119,18 @@ class IdentityUnusable(InputError):
     """A key the run needs cannot be used without a prompt (found before dialling)."""
 
 
+def _pinned(host: Host) -> frozenset[str]:
+    """The ssh_config keywords an inventory entry overrides (so need not be asked)."""
+    pinned: set[str] = set()
+    if host.identity:
+        pinned.add("identityfile")
+    if host.known_hosts:
+        pinned.update(("userknownhostsfile", "globalknownhostsfile"))
+    if host.proxy_jump:
+        pinned.update(("proxyjump", "proxycommand"))
+    return frozenset(pinned)
+
+
 def _agent_blobs(identity_agent: str | None) -> set[bytes]:
     agent = agent_for(identity_agent)
     if agent is None:
@@ -179,16 +198,59 @@ class _Wakeup:
             self._pending = False
 
 
+#: How long a short command, the agent's channel, SFTP or an rsync channel waits for a
+#: free session before the host counts as unreachable. A task's command waits as long
+#: as it takes (its timeout and cancel still apply).
+SESSION_WAIT_S = 60.0
+
+
+def _transport_alive(transport: paramiko.Transport) -> bool:
+    return bool(transport.is_active())
+
+
+def _close_transport(transport: paramiko.Transport) -> None:
+    transport.close()
+
+
+def _refusal(exc: BaseException) -> bool:
+    """Did the server refuse a channel open? paramiko raises ChannelException, or, when
+    several opens fail at once and another thread took that exception, "Unable to open
+    channel." (its generic word for a failed open on a live transport)."""
+    if isinstance(exc, paramiko.ChannelException):
+        return True
+    return isinstance(exc, paramiko.SSHException) and "unable to open channel" in str(exc).lower()
+
+
 class SSHConnection:
-    """A live SSH transport to one host; channels are opened per command."""
+    """A live SSH connection to one host; a session channel is opened per command.
+
+    Every session channel on it — a command (:meth:`run`, :meth:`run_raw`), the agent's
+    stream (:meth:`open_process`), SFTP (:meth:`sftp`), an rsync carried over an exec
+    channel (:meth:`open_exec`), anything else (:meth:`session`) — takes its place from
+    one :class:`~meshrun.transport.sessions.SessionBudget`, and gives it back when the
+    channel is closed. sshd's ``MaxSessions`` counts them all alike, so the budget must
+    too: one channel opened beside it would make another's open be refused. The budget
+    learns the host's limit from its refusals and retries them (a refusal never loses
+    the host); when the connector allows it (:meth:`allow_extra_connections`) it opens a
+    few more connections to the host through the connector's own dial — the same hops,
+    identity and host-key check — when more sessions are wanted than one connection
+    may hold, and queues them otherwise. ``transport`` is the first connection;
+    ``close()`` closes every one.
+    """
 
     def __init__(
         self, host: Host, transport: paramiko.Transport, max_channels: int, timeout_s: float
     ) -> None:
         self._host = host
         self.transport = transport
-        self._channels = threading.BoundedSemaphore(max_channels)
         self._timeout_s = timeout_s
+        self._budget: SessionBudget[paramiko.Transport] = SessionBudget(
+            host.name,
+            transport,
+            limit=max_channels,
+            alive=_transport_alive,
+            close_link=_close_transport,
+        )
 
     @property
     def host(self) -> Host:
@@ -198,15 +260,93 @@ class SSHConnection:
     def host_key_fingerprint(self) -> str | None:
         return fingerprint(self.transport.get_remote_server_key())
 
-    def _open(self) -> paramiko.Channel:
-        if not self.transport.is_active():
+    @property
+    def sessions(self) -> SessionBudget[paramiko.Transport]:
+        """The session budget shared by every channel on this connection."""
+        return self._budget
+
+    def allow_extra_connections(self, dial: Callable[[], SSHConnection], most: int) -> None:
+        """Let the budget open up to ``most`` connections in all with ``dial`` (the
+        connector's own) when the host's MaxSessions is what keeps sessions waiting."""
+        if most > 1:
+            self._budget.allow_extra_links(lambda: dial().transport, most)
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _open_on(self, transport: paramiko.Transport) -> paramiko.Channel:
+        if not transport.is_active():
             raise HostUnreachable(self._host.name, "the SSH connection was lost")
         try:
-            return self.transport.open_session(timeout=self._timeout_s)
+            return transport.open_session(timeout=self._timeout_s)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            if _refusal(exc) and transport.is_active():
+                # sshd's answer ("open failed"; "no more sessions" in its log) when the
+                # connection already has MaxSessions sessions: wait, do not give up.
+                raise SessionRefused(str(exc)) from exc
             raise HostUnreachable(
                 self._host.name, f"could not open an SSH channel: {exc or type(exc).__name__}"
             ) from exc
+
+    def _lease(
+        self, wait_s: float | None, cancel: threading.Event | None = None
+    ) -> Lease[paramiko.Transport, paramiko.Channel]:
+        """A session channel from the budget. SessionsUnavailable (``cancelled``) only
+        when ``cancel`` was set while waiting; HostUnreachable when none can be had."""
+        try:
+            return self._budget.acquire(self._open_on, timeout_s=wait_s, cancel=cancel)
+        except SessionsUnavailable as exc:
+            if exc.cancelled:
+                raise
+            raise HostUnreachable(self._host.name, f"could not open an SSH channel: {exc}") from exc
+
+    @contextlib.contextmanager
+    def session(self, *, wait_s: float | None = SESSION_WAIT_S) -> Iterator[paramiko.Channel]:
+        """A session channel from the budget, closed and given back on leaving."""
+        lease = self._lease(wait_s)
+        try:
+            yield lease.session
+        finally:
+            lease.session.close()
+            lease.release()
+
+    def open_exec(self, command: str | bytes) -> tuple[paramiko.Channel, Callable[[], None]]:
+        """An exec channel running ``command`` (as is, no wrapper), counted in the
+        budget until the returned ``release`` is called; ``release`` closes it too."""
+        lease = self._lease(SESSION_WAIT_S)
+        chan = lease.session
+
+        def release() -> None:
+            chan.close()
+            lease.release()
+
+        try:
+            chan.exec_command(command)
+        except BaseException as exc:
+            release()
+            if isinstance(exc, paramiko.SSHException | OSError | EOFError):
+                raise HostUnreachable(
+                    self._host.name, f"could not start a command: {exc or type(exc).__name__}"
+                ) from exc
+            raise
+        return chan, release
+
+    @contextlib.contextmanager
+    def sftp(self) -> Iterator[Any]:
+        """An SFTP client (paramiko's) on a session from the budget, for the block."""
+        with self.session() as chan:
+            try:
+                chan.invoke_subsystem("sftp")
+                client = paramiko.SFTPClient(chan)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HostUnreachable(
+                    self._host.name, f"could not start SFTP: {exc or type(exc).__name__}"
+                ) from exc
+            try:
+                yield client
+            finally:
+                client.close()
+
+    # -- commands ---------------------------------------------------------------------
 
     def run(
         self,
@@ -216,18 +356,25 @@ class SSHConnection:
         cancel: threading.Event | None = None,
     ) -> CommandOutcome:
         script = build_wrapper(request.command, workdir=self._host.workdir, env=request.env)
-        with self._channels:
-            started = time.monotonic()
-            chan = self._open()
-            try:
-                chan.exec_command(remote_exec_line(script))
-                return self._pump(chan, request.timeout_s, on_output, cancel, started)
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise HostUnreachable(
-                    self._host.name, f"the SSH connection failed during the command: {exc}"
-                ) from exc
-            finally:
-                chan.close()
+        try:
+            # A task waits for a free session as long as it takes; cancel ends the wait.
+            lease = self._lease(None, cancel)
+        except SessionsUnavailable:
+            return CommandOutcome(None, b"", b"", 0.0, cancelled=True, started=False)
+        chan = lease.session
+        started = time.monotonic()
+        try:
+            if cancel is not None and cancel.is_set():
+                return CommandOutcome(None, b"", b"", 0.0, cancelled=True, started=False)
+            chan.exec_command(remote_exec_line(script))
+            return self._pump(chan, request.timeout_s, on_output, cancel, started)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostUnreachable(
+                self._host.name, f"the SSH connection failed during the command: {exc}"
+            ) from exc
+        finally:
+            chan.close()
+            lease.release()
 
     def _pump(
         self,
@@ -290,9 +437,8 @@ class SSHConnection:
         )
 
     def run_raw(self, command: str, *, stdin: bytes = b"", timeout_s: float = 60.0) -> RawResult:
-        with self._channels:
+        with self.session(wait_s=timeout_s) as chan:
             started = time.monotonic()
-            chan = self._open()
             try:
                 chan.exec_command(command)
                 if stdin:
@@ -303,24 +449,18 @@ class SSHConnection:
                 raise HostUnreachable(
                     self._host.name, f"the SSH connection failed during a command: {exc}"
                 ) from exc
-            finally:
-                chan.close()
         if out.exit_code is None:
             raise HostUnreachable(self._host.name, "no exit status: the connection was lost")
         return RawResult(out.exit_code, out.stdout, out.stderr)
 
     def open_process(self, command: str) -> _ChannelStream:
-        self._channels.acquire()
-        try:
-            chan = self._open()
-            chan.exec_command(command)
-        except BaseException:
-            self._channels.release()
-            raise
-        return _ChannelStream(chan, self._channels.release)
+        chan, release = self.open_exec(command)
+        return _ChannelStream(chan, release)
 
     def close(self) -> None:
-        self.transport.close()
+        """Close every connection to the host (the first and any extra ones)."""
+        for transport in self._budget.close():
+            transport.close()
 
 
 class _ChannelStream:
@@ -358,7 +498,13 @@ class SSHConnector:
     """Opens one transport per host on demand and reuses it for every command.
 
     A global semaphore bounds concurrent handshakes (they are CPU-bound on the
-    coordinator); a per-host semaphore keeps channels below sshd's ``MaxSessions``.
+    coordinator), and a gate bounds those through any one jump host or ProxyCommand
+    (``handshakes_per_gateway``: a bastion's MaxStartups counts them); a dial that sshd
+    drops early (MaxStartups) is retried with jittered backoff. Each connection's
+    session budget keeps its channels under the host's MaxSessions, learned from its
+    refusals (``channels_per_host`` is where it starts), and may open up to
+    ``connections_per_host`` connections to a host whose limit is lower than the
+    sessions wanted.
     """
 
     def __init__(
@@ -367,13 +513,17 @@ class SSHConnector:
         connect_timeout_s: float = 10.0,
         accept_new_host_keys: bool = False,
         max_handshakes: int = 32,
-        channels_per_host: int = 8,
+        channels_per_host: int = 64,
+        connections_per_host: int = 4,
+        handshakes_per_gateway: int = startups.HANDSHAKES_PER_GATEWAY,
         keepalive_s: int = 15,
         ssh_config_path: str | None = None,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.accept_new_host_keys = accept_new_host_keys
         self.channels_per_host = channels_per_host
+        self.connections_per_host = connections_per_host
+        self._startup_gate = startups.HandshakeGate(handshakes_per_gateway)
         self.keepalive_s = keepalive_s
         self._handshakes = threading.BoundedSemaphore(max_handshakes)
         self._lock = threading.Lock()
@@ -394,15 +544,8 @@ class SSHConnector:
         Inventory keys win (``port``/``user`` are passed as ``ssh -p``/``-l`` would be,
         ``identity``, ``known_hosts`` and ``proxy_jump`` replace what ssh_config says).
         """
-        pinned: set[str] = set()
-        if host.identity:
-            pinned.add("identityfile")
-        if host.known_hosts:
-            pinned.update(("userknownhostsfile", "globalknownhostsfile"))
-        if host.proxy_jump:
-            pinned.update(("proxyjump", "proxycommand"))
         s = self._resolver.resolve(
-            host.ssh_alias, user=host.user, port=host.port, pinned=frozenset(pinned)
+            host.ssh_alias, user=host.user, port=host.port, pinned=_pinned(host)
         )
         if host.known_hosts:
             user_files: tuple[str, ...] = (os.path.expanduser(host.known_hosts),)
@@ -442,9 +585,7 @@ class SSHConnector:
         hold and that a host can do without no other way (meshrun never prompts).
         """
         remote = [h for h in hosts if not h.local]
-        self._resolver.resolve_all(
-            (h.ssh_alias, h.user, h.port, frozenset()) for h in remote if not h.identity
-        )
+        self._resolver.resolve_all((h.ssh_alias, h.user, h.port, _pinned(h)) for h in remote)
         agent_blobs: dict[str | None, set[bytes]] = {}
         locked: dict[str, list[str]] = {}
         for host in remote:
@@ -492,13 +633,31 @@ class SSHConnector:
                 conn = self._connections.get(host.name)
                 if conn is not None and conn.transport.is_active():
                     return conn
-            conn = self._dial(host)
+            if conn is not None:
+                conn.close()  # its first connection died: close any extra ones with it
+            conn = self._dial_politely(host)
+            conn.allow_extra_connections(
+                lambda: self._dial_politely(host), self.connections_per_host
+            )
             with self._lock:
                 if self._closed:
                     conn.close()
                     raise HostUnreachable(host.name, "the run is shutting down")
                 self._connections[host.name] = conn
             return conn
+
+    def _dial_politely(self, host: Host) -> SSHConnection:
+        """``_dial`` within the gateway's handshake bound, dialled again when sshd drops
+        it early (MaxStartups). Extra connections of a session budget come here too."""
+        ep = self.endpoint(host)
+        timeout_s = float(getattr(ep, "connect_timeout_s", self.connect_timeout_s))
+        with self._startup_gate.through(startups.gateway_of(ep)):
+            return startups.dial_with_retries(
+                lambda: self._dial(host),
+                host=host.name,
+                early_s=timeout_s / 2,
+                closing=lambda: self._closed,
+            )
 
     def _dial(self, host: Host) -> SSHConnection:
         ep = self.endpoint(host)
@@ -862,9 +1021,7 @@ class SSHConnector:
             home = self.connect(host).run_raw('printf "%s" "$HOME"').stdout.decode().strip()
             if home.startswith("/"):
                 workdir = home.rstrip("/") + workdir[1:]
-        argv = rsync.push_argv(
-            rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir
-        )
+        argv = rsync.push_argv(rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir)
         rsync.run(argv, host.name, env=rsh.env)
 
     def close(self) -> None:
