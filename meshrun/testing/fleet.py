@@ -22,6 +22,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import getpass
+import importlib.util
 import json
 import os
 import shlex
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -780,9 +781,15 @@ def _cmd_down(args: argparse.Namespace) -> int:
     if fleet is None:
         print(f"no {STATE_FILE} in {base_dir}: nothing to stop", file=sys.stderr)
         return 0
+    alive: Callable[[SimHost], bool] = _listener_alive
+    kill: Callable[[int], None] = _kill_tree
+    if importlib.util.find_spec("psutil") is None:  # no test extras: /proc does the same
+        from meshrun.testing.procfs import kill_tree, listener_alive
+
+        alive, kill = listener_alive, kill_tree
     for h in fleet.hosts:
-        if _listener_alive(h):  # verified: still an sshd running our config
-            _kill_tree(h.pid)
+        if alive(h):  # verified: still an sshd running our config
+            kill(h.pid)
             print(f"{h.name}: killed sshd pid {h.pid}")
         else:
             print(f"{h.name}: not running")

@@ -197,3 +197,49 @@ def test_command_line_up_status_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert gone_within(pids) == []
     assert cli("status").returncode == 1
+
+
+def test_command_line_down_without_psutil(tmp_path: Path) -> None:
+    """`fleet down` after `scripts/demo`, whose venv has no test extras: /proc instead."""
+    repo = Path(fleet_mod.__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    no_psutil = (
+        "import sys; sys.modules['psutil'] = None; "  # `import psutil` raises ImportError
+        "from meshrun.testing.fleet import main; sys.exit(main(sys.argv[1:]))"
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", no_psutil, *args, "--dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+
+    up = cli("up", "--count", "2")
+    assert up.returncode == 0, up.stderr
+    state = json.loads((tmp_path / "fleet.json").read_text())
+    pids = [h["pid"] for h in state["hosts"]]
+    adopted = fleet_mod._load_state(tmp_path)
+    assert adopted is not None
+    session = subprocess.Popen(
+        adopted.ssh_argv("h1", "sleep 60"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(pids[0]).children(recursive=True):
+            assert time.monotonic() < deadline, "the ssh session never started"
+            time.sleep(0.05)
+        inside = [p.pid for p in psutil.Process(pids[0]).children(recursive=True)]
+    finally:
+        down = cli("down")
+        session.wait(timeout=10)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.splitlines() == [
+        f"h1: killed sshd pid {pids[0]}",
+        f"h2: killed sshd pid {pids[1]}",
+    ]
+    assert gone_within(pids + inside) == []
+    assert not (tmp_path / "fleet.json").exists()
