@@ -533,6 +533,56 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+SSH_CONFIG_CHOICES = ("none", "200", "200-all")
+
+
+def write_ssh_config(path: Path, kind: str) -> Path | None:
+    """A user's ssh_config of 200 ``Host`` blocks (other machines, as most people's is).
+
+    ``200``: none of them is a fleet host, so meshrun's scan skips ``ssh -G``;
+    ``200-all``: a ``Host *`` block also sets ServerAliveInterval (a common habit),
+    which can change how every host is reached: ``ssh -G`` runs once per host.
+    """
+    if kind == "none":
+        return None
+    blocks = []
+    for i in range(200):
+        blocks.append(
+            f"Host srv-{i:03d} srv-{i:03d}.corp\n  HostName 10.{i // 250}.{i % 250}.9\n"
+            f"  User deploy\n  Port {2200 + i % 7}\n  IdentityFile ~/.ssh/corp_{i % 5}\n"
+            + ("  ProxyJump bastion.corp\n" if i % 3 == 0 else "")
+        )
+    if kind == "200-all":
+        blocks.append("Host *\n  ServerAliveInterval 60\n")
+    path.write_text("\n".join(blocks))
+    return path
+
+
+def resolution_cost(fleet: Fleet, config: Path | None, repeat: int = 5) -> str:
+    """meshrun's ssh_config resolution for the fleet, in process: the per-host cost."""
+    from meshrun.inventory import load_inventory
+    from meshrun.transport.ssh import SSHConnector
+
+    hosts = load_inventory(fleet.hosts_toml)
+    times = []
+    connector = None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        connector = SSHConnector(ssh_config_path=str(config) if config else "/nonexistent")
+        connector.prepare(hosts)
+        times.append(time.perf_counter() - started)
+        connector.close()
+    assert connector is not None
+    scan = connector._resolver.scan
+    asked = sum(1 for h in hosts if scan.may_change(h.ssh_alias, frozenset()))
+    median = statistics.median(times)
+    return (
+        f"ssh_config resolution ({'no config' if config is None else config.name}): "
+        f"{median * 1000:.1f} ms for {len(hosts)} hosts = {median * 1000 / len(hosts):.2f} "
+        f"ms/host (median of {repeat}; ssh -G asked for {asked} of {len(hosts)} hosts)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/fanout", description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=parse_sizes, default=[8, 64], help="fleet sizes (8,64)")
@@ -545,6 +595,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parallel-x25519, meshrun-help, meshrun-local, python; default: all)",
     )
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument(
+        "--ssh-config",
+        choices=SSH_CONFIG_CHOICES,
+        default="200",
+        help="the ssh_config meshrun reads (MESHRUN_SSH_CONFIG): 200 Host blocks for other "
+        "machines (200, default), the same plus `Host *` with ServerAliveInterval "
+        "(200-all: ssh -G runs for every host), or none",
+    )
     parser.add_argument(
         "--bytecode",
         choices=["cache", "env"],
@@ -579,6 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="meshrun-fanout-") as tmp:
             env = tool_env(Path(tmp) / "pycache" if args.bytecode == "cache" else None)
+            ssh_config = write_ssh_config(Path(tmp) / "ssh_config", args.ssh_config)
+            if ssh_config is not None:
+                env["MESHRUN_SSH_CONFIG"] = str(ssh_config)
+            doc["ssh_config"] = args.ssh_config
             print(
                 f"bytecode: {args.bytecode}; meshrun tree: {doc['meshrun_tree']['summary']}",
                 file=sys.stderr,
@@ -592,8 +654,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         keep = set(args.only.split(",")) | {"meshrun"}
                         tools = [t for t in tools if t.key in keep]
                     results = bench_fleet(tools, args.repeat, args.warmup, env)
+                    cost = resolution_cost(fleet, ssh_config)
                 table = render(count, results, args.repeat, args.bytecode)
                 print(table, flush=True)
+                print(cost, flush=True)
                 doc["runs"].append(as_json(count, results))
     except KeyboardInterrupt:
         print("\nfanout: interrupted; fleets stopped", file=sys.stderr)

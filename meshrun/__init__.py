@@ -13,7 +13,8 @@ The library is what the ``meshrun`` command is built from::
     for result in report.results:
         print(result.name, result.status.value, result.stdout.decode())
 
-Nothing here imports paramiko until a remote host is connected.
+Nothing here imports paramiko until a remote host is connected, and nothing imports
+Fabric. ``meshrun.__version__`` is the installed package's version (its metadata).
 """
 
 import importlib
@@ -149,7 +150,21 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version: one source, pyproject.toml. Looked up on
+    first use only (importlib.metadata costs start-up time)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshrun")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = version = _version()
+        return version
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'meshrun' has no attribute {name!r}")
@@ -160,7 +175,8 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    __version__: str
 
 __all__ = [
     "Advert",

@@ -506,20 +506,25 @@ def exec_command(*, command: list[str], **options: Any) -> int:
     )
 
 
-def _parse_exec(args: list[str]) -> dict[str, Any]:
+def _exec_parser() -> argparse.ArgumentParser:
     p = _parser("exec", exec_command, "[OPTIONS] COMMAND...", _EXEC_EPILOG)
     p.add_argument(
         "command", metavar="COMMAND...", nargs="*", help="The command to run on every host."
     )
-    actions = _fleet_options(
+    _fleet_options(
         p,
         timeout_help="Per-host command limit (30s, 5m, 1h); its processes are killed.",
         env_help="Set an environment variable for the command (repeatable).",
         output_help="stream: lines prefixed by host as they come; group: one block per "
         "host; fold: identical outputs once, under folded host names.  [default: stream]",
     )
-    actions += _discover_options(p)
-    options, command = _split_operands(args, _value_options(actions))
+    _discover_options(p)
+    return p
+
+
+def _parse_exec(args: list[str]) -> dict[str, Any]:
+    p = _exec_parser()
+    options, command = _split_operands(args, _value_options(p._actions))
     parsed = _with_discovery(vars(p.parse_args(options)))
     if not command:
         p.error("the following arguments are required: COMMAND...")
@@ -559,18 +564,23 @@ def run_command(*, script: str, args: list[str], **options: Any) -> int:
     )
 
 
-def _parse_run(args: list[str]) -> dict[str, Any]:
+def _run_parser() -> argparse.ArgumentParser:
     p = _parser("run", run_command, "[OPTIONS] SCRIPT [ARGS]...", _RUN_EPILOG)
     p.add_argument("script", metavar="SCRIPT", nargs="?", help="Local script to run.")
     p.add_argument("args", metavar="ARGS", nargs="*", help="Arguments for the script.")
-    actions = _fleet_options(
+    _fleet_options(
         p,
         timeout_help="Per-host limit (30s, 5m, 1h); its processes are killed.",
         env_help="Set an environment variable for the script (repeatable).",
         output_help="stream | group | fold (see `meshrun exec --help`).  [default: stream]",
     )
-    actions += _discover_options(p)
-    options, operands = _split_operands(args, _value_options(actions))
+    _discover_options(p)
+    return p
+
+
+def _parse_run(args: list[str]) -> dict[str, Any]:
+    p = _run_parser()
+    options, operands = _split_operands(args, _value_options(p._actions))
     parsed = _with_discovery(vars(p.parse_args(options)))
     if not operands:
         p.error("the following arguments are required: SCRIPT")
@@ -614,7 +624,7 @@ def hosts_command(
     return 0 if all(p.reachable and p.auth_ok for p in probes) else 3
 
 
-def _parse_hosts(args: list[str]) -> dict[str, Any]:
+def _hosts_parser() -> argparse.ArgumentParser:
     p = _parser("hosts", hosts_command, "[OPTIONS]")
     _hosts_option(p)
     _limit_option(p)
@@ -623,7 +633,11 @@ def _parse_hosts(args: list[str]) -> dict[str, Any]:
     _verbose_option(p)
     _accept_option(p)
     _discover_options(p)
-    return _with_discovery(vars(p.parse_args(args)))
+    return p
+
+
+def _parse_hosts(args: list[str]) -> dict[str, Any]:
+    return _with_discovery(vars(_hosts_parser().parse_args(args)))
 
 
 # -- dispatch --------------------------------------------------------------------------------
@@ -755,7 +769,7 @@ def dispatch_command(
     return report.exit_code
 
 
-def _parse_dispatch(args: list[str]) -> dict[str, Any]:
+def _dispatch_parser() -> argparse.ArgumentParser:
     p = _parser("dispatch", dispatch_command, "[OPTIONS] TASKS.toml", _DISPATCH_EPILOG)
     p.add_argument("tasks_file", metavar="TASKS.toml", help="The task graph to run.")
     _hosts_option(p)
@@ -823,7 +837,11 @@ def _parse_dispatch(args: list[str]) -> dict[str, Any]:
     _verbose_option(p)
     _accept_option(p)
     _discover_options(p)
-    return _with_discovery(vars(p.parse_args(args)))
+    return p
+
+
+def _parse_dispatch(args: list[str]) -> dict[str, Any]:
+    return _with_discovery(vars(_dispatch_parser().parse_args(args)))
 
 
 # -- agent, discover ------------------------------------------------------------------------
@@ -887,7 +905,7 @@ def agent_command(
     return 0
 
 
-def _parse_agent(args: list[str]) -> dict[str, Any]:
+def _agent_parser() -> argparse.ArgumentParser:
     p = _parser("agent", agent_command, "[OPTIONS]", _AGENT_EPILOG)
     p.add_argument(
         "--name",
@@ -939,7 +957,11 @@ def _parse_agent(args: list[str]) -> dict[str, Any]:
         "every non-loopback IPv4 interface).",
     )
     _verbose_option(p)
-    return vars(p.parse_args(args))
+    return p
+
+
+def _parse_agent(args: list[str]) -> dict[str, Any]:
+    return vars(_agent_parser().parse_args(args))
 
 
 _DISCOVER_EPILOG = """\
@@ -988,7 +1010,7 @@ def discover_command(
     return 0
 
 
-def _parse_discover(args: list[str]) -> dict[str, Any]:
+def _discover_parser() -> argparse.ArgumentParser:
     p = _parser("discover", discover_command, "[OPTIONS]", _DISCOVER_EPILOG)
     p.add_argument(
         "-t",
@@ -1017,10 +1039,14 @@ def _parse_discover(args: list[str]) -> dict[str, Any]:
         help="Also write the agents found as a hosts.toml (for --hosts).",
     )
     _verbose_option(p)
-    return vars(p.parse_args(args))
+    return p
 
 
-# -- history, version ------------------------------------------------------------------------
+def _parse_discover(args: list[str]) -> dict[str, Any]:
+    return vars(_discover_parser().parse_args(args))
+
+
+# -- history, version, completion ------------------------------------------------------------
 
 
 def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -> int:
@@ -1049,7 +1075,7 @@ def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -
     return 0
 
 
-def _parse_history(args: list[str]) -> dict[str, Any]:
+def _history_parser() -> argparse.ArgumentParser:
     p = _parser("history", history_command, "[OPTIONS] [TASKS.toml]")
     p.add_argument(
         "tasks_file",
@@ -1064,7 +1090,11 @@ def _parse_history(args: list[str]) -> dict[str, Any]:
         help="Where history lives (default: .meshrun beside TASKS.toml).",
     )
     _json_option(p)
-    return vars(p.parse_args(args))
+    return p
+
+
+def _parse_history(args: list[str]) -> dict[str, Any]:
+    return vars(_history_parser().parse_args(args))
 
 
 def keygen_command(*, path: str, identity: str | None) -> int:
@@ -1086,7 +1116,7 @@ def keygen_command(*, path: str, identity: str | None) -> int:
     return 0
 
 
-def _parse_keygen(args: list[str]) -> dict[str, Any]:
+def _keygen_parser() -> argparse.ArgumentParser:
     p = _parser("keygen", keygen_command, "[OPTIONS] PATH")
     p.add_argument("path", metavar="PATH", help="Where to write the private key.")
     p.add_argument(
@@ -1095,7 +1125,11 @@ def _parse_keygen(args: list[str]) -> dict[str, Any]:
         metavar="NAME",
         help="The key's comment and allowed_signers principal (default: user@host).",
     )
-    return vars(p.parse_args(args))
+    return p
+
+
+def _parse_keygen(args: list[str]) -> dict[str, Any]:
+    return vars(_keygen_parser().parse_args(args))
 
 
 def verify_command(
@@ -1128,7 +1162,7 @@ def verify_command(
     return 0 if result.ok and (allowed is None or result.signature.value == "trusted") else 4
 
 
-def _parse_verify(args: list[str]) -> dict[str, Any]:
+def _verify_parser() -> argparse.ArgumentParser:
     p = _parser("verify", verify_command, "[OPTIONS] RUN_DIR")
     p.add_argument(
         "directory",
@@ -1148,32 +1182,105 @@ def _parse_verify(args: list[str]) -> dict[str, Any]:
         help="Trusted keys in OpenSSH allowed_signers format (namespace meshrun).",
     )
     _json_option(p)
-    return vars(p.parse_args(args))
+    return p
+
+
+def _parse_verify(args: list[str]) -> dict[str, Any]:
+    return vars(_verify_parser().parse_args(args))
 
 
 def version_command() -> int:
-    """Print meshrun's version."""
+    """Print meshrun's version.
+
+    The same as `meshrun --version`: the version of the installed package.
+    """
     sys.stdout.write(f"meshrun {meshrun.__version__}\n")
     return 0
 
 
+def _version_parser() -> argparse.ArgumentParser:
+    return _parser("version", version_command, "[OPTIONS]")
+
+
 def _parse_version(args: list[str]) -> dict[str, Any]:
-    return vars(_parser("version", version_command, "[OPTIONS]").parse_args(args))
+    return vars(_version_parser().parse_args(args))
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+_COMPLETION_EPILOG = """\
+Install it where your shell looks (then open a new shell):
+  meshrun completion bash > ~/.local/share/bash-completion/completions/meshrun
+  meshrun completion zsh > ~/.zfunc/_meshrun   # fpath+=(~/.zfunc) before compinit
+  meshrun completion fish > ~/.config/fish/completions/meshrun.fish
+
+The script is generated (with shtab) from the same option parsers `meshrun COMMAND -h` \
+shows, so it completes commands, options, fixed choices and file or directory \
+arguments of this version: write it again after an upgrade."""
+
+# Arguments that name a local file or directory, by metavar: completed as paths.
+_FILE_METAVARS = frozenset(
+    {"FILE", "FILE|LIST", "KEY", "PUB", "PUBFILE", "PATH", "SCRIPT", "ARGS", "TASKS.toml"}
+)
+_DIRECTORY_METAVARS = frozenset({"DIR", "RUN_DIR"})
+
+
+def completion_command(*, shell: str) -> int:
+    """Print a shell completion script for bash, zsh or fish."""
+    import shtab  # only here: the completion script is not on anyone's start-up path
+
+    parser = _full_parser()
+    parsers = [parser, *_subparsers(parser).values()]
+    for action in (a for p in parsers for a in p._actions):
+        if action.metavar in _FILE_METAVARS:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif action.metavar in _DIRECTORY_METAVARS:
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    script: str = shtab.complete(parser, shell=shell)
+    sys.stdout.write(script if script.endswith("\n") else script + "\n")
+    return 0
+
+
+def _completion_parser() -> argparse.ArgumentParser:
+    p = _parser("completion", completion_command, "[OPTIONS] SHELL", _COMPLETION_EPILOG)
+    p.add_argument(
+        "shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish: the shell to complete."
+    )
+    return p
+
+
+def _parse_completion(args: list[str]) -> dict[str, Any]:
+    return vars(_completion_parser().parse_args(args))
 
 
 # -- entry point -----------------------------------------------------------------------------
 
-_COMMANDS: dict[str, tuple[Callable[[list[str]], dict[str, Any]], Callable[..., int]]] = {
-    "exec": (_parse_exec, exec_command),
-    "run": (_parse_run, run_command),
-    "hosts": (_parse_hosts, hosts_command),
-    "agent": (_parse_agent, agent_command),
-    "discover": (_parse_discover, discover_command),
-    "dispatch": (_parse_dispatch, dispatch_command),
-    "history": (_parse_history, history_command),
-    "keygen": (_parse_keygen, keygen_command),
-    "verify": (_parse_verify, verify_command),
-    "version": (_parse_version, version_command),
+
+@dataclass(frozen=True)
+class _Command:
+    """A command: its parser (built only when it runs), how it parses, what it runs."""
+
+    build: Callable[[], argparse.ArgumentParser]
+    parse: Callable[[list[str]], dict[str, Any]]
+    run: Callable[..., int]
+
+    @property
+    def summary(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+_COMMANDS: dict[str, _Command] = {
+    "exec": _Command(_exec_parser, _parse_exec, exec_command),
+    "run": _Command(_run_parser, _parse_run, run_command),
+    "hosts": _Command(_hosts_parser, _parse_hosts, hosts_command),
+    "agent": _Command(_agent_parser, _parse_agent, agent_command),
+    "discover": _Command(_discover_parser, _parse_discover, discover_command),
+    "dispatch": _Command(_dispatch_parser, _parse_dispatch, dispatch_command),
+    "history": _Command(_history_parser, _parse_history, history_command),
+    "keygen": _Command(_keygen_parser, _parse_keygen, keygen_command),
+    "verify": _Command(_verify_parser, _parse_verify, verify_command),
+    "version": _Command(_version_parser, _parse_version, version_command),
+    "completion": _Command(_completion_parser, _parse_completion, completion_command),
 }
 
 
@@ -1182,12 +1289,11 @@ def _top_parser() -> argparse.ArgumentParser:
     import textwrap
 
     lines = ["commands:"]
-    for name, (_, function) in _COMMANDS.items():
-        summary = (function.__doc__ or "").strip().splitlines()[0]
-        wrapped = textwrap.wrap(summary, 66) or [""]
-        lines.append(f"  {name:<10}{wrapped[0]}")
-        lines.extend(" " * 12 + rest for rest in wrapped[1:])
-    return argparse.ArgumentParser(
+    for name, command in _COMMANDS.items():
+        wrapped = textwrap.wrap(command.summary, 66) or [""]
+        lines.append(f"  {name:<12}{wrapped[0]}")
+        lines.extend(" " * 14 + rest for rest in wrapped[1:])
+    top = argparse.ArgumentParser(
         prog="meshrun",
         usage="%(prog)s [OPTIONS] COMMAND [ARGS]...",
         description=_DESCRIPTION,
@@ -1195,20 +1301,40 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         allow_abbrev=False,
     )
+    top.add_argument("--version", action="store_true", help="Print meshrun's version and exit.")
+    return top
+
+
+def _full_parser() -> argparse.ArgumentParser:
+    """`meshrun` with every command's parser as a subcommand: what completion reads."""
+    top = _top_parser()
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in _COMMANDS.items():
+        commands.add_parser(name, help=command.summary)
+        commands._name_parser_map[name] = command.build()
+    return top
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action._name_parser_map)
+    return {}
 
 
 def _main(argv: list[str]) -> int:
     if not argv:
         _top_parser().print_help(sys.stderr)
         return 2
+    if argv == ["--version"]:
+        return version_command()
     entry = _COMMANDS.get(argv[0])
     if entry is None:
         top = _top_parser()
         if argv[0].startswith("-"):
             top.parse_args(argv)  # -h exits 0, an unknown option 2
         top.error(f"no such command: {argv[0]!r} (choose from {', '.join(_COMMANDS)})")
-    parse, command = entry
-    return command(**parse(argv[1:]))
+    return entry.run(**entry.parse(argv[1:]))
 
 
 def main() -> None:

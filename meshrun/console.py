@@ -1,8 +1,9 @@
 """What a person sees of a fleet run: output as chosen, live progress, a summary.
 
 Output goes to stdout (each host's stderr to stderr); progress, notices and the
-summary go to stderr. A live progress line is drawn only when stderr is a terminal,
-colour only when it is a terminal and ``NO_COLOR`` is unset. The console is an
+summary go to stderr. A live progress line is drawn only when stderr is a terminal, and
+never wider than it; colour only when it is a terminal and ``NO_COLOR`` is unset or
+empty (no-color.org). The console is an
 observer of fleet events and is only ever called from the coordinator's thread.
 Plain writes rather than rich: this path runs once per output line and rich's import
 alone costs a tenth of a second on every invocation.
@@ -10,10 +11,14 @@ alone costs a tenth of a second on every invocation.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import os
+import re
 import sys
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -55,7 +60,70 @@ _STATUS_COLOUR = {
 
 
 def colour_enabled(stream: TextIO) -> bool:
-    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    """A terminal, not ``TERM=dumb``, and no non-empty ``NO_COLOR`` (an empty one is
+    ignored, as no-color.org says)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def terminal_width(stream: TextIO) -> int:
+    """Columns of the terminal ``stream`` writes to (asked each time: it can be resized),
+    else ``COLUMNS``, else 80."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a terminal, or no file at all
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+# CSI sequences (colour, erase): they take no room on the screen.
+_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def _cells(char: str) -> int:
+    """Screen columns of one character: 2 for wide East Asian ones, 0 for combining."""
+    if char.isascii():
+        return 1 if char.isprintable() else 0
+    import unicodedata  # only for non-ASCII text
+
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` visible columns, ending in ``…`` when cut.
+
+    Escape sequences count for nothing (colour is reset before the ``…``), wide
+    characters for two: what matters is what the terminal shows, which must never wrap.
+    """
+    if text.isascii() and "\x1b" not in text:  # the usual case, in one step
+        if len(text) <= width:
+            return text
+        return text[: width - 1] + "…" if width > 0 else ""
+    tokens: list[tuple[str, int]] = []
+    position = 0
+    for match in _ESCAPE.finditer(text):
+        tokens.extend((char, _cells(char)) for char in text[position : match.start()])
+        tokens.append((match.group(), 0))
+        position = match.end()
+    tokens.extend((char, _cells(char)) for char in text[position:])
+    if sum(cells for _, cells in tokens) <= width:
+        return text
+    if width <= 0:
+        return ""
+    kept: list[str] = []
+    used = 0
+    for token, cells in tokens:
+        if used + cells > width - 1:
+            break
+        kept.append(token)
+        used += cells
+    return "".join(kept) + ("\x1b[0m" if "\x1b" in text else "") + "…"
 
 
 class _StatusLine:
@@ -67,6 +135,13 @@ class _StatusLine:
 
     def _paint(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
+
+    def _show_status(self, line: str) -> None:
+        """Draw ``line`` in place of the last one, one column short of the terminal's
+        width: a line that wrapped could not be erased and would pile up."""
+        self.err.write("\r\x1b[K" + fit(line, terminal_width(self.err) - 1))
+        self.err.flush()
+        self._status_shown = True
 
     def _clear_status(self) -> None:
         if self._status_shown:
@@ -84,6 +159,7 @@ class FleetConsole(_StatusLine):
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     progress: bool | None = None  # None: when stderr is a terminal
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._width = max((len(n) for n in self.host_names), default=0)
@@ -92,11 +168,37 @@ class FleetConsole(_StatusLine):
             self.progress = self.err.isatty() and not self.quiet
         self._partial: dict[tuple[str, str], bytes] = defaultdict(bytes)
         self._running: list[str] = []
+        self._started: dict[str, float] = {}
+        self._durations: list[float] = []  # of the hosts that ran their command; sorted
+        self._parallel = 0  # the most hosts seen running at once
         self._done = 0
         self._failed = 0
+        self._skipped = 0
+        self._stopping = False
         self._status_shown = False
 
     # -- helpers ------------------------------------------------------------------
+
+    def eta_s(self) -> float | None:
+        """Seconds until the last host ends, by the median duration of the hosts that
+        ended so far: what the running hosts have left of it, plus that much for each
+        host still waiting, spread over as many hosts as have been seen running at once.
+        None until a host has ended, and when the running hosts are all past it."""
+        if not self._durations:
+            return None
+        typical = self._durations[len(self._durations) // 2]
+        now = self.clock()
+        left = [max(0.0, typical - (now - self._started.get(n, now))) for n in self._running]
+        waiting = 0
+        if not self._stopping:
+            waiting = len(self.host_names) - self._done - self._skipped - len(self._running)
+        work = sum(left) + max(waiting, 0) * typical
+        if work <= 0:
+            return None
+        eta = max(max(left, default=0.0), work / max(self._parallel, 1))
+        if waiting > 0:  # a waiting host starts once a slot frees, then takes its time
+            eta = max(eta, min(left, default=0.0) + typical)
+        return eta
 
     def _draw_status(self) -> None:
         if not self.progress:
@@ -106,11 +208,12 @@ class FleetConsole(_StatusLine):
         line = f"meshrun: {self._done}/{total} done"
         if self._failed:
             line += f" · {self._failed} failed"
+        eta = self.eta_s()
+        if eta is not None:
+            line += f" · ETA {format_duration(eta)}"
         if self._running:
             line += f" · running: {running}"
-        self.err.write("\r\x1b[K" + line[:200])
-        self.err.flush()
-        self._status_shown = True
+        self._show_status(line)
 
     def _prefix(self, name: str) -> str:
         return self._paint(name.ljust(self._width), "36") + " | "
@@ -157,6 +260,8 @@ class FleetConsole(_StatusLine):
         self._clear_status()
         if isinstance(event, HostStarted):
             self._running.append(event.name)
+            self._started[event.name] = self.clock()
+            self._parallel = max(self._parallel, len(self._running))
         elif isinstance(event, HostOutput):
             if self.mode is OutputMode.STREAM and not self.quiet:
                 self._emit_lines(event.name, event.stream, event.data, flush=False)
@@ -164,6 +269,11 @@ class FleetConsole(_StatusLine):
             result = event.result
             if result.name in self._running:
                 self._running.remove(result.name)
+            self._started.pop(result.name, None)
+            if result.status in (HostStatus.OK, HostStatus.FAILED):  # ran its command
+                bisect.insort(self._durations, result.duration_s)
+            elif result.status is HostStatus.SKIPPED:
+                self._skipped += 1
             if result.status in (
                 HostStatus.OK,
                 HostStatus.FAILED,
@@ -181,6 +291,7 @@ class FleetConsole(_StatusLine):
             elif self.mode is OutputMode.GROUP and result.status is not HostStatus.SKIPPED:
                 self._block(result)
         elif isinstance(event, RunStopping):
+            self._stopping = True  # nothing more starts
             self.err.write(self._paint(f"meshrun: {event.reason}", "33") + "\n")
         self._draw_status()
 
@@ -348,13 +459,11 @@ class DispatchConsole(_StatusLine):
         line = f"meshrun: {snap.done}/{snap.total} done"
         if snap.failed:
             line += f" · {snap.failed} failed"
+        if snap.eta_s is not None and snap.done < snap.total:  # before what may be cut
+            line += f" · ETA {format_duration(snap.eta_s)}"
         if snap.running:
             line += " · running " + " ".join(f"{h}:{n}" for h, n in snap.running[:8])
-        if snap.eta_s is not None and snap.done < snap.total:
-            line += f" · ETA {format_duration(snap.eta_s)}"
-        self.err.write("\r\x1b[K" + line[:200])
-        self.err.flush()
-        self._status_shown = True
+        self._show_status(line)
 
     def __call__(self, event: object) -> None:
         from meshrun.executor import (

@@ -22,6 +22,7 @@ Five milliseconds per host is still too much on the fan-out path of a large flee
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import glob
 import os
 import pwd
@@ -145,30 +146,47 @@ class SSHSettings:
 # -- patterns and tokens ----------------------------------------------------------------
 
 
-def _glob_to_re(pattern: str) -> re.Pattern[str]:
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
+def _glob_body(pattern: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+
+
+class _PatternList:
+    """A compiled pattern list: literal names in a set, wildcards in one regex each side."""
+
+    __slots__ = ("neg_names", "neg_re", "pos_names", "pos_re")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        flags = re.IGNORECASE | re.DOTALL
+        sides: dict[bool, tuple[set[str], list[str]]] = {True: (set(), []), False: (set(), [])}
+        for pattern in patterns:
+            negated = pattern.startswith("!")
+            body = pattern[1:] if negated else pattern
+            names, globs = sides[negated]
+            if "*" in body or "?" in body:
+                globs.append(_glob_body(body))
+            else:
+                names.add(body.lower())
+        self.pos_names, pos = sides[False]
+        self.neg_names, neg = sides[True]
+        self.pos_re = re.compile("|".join(pos), flags) if pos else None
+        self.neg_re = re.compile("|".join(neg), flags) if neg else None
+
+    def matches(self, name: str) -> bool:
+        lowered = name.lower()
+        if lowered in self.neg_names or (self.neg_re and self.neg_re.fullmatch(name)):
+            return False
+        return lowered in self.pos_names or bool(self.pos_re and self.pos_re.fullmatch(name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(patterns: tuple[str, ...]) -> _PatternList:
+    return _PatternList(patterns)
 
 
 def match_pattern_list(name: str, patterns: Iterable[str]) -> bool:
     """OpenSSH's ``match_pattern_list``: any positive pattern matches and no ``!``
     pattern does (case-insensitive, ``*`` and ``?`` wildcards)."""
-    matched = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        body = pattern[1:] if negated else pattern
-        if _glob_to_re(body).fullmatch(name):
-            if negated:
-                return False
-            matched = True
-    return matched
+    return _compiled(tuple(patterns)).matches(name)
 
 
 _TOKEN_RE = re.compile(r"%(.)")
@@ -283,6 +301,7 @@ class ConfigScan:
         self.blocks: list[_Block] = []
         self.uncertain = False  # an unreadable Include, a cycle: resolve everything
         self.files_read: list[str] = []
+        self._answers: dict[tuple[str, frozenset[str]], bool] = {}
         for path, include_dir in files:
             self._read(path, include_dir, 0, None)
 
@@ -330,6 +349,13 @@ class ConfigScan:
 
     def may_change(self, alias: str, pinned: frozenset[str]) -> bool:
         """Could a section that applies to ``alias`` set a used keyword not ``pinned``?"""
+        key = (alias, pinned)
+        found = self._answers.get(key)
+        if found is None:
+            found = self._answers[key] = self._may_change(alias, pinned)
+        return found
+
+    def _may_change(self, alias: str, pinned: frozenset[str]) -> bool:
         if self.uncertain:
             return True
         for block in self.blocks:

@@ -60,3 +60,25 @@ def test_the_scheduler_is_pure() -> None:
             if name.split(".")[0] in forbidden or name.startswith(forbidden_meshrun):
                 offenders.append(f"{path.name}: {name}")
     assert offenders == [], f"the scheduler must stay pure (no I/O, threads, clock): {offenders}"
+
+
+def test_fabric_is_no_runtime_dependency() -> None:
+    """Nothing in meshrun imports Fabric (only bench/ compares with it): it is in the
+    `bench` extra, not in what `pip install meshrun` pulls in, and `import meshrun`
+    never loads it."""
+    import subprocess
+    import sys
+    import tomllib
+
+    importers = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(n.split(".")[0] == "fabric" for n in imports_of(path))
+    ]
+    assert importers == []
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.split(">")[0].strip() == "fabric"]
+    assert any(d.startswith("fabric") for d in project["optional-dependencies"]["bench"])
+    code = "import sys, meshrun, meshrun.cli; print('fabric' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

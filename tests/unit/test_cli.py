@@ -145,6 +145,14 @@ HELP: dict[str, tuple[list[str], list[str]]] = {
         ["Show the learned duration of each task (what the scheduler expects)."],
     ),
     "version": (["-h, --help"], ["Print meshrun's version."]),
+    "completion": (
+        ["SHELL", "-h, --help"],
+        [
+            "Print a shell completion script for bash, zsh or fish.",
+            "  meshrun completion bash > ~/.local/share/bash-completion/completions/meshrun",
+            "  meshrun completion fish > ~/.config/fish/completions/meshrun.fish",
+        ],
+    ),
 }
 
 
@@ -198,6 +206,7 @@ def test_top_level_help_lists_the_commands(
     assert "Exit codes: 0 all ok" in " ".join(out.split())
     for name in HELP:
         assert f"\n  {name} " in out, f"{name} missing from:\n{out}"
+    assert "\n  --version " in out, out
 
 
 def test_no_arguments_prints_the_help_on_stderr_and_exits_2(
