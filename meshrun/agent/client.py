@@ -195,7 +195,11 @@ class ExecRunner:
         finally:
             with self._lock:
                 self._cancels.pop(task_id, None)
-        if out.exit_code is None:
+        if not out.started:
+            # Stopped while waiting for a free session (the host's MaxSessions): it
+            # never ran, and the host is fine.
+            self._sink(TaskExited(self.host, task_id, None, "stopped before it started"))
+        elif out.exit_code is None:
             # No status, even after a kill: the link is gone or the host is hung.
             reason = "the connection was lost" if out.lost else "no exit status after a kill"
             self._sink(TaskExited(self.host, task_id, None, reason))

@@ -38,18 +38,20 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     import psutil  # imported lazily at run time: only faults and teardown need it
 
-__all__ = ["Fleet", "SimHost", "main"]
+__all__ = ["STOCK_LIMITS", "Fleet", "SimHost", "main"]
 
 SSHD = "/usr/sbin/sshd"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STATE_FILE = "fleet.json"
 _KEY_NAME = "ssh_host_ed25519_key"
+#: sshd's own defaults, which most real hosts keep: ``Fleet.start(..., **STOCK_LIMITS)``.
+STOCK_LIMITS: dict[str, Any] = {"max_sessions": 10, "max_startups": "10:30:100"}
 
 
 @dataclass
@@ -66,6 +68,8 @@ class SimHost:
     log: Path
     proc: subprocess.Popen[bytes] | None = None  # None when adopted from fleet.json
     pid: int = 0  # the sshd listener itself (never a wrapper)
+    max_sessions: int = 64  # sshd's MaxSessions (stock: 10)
+    max_startups: str = "200"  # sshd's MaxStartups (stock: "10:30:100")
 
 
 # Fleets not yet stopped: stopped at interpreter exit so a crashed test run does not
@@ -99,8 +103,15 @@ class Fleet:
         *,
         prefix: str = "h",
         extra_config: Sequence[str] = (),
+        max_sessions: int = 64,
+        max_startups: str = "200",
     ) -> Fleet:
         """Create and start ``count`` hosts named PREFIX1..PREFIXn under ``base_dir``.
+
+        ``max_sessions``/``max_startups`` are sshd's limits; the defaults are high so
+        parallel tests are not refused, :data:`STOCK_LIMITS` is what most hosts have.
+        Set them here, not through ``extra_config``: sshd keeps the *last*
+        ``MaxStartups`` line, so an extra one would lose to ours.
 
         Keys are generated concurrently and every sshd is launched before any is waited
         for, because starting them one by one is what makes big fleets slow.
@@ -123,6 +134,8 @@ class Fleet:
                 host_key=hdir / _KEY_NAME,
                 config=hdir / "sshd_config",
                 log=hdir / "sshd.log",
+                max_sessions=max_sessions,
+                max_startups=max_startups,
             )
             for d in (host.home, host.workdir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -628,6 +641,7 @@ def _write_config(h: SimHost, authorized_keys: Path, extra: Sequence[str]) -> No
 
     sshd keeps the *first* value of most keywords, so extra lines go before our
     defaults and can override them; ``Match`` blocks must come last, so they do.
+    ``MaxStartups`` is an exception (the last value wins): it comes from ``h``.
     """
     lines = [line.rstrip("\n") for line in extra]
     split = next((i for i, x in enumerate(lines) if x.strip().lower().startswith("match ")), None)
@@ -650,8 +664,8 @@ def _write_config(h: SimHost, authorized_keys: Path, extra: Sequence[str]) -> No
         "KbdInteractiveAuthentication no",
         "UsePAM no",
         "StrictModes no",
-        "MaxSessions 64",
-        "MaxStartups 200",
+        f"MaxSessions {h.max_sessions}",
+        f"MaxStartups {h.max_startups}",
         "LogLevel VERBOSE",
         "PrintMotd no",
         "PrintLastLog no",
