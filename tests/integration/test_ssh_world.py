@@ -357,3 +357,63 @@ def test_inline_hosts_use_the_default_key_and_known_hosts(world_dir: Path, fleet
         assert sorted(h["stdout"] for h in r.doc["hosts"]) == ["h1\n", "h2\n"], r.describe()  # type: ignore[attr-defined]
     finally:
         remove_user_world(blank)
+
+
+def test_pulls_go_through_two_hops_and_through_proxy_command(
+    world: UserWorld, fleet: Fleet
+) -> None:
+    """--pull takes the command's way: the same hops, identity and host-key check."""
+    world.write(".ssh/proxy_known_hosts", f"[127.0.0.1]:1 {_key_of(fleet, 'h4')}\n")
+    into = world.home / "pulled"
+    r = world.meshrun(
+        "exec",
+        "-H",
+        "deep,viaproxy",
+        "--json",
+        "--pull",
+        "hop-out.txt",
+        "--pull-dir",
+        into,
+        "--",
+        "echo from-$MESHRUN_TEST_HOST > hop-out.txt",
+    )
+    assert r.rc == 0, r.describe()
+    assert (into / "deep" / "hop-out.txt").read_text() == "from-h3\n"
+    assert (into / "viaproxy" / "hop-out.txt").read_text() == "from-h4\n"
+
+
+def test_dispatch_push_outputs_and_needs_through_hops(world: UserWorld, fleet: Fleet) -> None:
+    """The workspace push, task outputs and a need's outputs pushed to the other host,
+    for a host behind two jump hosts and one behind a ProxyCommand."""
+    world.write(".ssh/proxy_known_hosts", f"[127.0.0.1]:1 {_key_of(fleet, 'h4')}\n")
+    world.write(
+        "hops/hosts.toml",
+        '[[host]]\nname = "deep"\naddress = "deep"\nlabels = ["a"]\n'
+        'workdir = "~/hops-work"\n'
+        '[[host]]\nname = "viaproxy"\naddress = "viaproxy"\nlabels = ["b"]\n'
+        'workdir = "~/hops-work"\n',
+    )
+    world.write("proj/src/input.txt", "pushed input\n", 0o644)
+    tasks = world.write(
+        "proj/tasks.toml",
+        "[[task]]\n"
+        'name = "build"\n'
+        'run = "mkdir -p dist && cat src/input.txt > dist/lib.txt && '
+        'echo $MESHRUN_HOST >> dist/lib.txt"\n'
+        'outputs = ["dist/**"]\n'
+        'labels = ["a"]\n'
+        "[[task]]\n"
+        'name = "package"\n'
+        'run = "mkdir -p pkg && cat dist/lib.txt > pkg/pkg.txt"\n'
+        'outputs = ["pkg/pkg.txt"]\n'
+        'needs = ["build"]\n'
+        'labels = ["b"]\n',
+        0o644,
+    )
+    for d in ("proj", "proj/src", "hops"):
+        shutil.chown(world.home / d, world.name, world.name)
+    r = world.meshrun("dispatch", tasks, "--hosts", world.home / "hops" / "hosts.toml", "--json")
+    assert r.rc == 0, r.describe()
+    by_name = {t["name"]: t for t in r.doc["tasks"]}  # type: ignore[attr-defined]
+    assert (by_name["build"]["host"], by_name["package"]["host"]) == ("deep", "viaproxy")
+    assert (world.home / "proj" / "pkg" / "pkg.txt").read_text() == "pushed input\ndeep\n"
