@@ -116,13 +116,19 @@ class UserWorld:
         return key
 
     def run(self, *argv: str, agent: bool = True, timeout: float = 60, **env: str) -> Run:
-        proc = _as_user(
-            self.name,
-            list(argv),
-            env=self.env(agent=agent, **env),
-            cwd=str(self.home),
-            timeout=timeout,
-        )
+        try:
+            proc = _as_user(
+                self.name,
+                list(argv),
+                env=self.env(agent=agent, **env),
+                cwd=str(self.home),
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:  # the partial output says where it hung
+            out, err = (
+                x.decode() if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr)
+            )
+            return Run(list(argv), -9, out, f"{err}\n[timed out after {timeout:g}s]")
         return Run(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
     def meshrun(
