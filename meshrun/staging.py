@@ -194,7 +194,7 @@ def _push_sftp(
 ) -> None:
     conn = connector.connect(host)
     try:
-        sftp: Any = conn.transport.open_sftp_client()
+        sftp: Any = conn.open_sftp()  # counted in the host's session budget
     except Exception as exc:  # paramiko.SSHException, EOFError, OSError
         raise CommandError(f"{host.name}: cannot open an SFTP session: {exc}") from exc
     made: set[str] = set()

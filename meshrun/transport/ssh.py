@@ -225,7 +225,7 @@ class SSHConnection:
     """A live SSH connection to one host; a session channel is opened per command.
 
     Every session channel on it — a command (:meth:`run`, :meth:`run_raw`), the agent's
-    stream (:meth:`open_process`), SFTP (:meth:`sftp`), an rsync carried over an exec
+    stream (:meth:`open_process`), SFTP (:meth:`open_sftp`), an rsync carried over an exec
     channel (:meth:`open_exec`), anything else (:meth:`session`) — takes its place from
     one :class:`~meshrun.transport.sessions.SessionBudget`, and gives it back when the
     channel is closed. sshd's ``MaxSessions`` counts them all alike, so the budget must
@@ -330,21 +330,33 @@ class SSHConnection:
             raise
         return chan, release
 
-    @contextlib.contextmanager
-    def sftp(self) -> Iterator[Any]:
-        """An SFTP client (paramiko's) on a session from the budget, for the block."""
-        with self.session() as chan:
-            try:
-                chan.invoke_subsystem("sftp")
-                client = paramiko.SFTPClient(chan)
-            except (paramiko.SSHException, OSError, EOFError) as exc:
+    def open_sftp(self) -> Any:
+        """paramiko's SFTPClient on a session from the budget; its ``close()`` (or the
+        end of its ``with`` block) closes the channel and gives the session back."""
+        lease = self._lease(SESSION_WAIT_S)
+        chan = lease.session
+        try:
+            chan.invoke_subsystem("sftp")
+            client = paramiko.SFTPClient(chan)
+        except BaseException as exc:
+            chan.close()
+            lease.release()
+            if isinstance(exc, paramiko.SSHException | OSError | EOFError):
                 raise HostUnreachable(
                     self._host.name, f"could not start SFTP: {exc or type(exc).__name__}"
                 ) from exc
+            raise
+        close_client = client.close
+
+        def close() -> None:
             try:
-                yield client
+                close_client()
             finally:
-                client.close()
+                chan.close()
+                lease.release()
+
+        client.close = close  # the instance's own close: `with client:` calls it too
+        return client
 
     # -- commands ---------------------------------------------------------------------
 

@@ -42,6 +42,16 @@ FIRST_RETRY_S = 0.1
 _DROPPED = (EOFError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 # What rules that out: nothing listens, or nothing answers.
 _NOT_DROPPED = (ConnectionRefusedError, TimeoutError)
+# ... and what a ProxyCommand (``ssh -W``) says when it fails for another reason.
+_NOT_DROPPED_TEXT = (
+    "host key verification failed",
+    "permission denied",
+    "could not resolve",
+    "connection refused",
+    "no route to host",
+    "network is unreachable",
+    "timed out",
+)
 
 
 def gateway_of(endpoint: object) -> str | None:
@@ -104,9 +114,12 @@ def dropped_early(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, _NOT_DROPPED | _DroppedTooOften):
+        text = str(cur).lower()
+        if isinstance(cur, (*_NOT_DROPPED, _DroppedTooOften)) or any(
+            t in text for t in _NOT_DROPPED_TEXT
+        ):
             return False
-        if isinstance(cur, _DROPPED) or "exceeded maxstartups" in str(cur).lower():
+        if isinstance(cur, _DROPPED) or "exceeded maxstartups" in text:
             dropped = True
         cur = cur.__cause__ or cur.__context__
     return dropped
