@@ -140,9 +140,9 @@ def default_connector(
         from meshrun.transport.local import LocalConnector
 
         return LocalConnector()
-    from meshrun.transport.ssh import SSHConnector
-
     import os
+
+    from meshrun.transport.ssh import SSHConnector
 
     connector = SSHConnector(
         connect_timeout_s=connect_timeout_s,

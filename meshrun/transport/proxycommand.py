@@ -59,11 +59,14 @@ class ProxySocket(socket.socket):
         except subprocess.TimeoutExpired:
             return None
         tail = b""
-        if self.stderr_file is not None:
-            self.stderr_file.seek(0, os.SEEK_END)
-            size = self.stderr_file.tell()
-            self.stderr_file.seek(max(0, size - _STDERR_TAIL_BYTES))
-            tail = self.stderr_file.read()
+        stderr_file = self.stderr_file
+        if stderr_file is not None:
+            try:
+                size = stderr_file.seek(0, os.SEEK_END)
+                stderr_file.seek(max(0, size - _STDERR_TAIL_BYTES))
+                tail = stderr_file.read()
+            except (ValueError, OSError):  # closed meanwhile: the socket was closed
+                tail = b""
         text = " / ".join(tail.decode("utf-8", "replace").strip().splitlines()[-3:])
         return f"exit {proc.returncode}" + (f": {text}" if text else "")
 
