@@ -1,7 +1,7 @@
 """The ``meshrun`` command: parse options, build objects, call, render, exit.
 
 No logic a library user would also need lives here; the command functions return the
-exit codes of DESIGN.md and ``main`` exits with them. Parsing is the standard library's
+exit codes of docs/ARCHITECTURE.md and ``main`` exits with them. Parsing is the standard library's
 argparse, and only the parser of the command being run is built: startup time counts.
 """
 

@@ -119,8 +119,8 @@ class DispatchReport:
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md for dispatch: 130, 4, then 3 if no host could be reached (or none
-        was found), then 1."""
+        """The exit-code contract for dispatch (docs/ARCHITECTURE.md): 130, 4, then 3 if
+        no host could be reached (or none was found), then 1."""
         if self.interrupted:
             return 130
         if self.integrity_failures:

@@ -155,7 +155,8 @@ class FleetReport:
 
     @property
     def exit_code(self) -> int:
-        """DESIGN.md: the first of 130, 4, 3, 1 that applies, else 0."""
+        """The exit-code contract (docs/ARCHITECTURE.md): the first of 130, 4, 3, 1 that
+        applies, else 0."""
         if self.interrupted:
             return 130
         if any(r.integrity_failed for r in self.results):

@@ -28,7 +28,7 @@ GONE_TIMEOUT_S = 8.0
 
 # Resets SIGINT to its default, then becomes the real command: a process started from
 # a background job inherits SIGINT *ignored*, and Python would then never raise
-# KeyboardInterrupt (TESTING.md). A terminal's Ctrl-C reaches a process with SIGINT at
+# KeyboardInterrupt. A terminal's Ctrl-C reaches a process with SIGINT at
 # its default, so that is what the Ctrl-C tests must start.
 _SIGINT_DEFAULT_EXEC = (
     "import os, signal, sys; "

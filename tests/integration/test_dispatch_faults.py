@@ -422,7 +422,7 @@ def test_a_hung_host_times_out_its_tasks_and_they_are_retried_elsewhere(
     finally:
         kill_on_error(proc)
 
-    # DESIGN: a host lost mid-run whose tasks all completed elsewhere leaves exit 0.
+    # The contract: a host lost mid-run whose tasks all completed elsewhere leaves exit 0.
     assert r.rc == 0, f"expected exit 0: h1's tasks time out and are retried{r.describe()}"
     assert set(task_statuses(r).values()) == {"succeeded"}, r.describe()
     assert all(t["host"] != "h1" for t in tasks_of(r).values()), r.describe()

@@ -331,7 +331,7 @@ def test_a_tilde_workdir_gets_the_workspace_where_its_tasks_run(
     make_fleet: MakeFleet, tmp_path: Path
 ) -> None:
     # The simulated hosts set HOME to a directory of their own (sshd SetEnv), while
-    # sshd still starts sessions in the user's login directory (TESTING.md).
+    # sshd still starts sessions in the user's login directory.
     fleet = make_fleet(1)
     name = f"meshrun-test-ws-{uuid.uuid4().hex[:8]}"
     hosts = write_inventory(

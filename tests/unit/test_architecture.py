@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN.md, checked on the source."""
+"""The dependency rules of docs/ARCHITECTURE.md, checked on the source."""
 
 import ast
 from pathlib import Path
