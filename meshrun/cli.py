@@ -443,9 +443,10 @@ def _fleet(
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
-    connector = meshrun.default_connector(
-        selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
-    )
+    with _input_errors():  # ssh_config and key problems, before any host
+        connector = meshrun.default_connector(
+            selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+        )
     mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
     console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in selected], quiet=quiet)
     try:
@@ -610,9 +611,10 @@ def hosts_command(
     with _input_errors():
         selected = _select(hosts, limit, discovery)
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
-    connector = meshrun.default_connector(
-        selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
-    )
+    with _input_errors():  # ssh_config and key problems, before any host
+        connector = meshrun.default_connector(
+            selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
+        )
     try:
         probes = meshrun.probe_hosts(selected, connector)
     finally:
@@ -736,12 +738,13 @@ def dispatch_command(
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
         connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
-    connector = meshrun.default_connector(
-        selected,
-        connect_timeout_s=connect_timeout_s,
-        accept_new_host_keys=accept_new_host_keys,
-        remote=live is not None,
-    )
+    with _input_errors():  # ssh_config and key problems, before any host
+        connector = meshrun.default_connector(
+            selected,
+            connect_timeout_s=connect_timeout_s,
+            accept_new_host_keys=accept_new_host_keys,
+            remote=live is not None,
+        )
     mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
     console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
     try:
