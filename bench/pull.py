@@ -12,14 +12,16 @@ noise is spread over all of them. Figures are medians over the rounds.
 Contenders:
 
 - meshrun                ``artifacts.collect`` (hash every file on the host) then
-                         ``artifacts.pull`` (rsync over meshrun's ssh settings, every
+                         ``artifacts.pull`` (rsync carried over meshrun's own pooled
+                         SSH connection through the channel relay, every
                          sha256 verified on arrival, renamed into place): what
                          ``meshrun dispatch`` does for a task's outputs. A fresh
                          SSHConnector per round, so its SSH handshake is counted.
 - meshrun, conn. open    the same on a connector whose connections are already open, as
                          in a dispatch run (the tasks have just run on them). Reference.
-- rsync -a               plain ``rsync -a`` of the whole directory with the very ssh
-                         options meshrun gives rsync (``SSHConnector.rsync_ssh``).
+- rsync -a               plain ``rsync -a`` of the whole directory over OpenSSH's ssh with
+                         meshrun's settings for the host (its key, port, user, known_hosts,
+                         strict checking: ``rsync.ssh_command``), as users run rsync.
 - Fabric get             one ``fabric.Connection`` per host (host keys checked, TCP_NODELAY
                          set like the other benches do), one ``find`` to list the files,
                          then ``Connection.get`` per file.
@@ -248,7 +250,7 @@ PHASES = [
     ("connect", "TCP + kex + host key + auth (paramiko), the cold row only"),
     ("remote hash", "artifacts.collect: python3 on the host walks + sha256s every file"),
     ("rsync probe", "`command -v rsync` on the host + the NUL list file"),
-    ("transfer", "rsync --files-from over OpenSSH (its own handshake included)"),
+    ("transfer", "rsync --files-from over the pooled connection (channel relay)"),
     ("sftp", "SFTP fallback (only if rsync is missing)"),
     ("verify", "local sha256 + size of every file that arrived"),
     ("install", "chmod + rename every file into place"),
@@ -320,7 +322,13 @@ def run_meshrun_warm(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
 
 
 def rsync_argv(connector: SSHConnector, target: Target, dest: Path) -> list[str]:
-    ep, ssh = connector.rsync_ssh(target.host)  # resolves the endpoint only: no connection
+    ep = connector.endpoint(target.host)  # resolves the endpoint only: no connection
+    ssh = rsync_module.ssh_command(
+        port=ep.port,
+        identities=[p for p in ep.identities if os.path.exists(p)],
+        known_hosts=ep.known_hosts,
+        connect_timeout_s=connector.connect_timeout_s,
+    )
     source = f"{ep.user}@{ep.address}:{target.host.workdir.rstrip('/')}/{OUT_DIR}/"
     return ["rsync", "-a", "-e", shlex.join(ssh), source, f"{dest / target.name / OUT_DIR}/"]
 
@@ -502,7 +510,7 @@ CONTENDERS = [
         "the same on an open connection, as in dispatch",
         run_meshrun_warm,
     ),
-    Contender("rsync", "rsync -a", "whole dir, meshrun's ssh options", run_rsync),
+    Contender("rsync", "rsync -a", "whole dir, OpenSSH with meshrun's settings", run_rsync),
     Contender("fabric", "Fabric get", "find + Connection.get per file", run_fabric),
     Contender(
         "stream",

@@ -7,9 +7,10 @@ Collect
     turns every refusal into an :class:`~meshrun.errors.IntegrityError` (exit 4).
 
 Pull
-    :func:`pull` brings the listed files home with rsync over exactly the SSH settings
-    meshrun uses (:func:`meshrun.transport.rsync.ssh_command`), or over SFTP on the
-    existing SSH connection when rsync is missing (here or on the host). Files land in a
+    :func:`pull` brings the listed files home with rsync carried over meshrun's own
+    pooled SSH connection (``SSHConnector.rsync_ssh``: no second handshake, the same
+    hops and host-key check), or over SFTP on that connection when rsync is missing
+    (here or on the host). Files land in a
     private temporary directory inside ``dest_dir`` (same filesystem), every file's size
     and sha256 is checked against the host's, and only when *all* of them match are they
     renamed into place. A mismatch, an interrupted or failed transfer leaves nothing at
@@ -444,9 +445,7 @@ def host_has_rsync(conn: Connection) -> bool:
     return known
 
 
-def pull_argv(
-    *, ssh: Sequence[str], user: str, address: str, root: str, list_file: str, into: str
-) -> list[str]:
+def pull_argv(*, rsh: rsync.RemoteShell, root: str, list_file: str, into: str) -> list[str]:
     """rsync that copies the NUL-separated relative paths in ``list_file`` from ``root``.
 
     Symlinks are copied as the files they point to (collect already checked they stay
@@ -461,8 +460,8 @@ def pull_argv(
         "--perms",
         "--times",
         "-e",
-        shlex.join(ssh),
-        rsync.remote_dir(user, address, root),
+        rsh.rsh,
+        rsh.remote_dir(root),
         into.rstrip("/") + "/",
     ]
 
@@ -539,18 +538,11 @@ def _pull_rsync(
     """Fetch with rsync; False when the host has no rsync (the caller falls back)."""
     if not host_has_rsync(connector.connect(host)):
         return False
-    ep, ssh = connector.rsync_ssh(host)
+    rsh = connector.rsync_ssh(host)
     list_file = tmp / "files0"
     list_file.write_bytes(b"".join(e.path.encode("utf-8") + b"\0" for e in entries))
-    argv = pull_argv(
-        ssh=ssh,
-        user=ep.user,
-        address=ep.address,
-        root=root,
-        list_file=str(list_file),
-        into=str(recv),
-    )
-    rsync.run(argv, host.name, timeout_s, what="pull", cancel=cancel)
+    argv = pull_argv(rsh=rsh, root=root, list_file=str(list_file), into=str(recv))
+    rsync.run(argv, host.name, timeout_s, what="pull", cancel=cancel, env=rsh.env)
     return True
 
 

@@ -6,9 +6,9 @@ left them. They are pushed from the coordinator's verified copy (the run directo
 ``artifacts/<need>/``), never host to host: hosts need not reach each other, and what
 arrives is what the manifest lists.
 
-- rsync over the same SSH settings as everything else (``-F /dev/null``, the run's
-  known_hosts, strict checking), SFTP on the pooled connection when rsync is missing;
-  the local host gets plain copies.
+- rsync carried over the pooled SSH connection (``SSHConnector.rsync_ssh``: the same
+  hops, identity and host-key check as the commands), SFTP on that connection when
+  rsync is missing; the local host gets plain copies.
 - Atomic per file: rsync and the SFTP path write beside the target and rename, so an
   interrupted push never leaves a file that looks complete.
 - Verified on arrival: the host hashes every pushed file (the collect program, asked
@@ -23,7 +23,6 @@ import contextlib
 import os
 import posixpath
 import secrets
-import shlex
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -149,9 +148,7 @@ def _push_ssh(
             )
 
 
-def push_argv(
-    *, ssh: Sequence[str], user: str, address: str, source: str, list_file: str, root: str
-) -> list[str]:
+def push_argv(*, rsh: rsync.RemoteShell, source: str, list_file: str, root: str) -> list[str]:
     """rsync that copies the NUL-separated relative paths in ``list_file`` from
     ``source`` into the host's ``root``, always sending (no quick-check skip), with the
     files' permission bits. rsync writes each file aside and renames it into place."""
@@ -165,28 +162,21 @@ def push_argv(
         "--ignore-times",
         "--whole-file",
         "-e",
-        shlex.join(ssh),
+        rsh.rsh,
         source.rstrip("/") + "/",
-        rsync.remote_dir(user, address, root),
+        rsh.remote_dir(root),
     ]
 
 
 def _push_rsync(
     connector: SSHConnector, host: Host, root: str, source: Path, entries: Sequence[FileEntry]
 ) -> None:
-    ep, ssh = connector.rsync_ssh(host)
+    rsh = connector.rsync_ssh(host)
     with tempfile.NamedTemporaryFile(prefix="meshrun-push-", suffix=".list") as listing:
         listing.write(b"".join(e.path.encode("utf-8") + b"\0" for e in entries))
         listing.flush()
-        argv = push_argv(
-            ssh=ssh,
-            user=ep.user,
-            address=ep.address,
-            source=str(source),
-            list_file=listing.name,
-            root=root,
-        )
-        rsync.run(argv, host.name, what="pushing inputs")
+        argv = push_argv(rsh=rsh, source=str(source), list_file=listing.name, root=root)
+        rsync.run(argv, host.name, what="pushing inputs", env=rsh.env)
 
 
 def _push_sftp(

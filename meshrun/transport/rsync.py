@@ -1,16 +1,46 @@
-"""rsync command lines over the same SSH settings meshrun uses (pure: argv out).
+"""rsync command lines (pure: argv out), and running rsync.
 
-The ssh that rsync runs gets exactly the endpoint meshrun resolved — address, port,
-user, identities, the same known_hosts with strict checking, the jump host — and
-``-F /dev/null`` so nothing in ssh_config can weaken it behind our back.
+meshrun's transfers go over its own pooled SSH connection: rsync's remote shell is a
+:class:`RemoteShell` handed out by the connector (``SSHConnector.rsync_ssh``), whose
+program borrows that connection through the channel relay
+(:mod:`meshrun.transport.channel_relay`). :func:`ssh_command` still builds a plain
+OpenSSH command line with the same settings (the benchmarks compare against it).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteShell:
+    """How rsync reaches one host: the program of its ``-e`` (``argv``), the name to
+    write before the ``:`` of a remote path (``host``) and what rsync's environment
+    needs on top of ours for that program (``env``)."""
+
+    argv: tuple[str, ...]
+    host: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def rsh(self) -> str:
+        """``argv`` as one ``-e`` value (rsync splits it the way a shell would)."""
+        return shlex.join(self.argv)
+
+    def remote_dir(self, directory: str) -> str:
+        """rsync's ``HOST:DIR/`` for a directory on the host (``~/x`` relative to the
+        login directory)."""
+        return f"{self.host}:{remote_path(directory).rstrip('/')}/"
 
 
 def ssh_command(
@@ -63,9 +93,7 @@ def remote_dir(user: str, address: str, directory: str) -> str:
 
 def push_argv(
     *,
-    ssh: Sequence[str],
-    user: str,
-    address: str,
+    rsh: RemoteShell,
     root: str,
     paths: Sequence[str],
     excludes: Sequence[str],
@@ -76,12 +104,12 @@ def push_argv(
     Incremental (rsync's delta transfer), keeps relative layout, never deletes on the
     host: a misconfigured workdir must not cost anyone their files.
     """
-    argv = ["rsync", "-a", "--relative", "--mkpath", "-e", shlex.join(ssh)]
+    argv = ["rsync", "-a", "--relative", "--mkpath", "-e", rsh.rsh]
     for pattern in excludes:
         argv += ["--exclude", pattern]
     root = root.rstrip("/") or "/"
     argv += [f"{root}/./{p}" if p != "." else f"{root}/./" for p in paths]
-    argv.append(remote_dir(user, address, workdir))
+    argv.append(rsh.remote_dir(workdir))
     return argv
 
 
@@ -92,13 +120,14 @@ def run(
     *,
     what: str = "workspace sync",
     cancel: threading.Event | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
-    """Run rsync; a failure becomes an error that names the host, ``what`` it was doing
-    and what to do.
+    """Run rsync (``env`` added to our environment); a failure becomes an error that
+    names the host, ``what`` it was doing and what to do.
 
     With ``cancel``, rsync runs in a session of its own (a terminal's Ctrl-C reaches the
     coordinator only, which decides) and is terminated as soon as ``cancel`` is set,
-    raising Interrupted.
+    raising Interrupted; its remote shell goes with it.
     """
     import subprocess
 
@@ -111,6 +140,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=cancel is not None,
+            env=None if not env else {**os.environ, **env},
         )
     except FileNotFoundError as exc:
         raise CommandError(
@@ -123,7 +153,7 @@ def run(
             cancelled = cancel is not None and cancel.is_set()
             remaining = deadline - time.monotonic()
             if cancelled or remaining <= 0:
-                proc.terminate()
+                _terminate(proc, group=cancel is not None)
                 try:
                     proc.communicate(timeout=5)
                 except subprocess.TimeoutExpired:
@@ -152,3 +182,15 @@ def run(
         raise HostUnreachable(host, message)
     fix = "is rsync installed on the host?" if proc.returncode in (12, 127) else None
     raise CommandError(f"{host}: {message}", fix=fix)
+
+
+def _terminate(proc: subprocess.Popen[bytes], *, group: bool) -> None:
+    """SIGTERM rsync, and its remote shell too when they have a process group of their
+    own (the remote shell would notice by itself, a moment later)."""
+    if group:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            return
+        except OSError:
+            pass
+    proc.terminate()

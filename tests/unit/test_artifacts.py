@@ -22,6 +22,7 @@ from meshrun.artifacts import (
 )
 from meshrun.errors import IntegrityError
 from meshrun.manifest import FileEntry
+from meshrun.transport.rsync import RemoteShell
 
 
 def run_script(workdir: Path, *patterns: str) -> dict[str, Any]:
@@ -244,14 +245,11 @@ def test_collect_command_with_home_workdir() -> None:
 
 
 def test_pull_argv_shape() -> None:
-    argv = pull_argv(
-        ssh=["ssh", "-p", "2222"],
-        user="u",
-        address="::1",
-        root="/srv/work dir",
-        list_file="/tmp/l",
-        into="/tmp/recv",
-    )
+    rsh = RemoteShell(argv=("/usr/bin/python3", "-I", "-S", "/x/rsh helper.py"), host="meshrun-1")
+    argv = pull_argv(rsh=rsh, root="/srv/work dir", list_file="/tmp/l", into="/tmp/recv")
     assert argv[0] == "rsync"
     assert "--from0" in argv and "--files-from=/tmp/l" in argv and "--protect-args" in argv
-    assert argv[-2:] == ["u@[::1]:/srv/work dir/", "/tmp/recv/"]
+    assert argv[argv.index("-e") + 1] == "/usr/bin/python3 -I -S '/x/rsh helper.py'"
+    assert argv[-2:] == ["meshrun-1:/srv/work dir/", "/tmp/recv/"]
+    home = pull_argv(rsh=rsh, root="~/w", list_file="/tmp/l", into="/tmp/recv")
+    assert home[-2] == "meshrun-1:w/"
