@@ -2,6 +2,7 @@
 
     record.py    the ``_meshrun._tcp`` record: Advert / Agent, strict TXT decoding (pure)
     net.py       which interfaces zeroconf speaks on (``--interface``)
+    oneshot.py   a query from a port of our own, so unicast answers reach us
     announce.py  register / update / goodbye; ``run_agent`` (the ``agent`` command)
     browse.py    ``Browser`` (live: on_added / on_updated / on_removed), ``discover``
     hosts.py     Agent -> inventory Host, merging with ``--hosts``, writing hosts.toml

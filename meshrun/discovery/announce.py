@@ -38,6 +38,7 @@ from zeroconf import (
 )
 
 from meshrun.discovery.net import resolve_interfaces
+from meshrun.discovery.oneshot import OneShot, ask
 from meshrun.discovery.record import (
     MAX_SLOTS,
     SERVICE_TYPE,
@@ -173,6 +174,7 @@ class Announcer:
     def __init__(self, addresses: Sequence[str]) -> None:
         self.addresses = list(addresses)
         self._zc: Zeroconf | None = None
+        self._one_shot: OneShot | None = None
         self._info: ServiceInfo | None = None
         self.advert: Advert | None = None
 
@@ -210,6 +212,11 @@ class Announcer:
         responder whose name is taken).
         """
         zc = self._zeroconf()
+        if self._one_shot is None:
+            # The agents already announced, from a port of our own: zeroconf's probes
+            # ask them for unicast answers to port 5353, which another mDNS socket on
+            # this machine may get instead, and a taken name would go unnoticed.
+            self._one_shot = ask(zc, self.addresses)
         base = advert.name
         for attempt in range(1, _RENAME_ATTEMPTS + 1):
             candidate = advert if attempt == 1 else replace(advert, name=f"{base}-{attempt}")
@@ -261,6 +268,9 @@ class Announcer:
     def close(self) -> None:
         """Send goodbye packets (records with TTL 0) and close the sockets."""
         zc, self._zc = self._zc, None
+        one_shot, self._one_shot = self._one_shot, None
+        if one_shot is not None:
+            one_shot.close()
         if zc is None:
             return
         try:

@@ -7,6 +7,11 @@ record, however hostile, raises out of zeroconf's thread.
 
 Callbacks run on zeroconf's browser thread, one at a time and in order: they should be
 quick (hand the agent to a queue) and must not close the browser.
+
+A browser starts with a one-shot query from a port of its own besides zeroconf's queries
+(see :mod:`meshrun.discovery.oneshot`): the agents already up are found within a round
+trip even when another mDNS socket on this machine gets the unicast answers to port
+5353, which would otherwise leave them to the next query, a second or more later.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange,
 
 from meshrun.discovery.hosts import discovery_inventory, merge_hosts
 from meshrun.discovery.net import networks_of, resolve_interfaces
+from meshrun.discovery.oneshot import OneShot, ask
 from meshrun.discovery.record import SERVICE_TYPE, Agent, Rejected, instance_name, parse_agent
 from meshrun.errors import ConnectError, DiscoveryError
 from meshrun.inventory import Host
@@ -68,6 +74,7 @@ class Browser:
         self._lock = threading.Lock()
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
+        self._one_shot: OneShot | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -82,15 +89,23 @@ class Browser:
                 fix="check that the interface is up and multicast is allowed, "
                 "or choose another --interface",
             ) from exc
-        self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[self._on_change])
+        try:
+            self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[self._on_change])
+            self._one_shot = ask(self._zc, self.addresses)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
         """Stop browsing and close the sockets; no callback fires after this returns."""
         browser, self._browser = self._browser, None
+        one_shot, self._one_shot = self._one_shot, None
         zc, self._zc = self._zc, None
         if browser is not None:
             browser.cancel()
+        if one_shot is not None:
+            one_shot.close()
         if zc is not None:
             zc.close()
 

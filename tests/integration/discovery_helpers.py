@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -82,3 +83,54 @@ class AgentProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# Bound like zeroconf's sockets (so it shares the port) and connected to 127.0.0.1:5353:
+# the kernel prefers a connected socket, so every unicast datagram a local responder
+# sends from 5353 to 127.0.0.1:5353 comes here. Prints "ready", then one line each.
+_UNICAST_THIEF = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", 5353))
+s.connect(("127.0.0.1", 5353))
+print("ready", flush=True)
+while True:
+    s.recv(9000)
+    print("took", flush=True)
+"""
+
+
+class UnicastThief:
+    """Another mDNS socket on this machine that gets the unicast answers to port 5353.
+
+    The kernel hands a unicast datagram to one of the sockets sharing a port (RFC 6762
+    §15.1): which one, for a local agent's or avahi's sockets, is chance. This one
+    always wins, in network namespace ``netns``; ``taken()`` counts what it got.
+    """
+
+    def __init__(self, netns: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", _UNICAST_THIEF],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline() != "ready\n":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"the unicast thief did not start:\n{err}")
+
+    def taken(self) -> int:
+        """Stop; how many datagrams it took."""
+        self.proc.kill()
+        out, _ = self.proc.communicate(timeout=10)
+        return out.split().count("took")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import platform
 import queue
@@ -19,6 +20,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +28,8 @@ from typing import Any
 
 import pytest
 from conftest import MakeFleet
-from discovery_helpers import LOOPBACK, REGISTER_TIMEOUT_S, AgentProcess
-from helpers import Result, interrupt, run_meshrun
+from discovery_helpers import LOOPBACK, REGISTER_TIMEOUT_S, AgentProcess, UnicastThief
+from helpers import Result, interrupt, meshrun_argv, run_meshrun
 
 import meshrun
 from meshrun.discovery.announce import AgentOptions, Announcer, build_advert
@@ -459,3 +461,105 @@ def test_an_agent_behind_a_veth_link_is_found_on_its_own_address(
         assert agent.stop() == 0, agent.describe()
     finally:
         agent.kill()
+
+
+# -- another mDNS socket on the machine takes the unicast answers -------------------------
+
+
+@pytest.fixture
+def lonely_netns() -> Iterator[str]:
+    """A network namespace with only its loopback, down: a machine of its own.
+
+    Needs root and `ip`; skipped cleanly without them.
+    """
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    name = f"mrl{secrets.token_hex(3)}"
+    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if created.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {created.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def in_netns(netns: str, *args: str | os.PathLike[str]) -> Result:
+    """``meshrun ARGS`` inside ``netns``, to completion."""
+    argv = ["ip", "netns", "exec", netns, *meshrun_argv(), *map(str, args)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    result = Result(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+    if "--json" in argv and proc.returncode == 0:
+        result.doc = json.loads(proc.stdout)
+    return result
+
+
+def ip_netns(netns: str, command: str) -> None:
+    done = subprocess.run(["ip", "-n", netns, *command.split()], capture_output=True, text=True)
+    assert done.returncode == 0, f"ip -n {netns} {command}: {done.stderr}"
+
+
+def test_an_interface_that_cannot_multicast_is_a_clear_error(
+    lonely_netns: str, tmp_path: Path
+) -> None:
+    """lo has an address but is down: multicast cannot leave it. Rather than announce to
+    no one or find nothing, agent and discover say so, naming the interface and fix."""
+    ip_netns(lonely_netns, "addr add 127.0.0.1/8 dev lo")
+    key, _ = keypair(tmp_path, "key")
+    for args in (
+        ["agent", "--name", "x", "--interface", LOOPBACK, "--host-key", key],
+        ["discover", "--interface", "lo", "--timeout", "0.3s"],
+    ):
+        result = in_netns(lonely_netns, *args)
+        assert result.rc == 1, result.describe()
+        assert (
+            "--interface 127.0.0.1: cannot send mDNS multicast on lo: Network is unreachable"
+            in result.stderr
+        ), result.describe()
+        assert "ip link set lo up" in result.stderr, result.describe()
+        assert "announced" not in result.stderr, result.describe()
+
+
+def test_unicast_answers_taken_by_another_socket_lose_no_agent_and_no_name_conflict(
+    lonely_netns: str, tmp_path: Path
+) -> None:
+    """zeroconf asks for unicast answers to port 5353 in a browser's first query and in
+    an agent's name probes; an agent that has just announced answers them by unicast
+    only, and the kernel gives that to one of the sockets sharing the port, by chance.
+    Here another socket always gets it: the one-shot query, from a port of our own,
+    must still find the agent within a round trip and catch a taken name."""
+    ip_netns(lonely_netns, "link set lo up")
+    token = "t" + secrets.token_hex(4)
+    key, fingerprint = keypair(tmp_path, "key")
+    thief = UnicastThief(lonely_netns)
+    agent = AgentProcess(
+        f"{token}-x", "--interface", LOOPBACK, "--labels", token, "--host-key", key,
+        netns=lonely_netns,
+    )  # fmt: skip
+    twin = None
+    try:
+        agent.wait_for("announced")
+        result = in_netns(
+            lonely_netns, "discover", "--json", "--interface", LOOPBACK, "--labels", token,
+            "--timeout", "1s",
+        )  # fmt: skip
+        assert result.rc == 0, result.describe()
+        found = [(a["name"], a["host_key_fingerprint"]) for a in result.doc["agents"]]
+        assert found == [(agent.name, fingerprint)], result.describe()
+
+        twin = AgentProcess(
+            agent.name, "--interface", LOOPBACK, "--host-key", key, netns=lonely_netns
+        )
+        try:
+            rc = twin.proc.wait(REGISTER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            rc = None  # it announced the taken name
+        assert rc == 2, twin.describe()
+        assert f"already announces the name {agent.name!r}" in twin.describe()
+        assert thief.taken() > 0, "the agent's unicast answers should have gone to the thief"
+    finally:
+        for started in (twin, agent):
+            if started is not None:
+                started.kill()
+        thief.kill()
