@@ -350,12 +350,15 @@ class _Transfer:
             for thread in down:
                 if thread.ident is not None:
                     thread.join()
-            for fd in (self.stdin, self.stderr, self._wake_r, self._wake_w):
+            for fd in (self.stdin, self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if not down[0].ident:  # never started: stdout is still ours to close
-                with contextlib.suppress(OSError):
-                    os.close(self.stdout)
+            # Each reader closes its own descriptor when it ends; closing one twice
+            # could close a number another thread has opened since (an rsync's pipe).
+            for thread, fd in zip(down, (self.stdout, self.stderr), strict=True):
+                if not thread.ident:  # never started: still ours to close
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     def _streams_ended(self) -> bool:
         with self._lock:
