@@ -72,8 +72,11 @@ def test_test_script_installs_the_test_needs_and_checks_from_the_venv() -> None:
     assert any(line.startswith('"$PY" -m pytest') for line in lines)
 
 
-def test_ci_runs_the_readme_test_command() -> None:
-    assert code_lines((REPO / ".ci" / "run").read_text())[-1] == "exec scripts/test"
+def test_ci_runs_the_readme_test_command_as_a_new_user_would() -> None:
+    """The README's test command, in a bare environment with the system's python3."""
+    lines = code_lines((REPO / ".ci" / "run").read_text())
+    assert lines[-1] == "scripts/test"
+    assert any(line.startswith("env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin ") for line in lines)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
