@@ -156,8 +156,9 @@ def _connect_timeout_option(p: argparse.ArgumentParser) -> argparse.Action:
     return p.add_argument(
         "--connect-timeout",
         metavar="DURATION",
-        default="10s",
-        help="Limit for TCP connect, SSH banner and handshake.  [default: 10s]",
+        default=None,
+        help="Limit for TCP connect, SSH banner and handshake.  [default: the host's "
+        "ConnectTimeout in ssh_config, else 10s]",
     )
 
 
@@ -409,7 +410,7 @@ def _fleet(
     max_fail: str | None,
     fail_fast: bool,
     timeout: str | None,
-    connect_timeout: str,
+    connect_timeout: str | None,
     env: list[str] | None,
     output: str,
     pull: list[str] | None,
@@ -442,7 +443,11 @@ def _fleet(
             pull_dir=Path(pull_dir) if pull_dir else None,
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-        connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+        connect_timeout_s = (
+            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+            if connect_timeout
+            else None
+        )
     with _input_errors():  # ssh_config and key problems, before any host
         connector = meshrun.default_connector(
             selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
@@ -597,7 +602,7 @@ def hosts_command(
     hosts: str | None,
     limit: list[str] | None,
     json_out: bool,
-    connect_timeout: str,
+    connect_timeout: str | None,
     verbose: int,
     accept_new_host_keys: bool,
     discovery: _Discovery,
@@ -610,7 +615,11 @@ def hosts_command(
     _setup_logging(verbose, False)
     with _input_errors():
         selected = _select(hosts, limit, discovery)
-        connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+        connect_timeout_s = (
+            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+            if connect_timeout
+            else None
+        )
     with _input_errors():  # ssh_config and key problems, before any host
         connector = meshrun.default_connector(
             selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
@@ -680,7 +689,7 @@ def dispatch_command(
     artifacts: str | None,
     output: str,
     json_out: bool,
-    connect_timeout: str,
+    connect_timeout: str | None,
     quiet: bool,
     verbose: int,
     accept_new_host_keys: bool,
@@ -737,7 +746,11 @@ def dispatch_command(
             sync=not no_sync,
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-        connect_timeout_s = meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+        connect_timeout_s = (
+            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+            if connect_timeout
+            else None
+        )
     with _input_errors():  # ssh_config and key problems, before any host
         connector = meshrun.default_connector(
             selected,

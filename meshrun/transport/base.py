@@ -125,7 +125,7 @@ def tail_text(data: bytes, lines: int = 5) -> str:
 def default_connector(
     hosts: list[Host],
     *,
-    connect_timeout_s: float = 10.0,
+    connect_timeout_s: float | None = None,
     accept_new_host_keys: bool = False,
     remote: bool = False,
 ) -> Connector:

@@ -522,7 +522,7 @@ class SSHConnector:
     def __init__(
         self,
         *,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float | None = None,
         accept_new_host_keys: bool = False,
         max_handshakes: int = 32,
         channels_per_host: int = 64,
@@ -531,7 +531,9 @@ class SSHConnector:
         keepalive_s: int = 15,
         ssh_config_path: str | None = None,
     ) -> None:
-        self.connect_timeout_s = connect_timeout_s
+        # Given (--connect-timeout): it wins; not given: ssh_config's ConnectTimeout, else 10 s.
+        self._timeout_given = connect_timeout_s is not None
+        self.connect_timeout_s = connect_timeout_s if connect_timeout_s is not None else 10.0
         self.accept_new_host_keys = accept_new_host_keys
         self.channels_per_host = channels_per_host
         self.connections_per_host = connections_per_host
@@ -585,7 +587,11 @@ class SSHConnector:
             hash_known_hosts=s.hash_known_hosts,
             proxy_jump=jumps,
             proxy_command=proxy_command,
-            connect_timeout_s=s.connect_timeout_s or self.connect_timeout_s,
+            connect_timeout_s=(
+                self.connect_timeout_s
+                if self._timeout_given
+                else s.connect_timeout_s or self.connect_timeout_s
+            ),
             keepalive_s=s.server_alive_interval_s or self.keepalive_s,
         )
 

@@ -260,7 +260,7 @@ def test_exec_options() -> None:
     assert parsed["env"] == ["A=1", "B=2"]
     assert parsed["parallel"] == 4
     assert parsed["output"] == "stream"
-    assert parsed["connect_timeout"] == "10s"
+    assert parsed["connect_timeout"] is None  # ssh_config's ConnectTimeout, else 10 s
     assert parsed["json_out"] is False
     assert parsed["hosts"] is None
     assert cli._parse_exec(["--json", "-o", "fold", "x"])["json_out"] is True

@@ -202,3 +202,17 @@ def test_a_config_openssh_refuses_is_an_input_error(tmp_path: Path) -> None:
     config.write_text("Host web1\n  NoSuchOption yes\n  HostName 10.0.0.1\n")
     with pytest.raises(InputError, match=r"NoSuchOption|Bad configuration option"):
         SSHConfigResolver(str(config)).resolve("web1")
+
+
+@needs_ssh
+def test_connect_timeout_given_wins_then_ssh_config_then_ten_seconds(tmp_path: Path) -> None:
+    from meshrun.inventory import Host
+    from meshrun.transport.ssh import SSHConnector
+
+    config = tmp_path / "config"
+    config.write_text("Host slow\n  ConnectTimeout 3\n")
+    host = Host(name="slow")
+    assert SSHConnector(ssh_config_path=str(config)).endpoint(host).connect_timeout_s == 3
+    given = SSHConnector(ssh_config_path=str(config), connect_timeout_s=7)
+    assert given.endpoint(host).connect_timeout_s == 7
+    assert SSHConnector(ssh_config_path="/nonexistent").endpoint(host).connect_timeout_s == 10
