@@ -193,7 +193,7 @@ def test_help_names_defaults_and_the_env_var(
     monkeypatch.setenv("COLUMNS", "200")
     _, out, _ = run_cli(monkeypatch, capsys, "exec", "--help")
     assert "[env var: MESHRUN_HOSTS]" in out
-    assert "[default: 10s]" in out
+    assert "ConnectTimeout in ssh_config, else 10s]" in out
     assert "[default: stream]" in out
 
 
