@@ -1356,6 +1356,10 @@ def _main(argv: list[str]) -> int:
 def main() -> None:
     """Console-script entry point: Ctrl-C outside a run still exits 130, not 1."""
     code: int | str | None
+    # paramiko imports invoke (Fabric's task runner), when installed, for its own
+    # ssh_config `Match exec`, which meshrun never uses (it asks `ssh -G`): 55 ms of every
+    # run on a machine with Fabric. The command process imports nothing else of it.
+    sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
     try:
         code = _main(sys.argv[1:])
     except KeyboardInterrupt:
