@@ -298,11 +298,22 @@ class Workload:
     spec: str  # JSON for the Python competitor scripts
 
 
-def write_workload(fleet: Fleet, tasks: int, per_host: int, workdir: Path) -> Workload:
-    lines = ["# bench/dispatch: tiny tasks, nothing to sync", "[sync]", "paths = []", ""]
+def write_workload(
+    fleet: Fleet, tasks: int, per_host: int, workdir: Path, *, sync: bool = True
+) -> Workload:
+    """The task file, in a project directory of its own (``proj/``, with a small
+    ``src/``): with ``sync`` it is pushed to every host first, as users run dispatch."""
+    if sync:
+        lines = ["# bench/dispatch: tiny tasks; the project directory is pushed first", ""]
+    else:
+        lines = ["# bench/dispatch: tiny tasks, nothing to sync", "[sync]", "paths = []", ""]
     for i in range(tasks):
         lines += ["[[task]]", f'name = "t{i}"', f'run = "echo {i}"', ""]
-    tasks_toml = workdir / "tasks.toml"
+    project = workdir / "proj"
+    (project / "src").mkdir(parents=True, exist_ok=True)
+    for n in range(20):
+        (project / "src" / f"mod{n}.py").write_text(f"VALUE = {n}\n" * 50)
+    tasks_toml = project / "tasks.toml"
     tasks_toml.write_text("\n".join(lines))
     hosts_auto = fleet.hosts_toml
     text = hosts_auto.read_text()
@@ -1232,6 +1243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument(
+        "--sync",
+        choices=["push", "none"],
+        default="push",
+        help="push: meshrun pushes the task file's project directory to every host first, "
+        "as users run it (default); none: [sync] paths = [] (the overhead alone)",
+    )
+    parser.add_argument(
         "--bytecode",
         choices=["cache", "env"],
         default="cache",
@@ -1276,7 +1294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with running_fleet(args.hosts, root / "fleet") as fleet:
                 work_dir = root / "work"
                 work_dir.mkdir()
-                work = write_workload(fleet, args.tasks, args.per_host, work_dir)
+                work = write_workload(
+                    fleet, args.tasks, args.per_host, work_dir, sync=args.sync == "push"
+                )
                 tools = build_tools(fleet, work, sys.executable)
                 if args.only:
                     keep = set(args.only.split(",")) | {"meshrun"}
