@@ -43,6 +43,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -77,6 +78,9 @@ MAX_REQUEST = 1 << 20
 #: How long a connecting helper may take to send its request.
 REQUEST_TIMEOUT_S = 10.0
 
+#: How long the helper may take to exit once it has its answer.
+HELPER_EXIT_WAIT_S = 2.0
+
 
 class RelayChannel(Protocol):
     """What the relay needs of a channel on which the remote command already runs
@@ -91,6 +95,11 @@ class RelayChannel(Protocol):
     def sendall(self, data: bytes) -> None: ...
 
     def shutdown_write(self) -> None: ...
+
+    @property
+    def eof_received(self) -> bool:
+        """Whether the remote side ended its output (not: the channel was closed)."""
+        ...
 
     def exit_status_ready(self) -> bool:
         """True once the status came, or the channel closed without one."""
@@ -214,17 +223,24 @@ class ChannelRelay:
                     closing = self._closed
                 if closing:
                     transfer.abort()
-                status = transfer.run()
+                try:
+                    status = transfer.run()
+                finally:
+                    with self._lock:
+                        self._transfers.discard(transfer)
+                    release()
+                if transfer.aborted and self._closed:
+                    _reply(client, 255, f"{host.name}: the transfer was stopped (shutting down)")
+                elif status < 0:
+                    _reply(client, 255, f"{host.name}: the SSH connection was lost")
+                else:
+                    _reply(client, status, "")
+                # rsync gets EOF only once the helper has its answer and has exited:
+                # rsync kills its remote shell as soon as its stream breaks, and the
+                # helper must have told it why first.
+                _await_eof(client, HELPER_EXIT_WAIT_S)
             finally:
-                with self._lock:
-                    self._transfers.discard(transfer)
-                release()
-            if transfer.aborted and self._closed:
-                _reply(client, 255, f"{host.name}: the transfer was stopped (shutting down)")
-            elif status < 0:
-                _reply(client, 255, f"{host.name}: the SSH connection was lost")
-            else:
-                _reply(client, status, "")
+                transfer.close_descriptors()
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -305,14 +321,22 @@ class ChannelRelay:
 
 
 class _Transfer:
-    """One remote command: rsync's descriptors pumped to and from its channel."""
+    """One remote command: rsync's descriptors pumped to and from its channel.
+
+    Every descriptor is closed exactly once (:meth:`_close`): a second close could hit
+    a number another thread has been given since (another rsync's pipe). rsync's stdin
+    is closed at the channel's EOF; when the channel ends without one (the link was
+    lost, the transfer stopped) it stays open until the helper has had its answer, so
+    rsync hears why from the helper before it sees the stream break.
+    """
 
     def __init__(self, chan: RelayChannel, client: socket.socket, fds: list[int]) -> None:
         self.chan = chan
         self.client = client
-        self.stdin, self.stdout, self.stderr = fds
+        self._fds = dict(zip(("stdin", "stdout", "stderr"), fds, strict=True))
+        self.stdin = fds[0]
         self.aborted = False
-        self._streams_open = 2  # stdout and stderr of the channel, until their EOF
+        self._streams_open = 2  # stdout and stderr of the channel, until they end
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
 
@@ -324,18 +348,32 @@ class _Transfer:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
+        with self._lock:  # never write to the pipe's number once it is closed
+            if self._wake_w >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"!")
+
+    def _close(self, name: str) -> None:
+        with self._lock:
+            fd = self._fds.pop(name, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close_descriptors(self) -> None:
+        """Close what is still open of rsync's descriptors (after the reply)."""
+        for name in ("stdin", "stdout", "stderr"):
+            self._close(name)
 
     def run(self) -> int:
         """Pump until the command ends; its exit status (-1: none came)."""
         down = [
             threading.Thread(
-                target=self._down, args=(self.chan.recv, self.stdout), daemon=True,
+                target=self._down, args=(self.chan.recv, "stdout"), daemon=True,
                 name="meshrun-relay-stdout",
             ),
             threading.Thread(
-                target=self._down, args=(self.chan.recv_stderr, self.stderr), daemon=True,
+                target=self._down, args=(self.chan.recv_stderr, "stderr"), daemon=True,
                 name="meshrun-relay-stderr",
             ),
         ]  # fmt: skip
@@ -350,15 +388,12 @@ class _Transfer:
             for thread in down:
                 if thread.ident is not None:
                     thread.join()
-            for fd in (self.stdin, self._wake_r, self._wake_w):
+            with self._lock:
+                wake = (self._wake_r, self._wake_w)
+                self._wake_r = self._wake_w = -1
+            for fd in wake:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            # Each reader closes its own descriptor when it ends; closing one twice
-            # could close a number another thread has opened since (an rsync's pipe).
-            for thread, fd in zip(down, (self.stdout, self.stderr), strict=True):
-                if not thread.ident:  # never started: still ours to close
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
 
     def _streams_ended(self) -> bool:
         with self._lock:
@@ -405,9 +440,10 @@ class _Transfer:
         status = self.chan.recv_exit_status()
         return status if 0 <= status <= 255 else -1
 
-    def _down(self, recv: Callable[[int], bytes], fd: int) -> None:
-        """channel → rsync; at the channel's EOF rsync's side is closed. When rsync
-        stops reading, the rest is drained and dropped (as ssh does)."""
+    def _down(self, recv: Callable[[int], bytes], name: str) -> None:
+        """channel → rsync (``name``: stdout or stderr). When rsync stops reading, the
+        rest is drained and dropped (as ssh does)."""
+        fd = self._fds[name]
         broken = False
         try:
             while True:
@@ -423,8 +459,8 @@ class _Transfer:
                     except OSError:
                         broken = True
         finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if name == "stderr" or self.chan.eof_received:
+                self._close(name)  # EOF for rsync (the helper holds its own stderr)
             with self._lock:
                 self._streams_open -= 1
             self._wake()
@@ -473,10 +509,21 @@ def _check_peer(client: socket.socket) -> None:
 
 
 def _reply(client: socket.socket, status: int, message: str) -> None:
-    text = f"{status} {message}".rstrip() if message else str(status)
+    """The helper's answer: one line, ``STATUS[ MESSAGE]``."""
+    text = f"{status} {' / '.join(message.splitlines())}".rstrip() + "\n"
     with contextlib.suppress(OSError):
         client.settimeout(1.0)
         client.sendall(text.encode("utf-8", "replace"))
+
+
+def _await_eof(client: socket.socket, timeout_s: float) -> None:
+    """Wait until the helper closes its end (it exits after reading the reply)."""
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(OSError):
+        while (left := deadline - time.monotonic()) > 0:
+            client.settimeout(left)
+            if not client.recv(4096):
+                return
 
 
 def _poke(path: str) -> None:

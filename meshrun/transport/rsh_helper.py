@@ -26,6 +26,7 @@ import sys
 
 TOKEN_ENV = "MESHRUN_RSH_TOKEN"
 MAGIC = b"meshrun-rsh/1"
+MESSAGE_PREFIX = "meshrun rsh: "  # rsync.SHELL_MESSAGE_PREFIX
 MAX_REPLY = 65536
 PARENT_POLL_S = 0.2
 
@@ -66,8 +67,11 @@ def encode_request(token: str, host: str, user: str, command: str) -> bytes:
 
 
 def decode_reply(data: bytes) -> tuple[int, str]:
-    """``(exit_code, message)`` from the relay's reply ``CODE[ MESSAGE]``."""
-    code, _, message = data.partition(b" ")
+    """``(exit_code, message)`` from the relay's reply, one line ``CODE[ MESSAGE]``."""
+    line, newline, _ = data.partition(b"\n")
+    if not newline:
+        raise ValueError("incomplete reply")
+    code, _, message = line.partition(b" ")
     status = int(code.decode("ascii"))
     if not 0 <= status <= 255:
         raise ValueError("exit status out of range")
@@ -76,7 +80,7 @@ def decode_reply(data: bytes) -> tuple[int, str]:
 
 def _say(text: str) -> None:
     try:  # noqa: SIM105 (contextlib's import would cost more than this program)
-        os.write(2, ("meshrun rsh: " + text + "\n").encode("utf-8", "replace"))
+        os.write(2, (MESSAGE_PREFIX + text + "\n").encode("utf-8", "replace"))
     except OSError:
         pass
 
@@ -106,7 +110,7 @@ def main(argv: list[str]) -> int:
     os.close(null)
     reply = b""
     sock.settimeout(PARENT_POLL_S)
-    while len(reply) < MAX_REPLY:
+    while b"\n" not in reply and len(reply) < MAX_REPLY:
         try:
             data = sock.recv(MAX_REPLY)
         except TimeoutError:

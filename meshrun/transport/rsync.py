@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     import subprocess
 
 
+#: How meshrun's rsh helper starts the lines it writes to rsync's stderr (why the
+#: remote shell failed: the connection, not rsync).
+SHELL_MESSAGE_PREFIX = "meshrun rsh: "
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteShell:
     """How rsync reaches one host: the program of its ``-e`` (``argv``), the name to
@@ -176,8 +181,12 @@ def run(
         raise
     if proc.returncode == 0:
         return
-    tail = stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-    message = f"{what} failed (rsync exit {proc.returncode}): {' / '.join(tail)}"
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    message = f"{what} failed (rsync exit {proc.returncode}): {' / '.join(lines[-3:])}"
+    shell = [line for line in lines if line.startswith(SHELL_MESSAGE_PREFIX)]
+    if shell:  # the remote shell (meshrun's rsh helper) says why: the connection
+        reason = shell[-1].removeprefix(SHELL_MESSAGE_PREFIX)
+        raise HostUnreachable(host, f"{what} failed (rsync exit {proc.returncode}): {reason}")
     if proc.returncode == 255:  # ssh itself failed
         raise HostUnreachable(host, message)
     fix = "is rsync installed on the host?" if proc.returncode in (12, 127) else None
