@@ -434,8 +434,14 @@ class _Transfer:
         """Wait for the exit status (usually here already), still watching the helper."""
         poller = select.poll()
         poller.register(self.client.fileno(), select.POLLIN)
+        # paramiko sets status_event when the status comes: wake at once on it (the
+        # status often lands just after the streams' EOF), and look at the helper
+        # between waits.
+        arrived = getattr(self.chan, "status_event", None)
         while not self.aborted and not self.chan.exit_status_ready():
-            if poller.poll(100):
+            if arrived is not None and arrived.wait(0.05):
+                continue
+            if poller.poll(0 if arrived is not None else 50):
                 self.abort()
         if self.aborted:
             return -1
