@@ -222,6 +222,7 @@ def test_closing_the_connector_ends_transfers_and_the_relay(
     _big_file(fleet)
     files = collect(connector.connect(host), host.workdir, ["big.bin"])
     relay_dir = Path(connector.rsync_ssh(host).argv[-1]).parent
+    relay = channel_relay._RELAYS[connector]
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -238,6 +239,6 @@ def test_closing_the_connector_ends_transfers_and_the_relay(
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], HostUnreachable), errors
     assert not relay_dir.exists()
-    assert not [t for t in threading.enumerate() if t.name.startswith("meshrun-relay")]
+    assert not relay._threads and not relay._acceptor.is_alive()
     assert _wait(lambda: not _remote_rsyncs(fleet)), f"left on the host: {_remote_rsyncs(fleet)}"
     assert not processes_with(str(relay_dir))

@@ -309,7 +309,7 @@ def test_many_concurrent_transfers(relay: tuple[ChannelRelay, Opener]) -> None:
         t.join(60)
     assert all(results[i].returncode == 0 and results[i].stdout == payloads[i] for i in range(16))
     assert opener.released == 16
-    _wait(lambda: r.active == 0 and len(_relay_threads()) == 1)  # only the acceptor
+    _wait(lambda: r.active == 0 and not r._threads)  # only the acceptor is left
 
 
 def test_a_killed_parent_closes_the_channel(relay: tuple[ChannelRelay, Opener]) -> None:
@@ -333,12 +333,14 @@ def test_a_killed_parent_closes_the_channel(relay: tuple[ChannelRelay, Opener]) 
 
 def test_closing_the_relay_ends_transfers_and_leaves_nothing(tmp_path: Path) -> None:
     fds_before = _open_fds()
+    threads_before = {t.ident for t in _relay_threads()}
     opener = Opener()
     r = ChannelRelay(opener)
     result: list[subprocess.CompletedProcess[bytes]] = []
     thread = threading.Thread(target=lambda: result.append(helper(r, "sleep 60")))
     thread.start()
     _wait(lambda: r.active == 1)
+    threads_before_close = {t.ident for t in _relay_threads()} - threads_before
     started = time.monotonic()
     r.close()
     thread.join(10)
@@ -346,7 +348,8 @@ def test_closing_the_relay_ends_transfers_and_leaves_nothing(tmp_path: Path) -> 
     assert result[0].returncode == 255 and b"stopped" in result[0].stderr
     assert opener.channels[0].closed.is_set()
     assert not Path(r.path).parent.exists()
-    assert _relay_threads() == []
+    assert not r._threads and not r._acceptor.is_alive()
+    assert not [t for t in _relay_threads() if t.ident in threads_before_close]
     assert _open_fds() - fds_before == set()
     with pytest.raises(HostUnreachable, match="shutting down"):
         r.remote_shell(HOST)
