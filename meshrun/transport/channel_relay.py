@@ -597,47 +597,7 @@ def open_exec_channel(
     """An exec channel running ``command`` on ``conn``, tuned for bulk data (see
     :data:`WINDOW_BYTES`) and counted in the connection's session budget (sshd's
     MaxSessions) until the returned release is called (which also closes it)."""
-    import paramiko
-
-    from meshrun.transport.sessions import SessionRefused, SessionsUnavailable
-    from meshrun.transport.ssh import SESSION_WAIT_S, _refusal
-
-    name = conn.host.name
-
-    def open_bulk(transport: paramiko.Transport) -> paramiko.Channel:
-        # SSHConnection._open_on with a larger window and packet size.
-        if not transport.is_active():
-            raise HostUnreachable(name, "the SSH connection was lost")
-        try:
-            return transport.open_session(
-                window_size=WINDOW_BYTES, max_packet_size=MAX_PACKET_BYTES, timeout=conn._timeout_s
-            )
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            if _refusal(exc) and transport.is_active():
-                raise SessionRefused(str(exc)) from exc  # MaxSessions: the budget waits
-            raise HostUnreachable(
-                name, f"could not open an SSH channel: {exc or type(exc).__name__}"
-            ) from exc
-
-    try:
-        lease = conn.sessions.acquire(open_bulk, timeout_s=SESSION_WAIT_S)
-    except SessionsUnavailable as exc:
-        raise HostUnreachable(name, f"could not open an SSH channel: {exc}") from exc
-    chan = lease.session
-
-    def release() -> None:
-        chan.close()
-        lease.release()
-
-    try:
-        chan.exec_command(command)
-    except BaseException as exc:
-        release()
-        if isinstance(exc, paramiko.SSHException | OSError | EOFError):
-            raise HostUnreachable(
-                name, f"could not start rsync's remote side: {exc or type(exc).__name__}"
-            ) from exc
-        raise
+    chan, release = conn.open_exec(command, window=(WINDOW_BYTES, MAX_PACKET_BYTES))
     relay_chan: RelayChannel = chan
     return relay_chan, release
 

@@ -10,6 +10,7 @@ accept changed) and one reader per channel instead of Fabric's thread per stream
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -273,11 +274,16 @@ class SSHConnection:
 
     # -- sessions ---------------------------------------------------------------------
 
-    def _open_on(self, transport: paramiko.Transport) -> paramiko.Channel:
+    def _open_on(
+        self, transport: paramiko.Transport, window: tuple[int, int] | None = None
+    ) -> paramiko.Channel:
+        """A session channel on ``transport``; ``window`` is (window size, max packet
+        size) for bulk transfers, paramiko's defaults otherwise."""
         if not transport.is_active():
             raise HostUnreachable(self._host.name, "the SSH connection was lost")
+        sizes = {} if window is None else {"window_size": window[0], "max_packet_size": window[1]}
         try:
-            return transport.open_session(timeout=self._timeout_s)
+            return transport.open_session(timeout=self._timeout_s, **sizes)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             if _refusal(exc) and transport.is_active():
                 # sshd's answer ("open failed"; "no more sessions" in its log) when the
@@ -288,12 +294,18 @@ class SSHConnection:
             ) from exc
 
     def _lease(
-        self, wait_s: float | None, cancel: threading.Event | None = None
+        self,
+        wait_s: float | None,
+        cancel: threading.Event | None = None,
+        window: tuple[int, int] | None = None,
     ) -> Lease[paramiko.Transport, paramiko.Channel]:
         """A session channel from the budget. SessionsUnavailable (``cancelled``) only
         when ``cancel`` was set while waiting; HostUnreachable when none can be had."""
+        opener = (
+            self._open_on if window is None else functools.partial(self._open_on, window=window)
+        )
         try:
-            return self._budget.acquire(self._open_on, timeout_s=wait_s, cancel=cancel)
+            return self._budget.acquire(opener, timeout_s=wait_s, cancel=cancel)
         except SessionsUnavailable as exc:
             if exc.cancelled:
                 raise
@@ -309,10 +321,13 @@ class SSHConnection:
             lease.session.close()
             lease.release()
 
-    def open_exec(self, command: str | bytes) -> tuple[paramiko.Channel, Callable[[], None]]:
+    def open_exec(
+        self, command: str | bytes, *, window: tuple[int, int] | None = None
+    ) -> tuple[paramiko.Channel, Callable[[], None]]:
         """An exec channel running ``command`` (as is, no wrapper), counted in the
-        budget until the returned ``release`` is called; ``release`` closes it too."""
-        lease = self._lease(SESSION_WAIT_S)
+        budget until the returned ``release`` is called; ``release`` closes it too.
+        ``window`` (window size, max packet size) tunes it for bulk data."""
+        lease = self._lease(SESSION_WAIT_S, window=window)
         chan = lease.session
 
         def release() -> None:
