@@ -89,13 +89,6 @@ def remote_path(workdir: str) -> str:
     return workdir
 
 
-def remote_dir(user: str, address: str, directory: str) -> str:
-    """rsync's ``user@host:DIR/`` for a directory on the host (an IPv6 address in
-    brackets, ``~/x`` relative to the login directory)."""
-    host = f"[{address}]" if ":" in address else address
-    return f"{user}@{host}:{remote_path(directory).rstrip('/')}/"
-
-
 def push_argv(
     *,
     rsh: RemoteShell,
