@@ -541,12 +541,51 @@ def _poke(path: str) -> None:
             probe.connect(path)
 
 
+_DIR_PREFIX = "meshrun-relay-"
+
+#: A relay directory this old whose socket refuses connections is a killed run's.
+STALE_AFTER_S = 60.0
+
+
 def _private_dir() -> str:
-    """A new 0700 directory whose socket path fits in sun_path (108 bytes)."""
+    """A new 0700 directory whose socket path fits in sun_path (108 bytes); what runs
+    killed outright (SIGKILL) left behind is removed first."""
     base = tempfile.gettempdir()
     if len(base) > 70:
         base = "/tmp"
-    return tempfile.mkdtemp(prefix="meshrun-relay-", dir=base)
+    _sweep_stale(base)
+    return tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=base)
+
+
+def _sweep_stale(base: str) -> None:
+    """Remove our own relay directories that nothing serves any more: older than
+    STALE_AFTER_S, and their socket gone or refusing connections (no listener)."""
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(_DIR_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if info.st_uid != os.geteuid() or now - info.st_mtime < STALE_AFTER_S:
+            continue
+        sock = os.path.join(path, "relay.sock")
+        if os.path.exists(sock):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                try:
+                    probe.connect(sock)
+                except ConnectionRefusedError:
+                    pass  # no listener: its run is gone
+                except OSError:
+                    continue
+                else:
+                    continue  # a live relay
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- one relay per SSHConnector -------------------------------------------------------------

@@ -371,3 +371,35 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 def test_rsync_knows_the_helpers_message_prefix() -> None:
     assert rsync.SHELL_MESSAGE_PREFIX == rsh_helper.MESSAGE_PREFIX
+
+
+def test_a_killed_runs_relay_directory_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket as socket_module
+
+    from meshrun.transport import channel_relay
+
+    monkeypatch.setattr(channel_relay.tempfile, "gettempdir", lambda: str(tmp_path))
+    old = time.time() - 3600
+    dead = tmp_path / "meshrun-relay-dead"
+    dead.mkdir(mode=0o700)
+    with socket_module.socket(socket_module.AF_UNIX) as listener:
+        listener.bind(str(dead / "relay.sock"))  # bound, never listening: like a killed run
+    empty = tmp_path / "meshrun-relay-empty"
+    empty.mkdir(mode=0o700)
+    young = tmp_path / "meshrun-relay-young"
+    young.mkdir(mode=0o700)
+    other = tmp_path / "not-a-relay"
+    other.mkdir()
+    for path in (dead, empty, other):
+        os.utime(path, (old, old))
+    live = ChannelRelay(Opener())
+    try:
+        os.utime(Path(live.path).parent, (old, old))
+        second = ChannelRelay(Opener())
+        second.close()
+        assert not dead.exists() and not empty.exists()
+        assert young.exists() and other.exists() and Path(live.path).exists()
+    finally:
+        live.close()
