@@ -338,6 +338,30 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def _connector(
+    hosts: list[meshrun.Host],
+    connect_timeout: str | None,
+    accept_new_host_keys: bool,
+    *,
+    remote: bool = False,
+) -> meshrun.Connector:
+    """The command's connector. A bad --connect-timeout, an ssh_config OpenSSH refuses or
+    a key that would need a prompt is one clear line and its exit code, before any host
+    is contacted."""
+    with _input_errors():
+        timeout_s = (
+            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
+            if connect_timeout
+            else None
+        )
+        return meshrun.default_connector(
+            hosts,
+            connect_timeout_s=timeout_s,
+            accept_new_host_keys=accept_new_host_keys,
+            remote=remote,
+        )
+
+
 @contextmanager
 def _input_errors() -> Iterator[None]:
     """Bad input becomes one clear line on stderr and exit 2."""
@@ -443,15 +467,7 @@ def _fleet(
             pull_dir=Path(pull_dir) if pull_dir else None,
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-        connect_timeout_s = (
-            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
-            if connect_timeout
-            else None
-        )
-    with _input_errors():  # ssh_config and key problems, before any host
-        connector = meshrun.default_connector(
-            selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
-        )
+    connector = _connector(selected, connect_timeout, accept_new_host_keys)
     mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
     console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in selected], quiet=quiet)
     try:
@@ -615,15 +631,7 @@ def hosts_command(
     _setup_logging(verbose, False)
     with _input_errors():
         selected = _select(hosts, limit, discovery)
-        connect_timeout_s = (
-            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
-            if connect_timeout
-            else None
-        )
-    with _input_errors():  # ssh_config and key problems, before any host
-        connector = meshrun.default_connector(
-            selected, connect_timeout_s=connect_timeout_s, accept_new_host_keys=accept_new_host_keys
-        )
+    connector = _connector(selected, connect_timeout, accept_new_host_keys)
     try:
         probes = meshrun.probe_hosts(selected, connector)
     finally:
@@ -746,18 +754,7 @@ def dispatch_command(
             sync=not no_sync,
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-        connect_timeout_s = (
-            meshrun.parse_duration(connect_timeout, option="--connect-timeout")
-            if connect_timeout
-            else None
-        )
-    with _input_errors():  # ssh_config and key problems, before any host
-        connector = meshrun.default_connector(
-            selected,
-            connect_timeout_s=connect_timeout_s,
-            accept_new_host_keys=accept_new_host_keys,
-            remote=live is not None,
-        )
+    connector = _connector(selected, connect_timeout, accept_new_host_keys, remote=live is not None)
     mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
     console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
     try:
