@@ -36,7 +36,7 @@ from meshrun.transport.base import (
 )
 from meshrun.transport.identities import IdentityFiles, agent_for, offers
 from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
-from meshrun.transport.proxycommand import proxy_failure, start_proxy_command
+from meshrun.transport.proxycommand import ProxyCommandFailed, proxy_failure, start_proxy_command
 from meshrun.transport.sessions import (
     Lease,
     SessionBudget,
@@ -855,13 +855,14 @@ class SSHConnector:
             transport.close()
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            detail = proxy_failure(sock)  # before closing: closing ends the command
             transport.close()
             text = str(exc)
-            detail = proxy_failure(sock)
             if detail:
-                raise HostUnreachable(
+                raise ProxyCommandFailed(
                     host.name,
                     f"ProxyCommand for {where} ended: {detail}",
+                    detail=detail,
                     fix="run the ProxyCommand by hand (`ssh -v HOST` shows it) and fix it",
                 ) from exc
             if "banner" in text.lower() or "session" in text.lower():

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from meshrun.errors import HostUnreachable
+from meshrun.transport.proxycommand import ProxyCommandFailed
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def dropped_early(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        if isinstance(cur, ProxyCommandFailed):  # what the command said decides
+            return cur.dropped_by_sshd
         text = str(cur).lower()
         if isinstance(cur, (*_NOT_DROPPED, _DroppedTooOften)) or any(
             t in text for t in _NOT_DROPPED_TEXT

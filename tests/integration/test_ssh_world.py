@@ -85,6 +85,10 @@ Host viaproxy
   Port 1
   ProxyCommand ssh -W 127.0.0.1:{ports["h4"]} j1
   UserKnownHostsFile ~/.ssh/proxy_known_hosts
+Host brokenproxy
+  HostName 127.0.0.1
+  Port 1
+  ProxyCommand sh -c 'echo no route to the bastion >&2; exit 3'
 Host aliased
   HostName 127.0.0.1
   Port {ports["h2"]}
@@ -216,6 +220,13 @@ def test_proxy_command_reaches_a_host_whose_direct_port_is_closed(
     r = world.meshrun("exec", "-H", "viaproxy", "--json", "--", "echo $MESHRUN_TEST_HOST")
     assert r.rc == 0, r.describe()
     assert [h["stdout"] for h in r.doc["hosts"]] == ["h4\n"], r.describe()  # type: ignore[index]
+
+
+def test_a_failing_proxy_command_says_what_it_printed(world: UserWorld) -> None:
+    r = world.meshrun("exec", "-H", "brokenproxy", "--json", "--", "true")
+    assert r.rc == 3, r.describe()
+    assert "ProxyCommand" in r.stderr and "no route to the bastion" in r.stderr, r.describe()
+    assert "Traceback" not in r.stderr
 
 
 def test_host_key_alias_hashed_entries_and_marker_lines(world: UserWorld, fleet: Fleet) -> None:
