@@ -9,35 +9,16 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import run_cli
 
 import meshrun
 from meshrun import cli
 
 ENTRY = "from meshrun.cli import main; main()"
-
-
-@pytest.fixture(autouse=True)
-def _unfreeze() -> Iterator[None]:
-    """main() ends with gc.freeze(): give the test process its collector back."""
-    yield
-    gc.unfreeze()
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["meshrun", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert code is None or isinstance(code, int), f"exit code {code!r}"
-    return code or 0, out, err
 
 
 def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

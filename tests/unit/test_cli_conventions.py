@@ -4,7 +4,6 @@ progress line that fits the terminal, an ETA, and NO_COLOR as no-color.org says.
 from __future__ import annotations
 
 import fcntl
-import gc
 import importlib.metadata
 import io
 import os
@@ -15,10 +14,10 @@ import struct
 import subprocess
 import sys
 import termios
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from meshrun import cli
 from meshrun.console import (
@@ -31,25 +30,6 @@ from meshrun.console import (
 from meshrun.fleet import HostFinished, HostResult, HostStarted, HostStatus, RunStopping
 
 ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-
-
-@pytest.fixture(autouse=True)
-def _unfreeze() -> Iterator[None]:
-    """main() ends with gc.freeze(): give the test process its collector back."""
-    yield
-    gc.unfreeze()
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["meshrun", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert code is None or isinstance(code, int), f"exit code {code!r}"
-    return code or 0, out, err
 
 
 # -- --version, python -m meshrun ------------------------------------------------------------

@@ -6,34 +6,20 @@ The real thing (agents and browsers on 127.0.0.1) is in tests/integration.
 
 from __future__ import annotations
 
-import gc
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli as shared_run_cli
 
 from meshrun import cli
-
-
-@pytest.fixture(autouse=True)
-def _unfreeze() -> Iterator[None]:
-    yield
-    gc.unfreeze()
 
 
 def run_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str, str]:
-    monkeypatch.setenv("COLUMNS", "100")
-    monkeypatch.setattr(sys, "argv", ["meshrun", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    code = info.value.code
-    assert code is None or isinstance(code, int), f"exit code {code!r}"
-    return code or 0, out, err
+    return shared_run_cli(monkeypatch, capsys, *args, columns=100)
 
 
 @pytest.mark.parametrize(
