@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from discovery_helpers import AgentProcess
 
+from meshrun.inventory import Host, load_inventory
 from meshrun.testing.fleet import SSHD, Fleet
+from meshrun.transport.ssh import SSHConnector
 
 _HERE = Path(__file__).parent
 
@@ -48,6 +50,18 @@ def make_fleet(tmp_path: Path) -> Iterator[MakeFleet]:
     yield make
     for fleet in fleets:
         fleet.stop()
+
+
+@pytest.fixture
+def one(make_fleet: MakeFleet) -> Iterator[tuple[Fleet, Host, SSHConnector]]:
+    """A one-host fleet, its Host and an SSHConnector that reads no ssh_config."""
+    fleet = make_fleet(1)
+    (host,) = load_inventory(fleet.hosts_toml)
+    connector = SSHConnector(ssh_config_path="/nonexistent")
+    try:
+        yield fleet, host, connector
+    finally:
+        connector.close()
 
 
 @pytest.fixture(scope="session")

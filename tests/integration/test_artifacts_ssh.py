@@ -5,30 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from meshrun.artifacts import PULL_TEMP_PREFIX, collect, collect_outputs, pull
 from meshrun.errors import IntegrityError
-from meshrun.inventory import Host, load_inventory
+from meshrun.inventory import Host
 from meshrun.manifest import FileEntry
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 
 MakeFleet = Callable[..., Fleet]
-
-
-@pytest.fixture
-def one(make_fleet: MakeFleet) -> Iterator[tuple[Fleet, Host, SSHConnector]]:
-    fleet = make_fleet(1)
-    (host,) = load_inventory(fleet.hosts_toml)
-    connector = SSHConnector(ssh_config_path="/nonexistent")
-    try:
-        yield fleet, host, connector
-    finally:
-        connector.close()
 
 
 def write(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from meshrun.errors import IntegrityError
-from meshrun.inventory import Host, load_inventory
+from meshrun.inventory import Host
 from meshrun.manifest import FileEntry, hash_file
 from meshrun.staging import Input, push
 from meshrun.testing.fleet import Fleet
@@ -23,17 +23,6 @@ NAMES = {
     "odd/new\nline": b"nl",
     "?lead": b"q",
 }
-
-
-@pytest.fixture
-def one(make_fleet: MakeFleet) -> Iterator[tuple[Fleet, Host, SSHConnector]]:
-    fleet = make_fleet(1)
-    (host,) = load_inventory(fleet.hosts_toml)
-    connector = SSHConnector(ssh_config_path="/nonexistent")
-    try:
-        yield fleet, host, connector
-    finally:
-        connector.close()
 
 
 def verified_copy(root: Path, contents: dict[str, bytes], mode: int = 0o640) -> list[FileEntry]:

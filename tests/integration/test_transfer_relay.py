@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from helpers import describe_procs, processes_with, run_meshrun, wait_gone, writ
 
 from meshrun.artifacts import collect, pull
 from meshrun.errors import HostUnreachable, Interrupted
-from meshrun.inventory import Host, load_inventory
+from meshrun.inventory import Host
 from meshrun.testing.fleet import Fleet
 from meshrun.transport import channel_relay
 from meshrun.transport.ssh import SSHConnector
@@ -123,17 +123,6 @@ def test_rsync_through_a_paramiko_jump_host_uses_the_inventorys_key_and_known_ho
         f"expected one login on the target and one on the jump host: {before} -> {after}"
     )
     assert "127.0.0.1" in target.log.read_text()
-
-
-@pytest.fixture
-def one(make_fleet: MakeFleet) -> Iterator[tuple[Fleet, Host, SSHConnector]]:
-    fleet = make_fleet(1)
-    (host,) = load_inventory(fleet.hosts_toml)
-    connector = SSHConnector(ssh_config_path="/nonexistent")
-    try:
-        yield fleet, host, connector
-    finally:
-        connector.close()
 
 
 def _big_file(fleet: Fleet, name: str = "big.bin", size: int = 4 << 30) -> None:
