@@ -83,7 +83,6 @@ RELEVANT_KEYWORDS = frozenset(
         "connecttimeout",
         "serveraliveinterval",
         "serveralivecountmax",
-        "pubkeyauthentication",
     }
 )
 #: Keywords that make OpenSSH re-read the config or rewrite the name: never guessed.
@@ -139,8 +138,6 @@ class SSHSettings:
     server_alive_interval_s: int = 0
     server_alive_count_max: int = 3
     hash_known_hosts: bool = False
-    pubkey_authentication: bool = True
-    resolved_by_ssh: bool = False  # False: defaults only, the scan found nothing to ask
 
 
 # -- patterns and tokens ----------------------------------------------------------------
@@ -577,6 +574,4 @@ def settings_from_dump(alias: str, text: str) -> SSHSettings:
         server_alive_interval_s=int(one("serveraliveinterval") or 0),
         server_alive_count_max=int(one("serveralivecountmax") or 3),
         hash_known_hosts=_yes(one("hashknownhosts")),
-        pubkey_authentication=(one("pubkeyauthentication") or "yes").lower() not in ("no", "false"),
-        resolved_by_ssh=True,
     )
