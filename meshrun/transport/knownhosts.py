@@ -51,17 +51,22 @@ def hashed_name(name: str, salt: bytes | None = None) -> str:
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
 
 
-def _hashed_matches(field: str, name: str) -> bool:
+def _hashed_parts(field: str) -> tuple[bytes, bytes] | None:
+    """``|1|salt|digest`` -> (salt, digest), decoded; None if malformed."""
     parts = field.split("|")
     if len(parts) != 4 or parts[1] != "1":
-        return False
+        return None
     try:
-        salt = base64.b64decode(parts[2], validate=True)
-        want = base64.b64decode(parts[3], validate=True)
+        return base64.b64decode(parts[2], validate=True), base64.b64decode(parts[3], validate=True)
     except (binascii.Error, ValueError):
-        return False
-    got = hmac.new(salt, name.encode(), hashlib.sha1).digest()
-    return hmac.compare_digest(got, want)
+        return None
+
+
+def _literal_names(field: str) -> list[str] | None:
+    """The lowercased names of a pattern field without wildcards or negation, else None."""
+    if field.startswith("|") or any(c in field for c in "*?!"):
+        return None
+    return [n.lower() for n in field.split(",") if n]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,11 @@ class KnownHostsEntry:
 
     def matches(self, name: str) -> bool:
         if self.names.startswith("|"):
-            return _hashed_matches(self.names, name)
+            parts = _hashed_parts(self.names)
+            if parts is None:
+                return False
+            salt, want = parts
+            return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), want)
         return match_pattern_list(name.lower(), self.names.split(","))
 
 
@@ -120,12 +129,20 @@ class Check:
 
 
 class _File:
-    """One file's entries, read once and appended to under a lock."""
+    """One file's entries, read once and appended to under a lock.
+
+    Indexed so that a fleet's lookups stay linear in its size: lines naming hosts
+    literally (most files) are found by name; only pattern lines and hashed lines
+    (one HMAC each, as OpenSSH computes too, with their salts decoded once) are scanned.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock = threading.Lock()
         self.entries: list[KnownHostsEntry] = []
+        self._by_name: dict[str, list[int]] = {}
+        self._patterns: list[int] = []
+        self._hashed: list[tuple[int, bytes, bytes]] = []
         try:
             if os.path.getsize(path) > _MAX_FILE_BYTES:
                 log.warning("known_hosts %s is larger than 64 MiB; not read", path)
@@ -134,11 +151,39 @@ class _File:
                 for n, line in enumerate(f, start=1):
                     entry = parse_line(line, path=path, lineno=n)
                     if entry is not None:
-                        self.entries.append(entry)
+                        self.append(entry)
         except FileNotFoundError:
             pass
         except OSError as exc:
             log.warning("could not read known_hosts %s: %s", path, exc)
+
+    def append(self, entry: KnownHostsEntry) -> None:
+        index = len(self.entries)
+        self.entries.append(entry)
+        if entry.names.startswith("|"):
+            parts = _hashed_parts(entry.names)
+            if parts is not None:
+                self._hashed.append((index, *parts))
+            return
+        literal = _literal_names(entry.names)
+        if literal is None:
+            self._patterns.append(index)
+            return
+        for name in dict.fromkeys(literal):
+            self._by_name.setdefault(name, []).append(index)
+
+    def matching(self, name: str) -> list[KnownHostsEntry]:
+        """The entries whose names match ``name``, in file order (hold ``lock``)."""
+        found = list(self._by_name.get(name.lower(), ()))
+        found += [i for i in self._patterns if self.entries[i].matches(name)]
+        if self._hashed:
+            raw = name.encode()
+            found += [
+                i
+                for i, salt, want in self._hashed
+                if hmac.compare_digest(hmac.new(salt, raw, hashlib.sha1).digest(), want)
+            ]
+        return [self.entries[i] for i in sorted(found)]
 
 
 class KnownHosts:
@@ -161,7 +206,7 @@ class KnownHosts:
         for path in files:
             f = self._file(path)
             with f.lock:
-                types.update(e.key_type for e in f.entries if e.marker is None and e.matches(name))
+                types.update(e.key_type for e in f.matching(name) if e.marker is None)
         return types
 
     def check(self, files: Sequence[str], name: str, key_type: str, blob: bytes) -> Check:
@@ -172,7 +217,7 @@ class KnownHosts:
         for path in files:
             f = self._file(path)
             with f.lock:
-                entries = [e for e in f.entries if e.matches(name)]
+                entries = f.matching(name)
             for e in entries:
                 if e.marker == "revoked":
                     if e.blob == blob:
@@ -209,4 +254,4 @@ class KnownHosts:
                 out.write(line)
             entry = parse_line(line, path=path, lineno=len(f.entries) + 1)
             if entry is not None:
-                f.entries.append(entry)
+                f.append(entry)

@@ -89,8 +89,12 @@ RELEVANT_KEYWORDS = frozenset(
 _ALWAYS_RESOLVE = frozenset({"canonicalizehostname"})
 
 
+@functools.lru_cache(maxsize=1)
 def home_dir() -> str:
-    """The home directory OpenSSH uses for ``~``: the passwd entry's, not ``$HOME``."""
+    """The home directory OpenSSH uses for ``~``: the passwd entry's, not ``$HOME``.
+
+    Cached: a process has one uid, and resolving a fleet asks for it many times per host.
+    """
     try:
         return pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:  # no passwd entry (some containers): OpenSSH would fail; be lenient

@@ -6,7 +6,10 @@ import base64
 import os
 from pathlib import Path
 
-from meshrun.transport.knownhosts import KnownHosts, Verdict, hashed_name, host_key_name
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshrun.transport.knownhosts import KnownHosts, Verdict, _File, hashed_name, host_key_name
 
 
 def _key(seed: int, key_type: str = "ssh-ed25519") -> tuple[str, bytes]:
@@ -61,3 +64,30 @@ def test_an_accepted_key_is_appended_hashed_when_asked(tmp_path: Path) -> None:
     fresh = KnownHosts()  # read back from disk
     assert fresh.check([str(path)], "[h]:22", "ssh-ed25519", blob).verdict is Verdict.TRUSTED
     assert os.path.getsize(path) > 0
+
+
+_NAMES = ["web1", "WEB2", "db1", "[10.0.0.1]:2222", "x.corp", "a"]
+_FIELDS = st.one_of(
+    st.lists(
+        st.sampled_from([*_NAMES, "web*", "!web2", "?b1", "*.corp", "!x.corp"]), min_size=1
+    ).map(lambda names: ",".join(names)),
+    st.sampled_from(_NAMES).map(lambda n: hashed_name(n.lower())),
+)
+
+
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["", "@revoked ", "@cert-authority "]), _FIELDS, st.integers(1, 3)
+        ),
+        max_size=12,
+    ),
+    name=st.sampled_from([n.lower() for n in _NAMES] + ["web9", "nothing"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_name_index_finds_what_a_full_scan_finds(lines, name, tmp_path_factory) -> None:
+    """Lines found by name, by pattern or by hash come back as a scan of every line would."""
+    path = tmp_path_factory.mktemp("kh") / "known_hosts"
+    path.write_text("".join(f"{m}{f} ssh-ed25519 {_key(seed)[0]}\n" for m, f, seed in lines))
+    f = _File(str(path))
+    assert f.matching(name) == [e for e in f.entries if e.matches(name)]
