@@ -50,7 +50,7 @@ from meshrun.scheduler import (
     TaskSucceeded,
 )
 from meshrun.tasks import Task, TaskGraph
-from meshrun.transport.base import Connector, Stream
+from meshrun.transport.base import Connection, Connector, Stream
 
 log = logging.getLogger(__name__)
 
@@ -845,11 +845,7 @@ class Dispatcher:
     def _connect(self, host: Host) -> None:
         try:
             conn = self.connector.connect(host)
-            if self.sync is not None:
-                self.sync(host)
-            runner = start_runner(
-                conn, host.workdir, self._queue.put, use_agent=self.options.use_agent
-            )
+            runner = self._set_up(host, conn)
         except ConnectError as exc:
             self._queue.put(_Unreachable(host, str(exc)))
             return
@@ -864,6 +860,40 @@ class Dispatcher:
             runner.close()
             return
         self._queue.put(_Ready(host, runner, conn.host_key_fingerprint))
+
+    def _set_up(self, host: Host, conn: Connection) -> Runner:
+        """Push the workspace and start the host's runner at the same time.
+
+        Neither needs the other: the agent lives in ``<workdir>/.meshrun/``, the push
+        writes the workspace's own paths. Done one after the other they were the two
+        longest steps before a host takes work (the agent's Python start-up, rsync's
+        start-up and round trips). No task starts before both are done.
+        """
+        if self.sync is None:
+            return start_runner(
+                conn, host.workdir, self._queue.put, use_agent=self.options.use_agent
+            )
+        sync = self.sync
+        failed: list[BaseException] = []
+
+        def push() -> None:
+            try:
+                sync(host)
+            except BaseException as exc:  # handed to the set-up thread, raised there
+                failed.append(exc)
+
+        pusher = threading.Thread(target=push, name=f"meshrun-push-{host.name}", daemon=True)
+        pusher.start()
+        try:
+            runner = start_runner(
+                conn, host.workdir, self._queue.put, use_agent=self.options.use_agent
+            )
+        finally:
+            pusher.join()
+        if failed:
+            runner.close()
+            raise failed[0]
+        return runner
 
     def _abort_running(self, started: float) -> None:
         for info in self._info.values():

@@ -34,25 +34,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshrun import artifacts
 from meshrun.errors import ConnectError, InputError, IntegrityError, Interrupted, MeshrunError
 from meshrun.fleet import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
 from meshrun.inventory import Host
-from meshrun.manifest import (
-    FLEET_FILES_DIR,
-    MANIFEST_NAME,
-    REPORT_NAME,
-    FileEntry,
-    HostEntry,
-    Manifest,
-    TaskEntry,
-    run_manifest,
-    write_manifest,
-)
 from meshrun.transport.base import Connector
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from meshrun.manifest import FileEntry, Manifest
+
+# The transfer and manifest modules (and the crypto they load) are imported by the
+# functions that pull or record: a plain `exec` never needs them, and their ~10 ms
+# would sit between start-up and the first connection.
 
 #: Where recorded runs live when no state directory is given (relative to the cwd).
 DEFAULT_STATE_DIR = Path(".meshrun")
@@ -89,6 +83,8 @@ def pull_host(
 
     def interrupted() -> HostPull:
         return HostPull(error="pull stopped (interrupted); nothing was installed", interrupted=True)
+
+    from meshrun import artifacts
 
     if cancel is not None and cancel.is_set():
         return HostPull(error="not pulled (interrupted)", interrupted=True)
@@ -146,6 +142,8 @@ def build_fleet_manifest(
     status (``ok``, ``failed``, ...), exit code, duration and pulled files; a host that
     never started (``skipped``) has no attempt and no duration.
     """
+    from meshrun.manifest import HostEntry, TaskEntry, run_manifest
+
     address = {h.name: h.address or h.name for h in hosts}
     return run_manifest(
         run_id=report.run_id,
@@ -185,6 +183,7 @@ def record_fleet_run(
 
     Returns ``report`` with ``run_dir`` and ``manifest_path`` set.
     """
+    from meshrun.manifest import MANIFEST_NAME, REPORT_NAME, write_manifest
     from meshrun.report import fleet_document
 
     run_dir = Path(run_dir)
@@ -221,6 +220,8 @@ def run_fleet_recorded(
     """
     if not job.pull and signing_key is None:
         return run_fleet(hosts, job, connector, run_id=run_id, observer=observer)
+    from meshrun.manifest import FLEET_FILES_DIR
+
     run_dir = fleet_run_dir(state_dir or DEFAULT_STATE_DIR, run_id).absolute()
     if job.pull:
         pull_dir = run_dir / FLEET_FILES_DIR if job.pull_dir is None else job.pull_dir
