@@ -113,6 +113,7 @@ class FleetJob:
     pull_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
+        _refuse_nul(self)
         patterns = (self.pull,) if isinstance(self.pull, str) else tuple(self.pull)
         if patterns:
             from meshrun.artifacts import check_patterns
@@ -124,6 +125,28 @@ class FleetJob:
         if self.script is not None:
             return shlex.join([self.script.name, *self.script.args])
         return self.command or ""
+
+
+_NUL_FIX = "remove it: a NUL ends a C string, so no shell, program or environment can take one"
+
+
+def _refuse_nul(job: FleetJob) -> None:
+    """A NUL in the command, its arguments or its environment would fail on every host
+    (or be cut short by its shell): refused here, before any host is contacted."""
+    if job.command is not None and "\x00" in job.command:
+        raise InputError("the command contains a NUL character (\\x00)", fix=_NUL_FIX)
+    if job.script is not None:
+        for number, arg in enumerate(job.script.args, start=1):
+            if "\x00" in arg:
+                raise InputError(
+                    f"argument #{number} of {job.script.name} contains a NUL character (\\x00)",
+                    fix=_NUL_FIX,
+                )
+    for key, value in job.env.items():
+        if "\x00" in key or "\x00" in value:
+            raise InputError(
+                f"environment variable {key!r} contains a NUL character (\\x00)", fix=_NUL_FIX
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +337,8 @@ class _Worker:
 
         if out.lost:
             return ended(
-                HostStatus.UNREACHABLE, "the connection was lost while the command ran"
+                HostStatus.UNREACHABLE,
+                out.lost_reason or "the connection was lost while the command ran",
             ), False
         if out.timed_out:
             return ended(
@@ -525,6 +549,10 @@ def parse_env(assignments: Sequence[str]) -> dict[str, str]:
             raise InputError(
                 f"--env {item!r} is not NAME=VALUE",
                 fix="write e.g. --env RELEASE=v42 (names: letters, digits, underscore)",
+            )
+        if "\x00" in value:
+            raise InputError(
+                f"--env {item!r}: the value contains a NUL character (\\x00)", fix=_NUL_FIX
             )
         env[key] = value
     return env

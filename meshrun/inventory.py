@@ -20,14 +20,22 @@ from typing import Any, NoReturn
 from meshrun import hostlist
 from meshrun.errors import InventoryError
 from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
+from meshrun.tomlfile import (
+    TOO_DEEP,
+    TOO_DEEP_FIX,
+    check_no_nul,
+    check_text,
+    did_you_mean,
+    wrong_type,
+)
 from meshrun.tomlfile import Invalid as _Invalid
 from meshrun.tomlfile import Locator as _Locator
-from meshrun.tomlfile import check_text, did_you_mean, wrong_type
 from meshrun.tomlfile import show as _show
 from meshrun.tomlfile import toml_type as _toml_type
 
 __all__ = [
     "LOCAL_HOST_NAME",
+    "MAX_SLOTS",
     "Host",
     "HostDefaults",
     "Inventory",
@@ -40,6 +48,16 @@ __all__ = [
 ]
 
 LOCAL_HOST_NAME = "local"
+
+#: The most tasks' load units one host may take at once (``slots``), as for an agent
+#: found on the LAN: far above any real machine's CPUs, low enough that a typo such as
+#: ``slots = 99999999`` is an error, not a host that asks for more work than exists.
+MAX_SLOTS = 1024
+#: ``weight`` is a host's speed relative to an average one. Beyond a million times
+#: faster or slower the scheduler's estimates (seconds / weight) mean nothing and, at
+#: the extremes, overflow or vanish; such a value is a typo, not a machine.
+MIN_WEIGHT = 1e-6
+MAX_WEIGHT = 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +134,7 @@ _HOST_KEYS = (
 )
 _DEFAULT_KEYS = tuple(key for key in _HOST_KEYS if key not in ("name", "address"))
 _TOP_LEVEL_KEYS = ("defaults", "host")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: "$" lets "\n" through
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _NOT_IN_ADDRESS = frozenset("/,[]@")
 
@@ -178,7 +196,7 @@ def _check_text(key: str, value: object) -> str:
 
 def _check_name(key: str, value: object) -> str:
     text = _check_text(key, value)
-    if not _NAME_RE.match(text):
+    if not _NAME_RE.fullmatch(text):
         suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "build-1"
         raise _Invalid(
             f"{_show(text)} is not a valid host name (letters, digits, '.', '_', '-'; "
@@ -194,7 +212,13 @@ def _check_host_part(address: str, shown: str) -> str:
         raise _Invalid(
             f"{_show(shown)} has no address", "write a host name, IP address or ssh_config alias"
         )
-    bad = sorted({char for char in address if char.isspace() or char in _NOT_IN_ADDRESS})
+    bad = sorted(
+        {
+            char
+            for char in address
+            if char.isspace() or not char.isprintable() or char in _NOT_IN_ADDRESS
+        }
+    )
     if bad:
         raise _Invalid(
             f"{_show(shown)} is not a host name or IP address (it contains {''.join(bad)!r})",
@@ -246,6 +270,12 @@ def _check_slots(key: str, value: object) -> int | None:
             f"slots must be at least 1, found {value}",
             'write slots = 1 or more, or slots = "auto" for the host\'s CPU count',
         )
+    if value > MAX_SLOTS:
+        raise _Invalid(
+            f"slots must be at most {MAX_SLOTS}, found {value}",
+            "write how many tasks may run on the host at once, e.g. slots = 8, "
+            'or slots = "auto" for the host\'s CPU count',
+        )
     return value
 
 
@@ -255,6 +285,12 @@ def _check_weight(key: str, value: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise _Invalid(
             f"weight must be a finite number greater than 0, found {value}",
+            "write weight = 1.0 for an average host, 2.0 for one twice as fast",
+        )
+    if not MIN_WEIGHT <= value <= MAX_WEIGHT:
+        raise _Invalid(
+            f"weight {value} is out of range {MIN_WEIGHT:g}..{MAX_WEIGHT:g} "
+            "(a host's speed relative to an average one)",
             "write weight = 1.0 for an average host, 2.0 for one twice as fast",
         )
     return float(value)
@@ -393,6 +429,7 @@ class _Loader:
     def check(self, key: str, value: object, index: int | None, entry: str) -> Any:
         """Validate one value; ``index`` None means [defaults], else the host's position."""
         try:
+            check_no_nul(value)
             return _CHECKS[key](key, value)
         except _Invalid as exc:
             table = "defaults" if index is None else "host"
@@ -499,7 +536,7 @@ class _Loader:
                 fix="write each host as a [[host]] block of key = value lines",
             )
         name = raw.get("name")
-        if isinstance(name, str) and _NAME_RE.match(name):
+        if isinstance(name, str) and _NAME_RE.fullmatch(name):
             entry = name  # so every later message says which host
         for key in raw:
             if key not in _HOST_KEYS:
@@ -585,6 +622,8 @@ def read_inventory(path: str | os.PathLike[str], *, hosts_required: bool = True)
             fix='write key = value with strings in double quotes (address = "10.0.0.11"); '
             "tables are [defaults] and [[host]]",
         ) from None
+    except RecursionError:
+        raise InventoryError(f"not valid TOML: {TOO_DEEP}", path=shown, fix=TOO_DEEP_FIX) from None
     return _Loader(shown, text, hosts_required=hosts_required).load(data)
 
 

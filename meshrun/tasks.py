@@ -26,11 +26,18 @@ from typing import Any, NoReturn, TypeVar
 
 from meshrun.durations import parse_duration
 from meshrun.errors import TaskFileError
-from meshrun.inventory import Host
+from meshrun.inventory import MAX_SLOTS, Host
 from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
+from meshrun.tomlfile import (
+    TOO_DEEP,
+    TOO_DEEP_FIX,
+    check_no_nul,
+    check_text,
+    did_you_mean,
+    wrong_type,
+)
 from meshrun.tomlfile import Invalid as _Invalid
 from meshrun.tomlfile import Locator as _Locator
-from meshrun.tomlfile import check_text, did_you_mean, wrong_type
 from meshrun.tomlfile import show as _show
 from meshrun.tomlfile import toml_type as _toml_type
 
@@ -45,6 +52,9 @@ __all__ = [
 ]
 
 BUILTIN_EXCLUDES = (".git", ".meshrun")
+#: Attempts after the first. Each retry reruns the task on a host; beyond this a typo
+#: (retries = 1000000000) would keep a failing run going for days.
+MAX_RETRIES = 100
 
 _T = TypeVar("_T")
 
@@ -281,8 +291,9 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
 
 # --- values --------------------------------------------------------------------------
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Used with fullmatch: ``$`` alone would let a trailing newline through.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TASK_KEYS = ("name", "run", "needs", "weight", "timeout", "retries", "labels", "env", "outputs")
 _DEFAULT_KEYS = ("timeout", "retries", "weight", "labels", "env")
@@ -365,7 +376,7 @@ def _check_text(key: str, value: object) -> str:
 
 def _check_name(key: str, value: object) -> str:
     text = _check_text(key, value)
-    if not _NAME_RE.match(text):
+    if not _NAME_RE.fullmatch(text):
         suggestion = re.sub(r"[^A-Za-z0-9._:-]+", "-", text).strip("-._:") or "build-core"
         raise _Invalid(
             f"{_show(text)} is not a valid task name (letters, digits, '.', '_', ':', '-'; "
@@ -422,6 +433,12 @@ def _check_weight(key: str, value: object) -> int:
             f"weight must be at least 1, found {value}",
             "write weight = 1 for an ordinary task, more for one that takes several slots",
         )
+    if value > MAX_SLOTS:
+        # A task takes `weight` of one host's slots, and no host has more than MAX_SLOTS.
+        raise _Invalid(
+            f"weight {value} is more than any host can take (at most {MAX_SLOTS} slots)",
+            "write the load units the task takes of one host's slots, e.g. weight = 2",
+        )
     return value
 
 
@@ -432,6 +449,12 @@ def _check_retries(key: str, value: object) -> int:
         raise _Invalid(
             f"retries must be 0 or more, found {value}",
             "write retries = 0 to run once, retries = 1 to allow one more attempt",
+        )
+    if value > MAX_RETRIES:
+        raise _Invalid(
+            f"retries must be at most {MAX_RETRIES}, found {value}",
+            "write how many more attempts a failing task may take, e.g. retries = 2 "
+            "(a task that fails that often needs fixing, not retrying)",
         )
     return value
 
@@ -470,7 +493,7 @@ def _check_env(key: str, value: object) -> dict[str, str]:
         raise _wrong_type(key, "a table of strings", value)
     env: dict[str, str] = {}
     for name, item in value.items():
-        if not _ENV_NAME_RE.match(name):
+        if not _ENV_NAME_RE.fullmatch(name):
             raise _Invalid(
                 f"{name!r} is not an environment variable name",
                 "use letters, digits and '_', not starting with a digit, e.g. CC or MY_FLAG",
@@ -591,6 +614,7 @@ class _Loader:
         entry: str,
     ) -> _T:
         try:
+            check_no_nul(value)
             return checker(key, value)
         except _Invalid as exc:
             self.fail(
@@ -738,7 +762,7 @@ class _Loader:
                 fix="write each task as a [[task]] block of key = value lines",
             )
         name = raw.get("name")
-        if isinstance(name, str) and _NAME_RE.match(name):
+        if isinstance(name, str) and _NAME_RE.fullmatch(name):
             entry = _task_entry(name)  # so every later message says which task
         for key in raw:
             if key not in _TASK_KEYS:
@@ -856,6 +880,8 @@ def parse_tasks(text: str, *, source: str, root: Path) -> TaskGraph:
         headers = _Locator(text).headers
         single = any(header.name == "task" and not header.array for header in headers)
         _toml_error(exc, text, source, single)
+    except RecursionError:
+        raise TaskFileError(f"{source}: not valid TOML: {TOO_DEEP}", fix=TOO_DEEP_FIX) from None
     return _Loader(source, text, root.absolute()).load(data)
 
 

@@ -43,15 +43,73 @@ def toml_type(value: object) -> str:
     return "a date/time"  # the only other thing tomllib produces
 
 
+_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    """A character as a TOML basic string writes it: control characters escaped, so a
+    NUL or an escape sequence never reaches the terminal raw."""
+    if char in ("\\", '"'):
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return _ESCAPES.get(char, f"\\u{ord(char):04x}")
+
+
 def show(value: object) -> str:
     """A value as it would be written in TOML, shortened for a one-line message."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str):
-        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text = '"' + "".join(_escape(char) for char in value[:80]) + '"'
     else:
-        text = repr(value)
+        try:
+            text = repr(value)
+        except RecursionError:  # nested hundreds deep: tomllib parses what repr cannot
+            text = "[...]" if isinstance(value, list) else "{...}"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: Characters no process can take: a NUL ends a C string, so it cannot be in a command
+#: line, an environment variable, a file name or a user name.
+NUL = "\x00"
+
+
+def find_nul(value: object) -> str | None:
+    """The first string in ``value`` (a key or a value, at any depth) holding a NUL.
+
+    Iterative, so a value nested hundreds deep cannot overflow the stack.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return item
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
+
+
+def check_no_nul(value: object) -> None:
+    """Invalid when ``value`` holds a NUL anywhere: it would reach a host and fail there
+    (Popen refuses it), so it is refused here, with the file, entry and key."""
+    found = find_nul(value)
+    if found is not None:
+        raise Invalid(
+            f"{show(found)} contains a NUL character (\\u0000), which no command, "
+            "environment variable or file name can hold",
+            "remove the \\u0000 escape from the string",
+        )
+
+
+#: What a file nested deeper than tomllib (or Python) can follow is told, instead of a
+#: RecursionError: meshrun's files need three levels at most.
+TOO_DEEP = "nested too deeply (arrays or tables hundreds of levels inside each other)"
+TOO_DEEP_FIX = "remove the extra nesting: no key of this file takes more than a table of arrays"
 
 
 def wrong_type(
@@ -142,7 +200,7 @@ class Locator:
             if not later.name.startswith(table + ".") or later.array:
                 end = later.line - 1
                 break
-            if later.name == f"{table}.{key}":
+            if later.name == f"{table}.{key}" or later.name.startswith(f"{table}.{key}."):
                 return later.line
         found = self._find_key(header.line + 1, end, key)
         return found if found is not None else header.line

@@ -358,6 +358,44 @@ def test_bad_input_exits_2_with_one_error_line(
     assert not missing, f"expected {missing} in:\n{err}"
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["exec", "--", "touch started; true\x00"], ["the command contains a NUL character"]),
+        (["exec", "--", "touch", "started", "\x00"], ["the command contains a NUL character"]),
+        (
+            ["exec", "-e", "A=x\x00y", "--", "touch started"],
+            ["--env 'A=x\\x00y': the value contains a NUL character"],
+        ),
+        (["run", "s.sh", "a\x00b"], ["argument #1 of s.sh contains a NUL character"]),
+        (
+            ["dispatch", "tasks.toml"],
+            ["tasks.toml:3: task 'a': env: ", "contains a NUL character", "\\u0000"],
+        ),
+    ],
+)
+def test_a_nul_byte_never_reaches_a_host(
+    args: list[str],
+    fragments: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A NUL cannot be in a command line or an environment variable: exit 2, one line,
+    before anything starts (no host here is this machine, which would run `touch`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.sh").write_text("touch started\n")
+    (tmp_path / "tasks.toml").write_text(
+        '[[task]]\nname = "a"\nenv = { A = "\\u0000" }\nrun = "touch started"\n'
+    )
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert (code, out) == (2, ""), err
+    assert err.startswith("meshrun: error: ") and err.count("\n") == 1, err
+    missing = [f for f in fragments if f not in err]
+    assert not missing, f"expected {missing} in:\n{err}"
+    assert not (tmp_path / "started").exists()
+
+
 def test_meshrun_errors_keep_their_exit_code(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
