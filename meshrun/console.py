@@ -522,7 +522,7 @@ class DispatchConsole(_StatusLine):
         elif isinstance(event, HostReady):
             pass  # the progress line shows where tasks run; the summary, what failed
         elif isinstance(event, HostDown):
-            word = "lost" if event.ever_ready else "unreachable"
+            word = "lost" if event.ever_ready else "refused" if event.refused else "unreachable"
             self.err.write(
                 self._paint(f"meshrun: {event.name} {word}: {event.reason}", "35") + "\n"
             )
@@ -565,7 +565,7 @@ class DispatchConsole(_StatusLine):
                 )
                 if not text.endswith("\n"):
                     self.err.write("\n")
-        if self.quiet and report.ok:
+        if self.quiet and report.exit_code == 0:
             return
         counts: dict[str, int] = defaultdict(int)
         for t in report.tasks:
@@ -579,6 +579,10 @@ class DispatchConsole(_StatusLine):
             )
             + "\n"
         )
+        # Named first: a refused host (a changed key may be an attack) fails the run even
+        # when the other hosts did all the work.
+        for h in report.refused_hosts:
+            self.err.write(f"  host {h.name}  {self._paint('refused', '1;31')}  {h.error or ''}\n")
         for t in report.tasks:
             if t.status is not TaskStatus.SUCCEEDED:
                 colour = "31" if t.status is TaskStatus.FAILED else "33"
@@ -586,7 +590,7 @@ class DispatchConsole(_StatusLine):
                     f"  {t.name}  {self._paint(t.status.value, colour)}  {t.error or ''}\n"
                 )
         for h in report.hosts:
-            if h.status in ("lost", "unreachable"):
+            if h.status in ("lost", "unreachable") and not h.refused:
                 self.err.write(f"  host {h.name}  {self._paint(h.status, '35')}  {h.error or ''}\n")
         self.err.write(f"meshrun: logs in {report.run_dir}/logs\n")
         self.err.flush()

@@ -92,6 +92,9 @@ class TaskResult:
 
 @dataclass(frozen=True, slots=True)
 class HostSummary:
+    """How a host took part. ``refused``: connecting to it failed (network, host key,
+    auth: a ConnectError), which makes the run exit 3 whatever the other hosts did."""
+
     name: str
     status: str  # "ok" | "lost" | "unreachable" | "unused"
     runner: str | None  # "agent" | "exec"
@@ -100,6 +103,7 @@ class HostSummary:
     error: str | None = None
     address: str = ""
     host_key_fingerprint: str | None = None
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +122,22 @@ class DispatchReport:
         return not self.interrupted and all(t.status is TaskStatus.SUCCEEDED for t in self.tasks)
 
     @property
+    def refused_hosts(self) -> tuple[HostSummary, ...]:
+        """Hosts that could not be connected to or refused us (key, auth, network)."""
+        return tuple(h for h in self.hosts if h.refused)
+
+    @property
     def exit_code(self) -> int:
         """The exit-code contract for dispatch (docs/ARCHITECTURE.md): 130, 4, then 3 if
+        any host was refused or unreachable when connecting (a changed key may be an
+        attack, so the other hosts finishing the work does not make the run green) or
         no host could be reached (or none was found), then 1."""
         if self.interrupted:
             return 130
         if self.integrity_failures:
             return 4
+        if self.refused_hosts:
+            return 3
         if not self.ok and all(h.status == "unreachable" for h in self.hosts):
             return 3
         return 0 if self.ok else 1
@@ -145,6 +158,7 @@ class HostDown:
     name: str
     reason: str
     ever_ready: bool
+    refused: bool = False  # connecting failed (key, auth, network): the run exits 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +223,7 @@ class _Ready:
 class _Unreachable:
     host: Host
     error: str
+    refused: bool = False  # a ConnectError: the run exits 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +283,13 @@ class _HostInfo:
     tasks_run: int = 0
     error: str | None = None
     fingerprint: str | None = None
+    refused: bool = False  # kept when the host joins again (discovery): exit 3 stands
+
+
+def _without_host(error: str, host: Host) -> str:
+    """An error about ``host`` without its leading ``NAME: ``: the report and the console
+    name the host already ("h2 refused: h2: ..." said it twice)."""
+    return error.removeprefix(f"{host.name}: ")
 
 
 SyncFn = Callable[[Host], None]
@@ -477,9 +499,13 @@ class Dispatcher:
             info = self._info[item.host.name]
             if info.host is not item.host:
                 return
+            # A host that left while connecting (discovery) was not refused: it went away.
+            info.refused = info.refused or (item.refused and info.status == "connecting")
             info.status = "unreachable"
             info.error = item.error
-            self.observer(HostDown(item.host.name, item.error, ever_ready=False))
+            self.observer(
+                HostDown(item.host.name, item.error, ever_ready=False, refused=item.refused)
+            )
         elif isinstance(item, TaskOutput):
             attempt = self._running.get(item.task_id)
             if attempt is not None:
@@ -500,7 +526,8 @@ class Dispatcher:
         elif isinstance(item, _AddHost):
             known = self._info.get(item.host.name)
             if known is None or known.status in ("lost", "unreachable"):
-                self._info[item.host.name] = _HostInfo(item.host)
+                refused = known is not None and known.refused
+                self._info[item.host.name] = _HostInfo(item.host, refused=refused)
                 self._start_connecting(item.host)
         elif isinstance(item, _RemoveHost):
             known = self._info.get(item.name)
@@ -847,10 +874,10 @@ class Dispatcher:
             conn = self.connector.connect(host)
             runner = self._set_up(host, conn)
         except ConnectError as exc:
-            self._queue.put(_Unreachable(host, str(exc)))
+            self._queue.put(_Unreachable(host, _without_host(str(exc), host), refused=True))
             return
         except MeshrunError as exc:
-            self._queue.put(_Unreachable(host, str(exc)))
+            self._queue.put(_Unreachable(host, _without_host(str(exc), host)))
             return
         except Exception as exc:  # never hang the run on a bug in one host's set-up
             log.exception("setting up %s failed", host.name)
@@ -957,6 +984,7 @@ class Dispatcher:
                 i.error,
                 address=i.host.address or i.host.name,
                 host_key_fingerprint=i.fingerprint,
+                refused=i.refused,
             )
             for name, i in self._info.items()
         )

@@ -140,6 +140,7 @@ def dispatch_document(
                 "slots": h.slots,
                 "tasks_run": h.tasks_run,
                 "error": h.error,
+                "refused": h.refused,
             }
             for h in report.hosts
         ],

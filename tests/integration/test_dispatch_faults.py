@@ -443,9 +443,15 @@ def test_a_host_hung_from_the_start_does_not_hold_up_the_end_of_the_run(
 
     r = dispatch(tasks_file, fleet.hosts_toml, "--connect-timeout", "4s", timeout_s=30)
 
-    assert r.rc == 0, f"expected exit 0: h2 and h3 run everything{r.describe()}"
+    # Still connecting when the run ended, h1 is "unused" (exit 0); had its handshake
+    # already failed, it would be an unreachable host, which makes the run exit 3.
+    h1 = r.hosts["h1"]
+    assert h1["status"] in ("unused", "unreachable"), r.describe()
+    expected_rc = 3 if h1["status"] == "unreachable" else 0
+    assert r.rc == expected_rc, (
+        f"expected exit {expected_rc}: h2 and h3 run everything{r.describe()}"
+    )
     assert set(task_statuses(r).values()) == {"succeeded"}, r.describe()
-    assert r.hosts["h1"]["status"] in ("unused", "unreachable"), r.describe()
     # The tasks need well under a second on h2 and h3; the handshake limit is 4 s.
     assert r.duration_s < 3.0, (
         f"expected the run to end once its tasks are done, it took {r.duration_s:.2f}s "
@@ -505,6 +511,39 @@ def test_a_killed_coordinator_leaves_nothing_on_the_hosts(
         f"expected the agents (or the exec wrappers) to kill 'sleep {marker}' once the "
         "coordinator's channels closed, "
         f"still running:\n{describe_procs(left)}"
+    )
+
+
+@pytest.mark.parametrize("fault", ["changed-key", "connection-refused"])
+def test_a_refused_host_fails_the_run_though_the_others_did_the_work(
+    make_fleet: MakeFleet, tmp_path: Path, fault: str
+) -> None:
+    """A changed key may be a man in the middle: the run must not pass CI green because
+    the other hosts finished the work. The summary names the refused host first."""
+    fleet = make_fleet(2)
+    if fault == "changed-key":
+        fleet.restart("h2", new_host_key=True)
+    else:
+        fleet.kill("h2")
+    tasks_file = write_project(
+        tmp_path / "proj", [{"name": f"t{i}", "run": f"echo t{i}"} for i in range(3)]
+    )
+
+    r = dispatch(tasks_file, fleet.hosts_toml, "--accept-new-host-keys", timeout_s=30)
+
+    assert r.rc == 3, f"expected exit 3 for a refused host{r.describe()}"
+    assert r.doc["exit_code"] == 3 and r.doc["ok"] is True, r.describe()
+    assert set(task_statuses(r).values()) == {"succeeded"}, r.describe()
+    assert all(t["host"] == "h1" for t in tasks_of(r).values()), r.describe()
+    h2 = r.hosts["h2"]
+    assert (h2["status"], h2["refused"]) == ("unreachable", True), r.describe()
+    assert r.hosts["h1"]["refused"] is False, r.describe()
+    if fault == "changed-key":
+        assert "changed" in (h2["error"] or "").lower(), r.describe()
+    summary = r.stderr[r.stderr.index("meshrun: 3 tasks:") :]
+    first_detail = summary.splitlines()[1]
+    assert first_detail.split()[:3] == ["host", "h2", "refused"], (
+        f"expected the summary to name h2 first as refused{r.describe()}"
     )
 
 

@@ -17,6 +17,7 @@ from meshrun import (
     run_dispatch,
     select_rerun,
 )
+from meshrun.executor import DispatchReport, HostSummary, TaskResult
 from meshrun.transport.local import LocalConnector
 
 TASKS = """
@@ -138,3 +139,42 @@ def test_the_fallback_without_the_agent_gives_the_same_results(project: Path) ->
     report = dispatch(project, use_agent=False)
     assert report.exit_code == 0
     assert {h.runner for h in report.hosts} == {"exec"}
+
+
+# -- the exit-code contract -------------------------------------------------------------
+
+
+def _report(
+    *,
+    refused: bool = False,
+    failed: bool = False,
+    integrity: bool = False,
+    interrupted: bool = False,
+) -> DispatchReport:
+    status = TaskStatus.FAILED if failed else TaskStatus.SUCCEEDED
+    task = TaskResult("t", status, "h1", 1 if failed else 0, 1, 0.1, "t.log", None)
+    hosts = (
+        HostSummary("h1", "ok", "agent", 2, 1),
+        HostSummary("h2", "unreachable", None, None, 0, "HOST KEY CHANGED", refused=refused),
+    )
+    return DispatchReport(
+        "run", 0.0, 1.0, (task,), hosts, "/runs/run", interrupted, ("t",) if integrity else ()
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({}, 0),  # h2 unreachable but not refused (e.g. its push failed): the tasks decide
+        ({"refused": True}, 3),  # the other host did all the work: still a failed run
+        ({"refused": True, "failed": True}, 3),
+        ({"refused": True, "integrity": True, "failed": True}, 4),
+        ({"refused": True, "interrupted": True, "integrity": True}, 130),
+        ({"failed": True}, 1),
+    ],
+)
+def test_a_refused_host_exits_3_in_the_documented_precedence(
+    kwargs: dict[str, bool], code: int
+) -> None:
+    """130, then 4, then 3, then 1 (docs/ARCHITECTURE.md, "Exit codes")."""
+    assert _report(**kwargs).exit_code == code
