@@ -15,9 +15,18 @@ from typing import TYPE_CHECKING
 
 from meshrun import artifacts, staging
 from meshrun.errors import InputError, IntegrityError
-from meshrun.executor import Dispatcher, DispatchOptions, DispatchReport, Observer, _ignore
+from meshrun.executor import (
+    Dispatcher,
+    DispatchEvent,
+    DispatchOptions,
+    DispatchReport,
+    Observer,
+    TaskEnded,
+    _ignore,
+)
 from meshrun.history import History, TaskOutcome
 from meshrun.inventory import Host, HostDefaults, limit_filter
+from meshrun.journal import Journal, JournalRecord, latest_journal, read_journal
 from meshrun.manifest import (
     FileEntry,
     HostEntry,
@@ -120,8 +129,26 @@ def _join_discovered(
     return watch(on_added=added, on_removed=removed, interfaces=live.interfaces)
 
 
-def select_rerun(graph: TaskGraph, history: History, run_id: str | None) -> TaskGraph:
-    """The tasks of a previous run that did not succeed (``--rerun-failed``/``--resume``)."""
+def select_rerun(
+    graph: TaskGraph, history: History, run_id: str | None, *, runs_dir: Path | None = None
+) -> TaskGraph:
+    """The tasks of a previous run that did not succeed (``--rerun-failed``/``--resume``).
+
+    With ``runs_dir`` (``<state>/runs``), a run that was killed before it could record
+    itself counts too, from its journal: every task it had that did not succeed —
+    failed, skipped, cancelled, or never finished — runs again.
+    """
+    if runs_dir is not None:
+        unrecorded = _unrecorded_run(history, run_id, runs_dir)
+        if unrecorded is not None:
+            succeeded = TaskStatus.SUCCEEDED.value
+            return graph.subset(
+                [
+                    t
+                    for t in unrecorded.tasks
+                    if unrecorded.ended.get(t) != succeeded and t in graph.tasks
+                ]
+            )
     target = run_id or history.last_run_id()
     if target is None:
         raise InputError(
@@ -136,6 +163,19 @@ def select_rerun(graph: TaskGraph, history: History, run_id: str | None) -> Task
         )
     names = [o.task for o in outcomes if o.status in RERUN_STATUSES and o.task in graph.tasks]
     return graph.subset(names)
+
+
+def _unrecorded_run(history: History, run_id: str | None, runs_dir: Path) -> JournalRecord | None:
+    """The journal of the run asked for (or of the latest run) when history has no
+    record of it: the run was killed."""
+    journal = read_journal(runs_dir / run_id) if run_id else latest_journal(runs_dir)
+    if journal is None or history.run_outcomes(journal.run_id) is not None:
+        return None
+    if run_id is None:
+        last = history.last_run()
+        if last is not None and last[1] > journal.started:
+            return None  # a later run finished and was recorded: that one is "last"
+    return journal
 
 
 def run_dispatch(
@@ -218,6 +258,16 @@ def run_dispatch(
             inputs = [staging.Input(need, artifacts_root / need, files) for need, files in needs]
             return staging.push(connector, host, inputs)
 
+        started = time.time()
+        journal = Journal(run_dir, run_id, list(graph.tasks), started)
+
+        def observe(event: DispatchEvent) -> None:
+            if isinstance(event, TaskEnded) and event.status is not None:
+                journal.task_ended(
+                    event.task, event.status.value, event.host, event.exit_code, event.duration_s
+                )
+            observer(event)
+
         dispatcher = Dispatcher(
             graph=graph,
             hosts=hosts,
@@ -226,16 +276,16 @@ def run_dispatch(
             run_dir=run_dir,
             expected_s=expected,
             options=options,
-            observer=observer,
+            observer=observe,
             sync=push if options.sync and graph.sync.paths else None,
             collect=collect,
             stage=stage,
         )
-        started = time.time()
         browser = None if discovery is None else _join_discovered(dispatcher, hosts, discovery)
         try:
             report = dispatcher.run()
         finally:
+            journal.close()
             if browser is not None:
                 browser.close()
         document = dispatch_document(report, command_line=command_line)

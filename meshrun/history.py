@@ -159,10 +159,15 @@ class History:
             )
 
     def last_run_id(self) -> str | None:
+        last = self.last_run()
+        return None if last is None else last[0]
+
+    def last_run(self) -> tuple[str, float] | None:
+        """The run that started last, and when (epoch seconds)."""
         row = self._db.execute(
-            "SELECT run_id FROM runs ORDER BY started DESC, run_id DESC LIMIT 1"
+            "SELECT run_id, started FROM runs ORDER BY started DESC, run_id DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), float(row[1]))
 
     def run_outcomes(self, run_id: str) -> list[TaskOutcome] | None:
         """What each task of ``run_id`` ended as; None if there is no such run."""

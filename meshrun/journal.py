@@ -1,0 +1,168 @@
+"""The run journal: which task ended how, written while the run goes.
+
+The history database and report.json are written when a run ends. A run that never
+ends — SIGKILL, an out-of-memory kill, a CI runner that vanished — would leave no
+record, and ``--rerun-failed`` would pick an older run. So every run also appends to
+``runs/<run-id>/journal.jsonl``, one JSON object a line::
+
+    {"event": "start", "run_id": "...", "started": 1733389200.1, "tasks": ["build", ...]}
+    {"event": "end", "task": "build", "status": "succeeded", "host": "h1", "exit_code": 0,
+     "duration_s": 1.2}
+
+Each line is flushed to the operating system when its task ends, so it survives the
+coordinator being killed; it is fsync'd at most once a second and at the end (what a
+power cut could cost is the last second). A journal is read back leniently: a torn last
+line is ignored. Tasks that have no ``end`` line never finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["JOURNAL_NAME", "Journal", "JournalRecord", "latest_journal", "read_journal"]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.jsonl"
+#: At most one fsync per this many seconds while the run goes.
+SYNC_EVERY_S = 1.0
+
+
+class Journal:
+    """Appends a run's task ends to its journal. Never fails the run: a journal that
+    cannot be written is logged once and then skipped."""
+
+    def __init__(self, run_dir: Path, run_id: str, tasks: Sequence[str], started: float) -> None:
+        self.path = Path(run_dir) / JOURNAL_NAME
+        self._file: IO[str] | None = None
+        self._synced = time.monotonic()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        except OSError as exc:
+            log.warning("cannot write the run journal %s: %s", self.path, exc)
+            return
+        self._write(
+            {"event": "start", "run_id": run_id, "started": started, "tasks": list(tasks)},
+            sync=True,
+        )
+
+    def task_ended(
+        self,
+        task: str,
+        status: str,
+        host: str | None,
+        exit_code: int | None,
+        duration_s: float,
+    ) -> None:
+        self._write(
+            {
+                "event": "end",
+                "task": task,
+                "status": status,
+                "host": host,
+                "exit_code": exit_code,
+                "duration_s": round(duration_s, 3),
+            },
+            sync=False,
+        )
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            log.warning("could not finish the run journal %s: %s", self.path, exc)
+        self._file = None
+
+    def _write(self, record: dict[str, Any], *, sync: bool) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+            now = time.monotonic()
+            if sync or now - self._synced >= SYNC_EVERY_S:
+                os.fsync(self._file.fileno())
+                self._synced = now
+        except OSError as exc:
+            log.warning("cannot write the run journal %s: %s; going on without", self.path, exc)
+            self._file.close()
+            self._file = None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """What a journal says of its run: the tasks it had, and those that ended, how."""
+
+    run_id: str
+    started: float
+    tasks: tuple[str, ...]
+    ended: dict[str, str]  # task -> its last status
+
+
+def read_journal(run_dir: Path) -> JournalRecord | None:
+    """The journal in ``run_dir``; None if there is none or it has no start line."""
+    path = Path(run_dir) / JOURNAL_NAME
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    start: dict[str, Any] | None = None
+    ended: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by the kill
+        if not isinstance(record, dict):
+            continue
+        if record.get("event") == "start" and start is None:
+            start = record
+        elif record.get("event") == "end" and isinstance(record.get("task"), str):
+            ended[record["task"]] = str(record.get("status"))
+    if start is None:
+        return None
+    try:
+        return JournalRecord(
+            run_id=str(start["run_id"]),
+            started=float(start["started"]),
+            tasks=tuple(str(t) for t in start["tasks"]),
+            ended=ended,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def latest_journal(runs_dir: Path) -> JournalRecord | None:
+    """The journal of the run that started last under ``runs_dir`` (``runs/``)."""
+    newest: tuple[float, Path] | None = None
+    try:
+        children = list(Path(runs_dir).iterdir())
+    except OSError:
+        return None
+    for child in children:
+        started = _started(child / JOURNAL_NAME)
+        if started is not None and (newest is None or started > newest[0]):
+            newest = (started, child)
+    return None if newest is None else read_journal(newest[1])
+
+
+def _started(path: Path) -> float | None:
+    """The start time on a journal's first line, without reading the rest."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            record = json.loads(f.readline())
+        return float(record["started"]) if record.get("event") == "start" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
