@@ -162,6 +162,29 @@ def _connect_timeout_option(p: argparse.ArgumentParser) -> argparse.Action:
     )
 
 
+def _server_alive_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """OpenSSH's ServerAliveInterval/ServerAliveCountMax: when a silent host is lost."""
+    return [
+        p.add_argument(
+            "--server-alive-interval",
+            metavar="DURATION",
+            default=None,
+            help="After this long without a packet from a host, ask it for a reply "
+            "(a keepalive, as ssh's ServerAliveInterval); 0 turns it off.  [default: "
+            "the host's ServerAliveInterval in ssh_config, else 5s]",
+        ),
+        p.add_argument(
+            "--server-alive-count-max",
+            metavar="N",
+            type=int,
+            default=None,
+            help="Unanswered keepalives after which a host that stopped answering is "
+            "lost: interval x (N+1) after its last packet.  [default: the host's "
+            "ServerAliveCountMax in ssh_config, else 3]",
+        ),
+    ]
+
+
 def _fleet_options(
     p: argparse.ArgumentParser, *, timeout_help: str, env_help: str, output_help: str
 ) -> list[argparse.Action]:
@@ -193,6 +216,7 @@ def _fleet_options(
         ),
         p.add_argument("-t", "--timeout", metavar="DURATION", help=timeout_help),
         _connect_timeout_option(p),
+        *_server_alive_options(p),
         p.add_argument("-e", "--env", metavar="K=V", action="append", help=env_help),
         p.add_argument(
             "-o",
@@ -344,21 +368,35 @@ def _connector(
     accept_new_host_keys: bool,
     *,
     remote: bool = False,
+    server_alive_interval: str | None = None,
+    server_alive_count_max: int | None = None,
 ) -> meshrun.Connector:
-    """The command's connector. A bad --connect-timeout, an ssh_config OpenSSH refuses or
-    a key that would need a prompt is one clear line and its exit code, before any host
-    is contacted."""
+    """The command's connector. A bad --connect-timeout or --server-alive-*, an
+    ssh_config OpenSSH refuses or a key that would need a prompt is one clear line and
+    its exit code, before any host is contacted."""
     with _input_errors():
         timeout_s = (
             meshrun.parse_duration(connect_timeout, option="--connect-timeout")
             if connect_timeout
             else None
         )
+        alive_s: float | None = None
+        if server_alive_interval is not None:
+            off = server_alive_interval.strip() in ("0", "0s", "none", "off")
+            alive_s = (
+                0.0
+                if off
+                else meshrun.parse_duration(server_alive_interval, option="--server-alive-interval")
+            )
+        if server_alive_count_max is not None and server_alive_count_max < 0:
+            raise ValueError("--server-alive-count-max must be 0 or more")
         return meshrun.default_connector(
             hosts,
             connect_timeout_s=timeout_s,
             accept_new_host_keys=accept_new_host_keys,
             remote=remote,
+            server_alive_interval_s=alive_s,
+            server_alive_count_max=server_alive_count_max,
         )
 
 
@@ -435,6 +473,8 @@ def _fleet(
     fail_fast: bool,
     timeout: str | None,
     connect_timeout: str | None,
+    server_alive_interval: str | None,
+    server_alive_count_max: int | None,
     env: list[str] | None,
     output: str,
     pull: list[str] | None,
@@ -467,7 +507,13 @@ def _fleet(
             pull_dir=Path(pull_dir) if pull_dir else None,
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-    connector = _connector(selected, connect_timeout, accept_new_host_keys)
+    connector = _connector(
+        selected,
+        connect_timeout,
+        accept_new_host_keys,
+        server_alive_interval=server_alive_interval,
+        server_alive_count_max=server_alive_count_max,
+    )
     mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
     console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in selected], quiet=quiet)
     try:
@@ -619,6 +665,8 @@ def hosts_command(
     limit: list[str] | None,
     json_out: bool,
     connect_timeout: str | None,
+    server_alive_interval: str | None,
+    server_alive_count_max: int | None,
     verbose: int,
     accept_new_host_keys: bool,
     discovery: _Discovery,
@@ -631,7 +679,13 @@ def hosts_command(
     _setup_logging(verbose, False)
     with _input_errors():
         selected = _select(hosts, limit, discovery)
-    connector = _connector(selected, connect_timeout, accept_new_host_keys)
+    connector = _connector(
+        selected,
+        connect_timeout,
+        accept_new_host_keys,
+        server_alive_interval=server_alive_interval,
+        server_alive_count_max=server_alive_count_max,
+    )
     try:
         probes = meshrun.probe_hosts(selected, connector)
     finally:
@@ -649,6 +703,7 @@ def _hosts_parser() -> argparse.ArgumentParser:
     _limit_option(p)
     _json_option(p)
     _connect_timeout_option(p)
+    _server_alive_options(p)
     _verbose_option(p)
     _accept_option(p)
     _discover_options(p)
@@ -698,6 +753,8 @@ def dispatch_command(
     output: str,
     json_out: bool,
     connect_timeout: str | None,
+    server_alive_interval: str | None,
+    server_alive_count_max: int | None,
     quiet: bool,
     verbose: int,
     accept_new_host_keys: bool,
@@ -754,7 +811,14 @@ def dispatch_command(
             sync=not no_sync,
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-    connector = _connector(selected, connect_timeout, accept_new_host_keys, remote=live is not None)
+    connector = _connector(
+        selected,
+        connect_timeout,
+        accept_new_host_keys,
+        remote=live is not None,
+        server_alive_interval=server_alive_interval,
+        server_alive_count_max=server_alive_count_max,
+    )
     mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
     console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
     try:
@@ -846,6 +910,7 @@ def _dispatch_parser() -> argparse.ArgumentParser:
     )
     _json_option(p)
     _connect_timeout_option(p)
+    _server_alive_options(p)
     _quiet_option(p)
     _verbose_option(p)
     _accept_option(p)

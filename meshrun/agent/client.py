@@ -128,7 +128,8 @@ class AgentRunner:
                     self._dispatch(line)
         self._hello.set()
         if not self._closing:
-            self._sink(RunnerGone(self.host, "the connection to the agent was lost"))
+            reason = self._stream.lost_reason or "the connection to the agent was lost"
+            self._sink(RunnerGone(self.host, reason))
 
     def _dispatch(self, line: bytes) -> None:
         try:
@@ -201,7 +202,11 @@ class ExecRunner:
             self._sink(TaskExited(self.host, task_id, None, "stopped before it started"))
         elif out.exit_code is None:
             # No status, even after a kill: the link is gone or the host is hung.
-            reason = "the connection was lost" if out.lost else "no exit status after a kill"
+            reason = (
+                (out.lost_reason or "the connection was lost")
+                if out.lost
+                else "no exit status after a kill"
+            )
             self._sink(TaskExited(self.host, task_id, None, reason))
             self._sink(RunnerGone(self.host, reason))
         else:

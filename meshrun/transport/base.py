@@ -37,6 +37,7 @@ class CommandOutcome:
     timed_out: bool = False
     cancelled: bool = False
     lost: bool = False  # the connection died before the command ended
+    lost_reason: str | None = None  # why, when known: "stopped answering (...)"
     started: bool = True  # False: cancelled while waiting for a free session, never run
 
 
@@ -60,6 +61,11 @@ class ProcessStream(Protocol):
 
     def recv(self) -> bytes:
         """The next chunk of stdout; ``b""`` once the process or the link has gone."""
+        ...
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the link went, when known ("stopped answering (...)"); else None."""
         ...
 
     def close(self) -> None: ...
@@ -128,9 +134,15 @@ def default_connector(
     connect_timeout_s: float | None = None,
     accept_new_host_keys: bool = False,
     remote: bool = False,
+    server_alive_interval_s: float | None = None,
+    server_alive_count_max: int | None = None,
 ) -> Connector:
     """The connector for ``hosts``: local for the embedded default, SSH otherwise
     (always SSH with ``remote``: hosts found later, by discovery, are remote).
+
+    ``server_alive_interval_s``/``server_alive_count_max`` (OpenSSH's ServerAlive*:
+    a host silent for interval × (count + 1) is given up) win over ssh_config's;
+    unset there too, 5 s and 3. An interval of 0 turns detection off.
 
     SSH code (and paramiko) is imported only when a remote host is in the run. Raises
     InputError (before any host is contacted) for an ssh_config OpenSSH refuses or a
@@ -147,6 +159,8 @@ def default_connector(
     connector = SSHConnector(
         connect_timeout_s=connect_timeout_s,
         accept_new_host_keys=accept_new_host_keys,
+        server_alive_interval_s=server_alive_interval_s,
+        server_alive_count_max=server_alive_count_max,
         # Like `ssh -F FILE`: only that file, not ~/.ssh/config nor /etc/ssh/ssh_config.
         ssh_config_path=os.environ.get("MESHRUN_SSH_CONFIG") or None,
     )

@@ -127,8 +127,15 @@ class _Refused(Exception):
 class ChannelRelay:
     """Serves rsh_helper requests on a private unix socket; see the module docstring."""
 
-    def __init__(self, opener: Opener, *, python: str | None = None) -> None:
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        python: str | None = None,
+        why_lost: Callable[[Host], str | None] | None = None,
+    ) -> None:
         self._opener = opener
+        self._why_lost = why_lost
         self._python = python or sys.executable or "python3"
         self._secret = secrets.token_hex(32)
         self._lock = threading.Lock()
@@ -234,7 +241,8 @@ class ChannelRelay:
                 if transfer.aborted and self._closed:
                     _reply(client, 255, f"{host.name}: the transfer was stopped (shutting down)")
                 elif status < 0:
-                    _reply(client, 255, f"{host.name}: the SSH connection was lost")
+                    why = self._why_lost(host) if self._why_lost is not None else None
+                    _reply(client, 255, f"{host.name}: {why or 'the SSH connection was lost'}")
                 else:
                     _reply(client, status, "")
                 # rsync gets EOF only once the helper has its answer and has exited:
@@ -602,7 +610,7 @@ def remote_shell(connector: SSHConnector, host: Host) -> RemoteShell:
             raise HostUnreachable(host.name, "the run is shutting down")
         relay = _RELAYS.get(connector)
         if relay is None:
-            relay = ChannelRelay(ssh_opener(connector))
+            relay = ChannelRelay(ssh_opener(connector), why_lost=_why_lost(connector))
             _RELAYS[connector] = relay
             weakref.finalize(connector, relay.close)
     return relay.remote_shell(host)
@@ -628,6 +636,18 @@ def ssh_opener(connector: SSHConnector) -> Opener:
         return open_exec_channel(conn.connect(host), command)
 
     return open_exec
+
+
+def _why_lost(connector: SSHConnector) -> Callable[[Host], str | None]:
+    """Why a host's connection was given up ("stopped answering"), for the helper's
+    message; holds the connector weakly, as :func:`ssh_opener` does."""
+    ref = weakref.ref(connector)
+
+    def why(host: Host) -> str | None:
+        conn = ref()
+        return conn.lost_reason(host) if conn is not None else None
+
+    return why
 
 
 def open_exec_channel(

@@ -149,6 +149,11 @@ class _PipeStream:
         except (OSError, ValueError):
             return b""
 
+    @property
+    def lost_reason(self) -> str | None:
+        """A local pipe has no link to lose."""
+        return None
+
     def close(self) -> None:
         with self._lock:
             if not self._stdin.closed:

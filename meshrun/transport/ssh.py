@@ -25,7 +25,7 @@ import paramiko
 from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable, InputError
 from meshrun.inventory import Host
 from meshrun.sshkeys import sha256_fingerprint
-from meshrun.transport import rsync, startups
+from meshrun.transport import liveness, rsync, startups
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -108,7 +108,8 @@ class Endpoint:
     proxy_jump: tuple[str, ...]  # hops in dial order
     proxy_command: str | None
     connect_timeout_s: float
-    keepalive_s: int
+    server_alive_interval_s: float  # 0: no dead-peer detection
+    server_alive_count_max: int
 
     @property
     def key_name(self) -> str:
@@ -240,11 +241,17 @@ class SSHConnection:
     """
 
     def __init__(
-        self, host: Host, transport: paramiko.Transport, max_channels: int, timeout_s: float
+        self,
+        host: Host,
+        transport: paramiko.Transport,
+        max_channels: int,
+        timeout_s: float,
+        monitor: liveness.LivenessMonitor | None = None,
     ) -> None:
         self._host = host
         self.transport = transport
         self._timeout_s = timeout_s
+        self._monitor = monitor
         self._budget: SessionBudget[paramiko.Transport] = SessionBudget(
             host.name,
             transport,
@@ -272,6 +279,21 @@ class SSHConnection:
         if most > 1:
             self._budget.allow_extra_links(lambda: dial().transport, most)
 
+    def lost_reason(self, transport: paramiko.Transport | None = None) -> str | None:
+        """Why ``transport`` (default: any connection to the host) was given up, when
+        meshrun gave it up itself: "stopped answering (...)"; None otherwise."""
+        if self._monitor is None:
+            return None
+        links = [transport] if transport is not None else self._budget.links
+        for link in links:
+            reason = self._monitor.reason(link)
+            if reason is not None:
+                return reason
+        return None
+
+    def _lost(self, what: str, transport: paramiko.Transport | None = None) -> str:
+        return self.lost_reason(transport) or what
+
     # -- sessions ---------------------------------------------------------------------
 
     def _open_on(
@@ -280,7 +302,9 @@ class SSHConnection:
         """A session channel on ``transport``; ``window`` is (window size, max packet
         size) for bulk transfers, paramiko's defaults otherwise."""
         if not transport.is_active():
-            raise HostUnreachable(self._host.name, "the SSH connection was lost")
+            raise HostUnreachable(
+                self._host.name, self._lost("the SSH connection was lost", transport)
+            )
         sizes = {} if window is None else {"window_size": window[0], "max_packet_size": window[1]}
         try:
             return transport.open_session(timeout=self._timeout_s, **sizes)
@@ -289,8 +313,10 @@ class SSHConnection:
                 # sshd's answer ("open failed"; "no more sessions" in its log) when the
                 # connection already has MaxSessions sessions: wait, do not give up.
                 raise SessionRefused(str(exc)) from exc
+            reason = self.lost_reason(transport)
             raise HostUnreachable(
-                self._host.name, f"could not open an SSH channel: {exc or type(exc).__name__}"
+                self._host.name,
+                reason or f"could not open an SSH channel: {exc or type(exc).__name__}",
             ) from exc
 
     def _lease(
@@ -453,6 +479,7 @@ class SSHConnection:
                 lost = not _exit_received(chan)
                 break
         exit_code = chan.exit_status if _exit_received(chan) else None
+        lost = lost and not (timed_out or cancelled)
         return CommandOutcome(
             exit_code=exit_code,
             stdout=b"".join(chunks["stdout"]),
@@ -460,7 +487,8 @@ class SSHConnection:
             duration_s=time.monotonic() - started,
             timed_out=timed_out,
             cancelled=cancelled,
-            lost=lost and not (timed_out or cancelled),
+            lost=lost,
+            lost_reason=self.lost_reason(chan.get_transport()) if lost else None,
         )
 
     def run_raw(self, command: str, *, stdin: bytes = b"", timeout_s: float = 60.0) -> RawResult:
@@ -477,12 +505,14 @@ class SSHConnection:
                     self._host.name, f"the SSH connection failed during a command: {exc}"
                 ) from exc
         if out.exit_code is None:
-            raise HostUnreachable(self._host.name, "no exit status: the connection was lost")
+            raise HostUnreachable(
+                self._host.name, out.lost_reason or "no exit status: the connection was lost"
+            )
         return RawResult(out.exit_code, out.stdout, out.stderr)
 
     def open_process(self, command: str) -> _ChannelStream:
         chan, release = self.open_exec(command)
-        return _ChannelStream(chan, release)
+        return _ChannelStream(chan, release, lambda: self.lost_reason(chan.get_transport()))
 
     def close(self) -> None:
         """Close every connection to the host (the first and any extra ones)."""
@@ -493,11 +523,21 @@ class SSHConnection:
 class _ChannelStream:
     """A ProcessStream over one SSH channel."""
 
-    def __init__(self, chan: paramiko.Channel, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        chan: paramiko.Channel,
+        on_close: Callable[[], None],
+        why_lost: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._chan = chan
         self._on_close = on_close
+        self._why_lost = why_lost
         self._closed = False
         self._lock = threading.Lock()
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._why_lost()
 
     def send(self, data: bytes) -> None:
         with self._lock:
@@ -542,6 +582,12 @@ class SSHConnector:
     refusals (``channels_per_host`` is where it starts), and may open up to
     ``connections_per_host`` connections to a host whose limit is lower than the
     sessions wanted.
+
+    Every connection is watched for silence by one :class:`~meshrun.transport.liveness.
+    LivenessMonitor` (OpenSSH's ServerAliveInterval/ServerAliveCountMax): a host that
+    stops answering is given up and its connection closed, so its channels end.
+    ``server_alive_interval_s``/``server_alive_count_max`` given here win; not given,
+    the host's ssh_config values, else 5 s and 3. An interval of 0 turns it off.
     """
 
     def __init__(
@@ -553,7 +599,8 @@ class SSHConnector:
         channels_per_host: int = 64,
         connections_per_host: int = 4,
         handshakes_per_gateway: int = startups.HANDSHAKES_PER_GATEWAY,
-        keepalive_s: int = 15,
+        server_alive_interval_s: float | None = None,
+        server_alive_count_max: int | None = None,
         ssh_config_path: str | None = None,
     ) -> None:
         # Given (--connect-timeout): it wins; not given: ssh_config's ConnectTimeout, else 10 s.
@@ -563,7 +610,9 @@ class SSHConnector:
         self.channels_per_host = channels_per_host
         self.connections_per_host = connections_per_host
         self._startup_gate = startups.HandshakeGate(handshakes_per_gateway)
-        self.keepalive_s = keepalive_s
+        self.server_alive_interval_s = server_alive_interval_s
+        self.server_alive_count_max = server_alive_count_max
+        self._liveness = liveness.LivenessMonitor()
         self._handshakes = threading.BoundedSemaphore(max_handshakes)
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
@@ -625,7 +674,16 @@ class SSHConnector:
                 if self._timeout_given
                 else s.connect_timeout_s or self.connect_timeout_s
             ),
-            keepalive_s=s.server_alive_interval_s or self.keepalive_s,
+            server_alive_interval_s=(
+                self.server_alive_interval_s
+                if self.server_alive_interval_s is not None
+                else s.server_alive_interval_s or liveness.DEFAULT_INTERVAL_S
+            ),
+            server_alive_count_max=(
+                self.server_alive_count_max
+                if self.server_alive_count_max is not None
+                else s.server_alive_count_max
+            ),
         )
 
     def prepare(self, hosts: Sequence[Host]) -> None:
@@ -733,9 +791,35 @@ class SSHConnector:
         if self._closed:
             transport.close()
             raise HostUnreachable(host.name, "the run is shutting down")
-        transport.set_keepalive(ep.keepalive_s)
+        self._watch(host, ep, transport)
         log.debug("connected to %s (%s)", host.name, where, extra={"host": host.name})
-        return SSHConnection(host, transport, self.channels_per_host, ep.connect_timeout_s)
+        return SSHConnection(
+            host, transport, self.channels_per_host, ep.connect_timeout_s, self._liveness
+        )
+
+    def _watch(self, host: Host, ep: Endpoint, transport: paramiko.Transport) -> None:
+        """Keepalives that want a reply; a host silent past them is given up (closed)."""
+
+        def dead(reason: str) -> None:
+            log.info("%s %s; closing its connection", host.name, reason)
+            transport.close()
+
+        state = self._liveness.watch(
+            transport,
+            interval_s=ep.server_alive_interval_s,
+            count_max=ep.server_alive_count_max,
+            probe=functools.partial(liveness.send_keepalive, transport),
+            on_dead=dead,
+        )
+        if ep.server_alive_interval_s > 0:
+            liveness.observe_packets(transport, state)
+
+    def lost_reason(self, host: Host) -> str | None:
+        """Why the host's connection was given up ("stopped answering (...)"), if
+        meshrun gave it up itself; None otherwise."""
+        with self._lock:
+            conn = self._connections.get(host.name)
+        return conn.lost_reason() if conn is not None else None
 
     def _track(self, thing: Any) -> None:
         with self._lock:
@@ -1085,6 +1169,7 @@ class SSHConnector:
             conns = list(self._connections.values())
             self._connections.clear()
             dialing = list(self._dialing)
+        self._liveness.close()
         for conn in conns:
             conn.close()
         for thing in dialing:

@@ -168,7 +168,8 @@ for alias in sys.argv[1:]:
         "identityfile": list(ep.identities), "identitiesonly": ep.identities_only,
         "certificatefile": list(ep.certificates), "proxyjump": list(ep.proxy_jump),
         "proxycommand": ep.proxy_command, "hostkeyalias": ep.host_key_alias,
-        "knownhosts": list(ep.known_hosts_files), "keepalive": ep.keepalive_s,
+        "knownhosts": list(ep.known_hosts_files), "keepalive": ep.server_alive_interval_s,
+        "alivecountmax": ep.server_alive_count_max,
     }
 print(json.dumps(out))
 """
@@ -198,6 +199,7 @@ def test_every_resolved_setting_matches_ssh_G(world: UserWorld) -> None:
             "hostkeyalias": g["hostkeyalias"][0] if "hostkeyalias" in g else None,
             "knownhosts": paths("userknownhostsfile") + paths("globalknownhostsfile"),
             "keepalive": int(g["serveraliveinterval"][0]),
+            "alivecountmax": int(g["serveralivecountmax"][0]),
         }
         assert ours[alias] == expected, f"{alias}: meshrun vs ssh -G"
 
