@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
+from meshrun.capture import HeadTail, LineSplitter
 from meshrun.durations import format_duration
 from meshrun.fleet import (
     FleetEvent,
@@ -166,7 +167,7 @@ class FleetConsole(_StatusLine):
         self._colour = colour_enabled(self.err)
         if self.progress is None:
             self.progress = self.err.isatty() and not self.quiet
-        self._partial: dict[tuple[str, str], bytes] = defaultdict(bytes)
+        self._lines: dict[tuple[str, str], LineSplitter] = defaultdict(LineSplitter)
         self._running: list[str] = []
         self._started: dict[str, float] = {}
         self._durations: list[float] = []  # of the hosts that ran their command; sorted
@@ -219,12 +220,11 @@ class FleetConsole(_StatusLine):
         return self._paint(name.ljust(self._width), "36") + " | "
 
     def _emit_lines(self, name: str, stream: str, data: bytes, *, flush: bool) -> None:
-        buf = self._partial[(name, stream)] + data
-        *lines, rest = buf.split(b"\n")
-        if flush and rest:
-            lines.append(rest)
-            rest = b""
-        self._partial[(name, stream)] = rest
+        splitter = self._lines[(name, stream)]
+        lines = splitter.feed(data)
+        if flush:
+            lines += splitter.flush()
+            del self._lines[(name, stream)]
         if not lines:
             return
         target = self.out if stream == "stdout" else self.err
@@ -446,8 +446,10 @@ class DispatchConsole(_StatusLine):
         self._colour = colour_enabled(self.err)
         if self.progress is None:
             self.progress = self.err.isatty() and not self.quiet
-        self._buffers: dict[str, list[bytes]] = defaultdict(list)
-        self._partial: dict[tuple[str, str], bytes] = defaultdict(bytes)
+        # Group mode shows a task's output when it ends: a bounded head and tail of it
+        # (the whole of it is in the task's log).
+        self._buffers: dict[str, HeadTail] = defaultdict(HeadTail)
+        self._lines: dict[tuple[str, str], LineSplitter] = defaultdict(LineSplitter)
         self._running: dict[str, str] = {}
         self._snapshot: Progress | None = None
         self._status_shown = False
@@ -487,23 +489,25 @@ class DispatchConsole(_StatusLine):
             self._running[event.task] = event.host
         elif isinstance(event, TaskLine):
             if self.mode is OutputMode.STREAM and not self.quiet:
-                buf = self._partial[(event.task, event.stream)] + event.data
-                *lines, rest = buf.split(b"\n")
-                self._partial[(event.task, event.stream)] = rest
+                lines = self._lines[(event.task, event.stream)].feed(event.data)
                 target = self.out if event.stream == "stdout" else self.err
                 prefix = self._paint(event.task, "36") + " | "
                 target.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
                 target.flush()
             elif self.mode is OutputMode.GROUP:
-                self._buffers[event.task].append(event.data)
+                self._buffers[event.task].write(event.data)
         elif isinstance(event, TaskEnded):
             self._running.pop(event.task, None)
-            data = b"".join(self._buffers.pop(event.task, []))
+            captured = self._buffers.pop(event.task, None)
+            data = captured.value() if captured is not None else b""
             for stream in ("stdout", "stderr"):
-                rest = self._partial.pop((event.task, stream), b"")
+                splitter = self._lines.pop((event.task, stream), None)
+                rest = splitter.flush() if splitter is not None else []
                 if rest and self.mode is OutputMode.STREAM and not self.quiet:
                     (self.out if stream == "stdout" else self.err).write(
-                        f"{event.task} | {rest.decode('utf-8', 'replace')}\n"
+                        "".join(
+                            f"{event.task} | {line.decode('utf-8', 'replace')}\n" for line in rest
+                        )
                     )
             if event.status is None:
                 self.err.write(
@@ -555,16 +559,11 @@ class DispatchConsole(_StatusLine):
         if failed and not self.quiet:
             self.err.write(self._paint("meshrun: output of failed tasks:", "1") + "\n")
             for t in failed:
-                try:
-                    text = open(t.log, encoding="utf-8", errors="replace").read()  # noqa: SIM115
-                except OSError:
-                    text = "(no log)\n"
                 self.err.write(
                     f"── {self._paint(t.name, '1;31')} (on {t.host}, exit "
-                    f"{t.exit_code}, attempt {t.attempts}) ── {t.log}\n{text}"
+                    f"{t.exit_code}, attempt {t.attempts}) ── {t.log}\n"
                 )
-                if not text.endswith("\n"):
-                    self.err.write("\n")
+                _replay_file(t.log, self.err)
         if self.quiet and report.exit_code == 0:
             return
         counts: dict[str, int] = defaultdict(int)
@@ -594,6 +593,24 @@ class DispatchConsole(_StatusLine):
                 self.err.write(f"  host {h.name}  {self._paint(h.status, '35')}  {h.error or ''}\n")
         self.err.write(f"meshrun: logs in {report.run_dir}/logs\n")
         self.err.flush()
+
+
+_REPLAY_CHUNK = 1024 * 1024
+
+
+def _replay_file(path: str | None, out: TextIO) -> None:
+    """Copy a log to ``out`` a chunk at a time (a log may be larger than memory)."""
+    last = "\n"
+    try:
+        with open(path or "", encoding="utf-8", errors="replace") as f:
+            while chunk := f.read(_REPLAY_CHUNK):
+                out.write(chunk)
+                last = chunk[-1]
+    except OSError:
+        out.write("(no log)\n")
+        return
+    if last != "\n":
+        out.write("\n")
 
 
 def render_history(records: list[DurationRecord]) -> str:
