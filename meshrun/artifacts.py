@@ -35,6 +35,9 @@ Output patterns (rsync / gitignore habits)
       directory (never walked), and a pattern that matches no file unless optional.
     - A symlink to a regular file inside the workdir is collected as that file's
       content under the symlink's name.
+    - ``.meshrun/`` at the top of the workdir (meshrun's agent and uploaded scripts)
+      is never taken: ``*``, ``**`` and ``.`` pass it by, and a pattern naming it is
+      refused.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ import fnmatch, hashlib, json, os, stat, sys
 
 CHUNK = 1 << 20
 MAGIC = set("*?[")
+OWN = ".meshrun"  # meshrun's own directory in the workdir (agent, scripts): never taken
 REAL_DIRS = {}  # directory (relative) -> its real path
 
 
@@ -148,7 +152,7 @@ class Pattern:
                     self.expand(join(base, name), parts, dir_only, out)
             return
         if not MAGIC.intersection(head):
-            names = [(head, self.kind(join(base, head)))]
+            names = [] if not base and head == OWN else [(head, self.kind(join(base, head)))]
         else:
             names = [(n, k) for n, k in self.listdir(base) if fnmatch.fnmatchcase(n, head)]
         for name, kind in names:
@@ -196,6 +200,8 @@ class Pattern:
             except OSError as exc:
                 self.unreadable(join(base, entry.name), ": ", exc)
                 continue
+            if not base and entry.name == OWN:
+                continue  # '*', '**' and '.' never reach meshrun's own files
             result.append((entry.name, kind))
         return result
 
@@ -400,6 +406,8 @@ def check_patterns(patterns: Sequence[str], *, what: str = "pattern") -> tuple[s
             problem = "is absolute; patterns are relative to the host's workdir"
         elif ".." in text.split("/"):
             problem = "has a '..' part; files must stay inside the host's workdir"
+        elif [part for part in text.split("/") if part not in ("", ".")][:1] == [".meshrun"]:
+            problem = "names .meshrun/, meshrun's own directory on the host, which is never pulled"
         if problem:
             raise InputError(
                 f"{what} {raw!r} {problem}",

@@ -553,7 +553,8 @@ one, exactly as typed.
 With --pull, each host's matching files come home after its command ends (whatever its \
 exit code) to .meshrun/runs/<run-id>/hosts/<host>/<path>, each sha256 checked on arrival \
 and installed atomically; the run's manifest.json lists them (signed with --sign-key): \
-check it later with `meshrun verify .meshrun/runs/<run-id>`. A pattern that matches \
+check it later with `meshrun verify .meshrun/runs/<run-id>` (--allow-unsigned for a \
+run without --sign-key). A pattern that matches \
 nothing fails its host (exit 1); a refused path (outside the workdir, a symlink leading \
 out, a special file) or a changed file exits 4."""
 
@@ -1211,14 +1212,19 @@ def _parse_keygen(args: list[str]) -> dict[str, Any]:
 
 
 def verify_command(
-    *, directory: str, key: list[str] | None, allowed_signers: str | None, json_out: bool
+    *,
+    directory: str,
+    key: list[str] | None,
+    allowed_signers: str | None,
+    allow_unsigned: bool,
+    json_out: bool,
 ) -> int:
     """Check a run's signed manifest and every file it lists.
 
     Exit 0 only if the signature is by a trusted key (with --key or --allowed-signers)
     and every listed file is present and unchanged with nothing unlisted; 4 otherwise.
     Without a key, the signature is only checked for soundness and reported as
-    untrusted.
+    untrusted; a manifest with no signature at all fails unless --allow-unsigned.
     """
     with _input_errors():
         allowed = None
@@ -1227,17 +1233,30 @@ def verify_command(
             if allowed_signers:
                 allowed += meshrun.allowed_signer_keys(Path(allowed_signers).expanduser())
         result = meshrun.verify_run(Path(directory), allowed_keys=allowed)
+    document = result.to_dict()
+    problems = result.problems()
+    # A deleted .sig must not pass as "ok": unsigned is only fine when the user says so.
+    refused_unsigned = result.signature.value == "unsigned" and not allow_unsigned
+    if refused_unsigned:
+        problems.append(
+            f"{directory}: the manifest is not signed (no manifest.json.sig) — pass --key "
+            "or --allowed-signers to require a signature, or --allow-unsigned to check "
+            "the files alone"
+        )
+        document["ok"] = False
+        document["errors"].append(problems[-1])
     if json_out:
-        sys.stdout.write(meshrun.report.dumps(result.to_dict()) + "\n")
-    for problem in result.problems():
+        sys.stdout.write(meshrun.report.dumps(document) + "\n")
+    for problem in problems:
         sys.stderr.write(f"meshrun: {problem}\n")
-    state = "ok" if result.ok else "FAILED"
+    state = "ok" if result.ok and not refused_unsigned else "FAILED"
     sys.stderr.write(
         f"meshrun: verify {state}: signature {result.signature.value}"
         + (f" by {result.signer_fingerprint}" if result.signer_fingerprint else "")
         + f", {result.files_checked} file{'' if result.files_checked == 1 else 's'} checked\n"
     )
-    return 0 if result.ok and (allowed is None or result.signature.value == "trusted") else 4
+    trusted = allowed is None or result.signature.value == "trusted"
+    return 0 if result.ok and trusted and not refused_unsigned else 4
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -1258,6 +1277,13 @@ def _verify_parser() -> argparse.ArgumentParser:
         "--allowed-signers",
         metavar="FILE",
         help="Trusted keys in OpenSSH allowed_signers format (namespace meshrun).",
+    )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="Accept a manifest without a signature (a run without --sign-key) and check "
+        "its files alone. Without it an unsigned manifest fails (exit 4): a deleted "
+        ".sig must not pass.",
     )
     _json_option(p)
     return p

@@ -21,6 +21,22 @@ line that says what went wrong and, where we know it, what to do next.
 from __future__ import annotations
 
 
+def in_context(context: str, message: str, *, host: str | None = None) -> str:
+    """``context: message`` for an error passed up a layer, saying nothing twice.
+
+    A leading ``"<host>: "`` goes (the caller names the host), and a message that starts
+    with the context's first word already says it: "pull failed: pull failed (rsync
+    exit 255)" becomes "pull failed (rsync exit 255)".
+    """
+    if host is not None:
+        message = message.removeprefix(f"{host}: ")
+    first = context.split(maxsplit=1)[0].lower()
+    words = message.split(maxsplit=1)
+    if words and words[0].lower() == first:
+        return message
+    return f"{context}: {message}"
+
+
 class MeshrunError(Exception):
     """Base of everything meshrun raises on purpose."""
 

@@ -29,7 +29,7 @@ from meshrun.agent.client import (
     TaskOutput,
     start_runner,
 )
-from meshrun.errors import ConnectError, IntegrityError, MeshrunError
+from meshrun.errors import ConnectError, IntegrityError, MeshrunError, in_context
 from meshrun.inventory import Host
 from meshrun.manifest import FileEntry
 from meshrun.scheduler import (
@@ -619,7 +619,8 @@ class Dispatcher:
         except IntegrityError as exc:
             self._queue.put(_Collected(task_id, (), str(exc), integrity=True))
         except MeshrunError as exc:
-            self._queue.put(_Collected(task_id, (), f"collecting outputs failed: {exc}"))
+            error = in_context("collecting outputs failed", str(exc), host=host.name)
+            self._queue.put(_Collected(task_id, (), error))
         except Exception as exc:  # a bug must not leave the task running forever
             log.exception("collecting outputs of %s failed", task.name)
             self._queue.put(_Collected(task_id, (), f"internal error: {exc!r}"))
@@ -803,7 +804,8 @@ class Dispatcher:
         except IntegrityError as exc:
             self._queue.put(_Staged(task_id, error=str(exc), integrity=True))
         except MeshrunError as exc:
-            self._queue.put(_Staged(task_id, error=f"pushing its inputs failed: {exc}"))
+            error = in_context("pushing its inputs failed", str(exc), host=host.name)
+            self._queue.put(_Staged(task_id, error=error))
         except Exception as exc:  # a bug must not leave the task staging forever
             log.exception("pushing the inputs of %s failed", task_id)
             self._queue.put(_Staged(task_id, error=f"internal error: {exc!r}"))

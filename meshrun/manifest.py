@@ -64,6 +64,9 @@ REPORT_NAME = "report.json"
 DISPATCH_FILES_DIR = "artifacts"
 #: Where a fleet run (exec/run --pull) keeps each host's files by default.
 FLEET_FILES_DIR = "hosts"
+#: What meshrun writes beside the per-host (or per-task) directories of a pull or
+#: artifacts directory: no host or task may be named so.
+RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, REPORT_NAME})
 CHUNK_BYTES = 1 << 20
 DURATION_DECIMALS = 3
 
@@ -879,6 +882,7 @@ __all__ = [
     "FLEET_FILES_DIR",
     "MANIFEST_NAME",
     "REPORT_NAME",
+    "RESERVED_NAMES",
     "SCHEMA",
     "SIGNATURE_NAME",
     "ChangedFile",

@@ -34,7 +34,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshrun.errors import ConnectError, InputError, IntegrityError, Interrupted, MeshrunError
+from meshrun.errors import (
+    ConnectError,
+    InputError,
+    IntegrityError,
+    Interrupted,
+    MeshrunError,
+    in_context,
+)
 from meshrun.fleet import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
 from meshrun.inventory import Host
 from meshrun.transport.base import Connector
@@ -112,7 +119,7 @@ def pull_host(
         if cancel is not None and cancel.is_set():  # e.g. the link closed by a 2nd Ctrl-C
             return interrupted()
         lost = isinstance(exc, ConnectError)
-        return HostPull(error="pull failed: " + _unprefixed(name, str(exc)), lost=lost)
+        return HostPull(error=in_context("pull failed", str(exc), host=name), lost=lost)
     others = [r for r in refusals if r.kind != "refused"]
     if others:
         return HostPull(files=tuple(files), error="; ".join(r.describe("pull") for r in others))
@@ -200,6 +207,24 @@ def record_fleet_run(
     return report
 
 
+def check_pull_names(names: Sequence[str], pull_dir: Path | None, *, what: str = "host") -> None:
+    """InputError for a host whose files would land where meshrun writes its own records.
+
+    A pull directory holds ``<host>/`` for each host beside the manifest's copy
+    (``manifest.json``, ``.sig``); a host named ``manifest.json`` would make the two
+    collide, so it is refused before any host is contacted.
+    """
+    from meshrun.manifest import RESERVED_NAMES
+
+    for name in names:
+        if name in RESERVED_NAMES:
+            raise InputError(
+                f"{what} {name!r}: its files would go to {pull_dir}/{name}, where meshrun "
+                "writes the run's own records (" + ", ".join(sorted(RESERVED_NAMES)) + ")",
+                fix=f"give the {what} another name",
+            )
+
+
 def run_fleet_recorded(
     hosts: Sequence[Host],
     job: FleetJob,
@@ -226,6 +251,7 @@ def run_fleet_recorded(
     if job.pull:
         pull_dir = run_dir / FLEET_FILES_DIR if job.pull_dir is None else job.pull_dir
         job = replace(job, pull_dir=Path(pull_dir).absolute())
+        check_pull_names([host.name for host in hosts], job.pull_dir)
     # Before any host is contacted: a directory that cannot be made is bad input.
     for directory, what in ((run_dir, "the run directory"), (job.pull_dir, "the pull directory")):
         if directory is None:
@@ -247,6 +273,7 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "HostPull",
     "build_fleet_manifest",
+    "check_pull_names",
     "fleet_run_dir",
     "pull_host",
     "record_fleet_run",

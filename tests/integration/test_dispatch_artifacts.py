@@ -120,10 +120,10 @@ def test_artifacts_dir_gets_outputs_per_task_and_a_manifest_copy_that_verifies(
     assert (out / "build" / "pkg" / "app").read_text() == "v2\n"
     assert not (project / "pkg").exists(), "with --artifacts the workspace is left alone"
     assert (out / "manifest.json").is_file()
-    ok = run_meshrun("verify", out, "--json")
+    ok = run_meshrun("verify", out, "--json", "--allow-unsigned")
     assert ok.rc == 0 and ok.doc["files_checked"] == 1, ok.describe()
     (out / "build" / "extra.txt").write_text("not from the run")
-    extra = run_meshrun("verify", out)
+    extra = run_meshrun("verify", out, "--allow-unsigned")
     assert extra.rc == 4 and "extra.txt" in extra.stderr, extra.describe()
 
 
@@ -171,7 +171,7 @@ def test_a_chain_split_over_two_hosts_gets_its_needs_outputs_pushed(
     assert (tmp_path / "proj" / "chain-pkg" / "pkg.txt").read_text() == f"lib-{run_id}\n"
     assert "outputs pushed here" in log_text(r, "package")
     assert "outputs pushed here" not in log_text(r, "check")
-    ok = run_meshrun("verify", r.doc["run_dir"])
+    ok = run_meshrun("verify", r.doc["run_dir"], "--allow-unsigned")
     assert ok.rc == 0, ok.describe()
 
 

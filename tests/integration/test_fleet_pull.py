@@ -74,11 +74,11 @@ def test_logs_from_three_hosts_land_per_host_and_the_run_verifies(
     assert all(h["host_key_fingerprint"].startswith("SHA256:") for h in manifest["hosts"])
 
     for directory in (run_dir, run_dir / "hosts"):
-        ok = run_meshrun("verify", directory, "--json")
+        ok = run_meshrun("verify", directory, "--json", "--allow-unsigned")
         assert ok.rc == 0 and ok.doc["files_checked"] == 6, ok.describe()
 
     (run_dir / "hosts" / "h2" / tag / "logs" / "app.log").write_text("edited\n")
-    tampered = run_meshrun("verify", run_dir)
+    tampered = run_meshrun("verify", run_dir, "--allow-unsigned")
     assert tampered.rc == 4 and f"h2/{tag}/logs/app.log" in tampered.stderr, tampered.describe()
 
 
@@ -223,7 +223,7 @@ def test_a_host_without_rsync_is_pulled_over_sftp(make_fleet: MakeFleet, tmp_pat
     for h in fleet.hosts:
         assert (hosts_dir / h.name / "dist dir" / "bïg file.bin").read_bytes() == data
         assert (hosts_dir / h.name / "dist dir" / "ünï cødé.txt").read_text() == "été\n"
-    ok = run_meshrun("verify", r.doc["run_dir"])
+    ok = run_meshrun("verify", r.doc["run_dir"], "--allow-unsigned")
     assert ok.rc == 0, ok.describe()
 
 
@@ -272,7 +272,7 @@ def test_ctrl_c_during_a_pull_exits_130_and_leaves_no_file_that_looks_complete(
     }, shown
     assert not partial.exists(), f"the partial download {partial} was left behind"
     assert _files(pull_dir) == ["h2/small.log", "manifest.json"], shown
-    ok = run_meshrun("verify", pull_dir)
+    ok = run_meshrun("verify", pull_dir, "--allow-unsigned")
     assert ok.rc == 0, ok.describe()
     left = wait_gone(str(pull_dir))
     assert not left, f"expected no rsync left after Ctrl-C:\n{describe_procs(left)}"

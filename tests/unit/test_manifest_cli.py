@@ -75,3 +75,26 @@ def test_a_signed_run_verifies_with_meshrun_and_ssh_keygen_and_tampering_fails(
 
     again = meshrun("keygen", str(tmp_path / "k" / "signing"), cwd=tmp_path)
     assert again.returncode == 2 and "will not overwrite" in again.stderr
+
+
+def test_a_deleted_signature_is_not_ok_without_allow_unsigned(tmp_path: Path) -> None:
+    """Deleting manifest.json.sig must not turn a signed run into an "ok" one."""
+    (tmp_path / "tasks.toml").write_text('[[task]]\nname = "a"\nrun = "echo a"\n')
+    assert meshrun("keygen", str(tmp_path / "signing"), cwd=tmp_path).returncode == 0
+    run = meshrun("dispatch", "tasks.toml", "--sign-key", "signing", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    run_dir = Path(json.loads(run.stdout)["run_dir"])
+    (run_dir / "manifest.json.sig").unlink()
+
+    plain = meshrun("verify", str(run_dir), "--json", cwd=tmp_path)
+    assert plain.returncode == 4, plain.stderr
+    document = json.loads(plain.stdout)
+    assert (document["ok"], document["signature"]) == (False, "unsigned"), document
+    assert "verify FAILED: signature unsigned" in plain.stderr, plain.stderr
+    assert "--allow-unsigned" in plain.stderr, plain.stderr
+
+    allowed = meshrun("verify", str(run_dir), "--allow-unsigned", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "verify ok: signature unsigned" in allowed.stderr, allowed.stderr
+    keyed = meshrun("verify", str(run_dir), "--key", "signing.pub", cwd=tmp_path)
+    assert keyed.returncode == 4, keyed.stderr

@@ -387,6 +387,10 @@ def test_cli_pull_validates_before_running_and_records_locally(tmp_path: Path) -
     assert "1 file from 1 host in .meshrun/runs/" in pulled.stderr, pulled.stderr
     assert not list((run_dir / "hosts" / "local").glob(PULL_TEMP_PREFIX + "*"))
     verify = run_cli(tmp_path, "verify", str(run_dir))
+    assert verify.returncode == 4, "an unsigned manifest is not ok without --allow-unsigned"
+    assert "the manifest is not signed" in verify.stderr and "--allow-unsigned" in verify.stderr
+    assert "verify FAILED: signature unsigned" in verify.stderr, verify.stderr
+    verify = run_cli(tmp_path, "verify", str(run_dir), "--allow-unsigned")
     assert verify.returncode == 0, verify.stderr
 
     keygen = run_cli(tmp_path, "keygen", str(tmp_path / "key"))
@@ -398,3 +402,41 @@ def test_cli_pull_validates_before_running_and_records_locally(tmp_path: Path) -
     assert (Path(document["run_dir"]) / "manifest.json.sig").is_file()
     trusted = run_cli(tmp_path, "verify", document["run_dir"], "--key", "key.pub")
     assert trusted.returncode == 0, trusted.stderr
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "manifest.json.sig", "report.json"])
+def test_a_host_named_like_a_record_is_refused_before_any_host_runs(
+    tmp_path: Path, name: str
+) -> None:
+    """Its files would go to PULL_DIR/manifest.json/, where the manifest's copy is
+    written: bad input, said before anything starts (was a traceback after the run)."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    hosts = [Host(name=name, local=True, workdir=str(workdir))]
+    out = tmp_path / "out"
+    job = FleetJob(command="touch started; echo x > out.txt", pull=["out.txt"], pull_dir=out)
+    with pytest.raises(InputError) as caught:
+        run_fleet_recorded(hosts, job, LocalConnector(), run_id="r", state_dir=tmp_path / "s")
+    assert f"host {name!r}: its files would go to {out.absolute()}/{name}" in str(caught.value)
+    assert caught.value.fix == "give the host another name"
+    assert not (workdir / "started").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("pattern", ["**", "*", ".", ".mesh*/**", "?**/*.sh"])
+def test_meshrun_s_own_directory_on_the_host_is_never_pulled(tmp_path: Path, pattern: str) -> None:
+    """The host's .meshrun/ holds the agent and uploaded scripts, not the user's files."""
+    (host,) = local_hosts(tmp_path / "hosts", 1)
+    write(Path(host.workdir), ".meshrun/scripts/abc-deploy.sh", "echo secret\n")
+    write(Path(host.workdir), "out/build.sh", "echo mine\n")
+    job = FleetJob(command="true", pull=[pattern])
+    report = run_fleet_recorded([host], job, LocalConnector(), run_id="r", state_dir=tmp_path)
+    pulled = {f.path for r in report.results for f in r.files}
+    assert not any(path.startswith(".meshrun") for path in pulled), pulled
+    if pattern != ".mesh*/**":
+        assert pulled == {"out/build.sh"}, report
+
+
+@pytest.mark.parametrize("pattern", [".meshrun/scripts/*", "./.meshrun/**", "?.meshrun"])
+def test_a_pattern_naming_meshrun_s_own_directory_is_bad_input(pattern: str) -> None:
+    with pytest.raises(InputError, match="meshrun's own directory on the host"):
+        FleetJob(command="true", pull=[pattern])
