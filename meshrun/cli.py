@@ -801,7 +801,7 @@ def dispatch_command(
             )
         if rerun_failed or resume:
             with meshrun.History(state.history) as history:
-                graph = meshrun.select_rerun(graph, history, resume)
+                graph = meshrun.select_rerun(graph, history, resume, runs_dir=state.root / "runs")
         options = meshrun.DispatchOptions(
             fail_fast=fail_fast,
             max_fail=max_fail,
