@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from meshrun.capture import HeadTail
 from meshrun.inventory import Host
 from meshrun.transport import rsync
 from meshrun.transport.base import (
@@ -63,7 +64,7 @@ class LocalConnection:
             start_new_session=True,
         )
         assert proc.stdin and proc.stdout and proc.stderr
-        chunks: dict[Stream, list[bytes]] = {"stdout": [], "stderr": []}
+        keep: dict[Stream, HeadTail] = {"stdout": HeadTail(), "stderr": HeadTail()}
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
@@ -77,7 +78,7 @@ class LocalConnection:
                         sel.unregister(key.fileobj)
                         continue
                     stream: Stream = key.data
-                    chunks[stream].append(data)
+                    keep[stream].write(data)
                     on_output(stream, data)
                 now = time.monotonic()
                 if stopped_at is None:
@@ -98,8 +99,8 @@ class LocalConnection:
                 f.close()
         return CommandOutcome(
             exit_code=exit_code,
-            stdout=b"".join(chunks["stdout"]),
-            stderr=b"".join(chunks["stderr"]),
+            stdout=keep["stdout"].value(),
+            stderr=keep["stderr"].value(),
             duration_s=time.monotonic() - started,
             timed_out=timed_out,
             cancelled=cancelled,

@@ -22,6 +22,7 @@ from typing import Any
 
 import paramiko
 
+from meshrun.capture import HeadTail
 from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable, InputError
 from meshrun.inventory import Host
 from meshrun.sshkeys import sha256_fingerprint
@@ -55,6 +56,8 @@ from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper, remote_e
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+#: meshrun's own commands (uploads, collector reports) keep all their output.
+_UNBOUNDED = 1 << 62
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -436,24 +439,32 @@ class SSHConnection:
         on_output: OutputSink,
         cancel: threading.Event | None,
         started: float,
+        *,
+        bounded: bool = True,
     ) -> CommandOutcome:
         """Read both streams until the exit status arrives, honouring timeout and cancel."""
         wake = _Wakeup()
         chan.in_buffer.set_event(wake)
         chan.in_stderr_buffer.set_event(wake)
         deadline = None if timeout_s is None else started + timeout_s
-        chunks: dict[Stream, list[bytes]] = {"stdout": [], "stderr": []}
+        # A user's command keeps a bounded head and tail of each stream (it may print
+        # gigabytes; they went to on_output as they came); meshrun's own commands, all.
+        keep: dict[Stream, HeadTail] = (
+            {"stdout": HeadTail(), "stderr": HeadTail()}
+            if bounded
+            else {"stdout": HeadTail(head=_UNBOUNDED), "stderr": HeadTail(head=_UNBOUNDED)}
+        )
         timed_out = cancelled = lost = False
         stopped_at: float | None = None
 
         def drain() -> None:
             while chan.recv_ready():
                 data = chan.recv(65536)
-                chunks["stdout"].append(data)
+                keep["stdout"].write(data)
                 on_output("stdout", data)
             while chan.recv_stderr_ready():
                 data = chan.recv_stderr(65536)
-                chunks["stderr"].append(data)
+                keep["stderr"].write(data)
                 on_output("stderr", data)
 
         while True:
@@ -482,8 +493,8 @@ class SSHConnection:
         lost = lost and not (timed_out or cancelled)
         return CommandOutcome(
             exit_code=exit_code,
-            stdout=b"".join(chunks["stdout"]),
-            stderr=b"".join(chunks["stderr"]),
+            stdout=keep["stdout"].value(),
+            stderr=keep["stderr"].value(),
             duration_s=time.monotonic() - started,
             timed_out=timed_out,
             cancelled=cancelled,
@@ -499,7 +510,7 @@ class SSHConnection:
                 if stdin:
                     chan.sendall(stdin)
                 chan.shutdown_write()
-                out = self._pump(chan, timeout_s, _discard, None, started)
+                out = self._pump(chan, timeout_s, _discard, None, started, bounded=False)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise HostUnreachable(
                     self._host.name, f"the SSH connection failed during a command: {exc}"
