@@ -340,6 +340,14 @@ class _Worker:
                 HostStatus.UNREACHABLE,
                 out.lost_reason or "the connection was lost while the command ran",
             ), False
+        if out.timed_out and out.exit_code is None:
+            # Asked to stop, the host never said the command ended: it is hung (or its
+            # link is), and nothing says its processes are gone.
+            return ended(
+                HostStatus.UNREACHABLE,
+                f"timed out after {self.job.timeout_s:g}s, then did not answer the request "
+                "to stop it: the host seems hung, and its processes may still run",
+            ), False
         if out.timed_out:
             return ended(
                 HostStatus.FAILED,

@@ -111,6 +111,31 @@ def test_exec_reports_a_host_that_stops_answering_and_exits_3(
     assert time.monotonic() - started < BOUND_S
 
 
+def test_exec_timeout_on_a_hung_host_does_not_claim_it_killed_anything(
+    make_fleet: MakeFleet, tmp_path: Path, paused: list[tuple[Fleet, str]]
+) -> None:
+    """With keepalives off, --timeout finds the hung host: no exit status comes after
+    the stop request, so it is a host failure (3), not a killed command (1)."""
+    fleet = make_fleet(2)
+    marker = _marker(3)
+    argv = ["exec", "-H", fleet.hosts_toml, "--json", "-t", "2s", "--server-alive-interval", "0"]
+    proc = spawn_meshrun(*argv, "--", f"sleep {marker}; echo done")
+    try:
+        wait_host_runs(fleet, "h2", marker)
+        _pause(fleet, "h2", paused)
+        r = finish(proc, timeout_s=BOUND_S)
+    finally:
+        kill_on_error(proc)
+
+    assert r.rc == 3, f"expected exit 3 for the hung host{r.describe()}"
+    h2 = r.hosts["h2"]
+    assert h2["status"] == "unreachable", r.describe()
+    assert "did not answer the request to stop it" in h2["error"], h2
+    assert "were killed" not in h2["error"], h2
+    assert r.hosts["h1"]["status"] == "failed", "h1 timed out normally: exit 1 alone"
+    assert "its processes were killed" in r.hosts["h1"]["error"], r.describe()
+
+
 def test_a_transfer_ends_when_its_host_stops_answering(
     make_fleet: MakeFleet, paused: list[tuple[Fleet, str]]
 ) -> None:
