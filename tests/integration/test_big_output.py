@@ -27,10 +27,9 @@ RSS_LIMIT_KB = 200 * 1024
 _MEASURE = """
 import resource, subprocess, sys
 done = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + "\\n")
-sys.stdout.write(str(done.returncode) + "\\n")
-sys.stdout.write(str(len(done.stdout)) + "\\n")
-sys.stdout.buffer.write(done.stdout[-2_000_000:])
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+head = f"{peak}\\n{done.returncode}\\n{len(done.stdout)}\\n".encode()
+sys.stdout.buffer.write(head + done.stdout[-2_000_000:])
 """
 
 
