@@ -66,6 +66,7 @@ from meshrun.inventory import (
 from meshrun.probe import HostProbe, probe_hosts
 from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
+from meshrun.sizes import format_size, parse_size
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -229,6 +230,7 @@ __all__ = [
     "discovery",
     "executor",
     "format_duration",
+    "format_size",
     "generate_keypair",
     "hosts_toml",
     "live_discovery",
@@ -240,6 +242,7 @@ __all__ = [
     "new_run_id",
     "parse_duration",
     "parse_env",
+    "parse_size",
     "probe_hosts",
     "read_inventory",
     "read_script",

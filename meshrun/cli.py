@@ -240,6 +240,13 @@ def _fleet_options(
             help="Where pulled files land, with a copy of the manifest "
             "(default: STATE_DIR/runs/<run-id>/hosts/).",
         ),
+        p.add_argument(
+            "--pull-max-bytes",
+            metavar="SIZE",
+            default="10G",
+            help="A host whose matched files add up to more is refused before anything "
+            "is written (its host fails): 500M, 10G, 1048576.  [default: 10G]",
+        ),
         _sign_key_option(p),
         p.add_argument(
             "--state-dir",
@@ -479,6 +486,7 @@ def _fleet(
     output: str,
     pull: list[str] | None,
     pull_dir: str | None,
+    pull_max_bytes: str,
     sign_key: str | None,
     state_dir: str | None,
     json_out: bool,
@@ -505,6 +513,7 @@ def _fleet(
             fail_fast=fail_fast,
             pull=pull or (),
             pull_dir=Path(pull_dir) if pull_dir else None,
+            pull_max_bytes=meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes"),
         )
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
     connector = _connector(

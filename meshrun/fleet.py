@@ -111,6 +111,9 @@ class FleetJob:
     pull: Sequence[str] = ()
     pull_dir: Path | None = None  # required with ``pull`` (run_fleet_recorded defaults it)
     pull_timeout_s: float = 3600.0
+    #: A host whose matched files add up to more is refused before anything is written
+    #: (``--pull-max-bytes``): a hostile or runaway host cannot fill the disk.
+    pull_max_bytes: int = 10 << 30
 
     def __post_init__(self) -> None:
         _refuse_nul(self)
@@ -286,6 +289,7 @@ class _Worker:
                 Path(self.job.pull_dir) / self.host.name,
                 cancel=self.interrupt,
                 timeout_s=self.job.pull_timeout_s,
+                max_bytes=self.job.pull_max_bytes,
             )
         except Exception as exc:  # a bug must not lose the command's result
             log.exception("internal error pulling from %s", self.host.name)

@@ -44,6 +44,7 @@ from meshrun.errors import (
 )
 from meshrun.fleet import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
 from meshrun.inventory import Host
+from meshrun.sizes import format_size
 from meshrun.transport.base import Connector
 
 if TYPE_CHECKING:
@@ -80,12 +81,14 @@ def pull_host(
     *,
     cancel: threading.Event | None = None,
     timeout_s: float = 3600.0,
+    max_bytes: int | None = None,
 ) -> HostPull:
     """Bring the files ``patterns`` match in ``host``'s workdir to ``dest_dir/<path>``.
 
     Every outcome is a HostPull (see the module docstring); nothing a host does raises.
     ``cancel`` stops the pull (Interrupted inside; ``interrupted`` here); ``timeout_s``
-    bounds the hashing on the host and the transfer.
+    bounds the hashing on the host and the transfer; files adding up to more than
+    ``max_bytes`` are refused before anything is written.
     """
 
     def interrupted() -> HostPull:
@@ -107,6 +110,12 @@ def pull_host(
                 error=_unprefixed(name, "; ".join(r.describe("pull") for r in unsafe))
                 + "; nothing was pulled from this host",
                 integrity=True,
+            )
+        total = sum(f.size for f in files)
+        if max_bytes is not None and total > max_bytes:
+            return HostPull(
+                error=f"the files to pull add up to {format_size(total)}, more than "
+                f"--pull-max-bytes ({format_size(max_bytes)}); nothing was pulled from this host"
             )
         artifacts.pull_from(
             connector, host, files, dest_dir, workdir=root, cancel=cancel, timeout_s=timeout_s

@@ -318,3 +318,25 @@ def test_a_cancelled_sftp_pull_stops_within_a_batch(make_fleet: MakeFleet, tmp_p
         assert still.stdout == b"still\n", "the pooled connection must survive a cancelled pull"
     finally:
         connector.close()
+
+
+def test_files_over_pull_max_bytes_are_refused_before_anything_is_written(
+    fleet4: Fleet, tmp_path: Path
+) -> None:
+    tag = _tag()
+    command = (
+        f"mkdir -p {tag} && head -c 1000 /dev/zero > {tag}/small && "
+        f'if [ "$MESHRUN_HOST" = h2 ]; then head -c 3000 /dev/zero > {tag}/big; fi'
+    )
+    r = run_meshrun(
+        "exec", "--hosts", fleet4.hosts_toml, *THREE, "--json", "--pull", f"{tag}/*",
+        "--pull-max-bytes", "2K", "--", command, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.rc == 1, f"expected exit 1: h2's files are over the limit{r.describe()}"
+    assert r.statuses() == {"h1": "ok", "h2": "failed", "h3": "ok"}, r.describe()
+    assert r.hosts["h2"]["pull_error"] == (
+        "the files to pull add up to 4000 bytes, more than --pull-max-bytes (2 KiB); "
+        "nothing was pulled from this host"
+    ), r.describe()
+    assert not (Path(r.doc["pull_dir"]) / "h2").exists(), "nothing of h2 may be written"
+    assert (Path(r.doc["pull_dir"]) / "h1" / tag / "small").stat().st_size == 1000

@@ -143,7 +143,7 @@ t meshrun run --hosts hosts.t
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
         "discover dispatch",
-        "--pull --pull-dir",
+        "--pull --pull-dir --pull-max-bytes",
         "group stream none",
         "bash zsh fish",
         "hosts.toml",
