@@ -66,7 +66,7 @@ from meshrun.inventory import (
 from meshrun.probe import HostProbe, probe_hosts
 from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
-from meshrun.sizes import format_size, parse_size
+from meshrun.sizes import parse_size
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -230,7 +230,6 @@ __all__ = [
     "discovery",
     "executor",
     "format_duration",
-    "format_size",
     "generate_keypair",
     "hosts_toml",
     "live_discovery",

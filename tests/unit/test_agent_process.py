@@ -163,11 +163,21 @@ def test_a_task_ends_with_its_process_whatever_its_children_hold(
     assert _gone(marker), f"'sleep {marker}' outlived the agent"
 
 
-def test_a_self_redirecting_task_is_cancelled_and_killed_at_once(
-    agent: AgentProc, tmp_path: Path
+@pytest.mark.parametrize(
+    ("shape", "signal"),
+    [
+        pytest.param("exec >selflog.txt 2>&1; sleep {m}", 15, id="self-redirecting-gets-term"),
+        pytest.param(
+            "trap '' TERM; exec >/dev/null; sleep {m}; echo no", 9, id="ignores-term-gets-kill"
+        ),
+    ],
+)
+def test_a_cancelled_task_is_stopped_whatever_it_did_to_its_output(
+    agent: AgentProc, tmp_path: Path, shape: str, signal: int
 ) -> None:
+    """SIGTERM at once; SIGKILL after the grace for a task that ignores it."""
     marker = _marker()
-    agent.run("t", f"exec >selflog.txt 2>&1; sleep {marker}", tmp_path)
+    agent.run("t", shape.format(m=marker), tmp_path)
     assert agent.next()["ev"] == "started"
     deadline = time.monotonic() + ANSWER_S
     while not _alive_with(marker):
@@ -175,20 +185,7 @@ def test_a_self_redirecting_task_is_cancelled_and_killed_at_once(
         time.sleep(0.05)
     agent.send(op="cancel", id="t")
     ev, _ = agent.until_exit("t")
-    assert ev["signal"] == 15, ev
-    assert _gone(marker)
-
-
-def test_a_task_ignoring_sigterm_is_killed_after_the_grace(
-    agent: AgentProc, tmp_path: Path
-) -> None:
-    marker = _marker()
-    agent.run("t", f"trap '' TERM; exec >/dev/null; sleep {marker}; echo no", tmp_path)
-    while not _alive_with(marker):
-        time.sleep(0.05)
-    agent.send(op="cancel", id="t")
-    ev, _ = agent.until_exit("t")
-    assert ev["signal"] == 9, ev
+    assert ev["signal"] == signal, ev
     assert _gone(marker)
 
 
