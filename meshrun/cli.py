@@ -14,9 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import meshrun
 
@@ -304,8 +303,7 @@ def _discover_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     ]
 
 
-@dataclass(frozen=True)
-class _Discovery:
+class _Discovery(NamedTuple):
     """The --discover options of exec and run, as parsed."""
 
     enabled: bool
@@ -1369,8 +1367,7 @@ def _parse_completion(args: list[str]) -> dict[str, Any]:
 # -- entry point -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Command:
+class _Command(NamedTuple):
     """A command: its parser (built only when it runs), how it parses, what it runs."""
 
     build: Callable[[], argparse.ArgumentParser]

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, TextIO
 
 from meshrun.capture import HeadTail, LineSplitter
@@ -36,6 +36,7 @@ from meshrun.fleet import (
 )
 from meshrun.hostlist import fold
 from meshrun.probe import HostProbe
+from meshrun.records import record
 from meshrun.transport.base import tail_text
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class _StatusLine:
             self._status_shown = False
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class FleetConsole(_StatusLine):
     """Renders fleet events; call ``finish(report)`` at the end."""
 
@@ -426,7 +427,7 @@ def render_agents(agents: list[Agent]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class DispatchConsole(_StatusLine):
     """Renders a dispatch run: task outputs as chosen, progress, replay, summary.
 

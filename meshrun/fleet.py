@@ -21,12 +21,13 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun.errors import ConnectError, InputError, MeshrunError
 from meshrun.inventory import Host
+from meshrun.records import record
 from meshrun.rollout import FailureBudget
 from meshrun.transport.base import CommandRequest, Connection, Connector, Stream, tail_text
 from meshrun.transport.wrapper import WORKDIR_FAILED, upload_script
@@ -49,7 +50,7 @@ class HostStatus(enum.Enum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostResult:
     """How one host ended. ``duration_s`` covers its connect, command and pull.
 
@@ -74,7 +75,7 @@ class HostResult:
     host_key_fingerprint: str | None = None  # SHA256:...; None for local or never reached
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Script:
     """A local script to upload (once per host, under its content hash) and run."""
 
@@ -89,7 +90,7 @@ class Script:
         return f"{digest}-{safe or 'script'}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FleetJob:
     """What to run and how. Exactly one of ``command`` and ``script`` is set.
 
@@ -152,7 +153,7 @@ def _refuse_nul(job: FleetJob) -> None:
             )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FleetReport:
     """Every host's end. ``started_at`` is wall-clock (``time.time()``); ``pull_dir``
     is set when files were pulled; ``run_dir`` and ``manifest_path`` when the run was
@@ -197,24 +198,24 @@ class FleetReport:
 # -- events the observer sees, always on the coordinator's thread -----------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostStarted:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostOutput:
     name: str
     stream: Stream
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostFinished:
     result: HostResult
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunStopping:
     """No new hosts will start; ``reason`` says why (fail-fast, budget, Ctrl-C)."""
 

@@ -14,11 +14,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, NoReturn
 
 from meshrun import hostlist
 from meshrun.errors import InventoryError
+from meshrun.records import record
 from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
 from meshrun.tomlfile import (
     TOO_DEEP,
@@ -60,7 +61,7 @@ MIN_WEIGHT = 1e-6
 MAX_WEIGHT = 1e6
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Host:
     """One machine meshrun can run work on.
 
@@ -91,7 +92,7 @@ class Host:
         return self.address or self.name
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostDefaults:
     """The ``[defaults]`` table of a hosts.toml; None (or empty) where it says nothing.
 
@@ -111,7 +112,7 @@ class HostDefaults:
     proxy_jump: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Inventory:
     """A whole hosts.toml: its hosts, in file order, and its ``[defaults]``."""
 
@@ -689,7 +690,7 @@ def resolve_hosts(spec: str | None) -> list[Host]:
 # --- selection ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Pattern:
     """One ``--limit`` item: a glob, a hostlist range, or ``label:GLOB``; maybe ``!``."""
 

@@ -6,10 +6,10 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from meshrun.errors import AuthError, ConnectError, HostKeyError
 from meshrun.inventory import Host
+from meshrun.records import record
 from meshrun.transport.base import Connector
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ PROBE_COMMAND = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostProbe:
     name: str
     address: str | None

@@ -6,7 +6,8 @@ Pure: a spec and a host count in, batch sizes out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from meshrun.records import record
 
 
 def _parse_amount(item: str, what: str) -> tuple[float, bool]:
@@ -54,7 +55,7 @@ def batch_sizes(spec: str, host_count: int) -> list[int]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FailureBudget:
     """``--max-fail``: how many failed hosts are tolerated before no more start."""
 

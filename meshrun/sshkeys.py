@@ -14,9 +14,9 @@ import hashlib
 import os
 import re
 import struct
-from dataclasses import dataclass
 
 from meshrun.errors import InputError
+from meshrun.records import record
 
 __all__ = [
     "FINGERPRINT_RE",
@@ -53,7 +53,7 @@ def sha256_fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PublicKey:
     """One public key: its algorithm name (``ssh-ed25519``) and wire-format blob."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+
+from meshrun.records import record
 
 TOML_POSITION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?$""")
@@ -132,7 +133,7 @@ def check_text(key: str, value: object, example: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Header:
     line: int  # 1-based
     name: str  # dotted, unquoted: "host", "defaults", "task.env"

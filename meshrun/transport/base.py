@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal, Protocol
 
 from meshrun.inventory import Host
+from meshrun.records import record
 
 Stream = Literal["stdout", "stderr"]
 OutputSink = Callable[[Stream, bytes], None]
@@ -17,7 +18,7 @@ def _discard(stream: Stream, data: bytes) -> None:
     """An OutputSink that keeps nothing (the outcome still carries the bytes)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CommandRequest:
     """A command to run inside the wrapper, in the host's workdir."""
 
@@ -26,7 +27,7 @@ class CommandRequest:
     timeout_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CommandOutcome:
     """What came back. ``exit_code`` is None when no status arrived (link lost)."""
 
@@ -41,7 +42,7 @@ class CommandOutcome:
     started: bool = True  # False: cancelled while waiting for a free session, never run
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RawResult:
     """Result of a plain exec without the wrapper (uploads, probes)."""
 

@@ -23,9 +23,11 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import paramiko
+
+from meshrun.records import record
 
 __all__ = ["FileIdentity", "IdentityFiles", "Offer", "agent_for", "offers", "public_blob_of"]
 
@@ -95,7 +97,7 @@ def public_blob_of(path: str, private_text: str | None = None) -> bytes | None:
     return _openssh_public_blob(private_text)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileIdentity:
     """One ``IdentityFile`` as found on disk."""
 
@@ -177,7 +179,7 @@ def _certified_key(blob: bytes | None) -> bytes | None:
         return None
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Offer:
     """One key to offer, and how to name it in a message."""
 
@@ -185,7 +187,7 @@ class Offer:
     key: paramiko.PKey
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Offers:
     keys: list[Offer] = field(default_factory=list)
     encrypted_not_in_agent: list[str] = field(default_factory=list)

@@ -24,9 +24,9 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 
+from meshrun.records import record
 from meshrun.transport.sshconfig import match_pattern_list
 
 __all__ = ["KnownHosts", "KnownHostsEntry", "Verdict", "hashed_name", "host_key_name"]
@@ -69,7 +69,7 @@ def _literal_names(field: str) -> list[str] | None:
     return [n.lower() for n in field.split(",") if n]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KnownHostsEntry:
     """One usable line: which names, which key, and its marker."""
 
@@ -120,7 +120,7 @@ class Verdict(Enum):
     REVOKED = "revoked"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Check:
     verdict: Verdict
     listed_in: str | None = None  # the file that decided (trusted, changed, revoked)

@@ -26,8 +26,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from meshrun.records import record
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Verdict(enum.Enum):
     DEAD = "dead"
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Liveness:
     """One transport's probe count; pure arithmetic on the times it is given.
 
@@ -100,7 +102,7 @@ def tick_s(intervals: list[float]) -> float:
     return max(0.05, min(MAX_TICK_S, min(intervals) / 4))
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class _Watch:
     link: Any  # a paramiko Transport, or anything with is_active()
     state: Liveness

@@ -15,8 +15,10 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
+
+from meshrun.records import record
 
 if TYPE_CHECKING:
     import subprocess
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 SHELL_MESSAGE_PREFIX = "meshrun rsh: "
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RemoteShell:
     """How rsync reaches one host: the program of its ``-e`` (``argv``), the name to
     write before the ``:`` of a remote path (``host``) and what rsync's environment

@@ -31,9 +31,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
+
+from meshrun.records import record
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class SessionsUnavailable(Exception):
         self.cancelled = cancelled
 
 
-@dataclass(eq=False)
+@record(frozen=False, eq=False, slots=False)
 class _Link(Generic[L]):
     """One connection and its share of the budget."""
 
@@ -76,7 +77,7 @@ class _Link(Generic[L]):
     learned: bool = False  # the limit came from the server (a refusal)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LinkState:
     """A snapshot of one link's budget (for logs and tests)."""
 

@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import paramiko
@@ -25,6 +24,7 @@ import paramiko
 from meshrun.capture import HeadTail
 from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable, InputError
 from meshrun.inventory import Host
+from meshrun.records import record
 from meshrun.sshkeys import sha256_fingerprint
 from meshrun.transport import liveness, rsync, startups
 from meshrun.transport.base import (
@@ -92,7 +92,7 @@ _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 _MAX_HOPS = 8  # ProxyJump chains longer than this are a loop in ssh_config
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Endpoint:
     """Where, as whom and how to connect: the inventory merged with ssh_config."""
 

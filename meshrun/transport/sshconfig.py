@@ -32,9 +32,10 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from meshrun.errors import InputError
+from meshrun.records import record
 
 __all__ = [
     "ConfigScan",
@@ -117,7 +118,7 @@ def expand_home(path: str) -> str:
     return os.path.expanduser(path) if path.startswith("~") else path
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SSHSettings:
     """The settings OpenSSH resolved for one destination, as meshrun uses them.
 
@@ -265,7 +266,7 @@ def split_jumps(value: str | None) -> tuple[str, ...]:
 # -- the cheap scan ----------------------------------------------------------------------
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class _Block:
     """One ``Host`` or ``Match`` section (or the unconditional head of a file)."""
 
