@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from meshrun.errors import AuthError, ConnectError, HostKeyError
 from meshrun.inventory import Host
@@ -76,5 +75,7 @@ def probe_hosts(
     hosts: Sequence[Host], connector: Connector, *, parallel: int = 64
 ) -> list[HostProbe]:
     """Probe every host at once (bounded), results in inventory order."""
+    from concurrent.futures import ThreadPoolExecutor  # `hosts` only: off exec's start
+
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
         return list(pool.map(lambda h: probe_host(h, connector), hosts))

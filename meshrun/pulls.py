@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,7 @@ from meshrun.errors import (
 )
 from meshrun.fleet import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
 from meshrun.inventory import Host
+from meshrun.records import record
 from meshrun.sizes import format_size
 from meshrun.transport.base import Connector
 
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 DEFAULT_STATE_DIR = Path(".meshrun")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostPull:
     """What one host's pull did. ``files`` are installed; ``error`` None means all
     went well. ``integrity``: refused or changed files (exit 4); ``interrupted``:

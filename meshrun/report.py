@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from xml.etree import ElementTree as ET
 
 from meshrun.fleet import FleetReport
 from meshrun.probe import HostProbe
@@ -162,6 +160,8 @@ def _log_text(path: str, limit_bytes: int = 1 << 20) -> str:
 
 def junit_xml(report: DispatchReport) -> str:
     """JUnit XML for CI systems: one testcase per task, failures carry their output."""
+    from xml.etree import ElementTree as ET  # dispatch only: off exec's start
+
     from meshrun.scheduler import TaskStatus
 
     failures = sum(1 for t in report.tasks if t.status is TaskStatus.FAILED)
@@ -206,4 +206,6 @@ def junit_xml(report: DispatchReport) -> str:
 
 
 def dumps(document: dict[str, Any]) -> str:
+    import json  # only when a document is written: off exec's start
+
     return json.dumps(document, indent=2, ensure_ascii=False)

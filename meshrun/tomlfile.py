@@ -7,7 +7,6 @@ message and the fix, which each parser wraps in its own error with file, line an
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 
@@ -212,6 +211,8 @@ def did_you_mean(key: str, valid: Sequence[str], aliases: Mapping[str, str]) -> 
     lowered = key.lower().replace("-", "_")
     guess = aliases.get(lowered) if lowered not in valid else lowered
     if guess not in valid:
+        import difflib  # only for a typo: keeps it off every command's start
+
         close = difflib.get_close_matches(lowered, valid, n=1, cutoff=0.6)
         guess = close[0] if close else None
     hint = f"did you mean {guess!r}? " if guess else ""

@@ -21,7 +21,6 @@ Five milliseconds per host is still too much on the fan-out path of a large flee
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import glob
 import os
@@ -33,9 +32,13 @@ import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import field
+from typing import TYPE_CHECKING
 
 from meshrun.errors import InputError
 from meshrun.records import record
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = [
     "ConfigScan",
@@ -444,6 +447,8 @@ class SSHConfigResolver:
             future = self._cache.get(key)
             owner = future is None
             if owner:
+                import concurrent.futures  # only when ssh -G must run: off the usual start
+
                 future = concurrent.futures.Future()
                 self._cache[key] = future
         assert future is not None
@@ -471,6 +476,8 @@ class SSHConfigResolver:
         }
         if len(todo) <= 1:
             return
+        import concurrent.futures
+
         with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:
             futures = [
                 pool.submit(self.resolve, a, user=u, port=p, pinned=pinned)

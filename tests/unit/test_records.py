@@ -121,8 +121,9 @@ def test_initvar_refused() -> None:
 
 
 def test_start_path_compiles_no_dataclass() -> None:
-    """Every class `meshrun exec` imports is a @record: importing the CLI and the SSH
-    transport compiles no dataclass method of meshrun's (the 29 ms this module saves)."""
+    """Every class `meshrun exec` imports is a @record: importing the CLI, the SSH
+    transport and run recording compiles no dataclass method of meshrun's (the 29 ms
+    this module saves)."""
     probe = textwrap.dedent(
         """
         import dataclasses, sys
@@ -133,7 +134,7 @@ def test_start_path_compiles_no_dataclass() -> None:
                 compiled.append(cls.__module__ + "." + cls.__qualname__)
             return real(cls, init, repr, eq, order, unsafe_hash, frozen, *rest)
         dataclasses._process_class = spy
-        import meshrun.cli, meshrun.transport.ssh
+        import meshrun.cli, meshrun.pulls, meshrun.transport.ssh
         print("\\n".join(compiled))
         """
     )
