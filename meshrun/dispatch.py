@@ -6,6 +6,7 @@ What a library user calls; the CLI only parses options around it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -39,11 +40,14 @@ from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
 from meshrun.tasks import Task, TaskGraph, check_placeable
 from meshrun.transport.base import Connector
+from meshrun.workspace import push as push_workspace
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from meshrun.discovery import Agent, Browser
+
+log = logging.getLogger(__name__)
 
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
 
@@ -214,10 +218,19 @@ def run_dispatch(
             if relative != ".":
                 excludes.append("/" + relative)
 
+        told: set[str] = set()  # hosts whose push went over SFTP, said once each
+
         def push(host: Host) -> None:
-            connector.push(
-                host, root=str(graph.sync.root), paths=graph.sync.paths, excludes=excludes
+            why = push_workspace(
+                connector,
+                host,
+                root=str(graph.sync.root),
+                paths=graph.sync.paths,
+                excludes=excludes,
             )
+            if why is not None and host.name not in told:
+                told.add(host.name)
+                log.info("%s: %s; the workspace goes over SFTP", host.name, why)
 
         artifacts_root = run_dir / "artifacts"
         workspace = graph.sync.root.resolve()

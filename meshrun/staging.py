@@ -19,10 +19,8 @@ arrives is what the manifest lists.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
-import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ from meshrun.inventory import Host
 from meshrun.manifest import FileEntry, hash_file, safe_relative_path
 from meshrun.transport import rsync
 from meshrun.transport.base import Connector
+from meshrun.workspace import sftp_makedirs, sftp_put
 
 if TYPE_CHECKING:
     from meshrun.transport.ssh import SSHConnector
@@ -191,37 +190,15 @@ def _push_sftp(
     try:
         for entry in entries:
             remote = posixpath.join(root, entry.path)
-            _sftp_makedirs(sftp, posixpath.dirname(remote), made)
-            temp = posixpath.join(
-                posixpath.dirname(remote), f".meshrun-push-{secrets.token_hex(6)}"
-            )
             try:
-                with open(source / entry.path, "rb") as handle:
-                    sftp.putfo(handle, temp, file_size=entry.size, confirm=True)
-                sftp.chmod(temp, entry.mode & 0o777)
-                sftp.posix_rename(temp, remote)
+                sftp_makedirs(sftp, posixpath.dirname(remote), made)
+                sftp_put(sftp, source / entry.path, remote, entry.mode & 0o777)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    sftp.remove(temp)
                 raise CommandError(
                     f"{host.name}: cannot push {entry.path!r} over SFTP: {exc}"
                 ) from exc
     finally:
         sftp.close()
-
-
-def _sftp_makedirs(sftp: Any, directory: str, made: set[str]) -> None:
-    if not directory or directory in made or directory == "/":
-        return
-    try:
-        sftp.stat(directory)
-    except OSError:
-        _sftp_makedirs(sftp, posixpath.dirname(directory), made)
-        try:
-            sftp.mkdir(directory)
-        except OSError:
-            sftp.stat(directory)  # made meanwhile by someone else, or a real error
-    made.add(directory)
 
 
 __all__ = ["Input", "literal_pattern", "plan", "push", "push_argv"]

@@ -37,6 +37,20 @@ _SIGINT_DEFAULT_EXEC = (
 )
 
 
+def bin_dir_without(root: Path, *, without: str, wrappers: dict[str, str] | None = None) -> Path:
+    """A PATH directory: everything in /usr/bin but ``without``, plus shell wrappers
+    (``name`` -> script body). ``SetEnv PATH=...`` in a host's sshd_config, or a
+    coordinator's PATH, makes a machine without that program."""
+    root.mkdir(parents=True)
+    for entry in os.scandir("/usr/bin"):
+        if entry.name != without:
+            (root / entry.name).symlink_to(entry.path)
+    for name, body in (wrappers or {}).items():
+        (root / name).write_text(f"#!/bin/sh\n{body}\n")
+        (root / name).chmod(0o755)
+    return root
+
+
 def meshrun_argv() -> list[str]:
     """The installed console script: next to this Python first, else on PATH.
 

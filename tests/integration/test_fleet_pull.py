@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import describe_procs, interrupt, run_meshrun, spawn_meshrun, wait_gone
+from helpers import (
+    bin_dir_without,
+    describe_procs,
+    interrupt,
+    run_meshrun,
+    spawn_meshrun,
+    wait_gone,
+)
 
 from meshrun.artifacts import collect, pull
 from meshrun.errors import Interrupted
@@ -186,20 +193,8 @@ def test_an_escaping_symlink_is_refused_with_exit_4_and_nothing_written_outside(
     assert after == before, "nothing may be written outside the pull directory"
 
 
-def _bin_dir(root: Path, *, without: str, wrappers: dict[str, str] | None = None) -> Path:
-    """A PATH directory: everything in /usr/bin but ``without``, plus shell wrappers."""
-    root.mkdir(parents=True)
-    for entry in os.scandir("/usr/bin"):
-        if entry.name != without:
-            (root / entry.name).symlink_to(entry.path)
-    for name, body in (wrappers or {}).items():
-        (root / name).write_text(f"#!/bin/sh\n{body}\n")
-        (root / name).chmod(0o755)
-    return root
-
-
 def test_a_host_without_rsync_is_pulled_over_sftp(make_fleet: MakeFleet, tmp_path: Path) -> None:
-    bin_dir = _bin_dir(tmp_path / "bin", without="rsync")
+    bin_dir = bin_dir_without(tmp_path / "bin", without="rsync")
     home = tmp_path / "remote-home"
     home.mkdir()
     # sshd keeps only the first SetEnv line: HOME again, with the PATH lacking rsync.
@@ -231,7 +226,7 @@ def test_ctrl_c_during_a_pull_exits_130_and_leaves_no_file_that_looks_complete(
     make_fleet: MakeFleet, tmp_path: Path
 ) -> None:
     # The hosts' rsync sends at 4 MB/s: a 40 MB file takes ~10 s, time to press Ctrl-C.
-    bin_dir = _bin_dir(
+    bin_dir = bin_dir_without(
         tmp_path / "bin",
         without="rsync",
         wrappers={"rsync": 'exec /usr/bin/rsync --bwlimit=4000 "$@"'},
