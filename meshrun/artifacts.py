@@ -51,13 +51,13 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from meshrun.errors import CommandError, InputError, IntegrityError, Interrupted
 from meshrun.inventory import Host
 from meshrun.manifest import FileEntry, file_digest, safe_relative_path
+from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connection, Connector, tail_text
 from meshrun.transport.wrapper import workdir_expr
@@ -298,7 +298,7 @@ def collect_request(patterns: Sequence[str]) -> bytes:
     return json.dumps({"patterns": list(patterns)}).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Refusal:
     """A pattern the host's collect program refused or found nothing for.
 

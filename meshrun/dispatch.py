@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ from meshrun.manifest import (
     run_manifest,
     write_manifest,
 )
+from meshrun.records import record
 from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
 from meshrun.tasks import Task, TaskGraph, check_placeable
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StateDir:
     """``.meshrun/`` (or ``--state-dir``): history.sqlite and runs/<run-id>/."""
 
@@ -66,7 +67,7 @@ class StateDir:
         return self.root / "runs" / run_id
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LiveDiscovery:
     """``dispatch --discover``: agents on the LAN join the run for as long as it lasts.
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from meshrun.records import record
 
 _WILD = frozenset(b"*[?")
 _SLASH = 0x2F
@@ -50,7 +51,7 @@ class _Abort(Exception):
     """A pattern that can match nothing (an unclosed ``[``, a trailing ``\\``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Rule:
     include: bool
     pattern: bytes  # without the anchoring "/" and the trailing "/"
@@ -194,7 +195,7 @@ def _byte_class(p: bytes, i: int) -> tuple[int, set[int]]:
     return i, set(range(256)) - members if negated else members
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Excludes:
     """Compiled ``--exclude`` patterns, in order (see the module docstring)."""
 

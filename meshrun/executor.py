@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +32,7 @@ from meshrun.agent.client import (
 from meshrun.errors import ConnectError, IntegrityError, MeshrunError, in_context
 from meshrun.inventory import Host
 from meshrun.manifest import FileEntry
+from meshrun.records import record
 from meshrun.scheduler import (
     Abandon,
     Cancel,
@@ -64,7 +65,7 @@ STOP_GRACE_S = 10.0
 GATHER_S = 0.5
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DispatchOptions:
     fail_fast: bool = False
     max_fail: int | None = None
@@ -77,7 +78,7 @@ class DispatchOptions:
     wait_for_hosts_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskResult:
     name: str
     status: TaskStatus
@@ -90,7 +91,7 @@ class TaskResult:
     files: tuple[FileEntry, ...] = ()  # collected outputs, verified on arrival
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostSummary:
     """How a host took part. ``refused``: connecting to it failed (network, host key,
     auth: a ConnectError), which makes the run exit 3 whatever the other hosts did."""
@@ -106,7 +107,7 @@ class HostSummary:
     refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DispatchReport:
     run_id: str
     started_at: float  # wall clock, for the record
@@ -146,14 +147,14 @@ class DispatchReport:
 # -- what the observer sees -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostReady:
     name: str
     runner: str
     slots: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostDown:
     name: str
     reason: str
@@ -161,21 +162,21 @@ class HostDown:
     refused: bool = False  # connecting failed (key, auth, network): the run exits 3
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskStarted:
     task: str
     host: str
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskLine:
     task: str
     stream: Stream
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskEnded:
     task: str
     host: str | None
@@ -185,12 +186,12 @@ class TaskEnded:
     error: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Notice:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Progress:
     """A snapshot for the progress line; ``eta_s`` from expected durations."""
 
@@ -212,21 +213,21 @@ def _ignore(event: DispatchEvent) -> None:
 # -- internal queue items ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Ready:
     host: Host
     runner: Runner
     fingerprint: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Unreachable:
     host: Host
     error: str
     refused: bool = False  # a ConnectError: the run exits 3
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Collected:
     """Outputs of a finished task came home (``files``) or could not (``error``)."""
 
@@ -236,18 +237,18 @@ class _Collected:
     integrity: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _AddHost:
     host: Host
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _RemoveHost:
     name: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Staged:
     """A task's inputs reached its host (``error`` None) or could not."""
 
@@ -260,7 +261,7 @@ class _Staged:
 _Item = RunnerEvent | _Ready | _Unreachable | _Collected | _Staged | _AddHost | _RemoveHost
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class _Attempt:
     task: str
     host: str
@@ -274,7 +275,7 @@ class _Attempt:
     staging: bool = False  # its needs' outputs are still being pushed to the host
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class _HostInfo:
     host: Host
     runner: Runner | None = None
@@ -299,7 +300,7 @@ CollectFn = Callable[[Host, Task], tuple[FileEntry, ...]]
 StageFn = Callable[[Host, Sequence[tuple[str, tuple[FileEntry, ...]]]], int]
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class Dispatcher:
     """One dispatch run. Build it, then call ``run()`` once."""
 

@@ -14,9 +14,10 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from meshrun.records import record
 
 #: Weight of the newest sample in the moving estimate.
 ALPHA = 0.3
@@ -63,7 +64,7 @@ def updated_estimate(estimate_s: float | None, samples: int, sample_s: float) ->
     return ALPHA * sample_s + (1 - ALPHA) * estimate_s
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DurationRecord:
     task: str
     estimate_s: float
@@ -72,7 +73,7 @@ class DurationRecord:
     updated: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskOutcome:
     task: str
     status: str

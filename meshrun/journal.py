@@ -22,9 +22,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from meshrun.records import record
 
 __all__ = ["JOURNAL_NAME", "Journal", "JournalRecord", "latest_journal", "read_journal"]
 
@@ -101,7 +102,7 @@ class Journal:
             self._file = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JournalRecord:
     """What a journal says of its run: the tasks it had, and those that ended, how."""
 

@@ -44,7 +44,6 @@ import socket
 import stat
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meshrun.errors import InputError, IntegrityError
+from meshrun.records import record
 from meshrun.signing import fingerprint, sshsig_sign, sshsig_verify
 
 SCHEMA = 1
@@ -115,7 +115,7 @@ def _safe_name(name: str, what: str) -> str:
 # -- the document ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileEntry:
     """One file: ``path`` relative to its task's directory, ``mode`` the permission bits."""
 
@@ -144,7 +144,7 @@ class FileEntry:
         return cls(doc.text("path"), doc.integer("size"), doc.text("sha256"), doc.integer("mode"))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskEntry:
     """One task of the run: where it ran last, how it ended, what it produced.
 
@@ -222,7 +222,7 @@ class TaskEntry:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostEntry:
     """A host of the run; ``host_key_fingerprint`` (``SHA256:...``) is None for local."""
 
@@ -252,7 +252,7 @@ class HostEntry:
         return cls(doc.text("name"), doc.text("address"), doc.optional_text("host_key_fingerprint"))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Manifest:
     """One run. Times are aware datetimes, kept in UTC to the millisecond.
 
@@ -554,7 +554,7 @@ class SignatureStatus(enum.Enum):
     INVALID = "invalid"  # bad, missing while required, or by a key that is not allowed
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ChangedFile:
     """A listed file that is there but differs. ``path`` is relative to the root.
 
@@ -592,7 +592,7 @@ class ChangedFile:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VerifyReport:
     """What :func:`verify_directory` found; ``ok`` only if everything is exact.
 

@@ -3,15 +3,16 @@
 Why: ``@dataclass`` writes ``__init__``, ``__repr__``, ``__eq__``, ``__hash__`` and the
 frozen ``__setattr__``/``__delattr__`` as source text and compiles each with ``exec``:
 about 0.8 ms per frozen class. The 37 classes that every ``meshrun exec`` imports cost
-29 ms that way, a tenth of the whole run on 8 hosts (measured: 117 ms of imports, of
-which 29 ms in ``dataclasses``). ``@record`` lets ``dataclasses`` collect the fields
+29 ms that way, a tenth of the whole run on 8 hosts (117 ms of imports); ``dispatch``
+imports 93, 47 ms. ``@record`` lets ``dataclasses`` collect the fields
 (``fields()``, ``replace()``, ``asdict()`` and type checkers keep working) and attaches
 ready-made methods that read those fields instead; building a class costs ~0.05 ms.
 
-The price is per call: constructing one costs ~1 µs more and hashing ~0.7 µs more than a
-compiled dataclass. Classes built in the hundreds of thousands per run (tasks,
-scheduler state) stay ``@dataclass``; ``@record`` is for the modules every command
-imports, which ``tests/unit/test_records.py`` keeps free of ``@dataclass``.
+The price was per call (a generic ``__init__`` is ~1 µs slower), so a class whose
+instances pass ``COMPILE_AFTER`` gets the ``__init__`` @dataclass would have written,
+compiled then: the start path never compiles, a scheduler's per-task events run at
+@dataclass speed. ``tests/unit/test_records.py`` checks both paths against @dataclass
+and keeps every command's start free of compiled dataclasses.
 
 Semantics follow ``@dataclass``: positional and keyword arguments in field order,
 ``kw_only``, ``default``/``default_factory``, ``init=False``, ``repr=False``,
@@ -30,6 +31,10 @@ from typing import Any, TypeVar, cast, dataclass_transform, overload
 
 _T = TypeVar("_T", bound=type)
 _set = object.__setattr__
+
+#: Instances of one class after which its ``__init__`` is compiled as @dataclass's is:
+#: the start path never gets there, a scheduler's per-task events do (at full speed).
+COMPILE_AFTER = 64
 
 
 @overload
@@ -76,6 +81,9 @@ def _build(original: _T, *, frozen: bool, eq: bool, slots: bool, kw_only: bool) 
     cls: Any = dataclasses.dataclass(  # collects the fields only: nothing compiled
         original, init=False, repr=False, eq=False, frozen=False, slots=slots, kw_only=kw_only
     )
+    for base in cls.__mro__[1:]:
+        if getattr(base, "__record_frozen__", frozen) != frozen:  # as @dataclass refuses
+            raise TypeError(f"{cls.__qualname__}: frozen and mutable records cannot mix")
     fields = dataclasses.fields(cls)
     if len(fields) != len(cls.__dataclass_fields__):
         raise TypeError(f"{cls.__qualname__}: @record does not support InitVar")
@@ -89,7 +97,15 @@ def _build(original: _T, *, frozen: bool, eq: bool, slots: bool, kw_only: bool) 
     derived = tuple((f.name, f.default, f.default_factory) for f in fields if not f.init)
     post_init = hasattr(cls, "__post_init__")
 
+    calls = 0
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == COMPILE_AFTER:  # a hot class: from now on, @dataclass's own speed
+            compiled = _compile_init(cls, init, derived, post_init)
+            compiled.__signature__ = signature  # type: ignore[attr-defined]
+            cls.__init__ = compiled
         if len(args) > len(positional):
             raise TypeError(
                 f"{name}() takes {len(positional)} positional arguments but {len(args)} were given"
@@ -118,7 +134,10 @@ def _build(original: _T, *, frozen: bool, eq: bool, slots: bool, kw_only: bool) 
             self.__post_init__()
 
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
-    signature = _signature(init)
+    try:
+        signature = _signature(init)
+    except ValueError as exc:  # a required field after one with a default
+        raise TypeError(f"{cls.__qualname__}: {exc}") from None
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     cls.__init__ = __init__
     if undocumented:  # as @dataclass writes it
@@ -183,9 +202,47 @@ def _build(original: _T, *, frozen: bool, eq: bool, slots: bool, kw_only: bool) 
         cls.__getstate__ = __getstate__
         cls.__setstate__ = __setstate__
     setattr(cls, "__match_args__", positional)  # noqa: B010 (mypy: not assignable)
-    params = cls.__dataclass_params__
-    params.init, params.repr, params.eq, params.frozen = True, True, eq, frozen
+    cls.__record_frozen__ = frozen
     return cast(_T, cls)
+
+
+def _compile_init(
+    cls: Any,
+    init: list[dataclasses.Field[Any]],
+    derived: tuple[tuple[str, Any, Any], ...],
+    post_init: bool,
+) -> Callable[..., None]:
+    """The ``__init__`` @dataclass would write for ``cls``, compiled (once, when hot)."""
+    env: dict[str, Any] = {"_set": _set, "_FACTORY": _FACTORY}
+    params, body = [], []
+    for i, f in enumerate(init):
+        if f.kw_only and (i == 0 or not init[i - 1].kw_only):
+            params.append("*")
+        if f.default is not MISSING:
+            env[f"_d{i}"] = f.default
+            params.append(f"{f.name}=_d{i}")
+            body.append(f"_set(self, {f.name!r}, {f.name})")
+        elif f.default_factory is not MISSING:
+            env[f"_f{i}"] = f.default_factory
+            params.append(f"{f.name}=_FACTORY")
+            body.append(f"_set(self, {f.name!r}, _f{i}() if {f.name} is _FACTORY else {f.name})")
+        else:
+            params.append(f.name)
+            body.append(f"_set(self, {f.name!r}, {f.name})")
+    for j, (field_name, default, factory) in enumerate(derived):
+        if default is not MISSING:
+            env[f"_e{j}"] = default
+            body.append(f"_set(self, {field_name!r}, _e{j})")
+        elif factory is not MISSING:
+            env[f"_e{j}"] = factory
+            body.append(f"_set(self, {field_name!r}, _e{j}())")
+    if post_init:
+        body.append("self.__post_init__()")
+    source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body or ["pass"])
+    exec(source, env)
+    function: Callable[..., None] = env["__init__"]
+    function.__qualname__ = f"{cls.__qualname__}.__init__"
+    return function
 
 
 class _Factory:

@@ -24,7 +24,6 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from meshrun import artifacts
 from meshrun.errors import CommandError, IntegrityError
 from meshrun.inventory import Host
 from meshrun.manifest import FileEntry, hash_file, safe_relative_path
+from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connector
 from meshrun.workspace import sftp_makedirs, sftp_put
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from meshrun.transport.ssh import SSHConnector
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Input:
     """The verified outputs of one need: ``files`` under ``source/<path>``."""
 

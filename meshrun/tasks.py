@@ -18,7 +18,7 @@ import posixpath
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 from meshrun.durations import parse_duration
 from meshrun.errors import TaskFileError
 from meshrun.inventory import MAX_SLOTS, Host
+from meshrun.records import record
 from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
 from meshrun.tomlfile import (
     TOO_DEEP,
@@ -63,7 +64,7 @@ def _empty_env() -> Mapping[str, str]:
     return MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Task:
     """One node of the graph: a shell command line and what it needs to run.
 
@@ -86,7 +87,7 @@ class Task:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncSpec:
     """What is pushed to every host before tasks start.
 
@@ -99,7 +100,7 @@ class SyncSpec:
     exclude: tuple[str, ...] = BUILTIN_EXCLUDES
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class TaskGraph:
     """Validated tasks in file order: every need names a task here, and there is no cycle.
 
@@ -575,7 +576,7 @@ def _task_entry(name: str) -> str:
 # --- the file ------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class _Parsed:
     """One [[task]] block, checked on its own; needs are resolved afterwards."""
 

@@ -32,7 +32,6 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +39,7 @@ from meshrun import artifacts
 from meshrun.errors import CommandError
 from meshrun.excludes import Excludes
 from meshrun.inventory import Host
+from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connector
 
@@ -80,7 +80,7 @@ def push(
 # -- what to send (local, pure but for reading the disk) ---------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Item:
     """One thing to send: ``path`` relative to the root ("" is the root itself)."""
 

@@ -13,11 +13,11 @@ import logging
 import shlex
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshrun.agent import agent_file_name, agent_source
 from meshrun.errors import MeshrunError
+from meshrun.records import record
 from meshrun.transport.base import CommandRequest, Connection, ProcessStream, Stream
 from meshrun.transport.wrapper import upload_script
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 15.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskOutput:
     host: str
     task_id: str
@@ -34,7 +34,7 @@ class TaskOutput:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskExited:
     host: str
     task_id: str
@@ -42,14 +42,14 @@ class TaskExited:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LoadReport:
     host: str
     load1: float
     cpus: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunnerGone:
     host: str
     reason: str

@@ -25,7 +25,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -54,6 +54,7 @@ from meshrun.discovery.record import (
     txt_bytes,
 )
 from meshrun.errors import DiscoveryError, InputError, NameConflictError
+from meshrun.records import record
 from meshrun.sshkeys import read_public_key
 
 __all__ = [
@@ -76,7 +77,7 @@ _RENAME_ATTEMPTS = 20
 _POLL_S = 0.2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AgentOptions:
     """What ``meshrun agent`` was asked to announce; None means "work it out"."""
 

@@ -16,9 +16,9 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from meshrun.errors import DiscoveryError, InputError
+from meshrun.records import record
 
 __all__ = [
     "MDNS_GROUP",
@@ -36,7 +36,7 @@ MDNS_GROUP = "224.0.0.251"
 MDNS_PORT = 5353
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LocalAddress:
     """One IPv4 address of this machine and the interface that has it."""
 

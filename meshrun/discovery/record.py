@@ -29,8 +29,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
+from meshrun.records import record
 from meshrun.sshkeys import FINGERPRINT_RE, HOST_KEY_TYPES
 
 __all__ = [
@@ -71,7 +71,7 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9.+-]{1,32}$")
 _NUMBER_RE = re.compile(rf"^[0-9]{{1,{_MAX_NUMBER_DIGITS}}}$")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Advert:
     """What ``meshrun agent`` announces about its machine."""
 
@@ -90,14 +90,14 @@ class Advert:
     meshrun_version: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Agent(Advert):
     """An agent found on the LAN: its advert and the address to reach it at."""
 
     address: str  # IPv4, the one on a network this machine shares with it when it can
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rejected:
     """A record that was not accepted, and why (one line, for a warning)."""
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 import bisect
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from meshrun import records
 from meshrun.tasks import Task, TaskGraph
 
 
@@ -75,7 +76,7 @@ MOVE_MIN_GAIN = 0.25
 REPLACE_MAX_WORK = 200_000
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class HostSpec:
     """What the scheduler knows of a host."""
 
@@ -85,7 +86,7 @@ class HostSpec:
     labels: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class Policy:
     fail_fast: bool = False
     max_fail: int | None = None  # stop starting new tasks once more than this many failed
@@ -96,28 +97,30 @@ class Policy:
     transfer_bytes_per_s: float = 50e6
 
 
+_DEFAULT_POLICY = Policy()
+
 # -- events (facts) -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class HostJoined:
     host: HostSpec
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class HostsJoined:
     """Several hosts at once (the start of a run): placed before anything starts."""
 
     hosts: tuple[HostSpec, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class HostLost:
     host: str
     reason: str = "connection lost"
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class TaskSucceeded:
     """``output_files``/``output_bytes``: what it left for its dependents (collected
     outputs); a dependent placed on another host must wait for them to be pushed."""
@@ -129,7 +132,7 @@ class TaskSucceeded:
     output_bytes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class TaskFailed:
     task: str
     host: str
@@ -138,19 +141,19 @@ class TaskFailed:
     infrastructure: bool = False  # timeout or transport trouble: the host is in distress
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class HostLoad:
     host: str
     load1: float
     cpus: int
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class CancelAll:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class Abandon:
     """No host will ever come for the tasks still queued (e.g. every host is lost)."""
 
@@ -172,14 +175,14 @@ Event = (
 # -- decisions (instructions) -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class Start:
     task: str
     host: str
     attempt: int  # 1-based; host-loss re-queues do not count as attempts
 
 
-@dataclass(frozen=True, slots=True)
+@records.record
 class Cancel:
     task: str
     host: str
@@ -189,7 +192,7 @@ class Cancel:
 Decision = Start | Cancel
 
 
-@dataclass(slots=True)
+@records.record(frozen=False)
 class TaskRecord:
     """The scheduler's view of one task; ``status`` ends in exactly one final state."""
 
@@ -205,7 +208,7 @@ class TaskRecord:
     waiting_on: int = 0  # needs not yet succeeded
 
 
-@dataclass(slots=True)
+@records.record(frozen=False)
 class _HostState:
     spec: HostSpec
     limit: int
@@ -226,7 +229,7 @@ class Scheduler:
         self,
         graph: TaskGraph,
         expected_s: Mapping[str, float],
-        policy: Policy = Policy(),
+        policy: Policy = _DEFAULT_POLICY,
         hosts: Iterable[HostSpec] = (),
     ) -> None:
         self.graph = graph

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from meshrun.records import record
 from meshrun.scheduler.core import (
     Abandon,
     Cancel,
@@ -31,7 +32,7 @@ from meshrun.scheduler.core import (
 from meshrun.tasks import TaskGraph
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Interval:
     """One attempt of a task on a host, as it really ran."""
 
@@ -43,7 +44,7 @@ class Interval:
     units: int
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class SimResult:
     makespan: float
     records: dict[str, TaskRecord]

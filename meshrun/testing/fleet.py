@@ -34,11 +34,13 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cache
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+
+from meshrun.records import record
 
 if TYPE_CHECKING:
     import psutil  # imported lazily at run time: only faults and teardown need it
@@ -54,7 +56,7 @@ _KEY_NAME = "ssh_host_ed25519_key"
 STOCK_LIMITS: dict[str, Any] = {"max_sessions": 10, "max_startups": "10:30:100"}
 
 
-@dataclass
+@record(frozen=False, slots=False)
 class SimHost:
     """One simulated machine: an sshd listener plus the files that define it."""
 
@@ -84,7 +86,7 @@ def _stop_live_fleets() -> None:
             fleet.stop()
 
 
-@dataclass(eq=False)  # identity semantics: fleets live in a WeakSet
+@record(frozen=False, eq=False, slots=False)  # identity semantics: fleets live in a WeakSet
 class Fleet:
     """A set of SimHosts sharing one client key, known_hosts file and hosts.toml."""
 

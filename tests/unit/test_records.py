@@ -10,9 +10,11 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from meshrun import records
 from meshrun.records import record
 
 
@@ -52,6 +54,10 @@ class Counter:
 
 @pytest.mark.parametrize("cls", [Point, PointDC])
 def test_construction_matches_dataclass(cls: type) -> None:
+    check_construction(cls)
+
+
+def check_construction(cls: type) -> None:
     p = cls(1, 2, ("a",), label="q")
     assert (p.x, p.y, p.tags, p.notes, p.label) == (1, 2, ("a",), [], "q")
     assert cls(x=3).y == 0
@@ -100,16 +106,20 @@ def test_dataclass_functions_work() -> None:
 
 
 def test_mutable_record() -> None:
-    c = Counter("n", 3)
+    check_mutable(Counter)
+
+
+def check_mutable(cls: type[Counter]) -> None:
+    c = cls("n", 3)
     assert c.total == 6  # __post_init__ ran, init=False field set first
     c.count = 4
-    assert c != Counter("n", 4)  # total is compared: 6 here, 8 there
+    assert c != cls("n", 4)  # total is compared: 6 here, 8 there
     c.total = 8
-    assert c == Counter("n", 4)
+    assert c == cls("n", 4)
     with pytest.raises(TypeError):
         hash(c)  # mutable with eq: unhashable, as @dataclass
     with pytest.raises(TypeError):
-        Counter("n", total=1)  # type: ignore[call-arg]
+        cls("n", total=1)  # type: ignore[call-arg]
 
 
 def test_initvar_refused() -> None:
@@ -121,9 +131,8 @@ def test_initvar_refused() -> None:
 
 
 def test_start_path_compiles_no_dataclass() -> None:
-    """Every class `meshrun exec` imports is a @record: importing the CLI, the SSH
-    transport and run recording compiles no dataclass method of meshrun's (the 29 ms
-    this module saves)."""
+    """Every class `meshrun exec` and `meshrun dispatch` import is a @record: importing
+    them compiles no dataclass method of meshrun's (the 29 and 47 ms this module saves)."""
     probe = textwrap.dedent(
         """
         import dataclasses, sys
@@ -134,7 +143,8 @@ def test_start_path_compiles_no_dataclass() -> None:
                 compiled.append(cls.__module__ + "." + cls.__qualname__)
             return real(cls, init, repr, eq, order, unsafe_hash, frozen, *rest)
         dataclasses._process_class = spy
-        import meshrun.cli, meshrun.pulls, meshrun.transport.ssh
+        import meshrun.cli, meshrun.pulls, meshrun.transport.ssh, meshrun.dispatch
+        import meshrun.executor, meshrun.manifest, meshrun.staging, meshrun.workspace
         print("\\n".join(compiled))
         """
     )
@@ -142,3 +152,71 @@ def test_start_path_compiles_no_dataclass() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == [], f"use @record (meshrun.records) for these: {out}"
+
+
+def test_inheritance() -> None:
+    @record(kw_only=True)
+    class Base:
+        a: int
+        b: int = 1
+
+    @record(kw_only=True)
+    class Child(Base):
+        c: str
+
+    child = Child(a=1, c="x")
+    assert (child.a, child.b, child.c) == (1, 1, "x")
+    assert [f.name for f in dataclasses.fields(child)] == ["a", "b", "c"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        child.a = 2  # type: ignore[misc]
+    assert Child(a=1, c="x") == child and Base(a=1) != child
+    with pytest.raises(TypeError, match="cannot mix"):
+
+        @record(frozen=False)
+        class Mutable(Base):
+            d: int = 0
+
+
+def test_a_hot_class_gets_a_compiled_init_that_behaves_the_same() -> None:
+    @record
+    class HotPoint:
+        x: int
+        y: int = 0
+        tags: tuple[str, ...] = ()
+        notes: list[str] = field(default_factory=list, compare=False, repr=False)
+        label: str = field(default="p", kw_only=True)
+
+    @record(frozen=False)
+    class HotCounter(Counter):
+        pass
+
+    generic = HotPoint.__init__
+    for _ in range(records.COMPILE_AFTER):
+        HotPoint(0)
+        HotCounter("warm")
+    assert HotPoint.__init__ is not generic
+    assert "args" not in HotPoint.__init__.__code__.co_varnames  # the compiled one
+    check_construction(HotPoint)
+    check_mutable(HotCounter)
+    assert HotPoint(1).notes is not HotPoint(1).notes
+    assert str(inspect.signature(HotPoint)) == str(inspect.signature(PointDC))
+
+
+def test_required_after_default_refused() -> None:
+    with pytest.raises(TypeError, match="non-default"):
+
+        @record
+        class Bad:
+            a: int = 0
+            b: int  # type: ignore[misc]
+
+
+def test_the_package_uses_record_not_dataclass() -> None:
+    """One way to write a record in meshrun (the agent script shipped to hosts has none)."""
+    package = Path(records.__file__).parent
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "records.py" and "\n@dataclass" in path.read_text()
+    ]
+    assert offenders == [], f"use @record (meshrun.records) in: {offenders}"
