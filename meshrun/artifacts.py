@@ -49,7 +49,6 @@ import shutil
 import stat
 import tempfile
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -434,23 +433,16 @@ def remote_root(connector: SSHConnector, host: Host, workdir: str | None = None)
     """``workdir`` (default: the host's) as an absolute path on the host (``~`` resolved)."""
     workdir = host.workdir if workdir is None else workdir
     if workdir == "~" or workdir.startswith("~/"):
-        home = connector.connect(host).run_raw('printf "%s" "$HOME"').stdout.decode().strip()
-        if home.startswith("/"):
+        home = connector.connect(host).facts().home
+        if home is not None:
             return home.rstrip("/") + workdir[1:]
     return workdir
-
-
-_HAS_RSYNC: weakref.WeakKeyDictionary[Connection, bool] = weakref.WeakKeyDictionary()
 
 
 def host_has_rsync(conn: Connection) -> bool:
     """Whether rsync is on the host's PATH: asked once per connection (a dispatch run
     pulls after every task on the same pooled connection)."""
-    known = _HAS_RSYNC.get(conn)
-    if known is None:
-        known = conn.run_raw("command -v rsync >/dev/null 2>&1").exit_code == 0
-        _HAS_RSYNC[conn] = known
-    return known
+    return conn.facts().has_rsync
 
 
 def pull_argv(*, rsh: rsync.RemoteShell, root: str, list_file: str, into: str) -> list[str]:

@@ -51,6 +51,27 @@ class RawResult:
     stderr: bytes
 
 
+@record
+class HostFacts:
+    """What transfers need to know of a host, asked once per connection."""
+
+    home: str | None  # $HOME, absolute; None when the host did not say
+    has_rsync: bool  # rsync on the login PATH
+
+
+#: One round trip for both facts (each used to be its own exec channel and shell).
+FACTS_COMMAND = 'printf "%s\\n" "$HOME"; command -v rsync >/dev/null 2>&1 && echo rsync; exit 0'
+
+
+def parse_facts(stdout: bytes) -> HostFacts:
+    lines = stdout.decode(errors="replace").splitlines()
+    home = lines[0].strip() if lines else ""
+    return HostFacts(
+        home=home.rstrip("/") or "/" if home.startswith("/") else None,
+        has_rsync="rsync" in (line.strip() for line in lines[1:]),
+    )
+
+
 class ProcessStream(Protocol):
     """A byte stream to a long-lived process on a host (the agent): its stdin/stdout.
 
@@ -103,6 +124,10 @@ class Connection(Protocol):
 
     def open_process(self, command: str) -> ProcessStream:
         """Start ``command`` (a shell line, run in the user's home) and stream to it."""
+        ...
+
+    def facts(self) -> HostFacts:
+        """The host's ``$HOME`` and whether it has rsync (asked once, then remembered)."""
         ...
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from meshrun.transport import rsync
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
+    HostFacts,
     OutputSink,
     RawResult,
     Stream,
@@ -116,6 +118,9 @@ class LocalConnection:
             check=False,
         )
         return RawResult(done.returncode, done.stdout, done.stderr)
+
+    def facts(self) -> HostFacts:
+        return HostFacts(home=os.path.expanduser("~"), has_rsync=shutil.which("rsync") is not None)
 
     def open_process(self, command: str) -> _PipeStream:
         proc = subprocess.Popen(

@@ -28,12 +28,15 @@ from meshrun.records import record
 from meshrun.sshkeys import sha256_fingerprint
 from meshrun.transport import liveness, rsync, startups
 from meshrun.transport.base import (
+    FACTS_COMMAND,
     CommandOutcome,
     CommandRequest,
+    HostFacts,
     OutputSink,
     RawResult,
     Stream,
     _discard,
+    parse_facts,
 )
 from meshrun.transport.identities import IdentityFiles, agent_for, offers
 from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
@@ -252,6 +255,8 @@ class SSHConnection:
         monitor: liveness.LivenessMonitor | None = None,
     ) -> None:
         self._host = host
+        self._facts: HostFacts | None = None
+        self._facts_lock = threading.Lock()
         self.transport = transport
         self._timeout_s = timeout_s
         self._monitor = monitor
@@ -501,6 +506,13 @@ class SSHConnection:
             lost=lost,
             lost_reason=self.lost_reason(chan.get_transport()) if lost else None,
         )
+
+    def facts(self) -> HostFacts:
+        with self._facts_lock:
+            if self._facts is None:
+                result = self.run_raw(FACTS_COMMAND)
+                self._facts = parse_facts(result.stdout)
+            return self._facts
 
     def run_raw(self, command: str, *, stdin: bytes = b"", timeout_s: float = 60.0) -> RawResult:
         with self.session(wait_s=timeout_s) as chan:
@@ -1170,8 +1182,8 @@ class SSHConnector:
         if workdir == "~" or workdir.startswith("~/"):
             # Tasks run in "$HOME"/x; rsync would resolve "x" against the login
             # directory, which need not be $HOME. Ask the host once.
-            home = self.connect(host).run_raw('printf "%s" "$HOME"').stdout.decode().strip()
-            if home.startswith("/"):
+            home = self.connect(host).facts().home
+            if home is not None:
                 workdir = home.rstrip("/") + workdir[1:]
         argv = rsync.push_argv(rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir)
         rsync.run(argv, host.name, env=rsh.env)
