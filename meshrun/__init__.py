@@ -67,6 +67,13 @@ from meshrun.probe import HostProbe, probe_hosts
 from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
 from meshrun.sizes import parse_size
+from meshrun.stopsignals import (
+    Stopped,
+    exit_code_for_signal,
+    how_stopped,
+    signal_of,
+    stop_on_signals,
+)
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
@@ -216,6 +223,7 @@ __all__ = [
     "OutputMode",
     "Script",
     "StateDir",
+    "Stopped",
     "Task",
     "TaskFileError",
     "TaskGraph",
@@ -229,9 +237,11 @@ __all__ = [
     "discover",
     "discovery",
     "executor",
+    "exit_code_for_signal",
     "format_duration",
     "generate_keypair",
     "hosts_toml",
+    "how_stopped",
     "live_discovery",
     "load_inventory",
     "load_private_key",
@@ -259,6 +269,8 @@ __all__ = [
     "select_hosts",
     "select_rerun",
     "shell_command",
+    "signal_of",
+    "stop_on_signals",
     "verify_run",
     "watch",
     "write_hosts_toml",

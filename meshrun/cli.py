@@ -24,7 +24,8 @@ _DESCRIPTION = (
     "no server, one exit code.\n\n"
     "Without --hosts every command runs on this machine. Exit codes: 0 all ok, "
     "1 a command failed, 2 bad input, 3 a host unreachable or refused, "
-    "4 verification failed, 130 interrupted."
+    "4 verification failed, 130 interrupted (143/129: SIGTERM/SIGHUP, which stop a run "
+    "the same way)."
 )
 
 OUTPUTS = ("stream", "group", "fold")
@@ -774,7 +775,8 @@ def dispatch_command(
     idle hosts steal queued work, and each host's concurrency adapts to its health.
     Failed tasks' logs are replayed at the end. Exit 0 all tasks succeeded, 1 a task
     failed or was skipped, 2 bad input, 3 no host reachable (or found), 4 an output
-    failed verification, 130 interrupted.
+    failed verification, 130 interrupted (143 SIGTERM, 129 SIGHUP: the run stops and
+    writes its records the same way).
     """
     _setup_logging(verbose, quiet)
     if fail_fast and keep_going:
@@ -1448,17 +1450,20 @@ def _main(argv: list[str]) -> int:
 
 
 def main() -> None:
-    """Console-script entry point: Ctrl-C outside a run still exits 130, not 1."""
+    """Console-script entry point. SIGTERM and SIGHUP stop a run as Ctrl-C does (a CI
+    cancel still gets its report); outside a run they exit 143/129 and Ctrl-C 130, not 1."""
     code: int | str | None
     # paramiko imports invoke (Fabric's task runner), when installed, for its own
     # ssh_config `Match exec`, which meshrun never uses (it asks `ssh -G`): 55 ms of every
     # run on a machine with Fabric. The command process imports nothing else of it.
     sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
     try:
-        code = _main(sys.argv[1:])
-    except KeyboardInterrupt:
-        sys.stderr.write("meshrun: interrupted\n")
-        code = 130
+        with meshrun.stop_on_signals():
+            code = _main(sys.argv[1:])
+    except KeyboardInterrupt as exc:
+        signum = meshrun.signal_of(exc)
+        sys.stderr.write(f"meshrun: {meshrun.how_stopped(signum)}\n")
+        code = meshrun.exit_code_for_signal(signum)
     except SystemExit as exc:  # argparse (help: 0, bad usage: 2) and _fail
         code = exc.code
     # Nothing is freed from here on: spare the interpreter's shutdown a full collection.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import BinaryIO
 
+from meshrun import stopsignals
 from meshrun.agent.client import (
     LoadReport,
     Runner,
@@ -55,7 +57,6 @@ from meshrun.transport.base import Connection, Connector, Stream
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted (Ctrl-C)"
 #: After asking a host to stop a task (timeout, cancel), how long to wait for its exit
 #: before the host counts as lost (hung) and its tasks are re-queued elsewhere.
 STOP_GRACE_S = 10.0
@@ -115,8 +116,9 @@ class DispatchReport:
     tasks: tuple[TaskResult, ...]
     hosts: tuple[HostSummary, ...]
     run_dir: str
-    interrupted: bool = False
+    interrupted: bool = False  # by Ctrl-C, SIGTERM or SIGHUP: ``stop_signal`` says which
     integrity_failures: tuple[str, ...] = ()  # tasks whose outputs failed verification
+    stop_signal: int | None = None  # the signal that interrupted it (2, 15, 1)
 
     @property
     def ok(self) -> bool:
@@ -129,12 +131,13 @@ class DispatchReport:
 
     @property
     def exit_code(self) -> int:
-        """The exit-code contract for dispatch (docs/ARCHITECTURE.md): 130, 4, then 3 if
+        """The exit-code contract for dispatch (docs/ARCHITECTURE.md): 128 + the signal
+        that interrupted it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), 4, then 3 if
         any host was refused or unreachable when connecting (a changed key may be an
         attack, so the other hosts finishing the work does not make the run green) or
         no host could be reached (or none was found), then 1."""
         if self.interrupted:
-            return 130
+            return stopsignals.exit_code_for_signal(self.stop_signal or signal.SIGINT)
         if self.integrity_failures:
             return 4
         if self.refused_hosts:
@@ -333,6 +336,7 @@ class Dispatcher:
         self._files: dict[str, tuple[FileEntry, ...]] = {}
         self._integrity: list[str] = []
         self._interrupted = False
+        self._stop_signal: int = signal.SIGINT
         self._closing = False
         self._scheduler = Scheduler(
             self.graph,
@@ -374,17 +378,19 @@ class Dispatcher:
                 if time.monotonic() >= next_load_poll:
                     next_load_poll = time.monotonic() + self.options.load_poll_s
                     self._poll_load()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (stopsignals)
                 if not self._interrupted:
                     self._interrupted = True
+                    self._stop_signal = stopsignals.signal_of(exc)
                     self.observer(
                         Notice(
-                            "interrupted: stopping every running task "
+                            f"{self._stop_reason()}: stopping every running task "
                             "(Ctrl-C again to disconnect at once)"
                         )
                     )
                     self._apply(
-                        self._scheduler.handle(CancelAll(INTERRUPTED), self._now(started)), started
+                        self._scheduler.handle(CancelAll(self._stop_reason()), self._now(started)),
+                        started,
                     )
                 else:
                     self.observer(Notice("disconnecting"))
@@ -682,7 +688,9 @@ class Dispatcher:
                 self.observer(TaskEnded(name, record.host, record.status, None, 0.0, record.error))
 
     def _stop_reason(self) -> str:
-        return INTERRUPTED if self._interrupted else "stopped by --fail-fast"
+        if self._interrupted:
+            return stopsignals.how_stopped(self._stop_signal)
+        return "stopped by --fail-fast"
 
     def _speed(self, host: str) -> float:
         return self._info[host].host.weight
@@ -930,10 +938,10 @@ class Dispatcher:
             if info.runner is not None:
                 threading.Thread(target=info.runner.close, daemon=True).start()
         # Stop first, so that no task being moved is queued again.
-        self._scheduler.handle(CancelAll(INTERRUPTED), self._now(started))
+        self._scheduler.handle(CancelAll(self._stop_reason()), self._now(started))
         for attempt in list(self._running.values()):
             attempt.log.close()
-            self._scheduler.cancelled_running(attempt.task, attempt.host, INTERRUPTED)
+            self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
         self._running.clear()
 
     def _shutdown(self, connectors: list[threading.Thread]) -> None:
@@ -1005,6 +1013,7 @@ class Dispatcher:
                 for name in dict.fromkeys(self._integrity)
                 if self._scheduler.records[name].status is TaskStatus.FAILED
             ),
+            stop_signal=self._stop_signal if self._interrupted else None,
         )
 
     @property

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshrun import stopsignals
 from meshrun.errors import ConnectError, InputError, MeshrunError
 from meshrun.inventory import Host
 from meshrun.records import record
@@ -163,11 +165,12 @@ class FleetReport:
     command: str
     results: tuple[HostResult, ...]
     duration_s: float
-    interrupted: bool = False
+    interrupted: bool = False  # by Ctrl-C, SIGTERM or SIGHUP: ``stop_signal`` says which
     started_at: float = 0.0
     pull_dir: str | None = None
     run_dir: str | None = None
     manifest_path: str | None = None
+    stop_signal: int | None = None  # the signal that interrupted it (2, 15, 1)
 
     def count(self, status: HostStatus) -> int:
         return sum(1 for r in self.results if r.status is status)
@@ -182,10 +185,11 @@ class FleetReport:
 
     @property
     def exit_code(self) -> int:
-        """The exit-code contract (docs/ARCHITECTURE.md): the first of 130, 4, 3, 1 that
-        applies, else 0."""
+        """The exit-code contract (docs/ARCHITECTURE.md): the first of 128 + the signal
+        that interrupted it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), 4, 3, 1 that applies,
+        else 0."""
         if self.interrupted:
-            return 130
+            return stopsignals.exit_code_for_signal(self.stop_signal or signal.SIGINT)
         if any(r.integrity_failed for r in self.results):
             return 4
         if self.count(HostStatus.UNREACHABLE):
@@ -435,6 +439,7 @@ def run_fleet(
     failed = 0
     stop_reason: str | None = None
     interrupted = False
+    stop_signal: int | None = None
     forced = False
     order = list(hosts)
     position = 0
@@ -442,11 +447,11 @@ def run_fleet(
     def env_for(host: Host) -> dict[str, str]:
         return {**job.env, "MESHRUN_HOST": host.name, "MESHRUN_RUN_ID": run_id}
 
-    def stop(reason: str, *, cancel_running: bool) -> None:
+    def stop(reason: str, *, cancel_running: bool, hint: str = "") -> None:
         nonlocal stop_reason
         if stop_reason is None:
             stop_reason = reason
-            observer(RunStopping(reason))
+            observer(RunStopping(reason + hint))
         if cancel_running:
             cancel.set()
 
@@ -488,13 +493,15 @@ def run_fleet(
                         elif job.max_fail and job.max_fail.exceeded(failed, len(order)):
                             stop(f"--max-fail exceeded ({failed} failed)", cancel_running=False)
                 observer(event)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (stopsignals)
                 interrupt.set()
                 if not interrupted:
                     interrupted = True
+                    stop_signal = stopsignals.signal_of(exc)
                     stop(
-                        "interrupted (Ctrl-C); press Ctrl-C again to disconnect at once",
+                        stopsignals.how_stopped(stop_signal),
                         cancel_running=True,
+                        hint="; press Ctrl-C again to disconnect at once",
                     )
                 elif not forced:
                     forced = True
@@ -510,7 +517,9 @@ def run_fleet(
         while worker.thread.is_alive():
             try:
                 worker.thread.join(0.2)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                if not interrupted:
+                    stop_signal = stopsignals.signal_of(exc)
                 interrupted = forced = True
                 interrupt.set()
                 cancel.set()
@@ -522,7 +531,9 @@ def run_fleet(
         result = results[host.name]
         if interrupted and result.status is HostStatus.UNREACHABLE and forced:
             result = replace(
-                result, status=HostStatus.CANCELLED, error="disconnected by a second Ctrl-C"
+                result,
+                status=HostStatus.CANCELLED,
+                error="disconnected at once: stopped a second time",
             )
         final.append(result)
     return FleetReport(
@@ -531,6 +542,7 @@ def run_fleet(
         results=tuple(final),
         duration_s=time.monotonic() - started,
         interrupted=interrupted,
+        stop_signal=stop_signal,
         started_at=started_at,
         pull_dir=str(job.pull_dir) if job.pull and job.pull_dir is not None else None,
     )

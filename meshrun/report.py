@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meshrun import stopsignals
 from meshrun.fleet import FleetReport
 from meshrun.probe import HostProbe
 
@@ -18,6 +19,11 @@ SCHEMA = 1
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+def _signal(signum: int | None) -> str | None:
+    """``"SIGTERM"``: what interrupted the run; null when nothing did."""
+    return None if signum is None else stopsignals.signal_name(signum)
 
 
 def fleet_document(report: FleetReport) -> dict[str, Any]:
@@ -34,6 +40,7 @@ def fleet_document(report: FleetReport) -> dict[str, Any]:
         "command": report.command,
         "duration_s": round(report.duration_s, 3),
         "interrupted": report.interrupted,
+        "signal": _signal(report.stop_signal),
         "run_dir": report.run_dir,
         "pull_dir": report.pull_dir,
         "manifest": report.manifest_path,
@@ -114,6 +121,7 @@ def dispatch_document(
         "ok": report.ok,
         "exit_code": report.exit_code,
         "interrupted": report.interrupted,
+        "signal": _signal(report.stop_signal),
         "duration_s": round(report.duration_s, 3),
         "command": list(command_line),
         "run_dir": report.run_dir,

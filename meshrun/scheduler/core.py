@@ -150,6 +150,8 @@ class HostLoad:
 
 @records.record
 class CancelAll:
+    """Stop on request (Ctrl-C, SIGTERM): nothing new starts, running tasks are cancelled."""
+
     reason: str
 
 
@@ -306,7 +308,7 @@ class Scheduler:
             if host is not None and event.cpus > 0 and event.load1 > event.cpus:
                 self._distress(host, now)
         elif isinstance(event, CancelAll):
-            decisions += self._stop(event.reason)
+            decisions += self._stop(event.reason, cancel_running=True)
         elif isinstance(event, Abandon):
             for name in self._stalled:
                 self._end(name, TaskStatus.CANCELLED, f"no host could run it: {event.reason}")
@@ -541,9 +543,10 @@ class Scheduler:
         self._failures += 1
         self._skip_dependents(event.task)
         if self.policy.fail_fast:
-            return self._stop(f"--fail-fast: {event.task} failed")
+            return self._stop(f"--fail-fast: {event.task} failed", cancel_running=True)
         if self.policy.max_fail is not None and self._failures > self.policy.max_fail:
-            return self._stop(f"--max-fail {self.policy.max_fail} exceeded")
+            # Running tasks finish: their results still count.
+            return self._stop(f"--max-fail {self.policy.max_fail} exceeded", cancel_running=False)
         return []
 
     def _skip_dependents(self, name: str) -> None:
@@ -584,8 +587,9 @@ class Scheduler:
             record.host = None
             self._place(task)
 
-    def _stop(self, reason: str) -> list[Decision]:
-        """No new starts: queued and waiting tasks are cancelled, running ones too."""
+    def _stop(self, reason: str, *, cancel_running: bool) -> list[Decision]:
+        """No new starts: queued and waiting tasks are cancelled, running ones too when
+        ``cancel_running`` (a stop request, --fail-fast; not --max-fail)."""
         if self._stopping is None:
             self._stopping = reason
         decisions: list[Decision] = []
@@ -600,7 +604,7 @@ class Scheduler:
         for name, record in self.records.items():
             if record.status is TaskStatus.WAITING:
                 self._end(name, TaskStatus.CANCELLED, reason)
-        if self.policy.fail_fast or reason.startswith("interrupted"):
+        if cancel_running:
             for host in self.hosts.values():
                 for name in list(host.running):
                     decisions.append(Cancel(name, host.spec.name, reason))

@@ -7,8 +7,11 @@ something (on this machine, no --hosts) run as a subprocess.
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -416,7 +419,35 @@ def test_ctrl_c_outside_a_run_exits_130(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(meshrun, "resolve_hosts", interrupted)
-    assert run_cli(monkeypatch, capsys, "exec", "true") == (130, "", "meshrun: interrupted\n")
+    assert run_cli(monkeypatch, capsys, "exec", "true") == (
+        130,
+        "",
+        "meshrun: interrupted (Ctrl-C)\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGHUP, 129, "hung up (SIGHUP)")],
+)
+def test_sigterm_and_sighup_outside_a_run_exit_128_plus_the_signal(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: signal.Signals,
+    code: int,
+    said: str,
+) -> None:
+    """The real signal, delivered to this process while the command is starting."""
+    before = signal.getsignal(signum)
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("the signal was not turned into a stop")
+
+    monkeypatch.setattr(meshrun, "resolve_hosts", signalled)
+    assert run_cli(monkeypatch, capsys, "exec", "true") == (code, "", f"meshrun: {said}\n")
+    assert signal.getsignal(signum) is before  # put back as it was
 
 
 def test_version(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
