@@ -240,12 +240,10 @@ def _fleet_options(
             help="Where pulled files land, with a copy of the manifest "
             "(default: STATE_DIR/runs/<run-id>/hosts/).",
         ),
-        p.add_argument(
-            "--pull-max-bytes",
-            metavar="SIZE",
-            default="10G",
-            help="A host whose matched files add up to more is refused before anything "
-            "is written (its host fails): 500M, 10G, 1048576.  [default: 10G]",
+        _pull_max_bytes_option(
+            p,
+            "A host whose matched files add up to more is refused before anything is "
+            "written (its host fails)",
         ),
         _sign_key_option(p),
         p.add_argument(
@@ -259,6 +257,17 @@ def _fleet_options(
         _verbose_option(p),
         _accept_option(p),
     ]
+
+
+def _pull_max_bytes_option(p: argparse.ArgumentParser, what: str) -> argparse.Action:
+    """``--pull-max-bytes``: the most a pull may bring home (exec/run: per host;
+    dispatch: per task), checked on the sizes hashed on the host, before any byte moves."""
+    return p.add_argument(
+        "--pull-max-bytes",
+        metavar="SIZE",
+        default="10G",
+        help=f"{what}: 500M, 10G, 1048576.  [default: 10G]",
+    )
 
 
 def _discover_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -759,6 +768,7 @@ def dispatch_command(
     junit: str | None,
     sign_key: str | None,
     artifacts: str | None,
+    pull_max_bytes: str,
     output: str,
     json_out: bool,
     connect_timeout: str | None,
@@ -820,6 +830,7 @@ def dispatch_command(
             use_agent=not no_agent,
             sync=not no_sync,
         )
+        max_bytes = meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes")
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
     connector = _connector(
         selected,
@@ -845,6 +856,7 @@ def dispatch_command(
                 junit_path=junit,
                 signing_key=signing_key,
                 artifacts_dir=artifacts,
+                pull_max_bytes=max_bytes,
                 discovery=live,
             )
     finally:
@@ -907,6 +919,11 @@ def _dispatch_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Put each task's outputs under DIR/<task>/ (with a copy of the manifest) "
         "instead of at their paths in the workspace.",
+    )
+    _pull_max_bytes_option(
+        p,
+        "A task whose outputs add up to more is refused before anything of them is "
+        "written (the task fails)",
     )
     _sign_key_option(p)
     p.add_argument(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun import artifacts, staging
-from meshrun.errors import InputError, IntegrityError
+from meshrun.errors import CommandError, InputError, IntegrityError
 from meshrun.executor import (
     Dispatcher,
     DispatchEvent,
@@ -39,6 +39,7 @@ from meshrun.manifest import (
 from meshrun.records import record
 from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
+from meshrun.sizes import format_size
 from meshrun.tasks import Task, TaskGraph, check_placeable
 from meshrun.transport.base import Connector
 from meshrun.workspace import push as push_workspace
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from meshrun.discovery import Agent, Browser
 
 log = logging.getLogger(__name__)
+
+#: ``--pull-max-bytes``: a task whose outputs add up to more fails before they are pulled.
+DEFAULT_PULL_MAX_BYTES = 10 << 30
 
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
 
@@ -196,12 +200,17 @@ def run_dispatch(
     junit_path: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     artifacts_dir: str | Path | None = None,
+    pull_max_bytes: int | None = DEFAULT_PULL_MAX_BYTES,
     discovery: LiveDiscovery | None = None,
 ) -> DispatchReport:
     """Run ``graph`` on ``hosts``; write logs, report.json, the manifest (signed with
     ``signing_key``), JUnit, and the history. The manifest is written for failed and
     interrupted runs too: it says exactly which task ended how. With ``discovery``,
     agents found on the LAN join and leave while the run lasts (:class:`LiveDiscovery`).
+
+    A task whose outputs (sizes as hashed on its host) add up to more than
+    ``pull_max_bytes`` (``--pull-max-bytes``; None: no limit) fails before anything of
+    them is written; its host stays in the run.
     """
     if discovery is None:
         check_placeable(graph, hosts)
@@ -242,6 +251,12 @@ def run_dispatch(
             """Hash the task's outputs on its host, bring them home verified, place them."""
             conn = connector.connect(host)
             files = artifacts.collect(conn, host.workdir, task.outputs)
+            total = sum(entry.size for entry in files)
+            if pull_max_bytes is not None and total > pull_max_bytes:
+                raise CommandError(
+                    f"the outputs add up to {format_size(total)}, more than --pull-max-bytes "
+                    f"({format_size(pull_max_bytes)}); nothing was pulled from the host"
+                )
             dest = artifacts_root / task.name
             if host.local:
                 artifacts.pull_local(host, files, dest)

@@ -200,3 +200,54 @@ def test_with_fail_fast_an_integrity_failure_stops_the_run_and_the_manifest_says
     assert {t["name"]: t["status"] for t in manifest["tasks"]} == statuses
     left = wait_gone(marker)
     assert not left, f"expected no 'sleep {marker}' left:\n{describe_procs(left)}"
+
+
+def test_outputs_over_pull_max_bytes_fail_their_task_before_anything_is_written(
+    fleet4: Fleet, tmp_path: Path
+) -> None:
+    """A host cannot fill the coordinator's disk with a task's outputs: their sizes, as
+    hashed on the host, are checked before the pull. The task fails saying why; its
+    host is not lost (it stays ``ok`` and other tasks' outputs still come home)."""
+    hosts = write_hosts(tmp_path / "hosts.toml", fleet4, {"h1": {"labels": ["a"]}})
+    project = tmp_path / "proj"
+    tasks_file = write_project(
+        project,
+        [
+            {
+                "name": "big",  # two files each under the cap, together over it
+                "run": "mkdir -p cap-big && head -c 3000 /dev/zero > cap-big/one && "
+                "head -c 1000 /dev/zero > cap-big/two",
+                "outputs": ["cap-big/**"],
+                "labels": ["a"],
+            },
+            {
+                "name": "small",
+                "run": "mkdir -p cap-small && head -c 1000 /dev/zero > cap-small/one",
+                "outputs": ["cap-small/**"],
+            },
+            {"name": "after-small", "run": "true", "needs": ["small"], "labels": ["a"]},
+        ],
+        sync={"paths": []},
+    )
+    r = dispatch(tasks_file, hosts, "--pull-max-bytes", "2K")
+    assert r.rc == 1, f"expected exit 1: a task failed{r.describe()}"
+    tasks = tasks_of(r)
+    assert {n: t["status"] for n, t in tasks.items()} == {
+        "big": "failed",
+        "small": "succeeded",
+        "after-small": "succeeded",
+    }, r.describe()
+    assert tasks["big"]["host"] == "h1" and tasks["big"]["attempts"] == 1, r.describe()
+    assert tasks["big"]["error"] == (
+        "collecting outputs failed: the outputs add up to 4000 bytes, more than "
+        "--pull-max-bytes (2 KiB); nothing was pulled from the host"
+    ), r.describe()
+    assert r.hosts["h1"]["status"] == "ok" and r.hosts["h1"]["error"] is None, r.describe()
+    run_dir = Path(r.doc["run_dir"])
+    assert not (run_dir / "artifacts" / "big").exists(), "nothing of big may be written"
+    assert not (project / "cap-big").exists(), "nothing of big may reach the workspace"
+    assert (project / "cap-small" / "one").stat().st_size == 1000
+    report = json.loads((run_dir / "report.json").read_text())
+    assert {t["name"]: t["error"] for t in report["tasks"]}["big"] == tasks["big"]["error"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {t["name"]: t["files"] for t in manifest["tasks"]}["big"] == []
