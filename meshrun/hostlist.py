@@ -14,8 +14,8 @@ from itertools import product
 __all__ = ["expand", "fold", "split_groups"]
 
 # The last run of digits: "rack1-node12b" -> ("rack1-node", "12", "b").
-_LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
-_RANGE_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
+_LAST_NUMBER = re.compile(r"(.*?)(\d+)(\D*)")
+_RANGE_ITEM = re.compile(r"(\d+)(?:-(\d+))?")
 # Names that would read as range syntax are never folded, so expand() never misreads them.
 _UNFOLDABLE = frozenset("[],")
 # A typo like h[1-1000000000] must not exhaust memory.
@@ -66,7 +66,7 @@ def fold(names: Iterable[str]) -> str:
     for name in set(names):
         if not name:
             continue
-        match = _LAST_NUMBER.match(name)
+        match = _LAST_NUMBER.fullmatch(name)
         if match is None or _UNFOLDABLE.intersection(name):
             plain.add(name)
             continue
@@ -119,7 +119,7 @@ def _expand_ranges(body: str, pattern: str) -> list[str]:
     """``01-03,7`` -> ``["01", "02", "03", "7"]``; the start's padding sets the width."""
     values: list[str] = []
     for item in body.split(","):
-        match = _RANGE_ITEM.match(item.strip())
+        match = _RANGE_ITEM.fullmatch(item.strip())
         if match is None:
             raise ValueError(f"bad range {item!r} in {pattern!r}: expected N or N-M, e.g. h[1-3,5]")
         low_text, high_text = match.group(1), match.group(2) or match.group(1)

@@ -70,7 +70,7 @@ RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, REPORT_NAME})
 CHUNK_BYTES = 1 << 20
 DURATION_DECIMALS = 3
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")  # fullmatch: no trailing "\n"
 
 
 # -- paths -----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class FileEntry:
         safe_relative_path(self.path)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise IntegrityError(f"{self.path!r}: size must be an integer >= 0")
-        if not isinstance(self.sha256, str) or not _SHA256_RE.match(self.sha256):
+        if not isinstance(self.sha256, str) or not _SHA256_RE.fullmatch(self.sha256):
             raise IntegrityError(f"{self.path!r}: sha256 must be 64 lower-case hex digits")
         if isinstance(self.mode, bool) or not isinstance(self.mode, int):
             raise IntegrityError(f"{self.path!r}: mode must be an integer")

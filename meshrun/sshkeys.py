@@ -27,8 +27,9 @@ __all__ = [
     "sha256_fingerprint",
 ]
 
-#: ``SHA256:`` + 43 characters of unpadded base64 (32 bytes).
-FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+#: ``SHA256:`` + 43 characters of unpadded base64 (32 bytes). Anchored with ``\A``/``\Z``
+#: (``$`` would also match before a final newline), so ``match`` checks the whole string.
+FINGERPRINT_RE = re.compile(r"\ASHA256:[A-Za-z0-9+/]{43}\Z")
 
 #: Host key algorithms sshd can serve (the names in .pub files and known_hosts).
 HOST_KEY_TYPES = frozenset(

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from meshrun.records import record
 
 TOML_POSITION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
-HEADER_RE = re.compile(r"""^\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?$""")
+HEADER_RE = re.compile(r"""\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?""")
 
 
 class Invalid(Exception):
@@ -150,7 +150,7 @@ class Locator:
         self._lines = text.splitlines()
         self.headers: list[Header] = []
         for number, line in enumerate(self._lines, start=1):
-            match = HEADER_RE.match(line)
+            match = HEADER_RE.fullmatch(line)
             if match and len(match.group(1)) == len(match.group(3)):
                 name = re.sub(r"\s*\.\s*", ".", match.group(2)).replace('"', "").replace("'", "")
                 self.headers.append(Header(number, name, len(match.group(1)) == 2))

@@ -63,12 +63,13 @@ MAX_LABELS = 32
 MAX_WORKDIR_CHARS = 200
 _MAX_NUMBER_DIGITS = 6
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,62}$")
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-_PLATFORM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9.+-]{1,32}$")
-_NUMBER_RE = re.compile(rf"^[0-9]{{1,{_MAX_NUMBER_DIGITS}}}$")
+# Used with fullmatch: ``^...$`` with match would take a value ending in "\n".
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,62}")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_PLATFORM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+_VERSION_RE = re.compile(r"[A-Za-z0-9.+-]{1,32}")
+_NUMBER_RE = re.compile(rf"[0-9]{{1,{_MAX_NUMBER_DIGITS}}}")
 
 
 @record(kw_only=True)
@@ -117,7 +118,7 @@ class _Reject(Exception):
 
 def check_agent_name(name: str) -> str | None:
     """Why ``name`` cannot be an agent's name, or None if it can."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         return (
             f"name {_shown(name)} is not 1-63 letters, digits, '-' or '_' "
             "starting with a letter or digit"
@@ -126,7 +127,7 @@ def check_agent_name(name: str) -> str | None:
 
 
 def check_label(label: str) -> str | None:
-    if not _LABEL_RE.match(label):
+    if not _LABEL_RE.fullmatch(label):
         return (
             f"label {_shown(label)} is not 1-63 letters, digits or ._:+- "
             "starting with a letter or digit"
@@ -135,7 +136,7 @@ def check_label(label: str) -> str | None:
 
 
 def check_user(user: str) -> str | None:
-    if not _USER_RE.match(user):
+    if not _USER_RE.fullmatch(user):
         return f"user {_shown(user)} is not a login name (1-32 letters, digits, '_', '.', '-')"
     return None
 
@@ -300,7 +301,7 @@ def _parse_agent(
     def number(key: str, low: int, high: int) -> int:
         value = text(key)
         assert value is not None
-        if not _NUMBER_RE.match(value) or not low <= int(value) <= high:
+        if not _NUMBER_RE.fullmatch(value) or not low <= int(value) <= high:
             raise _Reject(f"{key}={_shown(value)} is not a whole number from {low} to {high}")
         return int(value)
 
@@ -326,16 +327,16 @@ def _parse_agent(
     os_name, arch = text("os"), text("arch")
     assert os_name is not None and arch is not None
     for key, value in (("os", os_name), ("arch", arch)):
-        if not _PLATFORM_RE.match(value):
+        if not _PLATFORM_RE.fullmatch(value):
             raise _Reject(f"{key}={_shown(value)} is not a platform name")
     key_type, fingerprint = text("keytype"), text("hostkey")
     assert key_type is not None and fingerprint is not None
     if key_type not in HOST_KEY_TYPES:
         raise _Reject(f"keytype={_shown(key_type)} is not an SSH host key algorithm")
-    if not FINGERPRINT_RE.match(fingerprint):
+    if not FINGERPRINT_RE.fullmatch(fingerprint):
         raise _Reject(f"hostkey={_shown(fingerprint)} is not a SHA256:... fingerprint")
     meshrun_version = text("meshrun", required=False)
-    if meshrun_version is not None and not _VERSION_RE.match(meshrun_version):
+    if meshrun_version is not None and not _VERSION_RE.fullmatch(meshrun_version):
         meshrun_version = None  # informational only: not worth refusing the agent
     return Agent(
         name=instance,

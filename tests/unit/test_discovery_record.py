@@ -18,6 +18,9 @@ from meshrun.discovery.record import (
     Advert,
     Agent,
     Rejected,
+    check_agent_name,
+    check_label,
+    check_user,
     decode_txt,
     encode_txt,
     instance_name,
@@ -26,7 +29,12 @@ from meshrun.discovery.record import (
     txt_bytes,
 )
 from meshrun.errors import InputError
-from meshrun.sshkeys import parse_public_key, read_public_key, sha256_fingerprint
+from meshrun.sshkeys import (
+    FINGERPRINT_RE,
+    parse_public_key,
+    read_public_key,
+    sha256_fingerprint,
+)
 
 FINGERPRINT = "SHA256:" + base64.b64encode(hashlib.sha256(b"key").digest()).decode().rstrip("=")
 
@@ -136,6 +144,40 @@ def test_bad_records_are_rejected_with_a_reason(txt: dict[str, str], reason: str
     assert isinstance(result, Rejected), f"expected a rejection ({reason}), got {result}"
     assert reason in result.reason, result.reason
     assert result.name.startswith("build-1._meshrun._tcp"), result
+
+
+@pytest.mark.parametrize(
+    ("txt", "reason"),
+    [
+        (good_txt(user="ci\n"), "user 'ci\\n' is not a login name"),
+        (good_txt(labels="linux\n"), "label 'linux\\n' is not"),
+        (good_txt(os="linux\n"), "os='linux\\n' is not a platform name"),
+        (good_txt(arch="x86_64\n"), "arch='x86_64\\n' is not a platform name"),
+        (good_txt(hostkey=FINGERPRINT + "\n"), "is not a SHA256:... fingerprint"),
+        (good_txt(port="2222\n"), "port='2222\\n' is not a whole number"),
+        (good_txt(slots="4\n"), "slots='4\\n' is not a whole number"),
+    ],
+)
+def test_a_value_ending_in_a_newline_is_rejected(txt: dict[str, str], reason: str) -> None:
+    """``^...$`` with ``match`` accepts one trailing newline ($ matches before it)."""
+    result = parse(txt)
+    assert isinstance(result, Rejected), f"expected a rejection ({reason}), got {result}"
+    assert reason in result.reason, result.reason
+
+
+def test_a_name_label_or_user_ending_in_a_newline_is_refused() -> None:
+    """The agent's own --name/--labels checks, and the instance name of a record."""
+    assert check_agent_name("build-1") is None and check_agent_name("build-1\n")
+    assert check_label("gpu") is None and check_label("gpu\n")
+    assert check_user("ci") is None and check_user("ci\n")
+    result = parse(good_txt(), name="build-1\n")
+    assert isinstance(result, Rejected) and "name 'build-1\\n'" in result.reason, result
+    assert FINGERPRINT_RE.match(FINGERPRINT) and not FINGERPRINT_RE.match(FINGERPRINT + "\n")
+
+
+def test_a_version_ending_in_a_newline_is_dropped() -> None:
+    agent = parse(good_txt(meshrun="0.1.0\n"))
+    assert isinstance(agent, Agent) and agent.meshrun_version is None, agent
 
 
 def test_bad_bytes_are_rejected() -> None:

@@ -179,6 +179,7 @@ def _broken(change: Any) -> dict[str, Any]:
         (lambda d: d["tasks"].append(dict(d["tasks"][0])), "task 'build' is listed twice"),
         (lambda d: d["tasks"][0]["files"][0].update(path="/etc/passwd"), "it is absolute"),
         (lambda d: d["tasks"][0]["files"][0].update(sha256="ABC"), "64 lower-case hex"),
+        (lambda d: d["tasks"][0]["files"][0].update(sha256=SHA_A + "\n"), "64 lower-case hex"),
         (lambda d: d["tasks"][0]["files"][0].update(size=-1), "size must be an integer >= 0"),
         (lambda d: d["tasks"][0]["files"][0].update(mode=0o170000), "is not permission bits"),
         (lambda d: d["tasks"][0]["files"].append(d["tasks"][0]["files"][0]), "listed twice"),
