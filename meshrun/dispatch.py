@@ -29,6 +29,7 @@ from meshrun.history import History, TaskOutcome
 from meshrun.inventory import Host, HostDefaults, limit_filter
 from meshrun.journal import Journal, JournalRecord, latest_journal, read_journal
 from meshrun.manifest import (
+    RESERVED_NAMES,
     FileEntry,
     HostEntry,
     Manifest,
@@ -187,6 +188,23 @@ def _unrecorded_run(history: History, run_id: str | None, runs_dir: Path) -> Jou
     return journal
 
 
+def _check_artifact_names(graph: TaskGraph, artifacts_dir: Path) -> None:
+    """InputError for a task whose outputs would land where meshrun writes its own records.
+
+    ``--artifacts DIR`` holds ``<task>/`` for each task beside the manifest's copy
+    (``manifest.json``, ``.sig``; ``meshrun verify`` reads a ``report.json`` there as a
+    run directory's): a task named so would collide with them, so it is refused before
+    anything starts, as ``exec --pull-dir`` refuses a host named so.
+    """
+    for name in graph.tasks:
+        if name in RESERVED_NAMES:
+            raise InputError(
+                f"task {name!r}: its outputs would go to {artifacts_dir}/{name}, where "
+                "meshrun writes the run's own records (" + ", ".join(sorted(RESERVED_NAMES)) + ")",
+                fix="give the task another name, or leave out --artifacts",
+            )
+
+
 def run_dispatch(
     graph: TaskGraph,
     hosts: Sequence[Host],
@@ -212,6 +230,8 @@ def run_dispatch(
     ``pull_max_bytes`` (``--pull-max-bytes``; None: no limit) fails before anything of
     them is written; its host stays in the run.
     """
+    if artifacts_dir is not None:
+        _check_artifact_names(graph, Path(artifacts_dir))
     if discovery is None:
         check_placeable(graph, hosts)
     else:  # a host that can run them may yet appear

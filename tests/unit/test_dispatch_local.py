@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from meshrun import (
     DispatchOptions,
@@ -178,3 +179,51 @@ def test_a_refused_host_exits_3_in_the_documented_precedence(
 ) -> None:
     """130, then 4, then 3, then 1 (docs/ARCHITECTURE.md, "Exit codes")."""
     assert _report(**kwargs).exit_code == code
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "manifest.json.sig", "report.json"])
+def test_with_artifacts_dir_a_task_named_like_a_record_is_refused_before_anything_starts(
+    tmp_path: Path, name: str
+) -> None:
+    """Its outputs would go to DIR/manifest.json/, where the manifest's copy is written
+    (as for exec/run --pull-dir and a host so named): bad input, said before any task runs."""
+    (tmp_path / "tasks.toml").write_text(
+        f'[[task]]\nname = "{name}"\nrun = "touch started; echo x > out.txt"\n'
+        'outputs = ["out.txt"]\n'
+    )
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as caught:
+        run_dispatch(
+            load_tasks(tmp_path / "tasks.toml"),
+            [Host(name="local", local=True, workdir=str(tmp_path))],
+            LocalConnector(),
+            state=StateDir(tmp_path / ".meshrun"),
+            run_id="r1",
+            options=DispatchOptions(),
+            artifacts_dir=out,
+        )
+    assert f"task {name!r}: its outputs would go to {out}/{name}, where meshrun writes" in str(
+        caught.value
+    ), caught.value
+    assert caught.value.fix == "give the task another name, or leave out --artifacts"
+    assert not (tmp_path / "started").exists(), "no task may run"
+    assert not out.exists() and not (tmp_path / ".meshrun").exists(), "nothing may be written"
+
+
+def test_the_cli_refuses_such_a_task_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tasks.toml").write_text(
+        '[[task]]\nname = "manifest.json"\nrun = "touch started"\n'
+    )
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        monkeypatch, capsys, "dispatch", str(tmp_path / "tasks.toml"), "--artifacts", str(out)
+    )
+    assert (code, stdout) == (2, ""), stderr
+    assert "task 'manifest.json': its outputs would go to" in stderr, stderr
+    assert "give the task another name, or leave out --artifacts" in stderr, stderr
+    assert not (tmp_path / "started").exists() and not out.exists()
+    # Without --artifacts the outputs go to the workspace: the name is fine.
+    code, _, stderr = run_cli(monkeypatch, capsys, "dispatch", str(tmp_path / "tasks.toml"))
+    assert code == 0, stderr
