@@ -374,11 +374,21 @@ def collect_report(
 
 
 def collect_outputs(
-    conn: Connection, workdir: str, patterns: Sequence[str], *, timeout_s: float = 3600.0
+    conn: Connection,
+    workdir: str,
+    patterns: Sequence[str],
+    *,
+    timeout_s: float = 3600.0,
+    missing_ok: bool = False,
 ) -> tuple[str, list[FileEntry]]:
-    """:func:`collect`, plus the workdir's absolute path on the host (what rsync needs)."""
+    """:func:`collect`, plus the workdir's absolute path on the host (what rsync needs).
+
+    ``missing_ok``: every pattern may match nothing (what a failed task left); unsafe or
+    unreadable files are still refused."""
     name = conn.host.name
     root, files, refusals = collect_report(conn, workdir, patterns, timeout_s=timeout_s)
+    if missing_ok:
+        refusals = [r for r in refusals if r.kind != "unmatched"]
     if refusals:
         raise IntegrityError(
             f"{name}: " + "; ".join(r.describe() for r in refusals),
@@ -416,14 +426,16 @@ def check_patterns(patterns: Sequence[str], *, what: str = "pattern") -> tuple[s
     return tuple(dict.fromkeys(patterns))
 
 
-def collect(conn: Connection, workdir: str, patterns: Sequence[str]) -> list[FileEntry]:
+def collect(
+    conn: Connection, workdir: str, patterns: Sequence[str], *, missing_ok: bool = False
+) -> list[FileEntry]:
     """Expand ``patterns`` in ``workdir`` on the host and hash every file there.
 
     Sorted by path. IntegrityError naming each refused or unmatched pattern (see the
-    module docstring); CommandError when the script could not run (no python3, no
-    workdir).
+    module docstring; ``missing_ok``: unmatched ones are fine); CommandError when the
+    script could not run (no python3, no workdir).
     """
-    return collect_outputs(conn, workdir, patterns)[1]
+    return collect_outputs(conn, workdir, patterns, missing_ok=missing_ok)[1]
 
 
 # -- pull ----------------------------------------------------------------------------------

@@ -560,9 +560,14 @@ class DispatchConsole(_StatusLine):
         if failed and not self.quiet:
             self.err.write(self._paint("meshrun: output of failed tasks:", "1") + "\n")
             for t in failed:
+                # What ended it: its exit code, or the reason when that is not one
+                # (timed out, outputs refused after exit 0, host lost).
+                how = f"exit {t.exit_code}"
+                if t.error and t.error != f"exit code {t.exit_code}":
+                    how = t.error
                 self.err.write(
-                    f"── {self._paint(t.name, '1;31')} (on {t.host}, exit "
-                    f"{t.exit_code}, attempt {t.attempts}) ── {t.log}\n"
+                    f"── {self._paint(t.name, '1;31')} (on {t.host}, {how}, "
+                    f"attempt {t.attempts}) ── {t.log}\n"
                 )
                 _replay_file(t.log, self.err)
         if self.quiet and report.exit_code == 0:

@@ -21,11 +21,13 @@ from meshrun.executor import (
     DispatchEvent,
     DispatchOptions,
     DispatchReport,
+    Notice,
     Observer,
     TaskEnded,
     _ignore,
 )
 from meshrun.history import History, TaskOutcome
+from meshrun.installed import InstalledOutputs
 from meshrun.inventory import Host, HostDefaults, limit_filter
 from meshrun.journal import Journal, JournalRecord, latest_journal, read_journal
 from meshrun.manifest import (
@@ -267,10 +269,14 @@ def run_dispatch(
         claimed: dict[str, str] = {}  # output path -> the task that wrote it
         claim_lock = threading.Lock()
 
-        def collect(host: Host, task: Task) -> tuple[FileEntry, ...]:
-            """Hash the task's outputs on its host, bring them home verified, place them."""
+        def collect(host: Host, task: Task, succeeded: bool) -> tuple[FileEntry, ...]:
+            """Hash the task's outputs on its host, bring them home verified, place them.
+
+            A failed task's ``outputs`` come home too, and may be missing (it failed);
+            ``outputs_on_success`` only when it succeeded."""
             conn = connector.connect(host)
-            files = artifacts.collect(conn, host.workdir, task.outputs)
+            patterns = (*task.outputs, *task.outputs_on_success) if succeeded else task.outputs
+            files = artifacts.collect(conn, host.workdir, patterns, missing_ok=not succeeded)
             total = sum(entry.size for entry in files)
             if pull_max_bytes is not None and total > pull_max_bytes:
                 raise CommandError(
@@ -337,6 +343,7 @@ def run_dispatch(
             journal.close()
             if browser is not None:
                 browser.close()
+        _settle_outputs(graph, report, state, workspace, artifacts_dir, run_id, observer)
         document = dispatch_document(report, command_line=command_line)
         (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
         manifest = build_manifest(graph, report, command_line)
@@ -357,6 +364,33 @@ def run_dispatch(
             ],
         )
     return report
+
+
+def _settle_outputs(
+    graph: TaskGraph,
+    report: DispatchReport,
+    state: StateDir,
+    workspace: Path,
+    artifacts_dir: str | Path | None,
+    run_id: str,
+    observer: Observer,
+) -> None:
+    """Record where this run's tasks installed outputs; remove what an earlier run
+    installed for them and this run did not produce (:mod:`meshrun.installed`)."""
+    installed = InstalledOutputs(state.root)
+    graph_key = str(Path(graph.source).resolve()) if graph.source else "<tasks>"
+    for result in report.tasks:
+        task = graph.tasks.get(result.name)
+        if task is None or not (task.outputs or task.outputs_on_success):
+            continue
+        dest = workspace if artifacts_dir is None else Path(artifacts_dir).resolve() / task.name
+        produced = {entry.path: entry.sha256 for entry in result.files}
+        for text in installed.settle(graph_key, task.name, dest, produced, run_id):
+            observer(Notice(text))
+    try:
+        installed.save()
+    except OSError as exc:
+        observer(Notice(f"could not record the installed outputs in {installed.path}: {exc}"))
 
 
 def build_manifest(

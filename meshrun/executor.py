@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import field
+from dataclasses import field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -298,7 +298,9 @@ def _without_host(error: str, host: Host) -> str:
 
 SyncFn = Callable[[Host], None]
 #: Collects a task's outputs on its host and brings them home, verified.
-CollectFn = Callable[[Host, Task], tuple[FileEntry, ...]]
+#: ``succeeded`` False: the task failed; what it left is brought home all the same (a
+#: failing test report is the file a CI run needs most), and missing outputs are no error.
+CollectFn = Callable[[Host, Task, bool], tuple[FileEntry, ...]]
 #: Pushes needs' outputs (need name, its verified files) to a host; returns bytes sent.
 StageFn = Callable[[Host, Sequence[tuple[str, tuple[FileEntry, ...]]]], int]
 
@@ -316,7 +318,7 @@ class Dispatcher:
     options: DispatchOptions = field(default_factory=DispatchOptions)
     observer: Observer = _ignore
     sync: SyncFn | None = None  # pushes the workspace to a host before it joins
-    collect: CollectFn | None = None  # brings a succeeded task's outputs home
+    collect: CollectFn | None = None  # brings an ended task's outputs home
     stage: StageFn | None = None  # pushes needs' outputs to a dependent's host
 
     def __post_init__(self) -> None:
@@ -331,7 +333,7 @@ class Dispatcher:
         self._gathering: list[HostSpec] = []  # ready hosts held back at the start
         self._gather_until: float | None = None  # None: not started; inf: done
         self._starts = 0
-        self._collecting: dict[str, tuple[_Attempt, float]] = {}
+        self._collecting: dict[str, tuple[_Attempt, float, TaskFailed | None]] = {}
         self._collectors: list[threading.Thread] = []
         self._files: dict[str, tuple[FileEntry, ...]] = {}
         self._integrity: list[str] = []
@@ -551,7 +553,10 @@ class Dispatcher:
         del self._running[event.task_id]
         duration = time.monotonic() - attempt.started
         self._last_duration[attempt.task] = duration
-        attempt.log.write(f"\n# meshrun: exit {event.exit_code} after {duration:.2f}s\n".encode())
+        ending = f"exit {event.exit_code} after {duration:.2f}s"
+        if attempt.timed_out:  # its exit code is the kill's, not an answer of its own
+            ending = f"timed out after {self._timeout_of(attempt.task):g}s: killed, {ending}"
+        attempt.log.write(f"\n# meshrun: {ending}\n".encode())
         attempt.log.close()
         info = self._info[attempt.host]
         info.tasks_run += 1
@@ -573,25 +578,40 @@ class Dispatcher:
         elif event.exit_code == 0:
             self._durations[attempt.task] = duration * self._speed(attempt.host)
             task = self.graph.tasks[attempt.task]
-            if self.collect is not None and task.outputs:
+            if self.collect is not None and (task.outputs or task.outputs_on_success):
                 # Bring the outputs home before the task counts as succeeded; its slot
                 # stays taken meanwhile. The result comes back as a _Collected.
-                self._collecting[event.task_id] = (attempt, duration)
-                thread = threading.Thread(
-                    target=self._collect_outputs,
-                    args=(event.task_id, self._info[attempt.host].host, task),
-                    name=f"meshrun-collect-{attempt.task}",
-                    daemon=True,
-                )
-                self._collectors.append(thread)
-                thread.start()
+                self._start_collecting(event.task_id, attempt, duration, None)
                 return
             event_out = TaskSucceeded(attempt.task, attempt.host, duration)
         else:
             event_out = TaskFailed(
                 attempt.task, attempt.host, event.exit_code, f"exit code {event.exit_code}"
             )
+        failed_with_outputs = isinstance(event_out, TaskFailed) and bool(
+            self.graph.tasks[attempt.task].outputs
+        )
+        if failed_with_outputs and self.collect is not None:
+            assert isinstance(event_out, TaskFailed)
+            self._start_collecting(event.task_id, attempt, duration, event_out)
+            return
         self._conclude(attempt, duration, event_out, event.exit_code, started)
+
+    def _start_collecting(
+        self, task_id: str, attempt: _Attempt, duration: float, failed: TaskFailed | None
+    ) -> None:
+        """Collect an ended attempt's outputs off this thread; a _Collected comes back.
+        ``failed``: how the attempt failed (it stays failed, whatever comes home)."""
+        self._collecting[task_id] = (attempt, duration, failed)
+        thread = threading.Thread(
+            target=self._collect_outputs,
+            args=(task_id, self._info[attempt.host].host, self.graph.tasks[attempt.task]),
+            kwargs={"succeeded": failed is None},
+            name=f"meshrun-collect-{attempt.task}",
+            daemon=True,
+        )
+        self._collectors.append(thread)
+        thread.start()
 
     def _stopped(
         self, attempt: _Attempt, exit_code: int | None, duration: float, started: float
@@ -619,10 +639,10 @@ class Dispatcher:
             )
         self._apply(decisions, started)
 
-    def _collect_outputs(self, task_id: str, host: Host, task: Task) -> None:
+    def _collect_outputs(self, task_id: str, host: Host, task: Task, *, succeeded: bool) -> None:
         assert self.collect is not None
         try:
-            files = self.collect(host, task)
+            files = self.collect(host, task, succeeded)
         except IntegrityError as exc:
             self._queue.put(_Collected(task_id, (), str(exc), integrity=True))
         except MeshrunError as exc:
@@ -635,7 +655,15 @@ class Dispatcher:
             self._queue.put(_Collected(task_id, files))
 
     def _collected(self, item: _Collected, started: float) -> None:
-        attempt, duration = self._collecting.pop(item.task_id)
+        attempt, duration, failed = self._collecting.pop(item.task_id)
+        if failed is not None:  # it stays failed; what it left is kept (or why not)
+            self._files[attempt.task] = item.files
+            if item.integrity:
+                self._integrity.append(attempt.task)
+            if item.error is not None:
+                failed = replace(failed, error=f"{failed.error}; {item.error}")
+            self._conclude(attempt, duration, failed, failed.exit_code, started)
+            return
         if item.error is None:
             self._files[attempt.task] = item.files
             event_out: TaskFailed | TaskSucceeded = TaskSucceeded(
@@ -648,6 +676,7 @@ class Dispatcher:
         else:
             if item.integrity:
                 self._integrity.append(attempt.task)
+            # It exited 0 but its outputs failed: the error says so, not an exit code.
             event_out = TaskFailed(attempt.task, attempt.host, 0, item.error)
         self._conclude(attempt, duration, event_out, 0, started)
 

@@ -80,7 +80,8 @@ class Task:
     retries: int = 0
     labels: frozenset[str] = frozenset()  # the host must carry all of them
     env: Mapping[str, str] = field(default_factory=_empty_env, hash=False)
-    outputs: tuple[str, ...] = ()  # relative globs, for the artifacts feature
+    outputs: tuple[str, ...] = ()  # relative globs: brought home however the task ended
+    outputs_on_success: tuple[str, ...] = ()  # brought home only when it succeeded
 
     def __post_init__(self) -> None:
         # A copy, so a dict handed in cannot change the task afterwards.
@@ -296,7 +297,18 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_TASK_KEYS = ("name", "run", "needs", "weight", "timeout", "retries", "labels", "env", "outputs")
+_TASK_KEYS = (
+    "name",
+    "run",
+    "needs",
+    "weight",
+    "timeout",
+    "retries",
+    "labels",
+    "env",
+    "outputs",
+    "outputs_on_success",
+)
 _DEFAULT_KEYS = ("timeout", "retries", "weight", "labels", "env")
 _SYNC_KEYS = ("paths", "exclude")
 _TOP_LEVEL_KEYS = ("defaults", "sync", "task")
@@ -310,7 +322,8 @@ _EXAMPLES = {
     "retries": "retries = 1",
     "labels": 'labels = ["linux", "x86_64"]',
     "env": 'env = { CC = "gcc" }',
-    "outputs": 'outputs = ["core/dist/**"]',
+    "outputs": 'outputs = ["reports/core.xml"]',
+    "outputs_on_success": 'outputs_on_success = ["core/dist/**"]',
     "paths": 'paths = ["src", "Makefile"]',
     "exclude": 'exclude = ["*.pyc", "build/"]',
 }
@@ -799,6 +812,7 @@ class _Loader:
             labels=merged.get("labels", frozenset()),
             env=env,
             outputs=merged.get("outputs", ()),
+            outputs_on_success=merged.get("outputs_on_success", ()),
         )
         return _Parsed(index=index, entry=entry, task=task)
 
@@ -848,6 +862,7 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
     "labels": _check_labels,
     "env": _check_env,
     "outputs": _check_outputs,
+    "outputs_on_success": _check_outputs,
 }
 
 

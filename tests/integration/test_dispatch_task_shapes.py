@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from dispatch_helpers import dispatch, task_statuses, tasks_of, write_project
+from dispatch_helpers import dispatch, log_text, task_statuses, tasks_of, write_project
 from helpers import describe_procs, marker_seconds, wait_gone
 
 from meshrun.testing.fleet import Fleet
@@ -38,6 +38,7 @@ def test_a_self_redirecting_task_times_out_alone_and_no_host_is_lost(
     assert statuses.pop("selflog") == "failed", r.describe()
     assert set(statuses.values()) == {"succeeded"}, r.describe()
     assert "timed out after 3s" in (tasks_of(r)["selflog"]["error"] or ""), r.describe()
+    assert "# meshrun: timed out after 3s: killed, exit" in log_text(r, "selflog")
     assert tasks_of(r)["selflog"]["attempts"] == 1, "a timeout is not a lost host: no rerun"
     assert {h["status"] for h in r.hosts.values()} == {"ok"}, f"a host was lost{r.describe()}"
     left = wait_gone(marker)

@@ -1039,3 +1039,21 @@ def test_a_back_edge_is_reported_as_a_real_cycle(
         assert need in needs[name], f"{name} does not need {need}; cycle {members}"
     first = min(members, key=order.index)
     assert members[0] == first, "the cycle starts at its first task in the file"
+
+
+def test_outputs_and_outputs_on_success_are_kept_apart() -> None:
+    graph = parse(
+        task_block(
+            "test",
+            'outputs = ["reports/test.xml"]',
+            'outputs_on_success = ["dist/**", "dist/**"]',
+        )
+    )
+    task = graph.tasks["test"]
+    assert task.outputs == ("reports/test.xml",)
+    assert task.outputs_on_success == ("dist/**",)  # duplicates dropped, as for outputs
+
+
+def test_outputs_on_success_is_checked_like_outputs() -> None:
+    with pytest.raises(TaskFileError, match=r"outputs_on_success.*absolute"):
+        parse(task_block("a", 'outputs_on_success = ["/etc/passwd"]'))
