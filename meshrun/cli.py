@@ -766,6 +766,7 @@ def dispatch_command(
     no_sync: bool,
     no_agent: bool,
     junit: str | None,
+    trace: str | None,
     sign_key: str | None,
     artifacts: str | None,
     pull_max_bytes: str,
@@ -854,6 +855,7 @@ def dispatch_command(
                 observer=console,
                 command_line=sys.argv,
                 junit_path=junit,
+                trace_path=trace,
                 signing_key=signing_key,
                 artifacts_dir=artifacts,
                 pull_max_bytes=max_bytes,
@@ -914,6 +916,12 @@ def _dispatch_parser() -> argparse.ArgumentParser:
         help="One SSH channel per task instead of the persistent agent.",
     )
     p.add_argument("--junit", metavar="FILE", help="Write JUnit XML (one testcase per task).")
+    p.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="Write the run's timeline as a Chrome trace (every attempt, one row per host "
+        "slot): open it in ui.perfetto.dev or chrome://tracing.",
+    )
     p.add_argument(
         "--artifacts",
         metavar="DIR",

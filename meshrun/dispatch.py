@@ -44,6 +44,7 @@ from meshrun.report import dispatch_document, junit_xml
 from meshrun.scheduler import TaskStatus
 from meshrun.sizes import format_size
 from meshrun.tasks import Task, TaskGraph, check_placeable
+from meshrun.trace import chrome_trace
 from meshrun.transport.base import Connector
 from meshrun.workspace import push as push_workspace
 
@@ -218,6 +219,7 @@ def run_dispatch(
     observer: Observer = _ignore,
     command_line: Sequence[str] = (),
     junit_path: str | None = None,
+    trace_path: str | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     artifacts_dir: str | Path | None = None,
     pull_max_bytes: int | None = DEFAULT_PULL_MAX_BYTES,
@@ -352,6 +354,9 @@ def run_dispatch(
             write_manifest(Path(artifacts_dir), manifest, signing_key)
         if junit_path:
             Path(junit_path).write_text(junit_xml(report))
+        if trace_path:
+            trace = json.dumps(chrome_trace(report), ensure_ascii=False)
+            Path(trace_path).write_text(trace + "\n", encoding="utf-8")
         history.record_durations(dispatcher.learned_durations)
         history.record_run(
             run_id,
@@ -415,6 +420,7 @@ def build_manifest(
                 attempts=t.attempts,
                 duration_s=t.duration_s,
                 files=t.files,
+                timeline=t.timeline,
             )
             for t in report.tasks
         ),

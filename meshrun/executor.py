@@ -33,7 +33,7 @@ from meshrun.agent.client import (
 )
 from meshrun.errors import ConnectError, IntegrityError, MeshrunError, in_context
 from meshrun.inventory import Host
-from meshrun.manifest import FileEntry
+from meshrun.manifest import AttemptEntry, FileEntry
 from meshrun.records import record
 from meshrun.scheduler import (
     Abandon,
@@ -90,6 +90,7 @@ class TaskResult:
     log: str
     error: str | None
     files: tuple[FileEntry, ...] = ()  # collected outputs, verified on arrival
+    timeline: tuple[AttemptEntry, ...] = ()  # every attempt, lost and moved ones too
 
 
 @record
@@ -334,6 +335,7 @@ class Dispatcher:
         self._gather_until: float | None = None  # None: not started; inf: done
         self._starts = 0
         self._collecting: dict[str, tuple[_Attempt, float, TaskFailed | None]] = {}
+        self._timeline: dict[str, list[AttemptEntry]] = {}
         self._collectors: list[threading.Thread] = []
         self._files: dict[str, tuple[FileEntry, ...]] = {}
         self._integrity: list[str] = []
@@ -621,7 +623,11 @@ class Dispatcher:
         decisions = self._scheduler.cancelled_running(
             attempt.task, attempt.host, self._stop_reason(), self._now(started)
         )
-        if self._scheduler.records[attempt.task].status.final:
+        final = self._scheduler.records[attempt.task].status.final
+        self._add_to_timeline(
+            attempt, "cancelled" if final else "moved", exit_code, duration, started
+        )
+        if final:
             self._announced.add(attempt.task)
             self.observer(
                 TaskEnded(
@@ -689,6 +695,11 @@ class Dispatcher:
         started: float,
     ) -> None:
         """Tell the scheduler how an attempt ended, then the observer, then act."""
+        if isinstance(event_out, TaskSucceeded):
+            outcome = "succeeded"
+        else:
+            outcome = "timed out" if attempt.timed_out else "failed"
+        self._add_to_timeline(attempt, outcome, exit_code, duration, started)
         decisions = self._scheduler.handle(event_out, self._now(started))
         record = self._scheduler.records[attempt.task]
         final = record.status if record.status.final else None
@@ -704,6 +715,15 @@ class Dispatcher:
         )
         self._announce_ends()
         self._apply(decisions, started)
+
+    def _add_to_timeline(
+        self, attempt: _Attempt, outcome: str, exit_code: int | None, took: float, started: float
+    ) -> None:
+        """Keep one attempt's host, start, end (seconds from the run's start) and end."""
+        start = max(0.0, attempt.started - started)
+        self._timeline.setdefault(attempt.task, []).append(
+            AttemptEntry(attempt.host, start, start + max(0.0, took), outcome, exit_code)
+        )
 
     def _announce_ends(self) -> None:
         """Tell the observer about tasks that ended without running (skipped/cancelled)."""
@@ -738,6 +758,8 @@ class Dispatcher:
             attempt = self._running.pop(tid)
             attempt.log.write(f"\n# meshrun: {host} was lost: {reason}\n".encode())
             attempt.log.close()
+            took = time.monotonic() - attempt.started
+            self._add_to_timeline(attempt, "lost", None, took, started)
         self.observer(HostDown(host, reason, ever_ready=True))
         if info.runner is not None:
             threading.Thread(target=info.runner.close, daemon=True).start()
@@ -970,6 +992,8 @@ class Dispatcher:
         self._scheduler.handle(CancelAll(self._stop_reason()), self._now(started))
         for attempt in list(self._running.values()):
             attempt.log.close()
+            took = time.monotonic() - attempt.started
+            self._add_to_timeline(attempt, "cancelled", None, took, started)
             self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
         self._running.clear()
 
@@ -1006,11 +1030,14 @@ class Dispatcher:
                 status=record.status,
                 host=record.host,
                 exit_code=record.exit_code if record.status is not TaskStatus.SUCCEEDED else 0,
-                attempts=record.attempts,
+                # Every attempt counts here, a lost or moved one too (the scheduler's
+                # count, which bounds retries, leaves those out).
+                attempts=len(self._timeline.get(name, ())) or record.attempts,
                 duration_s=self._last_duration.get(name),
                 log=str(self.logs_dir / f"{name}.log"),
                 error=record.error if record.status is not TaskStatus.SUCCEEDED else None,
                 files=self._files.get(name, ()),
+                timeline=tuple(self._timeline.get(name, ())),
             )
             for name, record in self._scheduler.records.items()
         )

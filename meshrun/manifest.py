@@ -144,6 +144,60 @@ class FileEntry:
         return cls(doc.text("path"), doc.integer("size"), doc.text("sha256"), doc.integer("mode"))
 
 
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "timed out", "cancelled", "lost", "moved")
+
+
+@record
+class AttemptEntry:
+    """One attempt at a task: its host, start and end in seconds from the run's start,
+    how it ended (:data:`ATTEMPT_OUTCOMES`; "lost": its host went away mid-task,
+    "moved": stopped to run on a faster host that joined) and its exit code if any."""
+
+    host: str
+    start_s: float
+    end_s: float
+    outcome: str
+    exit_code: int | None = None
+
+    def __post_init__(self) -> None:
+        where = f"attempt on {self.host!r}"
+        if not isinstance(self.host, str) or not self.host:
+            raise IntegrityError("attempt: host must be a host name")
+        if self.outcome not in ATTEMPT_OUTCOMES:
+            raise IntegrityError(f"{where}: outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}")
+        object.__setattr__(self, "start_s", _duration(self.start_s, where))
+        object.__setattr__(self, "end_s", _duration(self.end_s, where))
+        if self.end_s < self.start_s:
+            raise IntegrityError(f"{where}: it ends before it starts")
+        if self.exit_code is not None and (
+            isinstance(self.exit_code, bool) or not isinstance(self.exit_code, int)
+        ):
+            raise IntegrityError(f"{where}: exit_code must be an integer or null")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "outcome": self.outcome,
+            "exit_code": self.exit_code,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "attempt") -> AttemptEntry:
+        doc = _Object(data, where, ("host", "start_s", "end_s", "outcome", "exit_code"))
+        start, end = doc.optional_number("start_s"), doc.optional_number("end_s")
+        if start is None or end is None:
+            raise IntegrityError(f"manifest: {where}: start_s and end_s must be numbers")
+        return cls(
+            host=doc.text("host"),
+            start_s=start,
+            end_s=end,
+            outcome=doc.text("outcome"),
+            exit_code=doc.optional_integer("exit_code"),
+        )
+
+
 @record
 class TaskEntry:
     """One task of the run: where it ran last, how it ended, what it produced.
@@ -161,6 +215,7 @@ class TaskEntry:
     attempts: int
     duration_s: float | None
     files: tuple[FileEntry, ...] = ()
+    timeline: tuple[AttemptEntry, ...] = ()  # every attempt, lost ones included
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -198,17 +253,23 @@ class TaskEntry:
             "attempts": self.attempts,
             "duration_s": self.duration_s,
             "files": [f.to_dict() for f in self.files],
+            "timeline": [a.to_dict() for a in self.timeline],
         }
 
     @classmethod
     def from_dict(cls, data: object, where: str = "task") -> TaskEntry:
         keys = ("name", "host", "command", "status", "exit_code", "attempts", "duration_s")
-        doc = _Object(data, where, (*keys, "files"))
+        # "timeline" is optional: manifests written before it existed still verify.
+        doc = _Object(data, where, (*keys, "files"), optional=("timeline",))
         name = doc.text("name")
         where = f"tasks[{name!r}]"
         files = tuple(
             FileEntry.from_dict(item, f"{where}.files[{i}]")
             for i, item in enumerate(doc.array("files"))
+        )
+        timeline = tuple(
+            AttemptEntry.from_dict(item, f"{where}.timeline[{i}]")
+            for i, item in enumerate(doc.array("timeline") if doc.has("timeline") else [])
         )
         return cls(
             name=name,
@@ -219,6 +280,7 @@ class TaskEntry:
             attempts=doc.integer("attempts"),
             duration_s=doc.optional_number("duration_s"),
             files=files,
+            timeline=timeline,
         )
 
 
@@ -825,11 +887,13 @@ def _unique(names: list[str], what: str) -> None:
 class _Object:
     """A JSON object with exactly ``keys``; typed getters raise IntegrityError."""
 
-    def __init__(self, data: object, where: str, keys: tuple[str, ...]) -> None:
+    def __init__(
+        self, data: object, where: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> None:
         if not isinstance(data, dict):
             raise IntegrityError(f"manifest: {where} must be an object")
         missing = [k for k in keys if k not in data]
-        unknown = sorted(k for k in data if k not in keys)
+        unknown = sorted(k for k in data if k not in keys and k not in optional)
         if missing:
             raise IntegrityError(f"manifest: {where} lacks {', '.join(missing)}")
         if unknown:
@@ -869,6 +933,10 @@ class _Object:
             raise self._fail(key, "a number or null")
         return float(value)
 
+    def has(self, key: str) -> bool:
+        """Whether an optional key is there."""
+        return key in self._data
+
     def array(self, key: str) -> list[Any]:
         value = self._data[key]
         if not isinstance(value, list):
@@ -877,6 +945,7 @@ class _Object:
 
 
 __all__ = [
+    "ATTEMPT_OUTCOMES",
     "CHUNK_BYTES",
     "DISPATCH_FILES_DIR",
     "FLEET_FILES_DIR",
@@ -885,6 +954,7 @@ __all__ = [
     "RESERVED_NAMES",
     "SCHEMA",
     "SIGNATURE_NAME",
+    "AttemptEntry",
     "ChangedFile",
     "FileEntry",
     "HostEntry",

@@ -135,6 +135,8 @@ def dispatch_document(
                 "duration_s": None if t.duration_s is None else round(t.duration_s, 3),
                 "log": t.log,
                 "error": t.error,
+                # Every attempt: host, start and end (s from the run's start), outcome.
+                "timeline": [a.to_dict() for a in t.timeline],
             }
             for t in report.tasks
         ],

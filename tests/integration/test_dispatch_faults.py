@@ -327,7 +327,8 @@ def test_a_host_killed_mid_run_is_lost_and_its_tasks_finish_elsewhere(
     marker = _short_marker()
     tasks_file = write_project(tmp_path / "proj", _sleepers(12, marker))
 
-    proc = spawn_dispatch(tasks_file, fleet.hosts_toml, *flags)
+    trace_file = tmp_path / "trace.json"
+    proc = spawn_dispatch(tasks_file, fleet.hosts_toml, "--trace", trace_file, *flags)
     try:
         wait_host_runs(fleet, "h1", marker)
         fleet.kill("h1")
@@ -345,6 +346,20 @@ def test_a_host_killed_mid_run_is_lost_and_its_tasks_finish_elsewhere(
     assert moved, f"expected the tasks h1 was running to say so in their logs{r.describe()}"
     for name in moved:
         assert tasks_of(r)[name]["host"] != "h1", tasks_of(r)[name]
+    # The lost attempts are in the timeline: --json, the manifest and the trace.
+    manifest = json.loads((Path(r.doc["run_dir"]) / "manifest.json").read_text())
+    in_manifest = {t["name"]: t for t in manifest["tasks"]}
+    trace = json.loads(trace_file.read_text())
+    h1_pid = next(
+        e["pid"] for e in trace["traceEvents"] if e["ph"] == "M" and e["args"]["name"] == "h1"
+    )
+    lost_boxes = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X" and e["pid"] == h1_pid}
+    for name in moved:
+        for entry in (tasks_of(r)[name], in_manifest[name]):
+            outcomes = [(a["host"], a["outcome"]) for a in entry["timeline"]]
+            assert outcomes[0] == ("h1", "lost") and outcomes[-1][1] == "succeeded", entry
+            assert entry["attempts"] == len(outcomes) >= 2, entry
+        assert name in lost_boxes, f"expected {name}'s lost attempt on h1's track in the trace"
 
 
 def _wait_spread(fleet: Fleet, marker: str, total: int, timeout_s: float = 10.0) -> dict[str, int]:

@@ -111,7 +111,15 @@ run = 'if [ "$MESHRUN_HOST" = first ]; then sleep 30; fi; echo done'
     (report,) = out
     assert report.exit_code == 0
     (t,) = report.tasks
-    assert (t.status, t.host, t.attempts) == (TaskStatus.SUCCEEDED, "second", 1)
+    # The attempt lost with its host counts and is in the timeline (issue 11: it was
+    # visible only in the log, and attempts stayed 1).
+    assert (t.status, t.host, t.attempts) == (TaskStatus.SUCCEEDED, "second", 2)
+    assert [(a.host, a.outcome) for a in t.timeline] == [
+        ("first", "lost"),
+        ("second", "succeeded"),
+    ]
+    lost, done = t.timeline
+    assert lost.start_s <= lost.end_s <= done.start_s <= done.end_s
     hosts = {h.name: (h.status, h.error) for h in report.hosts}
     assert hosts["first"] == ("lost", "its agent left the network")
     assert hosts["second"][0] == "ok"
@@ -143,5 +151,6 @@ run = 'if [ "$MESHRUN_HOST" = slow ]; then sleep 30; fi; echo done on $MESHRUN_H
     (report,) = out
     assert report.exit_code == 0
     (t,) = report.tasks
-    assert (t.status, t.host, t.attempts) == (TaskStatus.SUCCEEDED, "fast", 1)
+    assert (t.status, t.host, t.attempts) == (TaskStatus.SUCCEEDED, "fast", 2)
+    assert [(a.host, a.outcome) for a in t.timeline] == [("slow", "moved"), ("fast", "succeeded")]
     assert any("moved from slow" in n for n in notices), notices
