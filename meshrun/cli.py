@@ -820,7 +820,7 @@ def dispatch_command(
                 fix="run `meshrun dispatch` without --rerun-failed first (or pass --state-dir)",
             )
         if rerun_failed or resume:
-            with meshrun.History(state.history) as history:
+            with meshrun.History(state.history, scope=graph.scope) as history:
                 graph = meshrun.select_rerun(graph, history, resume, runs_dir=state.root / "runs")
         options = meshrun.DispatchOptions(
             fail_fast=fail_fast,
@@ -1163,15 +1163,24 @@ def _parse_discover(args: list[str]) -> dict[str, Any]:
 
 
 def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -> int:
-    """Show the learned duration of each task (what the scheduler expects)."""
+    """Show the learned duration of each task of TASKS.toml (what the scheduler expects).
+
+    History is kept per task file: another file's tasks of the same names are not shown.
+    """
     state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
     if not state.history.exists():
         _fail(f"no history at {state.history}: run `meshrun dispatch` first (or pass --state-dir)")
-    with meshrun.History(state.history) as history:
+    if Path(tasks_file).exists():
+        with _input_errors():
+            scope = meshrun.load_tasks(tasks_file).scope
+    else:  # a task file since removed: its history is still there under its name
+        scope = Path(tasks_file).name
+    with meshrun.History(state.history, scope=scope) as history:
         records = history.durations()
     if json_out:
         document = {
             "schema": 1,
+            "scope": scope,
             "tasks": [
                 {
                     "name": r.task,

@@ -152,7 +152,7 @@ def select_rerun(
     failed, skipped, cancelled, or never finished — runs again.
     """
     if runs_dir is not None:
-        unrecorded = _unrecorded_run(history, run_id, runs_dir)
+        unrecorded = _unrecorded_run(history, run_id, runs_dir, graph.scope)
         if unrecorded is not None:
             succeeded = TaskStatus.SUCCEEDED.value
             return graph.subset(
@@ -162,7 +162,7 @@ def select_rerun(
                     if unrecorded.ended.get(t) != succeeded and t in graph.tasks
                 ]
             )
-    target = run_id or history.last_run_id()
+    target = run_id or history.last_run_id(scope=graph.scope)
     if target is None:
         raise InputError(
             f"no previous run is recorded in {history.path}",
@@ -178,14 +178,16 @@ def select_rerun(
     return graph.subset(names)
 
 
-def _unrecorded_run(history: History, run_id: str | None, runs_dir: Path) -> JournalRecord | None:
+def _unrecorded_run(
+    history: History, run_id: str | None, runs_dir: Path, scope: str
+) -> JournalRecord | None:
     """The journal of the run asked for (or of the latest run) when history has no
     record of it: the run was killed."""
-    journal = read_journal(runs_dir / run_id) if run_id else latest_journal(runs_dir)
+    journal = read_journal(runs_dir / run_id) if run_id else latest_journal(runs_dir, scope)
     if journal is None or history.run_outcomes(journal.run_id) is not None:
         return None
     if run_id is None:
-        last = history.last_run()
+        last = history.last_run(scope)
         if last is not None and last[1] > journal.started:
             return None  # a later run finished and was recorded: that one is "last"
     return journal
@@ -241,7 +243,7 @@ def run_dispatch(
     else:  # a host that can run them may yet appear
         options = replace(options, wait_for_hosts_s=max(options.wait_for_hosts_s, discovery.wait_s))
     run_dir = state.run_dir(run_id)
-    with History(state.history) as history:
+    with History(state.history, scope=graph.scope) as history:
         expected = history.expected(graph.tasks)
 
         excludes = list(graph.sync.exclude)
@@ -316,7 +318,7 @@ def run_dispatch(
             return staging.push(connector, host, inputs)
 
         started = time.time()
-        journal = Journal(run_dir, run_id, list(graph.tasks), started)
+        journal = Journal(run_dir, run_id, list(graph.tasks), started, scope=graph.scope)
 
         def observe(event: DispatchEvent) -> None:
             if isinstance(event, TaskEnded) and event.status is not None:
@@ -383,7 +385,7 @@ def _settle_outputs(
     """Record where this run's tasks installed outputs; remove what an earlier run
     installed for them and this run did not produce (:mod:`meshrun.installed`)."""
     installed = InstalledOutputs(state.root)
-    graph_key = str(Path(graph.source).resolve()) if graph.source else "<tasks>"
+    graph_key = graph.scope or "<tasks>"
     for result in report.tasks:
         task = graph.tasks.get(result.name)
         if task is None or not (task.outputs or task.outputs_on_success):

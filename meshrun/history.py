@@ -5,6 +5,13 @@ exponentially weighted mean whose samples are clamped to a band around the curre
 estimate, so one hung or cached run does not swing it; tasks never seen get the median
 of the known ones. WAL mode and a busy timeout let two runs (two CI jobs sharing a
 cache) write at once; every write is one short transaction.
+
+Everything is kept per *scope*: the task file's path within its workspace
+(``TaskGraph.scope``), so two task files in one directory with the same task names keep
+apart, and ``--rerun-failed`` of one never reruns what another file's run failed.
+Databases written before scopes existed are migrated in place (schema 2): their rows
+get the empty scope, and a scope with nothing of its own falls back to them, so an
+upgrade loses no learned duration.
 """
 
 from __future__ import annotations
@@ -27,20 +34,26 @@ WARM_SAMPLES = 3
 #: The guess when nothing at all is known yet.
 DEFAULT_EXPECTED_S = 10.0
 
+SCHEMA_VERSION = 2
+LEGACY_SCOPE = ""  # rows written before scopes existed
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS durations (
-    task TEXT PRIMARY KEY,
+    scope TEXT NOT NULL DEFAULT '',
+    task TEXT NOT NULL,
     estimate_s REAL NOT NULL,
     samples INTEGER NOT NULL,
     last_s REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    PRIMARY KEY (scope, task)
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     started REAL NOT NULL,
     ended REAL,
     exit_code INTEGER,
-    document TEXT
+    document TEXT,
+    scope TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id TEXT NOT NULL,
@@ -84,15 +97,45 @@ class TaskOutcome:
 
 
 class History:
-    """One history database; cheap to open, safe to share between processes."""
+    """One history database seen from one ``scope`` (a task file; see the module
+    docstring), or, with ``scope`` None, all of it (what it was before scopes: the
+    latest estimate of each task name); cheap to open, safe to share between processes."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, scope: str | None = None) -> None:
         self.path = Path(path)
+        self.scope = scope
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring any older database to :data:`SCHEMA_VERSION`, once, under the write lock
+        (two runs opening it at once: the second finds it done)."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._transaction():
+            if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            if "durations" in tables and "scope" not in self._columns("durations"):
+                self._db.execute("ALTER TABLE durations RENAME TO durations_v1")
+            if "runs" in tables and "scope" not in self._columns("runs"):
+                self._db.execute("ALTER TABLE runs ADD COLUMN scope TEXT NOT NULL DEFAULT ''")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            if "durations_v1" in {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO durations "
+                    "SELECT '', task, estimate_s, samples, last_s, updated FROM durations_v1"
+                )
+                self._db.execute("DROP TABLE durations_v1")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         self._db.close()
@@ -106,16 +149,38 @@ class History:
     # -- durations -----------------------------------------------------------------
 
     def durations(self) -> list[DurationRecord]:
-        rows = self._db.execute(
-            "SELECT task, estimate_s, samples, last_s, updated FROM durations ORDER BY task"
-        ).fetchall()
+        """This scope's learned durations (before any: what an older meshrun learned)."""
+        rows = self._durations(self.scope)
+        if not rows and self.scope not in (None, LEGACY_SCOPE):
+            rows = self._durations(LEGACY_SCOPE)
+        return rows
+
+    def _durations(self, scope: str | None) -> list[DurationRecord]:
+        if scope is None:  # every scope: the latest estimate of each name
+            rows = self._db.execute(
+                "SELECT task, estimate_s, samples, last_s, MAX(updated) FROM durations "
+                "GROUP BY task ORDER BY task"
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT task, estimate_s, samples, last_s, updated FROM durations "
+                "WHERE scope = ? ORDER BY task",
+                (scope,),
+            ).fetchall()
         return [DurationRecord(*row) for row in rows]
 
     def expected(self, tasks: Iterable[str]) -> dict[str, float]:
-        """Expected seconds per task: learned, else the median of known tasks."""
-        known = {r.task: r.estimate_s for r in self.durations()}
-        fallback = statistics.median(known.values()) if known else DEFAULT_EXPECTED_S
-        return {name: known.get(name, fallback) for name in tasks}
+        """Expected seconds per task: learned (in this scope, else before scopes
+        existed), else the median of this scope's known tasks."""
+        known = {r.task: r.estimate_s for r in self._durations(self.scope)}
+        legacy = (
+            {r.task: r.estimate_s for r in self._durations(LEGACY_SCOPE)}
+            if self.scope not in (None, LEGACY_SCOPE)
+            else {}
+        )
+        pool = known or legacy
+        fallback = statistics.median(pool.values()) if pool else DEFAULT_EXPECTED_S
+        return {name: known.get(name, legacy.get(name, fallback)) for name in tasks}
 
     def record_durations(self, samples: Mapping[str, float]) -> None:
         """Fold successful tasks' durations into their estimates, atomically."""
@@ -123,15 +188,23 @@ class History:
         with self._transaction():
             for task, seconds in samples.items():
                 row = self._db.execute(
-                    "SELECT estimate_s, samples FROM durations WHERE task = ?", (task,)
+                    "SELECT estimate_s, samples FROM durations WHERE scope = ? AND task = ?",
+                    (self._writing, task),
                 ).fetchone()
                 estimate, count = (row[0], row[1]) if row else (None, 0)
                 self._db.execute(
-                    "INSERT INTO durations (task, estimate_s, samples, last_s, updated) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(task) DO UPDATE SET "
+                    "INSERT INTO durations (scope, task, estimate_s, samples, last_s, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(scope, task) DO UPDATE SET "
                     "estimate_s = excluded.estimate_s, samples = excluded.samples, "
                     "last_s = excluded.last_s, updated = excluded.updated",
-                    (task, updated_estimate(estimate, count, seconds), count + 1, seconds, now),
+                    (
+                        self._writing,
+                        task,
+                        updated_estimate(estimate, count, seconds),
+                        count + 1,
+                        seconds,
+                        now,
+                    ),
                 )
 
     # -- runs ----------------------------------------------------------------------
@@ -147,9 +220,16 @@ class History:
     ) -> None:
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO runs (run_id, started, ended, exit_code, document) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (run_id, started, ended, exit_code, json.dumps(document) if document else None),
+                "INSERT OR REPLACE INTO runs (run_id, started, ended, exit_code, document, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    started,
+                    ended,
+                    exit_code,
+                    json.dumps(document) if document else None,
+                    self._writing,
+                ),
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO run_tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -159,16 +239,33 @@ class History:
                 ],
             )
 
-    def last_run_id(self) -> str | None:
-        last = self.last_run()
+    @property
+    def _writing(self) -> str:
+        return LEGACY_SCOPE if self.scope is None else self.scope
+
+    def last_run_id(self, scope: str | None = None) -> str | None:
+        last = self.last_run(scope)
         return None if last is None else last[0]
 
-    def last_run(self) -> tuple[str, float] | None:
-        """The run that started last, and when (epoch seconds)."""
-        row = self._db.execute(
-            "SELECT run_id, started FROM runs ORDER BY started DESC, run_id DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else (str(row[0]), float(row[1]))
+    def last_run(self, scope: str | None = None) -> tuple[str, float] | None:
+        """The run of ``scope`` (default: this history's) that started last, and when
+        (epoch seconds); with none, the last one recorded before scopes existed.
+        Unscoped: the last run of any."""
+        scope = self.scope if scope is None else scope
+        if scope is None:
+            row = self._db.execute(
+                "SELECT run_id, started FROM runs ORDER BY started DESC, run_id DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else (str(row[0]), float(row[1]))
+        for one in dict.fromkeys((scope, LEGACY_SCOPE)):
+            row = self._db.execute(
+                "SELECT run_id, started FROM runs WHERE scope = ? "
+                "ORDER BY started DESC, run_id DESC LIMIT 1",
+                (one,),
+            ).fetchone()
+            if row is not None:
+                return str(row[0]), float(row[1])
+        return None
 
     def run_outcomes(self, run_id: str) -> list[TaskOutcome] | None:
         """What each task of ``run_id`` ended as; None if there is no such run."""

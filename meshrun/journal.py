@@ -40,7 +40,14 @@ class Journal:
     """Appends a run's task ends to its journal. Never fails the run: a journal that
     cannot be written is logged once and then skipped."""
 
-    def __init__(self, run_dir: Path, run_id: str, tasks: Sequence[str], started: float) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        run_id: str,
+        tasks: Sequence[str],
+        started: float,
+        scope: str = "",
+    ) -> None:
         self.path = Path(run_dir) / JOURNAL_NAME
         self._file: IO[str] | None = None
         self._synced = time.monotonic()
@@ -51,7 +58,13 @@ class Journal:
             log.warning("cannot write the run journal %s: %s", self.path, exc)
             return
         self._write(
-            {"event": "start", "run_id": run_id, "started": started, "tasks": list(tasks)},
+            {
+                "event": "start",
+                "run_id": run_id,
+                "started": started,
+                "tasks": list(tasks),
+                "scope": scope,
+            },
             sync=True,
         )
 
@@ -110,6 +123,7 @@ class JournalRecord:
     started: float
     tasks: tuple[str, ...]
     ended: dict[str, str]  # task -> its last status
+    scope: str = ""  # the task file it ran (TaskGraph.scope); "" before scopes existed
 
 
 def read_journal(run_dir: Path) -> JournalRecord | None:
@@ -140,30 +154,36 @@ def read_journal(run_dir: Path) -> JournalRecord | None:
             started=float(start["started"]),
             tasks=tuple(str(t) for t in start["tasks"]),
             ended=ended,
+            scope=str(start.get("scope", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def latest_journal(runs_dir: Path) -> JournalRecord | None:
-    """The journal of the run that started last under ``runs_dir`` (``runs/``)."""
+def latest_journal(runs_dir: Path, scope: str | None = None) -> JournalRecord | None:
+    """The journal of the run that started last under ``runs_dir`` (``runs/``); with
+    ``scope``, of the last run of that task file (or of one from before scopes)."""
     newest: tuple[float, Path] | None = None
     try:
         children = list(Path(runs_dir).iterdir())
     except OSError:
         return None
     for child in children:
-        started = _started(child / JOURNAL_NAME)
-        if started is not None and (newest is None or started > newest[0]):
-            newest = (started, child)
+        head = _head(child / JOURNAL_NAME)
+        if head is None or (scope is not None and head[1] not in (scope, "")):
+            continue
+        if newest is None or head[0] > newest[0]:
+            newest = (head[0], child)
     return None if newest is None else read_journal(newest[1])
 
 
-def _started(path: Path) -> float | None:
-    """The start time on a journal's first line, without reading the rest."""
+def _head(path: Path) -> tuple[float, str] | None:
+    """The start time and scope on a journal's first line, without reading the rest."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             record = json.loads(f.readline())
-        return float(record["started"]) if record.get("event") == "start" else None
+        if record.get("event") != "start":
+            return None
+        return float(record["started"]), str(record.get("scope", ""))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

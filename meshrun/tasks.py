@@ -130,6 +130,20 @@ class TaskGraph:
                 found[need].append(task.name)
         return {name: tuple(names) for name, names in found.items()}
 
+    @property
+    def scope(self) -> str:
+        """What this graph's history, learned durations and ``--rerun-failed`` are kept
+        under: the task file's path within the workspace (``tasks.toml``,
+        ``ci/nightly.toml``), so two task files in one directory keep apart, and the
+        same file in another checkout (CI job paths vary) finds its history."""
+        if self.source is None:
+            return ""
+        source = Path(self.source).resolve()
+        try:
+            return source.relative_to(self.sync.root.resolve()).as_posix()
+        except ValueError:
+            return source.name
+
     def dependents(self, name: str) -> tuple[str, ...]:
         """The tasks that need ``name``, in file order. KeyError for an unknown name."""
         return self._dependents[name]

@@ -227,3 +227,40 @@ def test_the_cli_refuses_such_a_task_with_exit_2(
     # Without --artifacts the outputs go to the workspace: the name is fine.
     code, _, stderr = run_cli(monkeypatch, capsys, "dispatch", str(tmp_path / "tasks.toml"))
     assert code == 0, stderr
+
+
+def test_two_task_files_in_one_directory_keep_their_history_and_reruns_apart(
+    project: Path,
+) -> None:
+    """The same task name in two files: durations and --rerun-failed stay per file."""
+    (project / "other.toml").write_text(
+        '[[task]]\nname = "test"\nrun = "sleep 0.5"\n\n[[task]]\nname = "lint"\nrun = "exit 3"\n'
+    )
+    first = dispatch(project, run_id="r1")  # tasks.toml: all succeed, "test" at once
+    assert first.exit_code == 0
+    other = dispatch(project, graph=load_tasks(project / "other.toml"), run_id="r2")
+    assert other.exit_code == 1  # other.toml's "lint" failed, and its run is the last
+
+    history = project / ".meshrun/history.sqlite"
+    with History(history) as h:
+        graph = select_rerun(load_tasks(project / "tasks.toml"), h, None)
+    assert list(graph.tasks) == [], "only another file's run failed 'lint'"
+    with History(history, scope="tasks.toml") as h:
+        learned = {r.task: r.last_s for r in h.durations()}
+    assert set(learned) == {"build", "test", "ship", "lint"}
+    assert learned["test"] < 0.5, "other.toml's 0.5 s 'test' must not be this file's"
+    with History(history, scope="other.toml") as h:
+        assert {r.task: r.last_s >= 0.5 for r in h.durations()} == {"test": True}
+        assert list(select_rerun(load_tasks(project / "other.toml"), h, None).tasks) == ["lint"]
+
+
+def test_meshrun_history_shows_only_that_files_tasks(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "other.toml").write_text('[[task]]\nname = "solo"\nrun = "true"\n')
+    dispatch(project, run_id="r1")
+    dispatch(project, graph=load_tasks(project / "other.toml"), run_id="r2")
+    code, out, _ = run_cli(monkeypatch, capsys, "history", str(project / "other.toml"), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["scope"] == "other.toml" and [t["name"] for t in doc["tasks"]] == ["solo"]
