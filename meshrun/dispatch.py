@@ -31,11 +31,14 @@ from meshrun.installed import InstalledOutputs
 from meshrun.inventory import Host, HostDefaults, limit_filter
 from meshrun.journal import Journal, JournalRecord, latest_journal, read_journal
 from meshrun.manifest import (
+    MANIFEST_NAME,
     RESERVED_NAMES,
     FileEntry,
     HostEntry,
     Manifest,
     TaskEntry,
+    hash_tree,
+    parse_manifest,
     run_manifest,
     write_manifest,
 )
@@ -193,6 +196,59 @@ def _unrecorded_run(
     return journal
 
 
+def _prior_outputs(
+    graph: TaskGraph, history: History, state: StateDir
+) -> dict[str, tuple[Path, tuple[FileEntry, ...]]]:
+    """For a rerun: each need that passed earlier -> where its verified outputs are kept
+    (``runs/<id>/artifacts/<need>``) and its files, from the latest run it passed in.
+
+    Files come from that run's manifest, or, for a run killed before writing one, from
+    hashing its artifacts (its journal says the need passed). InputError, before anything
+    starts, when a need's outputs are listed but gone: the rerun would not equal a run.
+    """
+    found: dict[str, tuple[Path, tuple[FileEntry, ...]]] = {}
+    for need in dict.fromkeys(n for needs in graph.done_needs.values() for n in needs):
+        run_id = _last_success(history, state, need, graph.scope)
+        if run_id is None:
+            continue  # never recorded as passed: nothing to push (a dependent says so)
+        source = state.run_dir(run_id) / "artifacts" / need
+        try:
+            manifest = state.run_dir(run_id) / MANIFEST_NAME
+            if manifest.is_file():
+                entries = parse_manifest(manifest.read_bytes(), source=str(manifest)).tasks
+                files = next((t.files for t in entries if t.name == need), ())
+            else:
+                files = hash_tree(source) if source.is_dir() else ()
+            missing = [f.path for f in files if not (source / f.path).is_file()]
+        except (OSError, IntegrityError) as exc:
+            raise InputError(
+                f"{need}: the outputs it left in run {run_id} cannot be read: {exc}",
+                fix="run the whole graph again (without --rerun-failed/--resume)",
+            ) from exc
+        if missing:
+            raise InputError(
+                f"{need}: outputs of run {run_id} are gone from {source} ({missing[0]!r})",
+                fix="run the whole graph again (without --rerun-failed/--resume)",
+            )
+        found[need] = (source, files)
+    return found
+
+
+def _last_success(history: History, state: StateDir, task: str, scope: str) -> str | None:
+    """The latest run ``task`` passed in: recorded, or journalled by a killed run."""
+    recorded = history.last_success(task, scope)
+    journal = latest_journal(state.root / "runs", scope)
+    if (
+        journal is not None
+        and journal.ended.get(task) == TaskStatus.SUCCEEDED.value
+        and history.run_outcomes(journal.run_id) is None
+    ):
+        last = history.last_run(scope)
+        if recorded is None or last is None or journal.started > last[1]:
+            return journal.run_id
+    return recorded
+
+
 def _check_artifact_names(graph: TaskGraph, artifacts_dir: Path) -> None:
     """InputError for a task whose outputs would land where meshrun writes its own records.
 
@@ -245,6 +301,7 @@ def run_dispatch(
     run_dir = state.run_dir(run_id)
     with History(state.history, scope=graph.scope) as history:
         expected = history.expected(graph.tasks)
+        prior = _prior_outputs(graph, history, state)
 
         excludes = list(graph.sync.exclude)
         state_root = state.root.resolve()
@@ -314,7 +371,12 @@ def run_dispatch(
 
         def stage(host: Host, needs: Sequence[tuple[str, tuple[FileEntry, ...]]]) -> int:
             """Push needs' verified outputs (the run directory's copy) to ``host``."""
-            inputs = [staging.Input(need, artifacts_root / need, files) for need, files in needs]
+            inputs = [
+                staging.Input(
+                    need, prior[need][0] if need in prior else artifacts_root / need, files
+                )
+                for need, files in needs
+            ]
             return staging.push(connector, host, inputs)
 
         started = time.time()
@@ -339,6 +401,7 @@ def run_dispatch(
             sync=push if options.sync and graph.sync.paths else None,
             collect=collect,
             stage=stage,
+            prior_outputs={need: files for need, (_, files) in prior.items()},
         )
         browser = None if discovery is None else _join_discovered(dispatcher, hosts, discovery)
         try:

@@ -321,6 +321,9 @@ class Dispatcher:
     sync: SyncFn | None = None  # pushes the workspace to a host before it joins
     collect: CollectFn | None = None  # brings an ended task's outputs home
     stage: StageFn | None = None  # pushes needs' outputs to a dependent's host
+    #: Outputs of needs that passed in an earlier run (``graph.done_needs``; a rerun):
+    #: pushed before each dependent starts, wherever it runs, as a full run would.
+    prior_outputs: Mapping[str, tuple[FileEntry, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue[_Item] = queue.Queue()
@@ -838,6 +841,10 @@ class Dispatcher:
             (need, self._files[need])
             for need in task.needs
             if self._files.get(need) and self._scheduler.records[need].host != decision.host
+        ] + [
+            (need, self.prior_outputs[need])
+            for need in self.graph.done_needs.get(decision.task, ())
+            if self.prior_outputs.get(need)
         ]
         if moves and self.stage is not None:
             # The needs ran elsewhere: push their outputs first, off this thread. The

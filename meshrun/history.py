@@ -267,6 +267,22 @@ class History:
                 return str(row[0]), float(row[1])
         return None
 
+    def last_success(self, task: str, scope: str | None = None) -> str | None:
+        """The latest run of ``scope`` (default: this history's) in which ``task``
+        succeeded, or one recorded before scopes existed; None if none did."""
+        scope = self.scope if scope is None else scope
+        scopes = (LEGACY_SCOPE,) if scope is None else tuple(dict.fromkeys((scope, LEGACY_SCOPE)))
+        for one in scopes:
+            row = self._db.execute(
+                "SELECT r.run_id FROM run_tasks t JOIN runs r ON r.run_id = t.run_id "
+                "WHERE t.task = ? AND t.status = 'succeeded' AND r.scope = ? "
+                "ORDER BY r.started DESC, r.run_id DESC LIMIT 1",
+                (task, one),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+        return None
+
     def run_outcomes(self, run_id: str) -> list[TaskOutcome] | None:
         """What each task of ``run_id`` ended as; None if there is no such run."""
         if self._db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:

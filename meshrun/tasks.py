@@ -113,10 +113,14 @@ class TaskGraph:
     sync: SyncSpec
     source: str | None = None
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: A subset's needs on tasks left out (they passed in an earlier run): a rerun
+    #: pushes their outputs from that run, as a full run would have them there.
+    done_needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", MappingProxyType(dict(self.tasks)))
         object.__setattr__(self, "lines", MappingProxyType(dict(self.lines)))
+        object.__setattr__(self, "done_needs", MappingProxyType(dict(self.done_needs)))
         for task in self.tasks.values():
             unknown = [need for need in task.needs if need not in self.tasks]
             if unknown:
@@ -194,7 +198,22 @@ class TaskGraph:
             if name in wanted
         }
         lines = {name: line for name, line in self.lines.items() if name in wanted}
-        return TaskGraph(tasks=kept, sync=self.sync, source=self.source, lines=lines)
+        done = {
+            name: tuple(
+                dict.fromkeys(
+                    [*self.done_needs.get(name, ()), *(n for n in task.needs if n not in wanted)]
+                )
+            )
+            for name, task in self.tasks.items()
+            if name in wanted
+        }
+        return TaskGraph(
+            tasks=kept,
+            sync=self.sync,
+            source=self.source,
+            lines=lines,
+            done_needs={name: needs for name, needs in done.items() if needs},
+        )
 
 
 def _kahn(tasks: Mapping[str, Task]) -> tuple[list[str], list[str]]:

@@ -126,7 +126,7 @@ HELP: dict[str, tuple[list[str], list[str]]] = {
     ),
     "history": (
         ["TASKS.toml", "--state-dir DIR", "--json", "-h, --help"],
-        ["Show the learned duration of each task (what the scheduler expects)."],
+        ["Show the learned duration of each task of TASKS.toml (what the scheduler expects)."],
     ),
     "version": (["-h, --help"], ["Print meshrun's version."]),
     "completion": (

@@ -1057,3 +1057,16 @@ def test_outputs_and_outputs_on_success_are_kept_apart() -> None:
 def test_outputs_on_success_is_checked_like_outputs() -> None:
     with pytest.raises(TaskFileError, match=r"outputs_on_success.*absolute"):
         parse(task_block("a", 'outputs_on_success = ["/etc/passwd"]'))
+
+
+def test_a_subset_remembers_the_needs_it_left_out() -> None:
+    graph = parse(
+        task_block("a")
+        + task_block("b")
+        + task_block("merge", 'needs = ["a", "b"]')
+        + task_block("ship", 'needs = ["merge"]')
+    )
+    rerun = graph.subset(["merge", "ship"])
+    assert rerun.tasks["merge"].needs == () and rerun.tasks["ship"].needs == ("merge",)
+    assert dict(rerun.done_needs) == {"merge": ("a", "b")}
+    assert dict(rerun.subset(["ship"]).done_needs) == {"ship": ("merge",)}
