@@ -52,6 +52,7 @@ from meshrun.scheduler import (
     TaskStatus,
     TaskSucceeded,
 )
+from meshrun.sizes import format_size
 from meshrun.tasks import Task, TaskGraph
 from meshrun.transport.base import Connection, Connector, Stream
 
@@ -501,6 +502,8 @@ class Dispatcher:
             info.fingerprint = item.fingerprint
             info.status = "ok"
             info.slots = item.host.slots or item.runner.cpus or 1
+            slots = f"{info.slots} slot{'s' * (info.slots != 1)}"
+            log.info("%s: ready (%s runner, %s)", item.host.name, item.runner.kind, slots)
             self.observer(HostReady(item.host.name, item.runner.kind, info.slots))
             spec = HostSpec(item.host.name, info.slots, item.host.weight, item.host.labels)
             if self._gather_until == float("inf"):
@@ -650,17 +653,32 @@ class Dispatcher:
 
     def _collect_outputs(self, task_id: str, host: Host, task: Task, *, succeeded: bool) -> None:
         assert self.collect is not None
+        log.info("%s: bringing the outputs of %s home", host.name, task.name)
+        began = time.monotonic()
         try:
             files = self.collect(host, task, succeeded)
         except IntegrityError as exc:
+            log.info("%s: the outputs of %s failed verification", host.name, task.name)
             self._queue.put(_Collected(task_id, (), str(exc), integrity=True))
         except MeshrunError as exc:
+            log.info("%s: the outputs of %s did not come home: %s", host.name, task.name, exc)
             error = in_context("collecting outputs failed", str(exc), host=host.name)
             self._queue.put(_Collected(task_id, (), error))
         except Exception as exc:  # a bug must not leave the task running forever
-            log.exception("collecting outputs of %s failed", task.name)
+            log.exception("%s: collecting the outputs of %s failed", host.name, task.name)
             self._queue.put(_Collected(task_id, (), f"internal error: {exc!r}"))
         else:
+            took = time.monotonic() - began
+            size = format_size(sum(f.size for f in files))
+            log.info(
+                "%s: outputs of %s home: %d file%s, %s in %.2fs",
+                host.name,
+                task.name,
+                len(files),
+                "s" * (len(files) != 1),
+                size,
+                took,
+            )
             self._queue.put(_Collected(task_id, files))
 
     def _collected(self, item: _Collected, started: float) -> None:
@@ -795,18 +813,18 @@ class Dispatcher:
         attempt.stop_sent = time.monotonic()
         runner = self._info[attempt.host].runner
         if runner is not None:
-            self._safe(runner.cancel, task_id)
+            self._safe(attempt.host, runner.cancel, task_id)
 
     def _poll_load(self) -> None:
         for info in self._info.values():
             if info.status == "ok" and info.runner is not None:
-                self._safe(info.runner.request_load)
+                self._safe(info.host.name, info.runner.request_load)
 
-    def _safe(self, fn: Callable[..., None], *args: str) -> None:
+    def _safe(self, host: str, fn: Callable[..., None], *args: str) -> None:
         try:
             fn(*args)
         except MeshrunError as exc:
-            log.warning("%s", exc)
+            log.warning("%s: %s", host, str(exc).removeprefix(f"{host}: "))
 
     # -- decisions -------------------------------------------------------------------
 
@@ -815,10 +833,13 @@ class Dispatcher:
             if isinstance(decision, Start):
                 self._start(decision, started)
             elif isinstance(decision, Cancel):
+                log.info("%s: stopping %s: %s", decision.host, decision.task, decision.reason)
                 for task_id, attempt in self._running.items():
                     if attempt.task == decision.task and attempt.host == decision.host:
                         attempt.cancelled = True
                         self._stop_attempt(task_id, attempt)
+        for change in self._scheduler.take_limit_changes():
+            log.info("%s: slots %d -> %d: %s", change.host, change.before, change.after, change.why)
         self._announce_ends()
 
     def _start(self, decision: Start, started: float) -> None:
@@ -828,6 +849,10 @@ class Dispatcher:
         # on a lost host, whose late reports would otherwise be taken for the new one.
         self._starts += 1
         task_id = f"{decision.task}#{self._starts}"
+        stolen = f", taken from {decision.stolen_from}'s queue" if decision.stolen_from else ""
+        log.info(
+            "%s: starts %s (attempt %d%s)", decision.host, decision.task, decision.attempt, stolen
+        )
         log_file = (self.logs_dir / f"{decision.task}.log").open("ab")
         log_file.write(
             f"# meshrun: attempt {decision.attempt} on {decision.host}: {task.run}\n".encode()
@@ -866,17 +891,26 @@ class Dispatcher:
         self, task_id: str, host: Host, moves: Sequence[tuple[str, tuple[FileEntry, ...]]]
     ) -> None:
         assert self.stage is not None
+        task, needs = task_id.rpartition("#")[0], ", ".join(need for need, _ in moves)
+        log.info("%s: pushing the outputs of %s for %s", host.name, needs, task)
+        began = time.monotonic()
         try:
             sent = self.stage(host, moves)
         except IntegrityError as exc:
+            log.info("%s: the inputs of %s failed verification", host.name, task)
             self._queue.put(_Staged(task_id, error=str(exc), integrity=True))
         except MeshrunError as exc:
+            log.info("%s: the inputs of %s could not be pushed: %s", host.name, task, exc)
             error = in_context("pushing its inputs failed", str(exc), host=host.name)
             self._queue.put(_Staged(task_id, error=error))
         except Exception as exc:  # a bug must not leave the task staging forever
-            log.exception("pushing the inputs of %s failed", task_id)
+            log.exception("%s: pushing the inputs of %s failed", host.name, task)
             self._queue.put(_Staged(task_id, error=f"internal error: {exc!r}"))
         else:
+            took = time.monotonic() - began
+            log.info(
+                "%s: inputs of %s pushed: %s in %.2fs", host.name, task, format_size(sent), took
+            )
             self._queue.put(_Staged(task_id, sent_bytes=sent))
 
     def _staged(self, item: _Staged, started: float) -> None:
@@ -949,7 +983,7 @@ class Dispatcher:
             self._queue.put(_Unreachable(host, _without_host(str(exc), host)))
             return
         except Exception as exc:  # never hang the run on a bug in one host's set-up
-            log.exception("setting up %s failed", host.name)
+            log.exception("%s: setting up failed", host.name)
             self._queue.put(_Unreachable(host, f"internal error: {exc!r}"))
             return
         if self._closing:
@@ -973,10 +1007,14 @@ class Dispatcher:
         failed: list[BaseException] = []
 
         def push() -> None:
+            log.info("%s: pushing the workspace", host.name)
+            began = time.monotonic()
             try:
                 sync(host)
             except BaseException as exc:  # handed to the set-up thread, raised there
                 failed.append(exc)
+            else:
+                log.info("%s: workspace pushed in %.2fs", host.name, time.monotonic() - began)
 
         pusher = threading.Thread(target=push, name=f"meshrun-push-{host.name}", daemon=True)
         pusher.start()

@@ -182,6 +182,18 @@ class Start:
     task: str
     host: str
     attempt: int  # 1-based; host-loss re-queues do not count as attempts
+    stolen_from: str | None = None  # the host whose queue it was taken from (stealing)
+
+
+@records.record
+class LimitChanged:
+    """A host's concurrency limit moved (``take_limit_changes``): halved under distress,
+    one back after a clean success."""
+
+    host: str
+    before: int
+    after: int
+    why: str
 
 
 @records.record
@@ -249,6 +261,7 @@ class Scheduler:
         self._stalled: list[str] = []  # ready but no live host can run them
         self._ended: list[str] = []  # final since the last take_ended()
         self._moving: dict[str, str] = {}  # running task being stopped -> its new host
+        self._limit_changes: list[LimitChanged] = []  # since the last take_limit_changes()
         for record in self.records.values():
             record.waiting_on = len(record.task.needs)
         for spec in hosts:
@@ -306,7 +319,7 @@ class Scheduler:
         elif isinstance(event, HostLoad):
             host = self.hosts.get(event.host)
             if host is not None and event.cpus > 0 and event.load1 > event.cpus:
-                self._distress(host, now)
+                self._distress(host, now, f"load {event.load1:g} above its {event.cpus} CPUs")
         elif isinstance(event, CancelAll):
             decisions += self._stop(event.reason, cancel_running=True)
         elif isinstance(event, Abandon):
@@ -509,7 +522,8 @@ class Scheduler:
         self._moving.pop(event.task, None)  # it ended before the stop landed
         if host is not None:
             self._release(host, event.task)
-            host.limit = min(host.spec.slots, host.limit + 1)
+            if host.limit < host.spec.slots:
+                self._set_limit(host, host.limit + 1, f"{event.task} succeeded")
         if event.output_files:
             self._outputs[event.task] = event.output_bytes
         self._end(event.task, TaskStatus.SUCCEEDED, None)
@@ -531,7 +545,7 @@ class Scheduler:
         if host is not None:
             self._release(host, event.task)
             if event.infrastructure:
-                self._distress(host, now)
+                self._distress(host, now, f"{event.task}: {event.error or 'failed'}")
         record.exit_code = event.exit_code
         record.avoid.add(event.host)
         if record.attempts <= record.task.retries and self._stopping is None:
@@ -558,11 +572,21 @@ class Scheduler:
                 self._end(dependent, TaskStatus.SKIPPED, f"needs {name}, which did not succeed")
                 stack.extend(self.graph.dependents(dependent))
 
-    def _distress(self, host: _HostState, now: float) -> None:
+    def _distress(self, host: _HostState, now: float, why: str) -> None:
         if now - host.last_distress < self.policy.distress_cooldown_s:
             return
         host.last_distress = now
-        host.limit = max(1, host.limit // 2)
+        self._set_limit(host, max(1, host.limit // 2), why)
+
+    def _set_limit(self, host: _HostState, limit: int, why: str) -> None:
+        if limit != host.limit:
+            self._limit_changes.append(LimitChanged(host.spec.name, host.limit, limit, why))
+            host.limit = limit
+
+    def take_limit_changes(self) -> list[LimitChanged]:
+        """Concurrency changes since the last call (for logs)."""
+        changes, self._limit_changes = self._limit_changes, []
+        return changes
 
     def _lose_host(self, name: str) -> None:
         host = self.hosts.get(name)
@@ -662,9 +686,10 @@ class Scheduler:
             for host in self.hosts.values():
                 if not host.alive or (host.running and host.used >= host.limit):
                     continue  # full: nothing can start there
-                name = self._next_for(host, now)
-                if name is None:
+                chosen = self._next_for(host, now)
+                if chosen is None:
                     continue
+                name, stolen_from = chosen
                 record = self.records[name]
                 record.status = TaskStatus.RUNNING
                 record.host = host.spec.name
@@ -677,7 +702,7 @@ class Scheduler:
                 )
                 host.used += record.task.weight
                 host.running_work += self._work(name)
-                decisions.append(Start(name, host.spec.name, record.attempts))
+                decisions.append(Start(name, host.spec.name, record.attempts, stolen_from))
                 progress = True
         return decisions
 
@@ -707,8 +732,9 @@ class Scheduler:
             now = max(now, end)
         return now
 
-    def _next_for(self, host: _HostState, now: float) -> str | None:
-        """The head of this host's queue if it fits, else a backfill or a stolen task.
+    def _next_for(self, host: _HostState, now: float) -> tuple[str, str | None] | None:
+        """The head of this host's queue if it fits, else a backfill or a stolen task
+        (with the host it was stolen from).
 
         A head too heavy for the free room keeps its place (it is not starved): smaller
         queued tasks may run before it only if they should end before its reserved
@@ -718,7 +744,7 @@ class Scheduler:
             _, _, head = host.queue[0]
             head_task = self.records[head].task
             if self._fits(host, head_task):
-                return self._dequeue(host, 0)
+                return self._dequeue(host, 0), None
             units = min(head_task.weight, host.limit) if host.running else head_task.weight
             shadow = self._reserved_start(host, units, now)
             for i in range(1, min(len(host.queue), BACKFILL_LOOKAHEAD + 1)):
@@ -727,7 +753,7 @@ class Scheduler:
                 if self._fits(host, record.task) and (
                     now + record.expected_s / host.spec.speed <= shadow
                 ):
-                    return self._dequeue(host, i)
+                    return self._dequeue(host, i), None
             return None
         if host.used >= host.limit:
             return None
@@ -757,7 +783,7 @@ class Scheduler:
                 if mine * STEAL_MARGIN > self._best_finish_s(record, exclude=host):
                     continue
                 if self._eligible(host, record.task) and self._fits(host, record.task):
-                    return self._dequeue(victim, i)
+                    return self._dequeue(victim, i), victim.spec.name
         return None
 
 

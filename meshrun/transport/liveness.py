@@ -109,6 +109,7 @@ class _Watch:
     probe: Callable[[], None]
     on_dead: Callable[[str], None]
     sending: threading.Event = field(default_factory=threading.Event)
+    name: str = "a host"  # for logs
 
 
 class LivenessMonitor:
@@ -135,15 +136,17 @@ class LivenessMonitor:
         count_max: int,
         probe: Callable[[], None],
         on_dead: Callable[[str], None],
+        name: str = "a host",
     ) -> Liveness:
-        """Start watching ``link``; an ``interval_s`` of 0 turns detection off."""
+        """Start watching ``link`` (``name``: the host, for logs); an ``interval_s`` of 0
+        turns detection off."""
         state = Liveness(interval_s, count_max, heard_at=self._clock())
         if interval_s <= 0:
             return state
         with self._lock:
             if self._stop.is_set():
                 return state
-            self._watches.append(_Watch(link, state, probe, on_dead))
+            self._watches.append(_Watch(link, state, probe, on_dead, name=name))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="meshrun-liveness", daemon=True
@@ -182,7 +185,7 @@ class LivenessMonitor:
                 with self._lock:
                     self._dead[w.link] = reason
                 self._forget(w)
-                log.info("%s", reason)
+                # on_dead says so, naming the host (this monitor knows only the link).
                 threading.Thread(
                     target=w.on_dead, args=(reason,), name="meshrun-liveness-close", daemon=True
                 ).start()
@@ -214,7 +217,7 @@ class LivenessMonitor:
             try:
                 w.probe()
             except Exception as exc:  # a closing transport: its reader notices
-                log.debug("keepalive not sent: %s", exc)
+                log.debug("%s: keepalive not sent: %s", w.name, exc)
             finally:
                 w.sending.clear()
 

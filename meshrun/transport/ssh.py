@@ -815,7 +815,7 @@ class SSHConnector:
             transport.close()
             raise HostUnreachable(host.name, "the run is shutting down")
         self._watch(host, ep, transport)
-        log.debug("connected to %s (%s)", host.name, where, extra={"host": host.name})
+        log.info("%s: connected (%s)", host.name, where)
         return SSHConnection(
             host, transport, self.channels_per_host, ep.connect_timeout_s, self._liveness
         )
@@ -824,7 +824,7 @@ class SSHConnector:
         """Keepalives that want a reply; a host silent past them is given up (closed)."""
 
         def dead(reason: str) -> None:
-            log.info("%s %s; closing its connection", host.name, reason)
+            log.info("%s: %s; closing its connection", host.name, reason)
             transport.close()
 
         state = self._liveness.watch(
@@ -833,6 +833,7 @@ class SSHConnector:
             count_max=ep.server_alive_count_max,
             probe=functools.partial(liveness.send_keepalive, transport),
             on_dead=dead,
+            name=host.name,
         )
         if ep.server_alive_interval_s > 0:
             liveness.observe_packets(transport, state)
@@ -952,6 +953,8 @@ class SSHConnector:
     def _handshake(self, host: Host, ep: Endpoint, sock: Any, where: str) -> paramiko.Transport:
         name = ep.key_name
         transport = paramiko.Transport(sock)
+        # paramiko's own records (-vvv) name the host too: paramiko.transport.<host>.
+        transport.set_log_channel(f"paramiko.transport.{host.name}")
         transport.banner_timeout = ep.connect_timeout_s
         transport.handshake_timeout = ep.connect_timeout_s
         opts = transport.get_security_options()
