@@ -1292,6 +1292,8 @@ def verify_command(
         sys.stdout.write(meshrun.report.dumps(document) + "\n")
     for problem in problems:
         sys.stderr.write(f"meshrun: {problem}\n")
+    for note in result.notes:
+        sys.stderr.write(f"meshrun: note: {note}\n")
     state = "ok" if result.ok and not refused_unsigned else "FAILED"
     sys.stderr.write(
         f"meshrun: verify {state}: signature {result.signature.value}"

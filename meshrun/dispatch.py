@@ -24,6 +24,7 @@ from meshrun.executor import (
     Notice,
     Observer,
     TaskEnded,
+    TaskResult,
     _ignore,
 )
 from meshrun.history import History, TaskOutcome
@@ -413,7 +414,7 @@ def run_dispatch(
         _settle_outputs(graph, report, state, workspace, artifacts_dir, run_id, observer)
         document = dispatch_document(report, command_line=command_line)
         (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
-        manifest = build_manifest(graph, report, command_line)
+        manifest = build_manifest(graph, report, command_line, artifacts_dir=artifacts_dir)
         write_manifest(run_dir, manifest, signing_key)
         if artifacts_dir is not None:  # the artifacts carry their own manifest copy
             write_manifest(Path(artifacts_dir), manifest, signing_key)
@@ -464,9 +465,23 @@ def _settle_outputs(
 
 
 def build_manifest(
-    graph: TaskGraph, report: DispatchReport, command_line: Sequence[str]
+    graph: TaskGraph,
+    report: DispatchReport,
+    command_line: Sequence[str],
+    *,
+    artifacts_dir: str | Path | None = None,
 ) -> Manifest:
-    """The run's manifest: hosts with their host-key fingerprints, each task's end."""
+    """The run's manifest: hosts with their host-key fingerprints, each task's end, and
+    where its outputs were placed (the workspace, or ``artifacts_dir/<task>``), so
+    ``meshrun verify`` checks what ships, not only the run directory's copy."""
+
+    def installed(t: TaskResult) -> tuple[str | None, str | None]:
+        if not t.files:
+            return None, None
+        if artifacts_dir is not None:
+            return str(Path(artifacts_dir).resolve() / t.name), "artifacts"
+        return str(graph.sync.root.resolve()), "workspace"
+
     return run_manifest(
         run_id=report.run_id,
         started_at=report.started_at,
@@ -486,6 +501,8 @@ def build_manifest(
                 duration_s=t.duration_s,
                 files=t.files,
                 timeline=t.timeline,
+                installed_to=installed(t)[0],
+                installed_kind=installed(t)[1],
             )
             for t in report.tasks
         ),

@@ -44,6 +44,7 @@ import socket
 import stat
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -216,6 +217,11 @@ class TaskEntry:
     duration_s: float | None
     files: tuple[FileEntry, ...] = ()
     timeline: tuple[AttemptEntry, ...] = ()  # every attempt, lost ones included
+    #: Where its files were placed for use (absolute): the workspace, or ``DIR/<task>``
+    #: of ``--artifacts DIR`` (``installed_kind`` "artifacts": meshrun's own directory,
+    #: so a file there that the manifest does not list is reported). None: not placed.
+    installed_to: str | None = None
+    installed_kind: str | None = None  # "workspace" | "artifacts"
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -237,6 +243,12 @@ class TaskEntry:
             raise IntegrityError(f"{where}: attempts must be >= 0")
         if self.duration_s is not None:
             object.__setattr__(self, "duration_s", _duration(self.duration_s, where))
+        if self.installed_to is not None and (
+            not isinstance(self.installed_to, str) or not self.installed_to.startswith("/")
+        ):
+            raise IntegrityError(f"{where}: installed_to must be an absolute path or null")
+        if self.installed_kind not in (None, "workspace", "artifacts"):
+            raise IntegrityError(f"{where}: installed_kind must be workspace, artifacts or null")
         files = tuple(sorted(self.files, key=lambda f: f.path))
         for before, after in pairwise(files):
             if before.path == after.path:
@@ -254,13 +266,17 @@ class TaskEntry:
             "duration_s": self.duration_s,
             "files": [f.to_dict() for f in self.files],
             "timeline": [a.to_dict() for a in self.timeline],
+            "installed_to": self.installed_to,
+            "installed_kind": self.installed_kind,
         }
 
     @classmethod
     def from_dict(cls, data: object, where: str = "task") -> TaskEntry:
         keys = ("name", "host", "command", "status", "exit_code", "attempts", "duration_s")
         # "timeline" is optional: manifests written before it existed still verify.
-        doc = _Object(data, where, (*keys, "files"), optional=("timeline",))
+        doc = _Object(
+            data, where, (*keys, "files"), optional=("timeline", "installed_to", "installed_kind")
+        )
         name = doc.text("name")
         where = f"tasks[{name!r}]"
         files = tuple(
@@ -281,6 +297,10 @@ class TaskEntry:
             duration_s=doc.optional_number("duration_s"),
             files=files,
             timeline=timeline,
+            installed_to=doc.optional_text("installed_to") if doc.has("installed_to") else None,
+            installed_kind=(
+                doc.optional_text("installed_kind") if doc.has("installed_kind") else None
+            ),
         )
 
 
@@ -673,6 +693,7 @@ class VerifyReport:
     changed: tuple[ChangedFile, ...] = ()
     unlisted: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what was not checked, and why (not failures)
 
     @property
     def ok(self) -> bool:
@@ -706,6 +727,7 @@ class VerifyReport:
             "changed": [change.to_dict() for change in self.changed],
             "unlisted": list(self.unlisted),
             "errors": list(self.errors),
+            "notes": list(self.notes),
         }
 
 
@@ -1004,7 +1026,60 @@ def verify_run(directory: Path, *, allowed_keys: Sequence[Ed25519PublicKey] | No
             ignore = [root / MANIFEST_NAME, root / SIGNATURE_NAME]
     else:
         root = directory / DISPATCH_FILES_DIR
-    return verify_directory(directory, allowed_keys=allowed_keys, root=root, ignore=ignore)
+    report = verify_directory(directory, allowed_keys=allowed_keys, root=root, ignore=ignore)
+    if kind == "dispatch" and report.manifest is not None:
+        report = _with_installed(report, report.manifest)
+    return report
+
+
+def _with_installed(report: VerifyReport, manifest: Manifest) -> VerifyReport:
+    """``report`` plus the copies that ship: each task's files where the run placed
+    them (the workspace, ``--artifacts DIR``). A changed byte, a missing file and, in
+    ``--artifacts DIR``, a file the manifest does not list are each named by path; a
+    place that is not on this machine (the run directory was copied elsewhere) is said,
+    not failed."""
+    missing, changed, unlisted, notes = [], [], [], []
+    checked = 0
+    for task in manifest.tasks:
+        if task.installed_to is None:
+            continue
+        dest = Path(task.installed_to)
+        if not dest.is_dir():
+            if task.files:
+                notes.append(f"{task.name}: its installed copies in {dest} are not here")
+            continue
+        for entry in task.files:
+            target = dest / entry.path
+            if not target.exists() and not target.is_symlink():
+                missing.append(str(target))
+                continue
+            if target.is_symlink() or not target.is_file():
+                kind = "symlink" if target.is_symlink() else "directory or special file"
+                changed.append(ChangedFile(str(target), task.name, ("type",), entry, None, kind))
+                continue
+            try:
+                actual = hash_file(target, root=dest)
+            except IntegrityError as exc:
+                missing.append(f"{target} ({exc})")
+                continue
+            checked += 1
+            differs = tuple(
+                f for f in ("size", "sha256", "mode") if getattr(actual, f) != getattr(entry, f)
+            )
+            if differs:
+                changed.append(ChangedFile(str(target), task.name, differs, entry, actual))
+        if task.installed_kind == "artifacts":
+            present, _ = _scan(dest)
+            listed = {entry.path for entry in task.files}
+            unlisted += [str(dest / rel) for rel in sorted(present) if rel not in listed]
+    return replace(
+        report,
+        files_checked=report.files_checked + checked,
+        missing=(*report.missing, *missing),
+        changed=(*report.changed, *changed),
+        unlisted=(*report.unlisted, *unlisted),
+        notes=(*report.notes, *notes),
+    )
 
 
 def _run_kind(directory: Path) -> tuple[str | None, str | None]:

@@ -251,3 +251,36 @@ def test_outputs_over_pull_max_bytes_fail_their_task_before_anything_is_written(
     assert {t["name"]: t["error"] for t in report["tasks"]}["big"] == tasks["big"]["error"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {t["name"]: t["files"] for t in manifest["tasks"]}["big"] == []
+
+
+def test_verify_of_a_run_checks_the_copies_that_ship(fleet4: Fleet, tmp_path: Path) -> None:
+    """The workspace copies and --artifacts DIR are what CI publishes: verify checks them."""
+    tasks = [
+        {
+            "name": "build",
+            "run": "mkdir -p ship && echo v1 > ship/app && echo doc > ship/doc",
+            "outputs": ["ship/**"],
+        },
+    ]
+    tasks_file = write_project(tmp_path / "proj", tasks, sync={"paths": []})
+    project = tasks_file.parent
+    r = dispatch(tasks_file, fleet4.hosts_toml)
+    assert r.rc == 0, r.describe()
+    run_dir = Path(r.doc["run_dir"])
+    clean = run_meshrun("verify", run_dir, "--allow-unsigned")
+    assert clean.rc == 0, clean.describe()
+
+    (project / "ship" / "app").write_text("v2\n")  # same size, one byte flipped
+    (project / "ship" / "doc").unlink()
+    tampered = run_meshrun("verify", run_dir, "--allow-unsigned")
+    assert tampered.rc == 4, tampered.describe()
+    assert f"{project / 'ship' / 'app'}: content (sha256) differs" in tampered.stderr
+    assert f"{project / 'ship' / 'doc'}: missing" in tampered.stderr, tampered.describe()
+
+    artifacts = tmp_path / "published"
+    r2 = dispatch(tasks_file, fleet4.hosts_toml, "--artifacts", artifacts)
+    assert r2.rc == 0, r2.describe()
+    (artifacts / "build" / "ship" / "extra.txt").write_text("slipped in\n")
+    extra = run_meshrun("verify", r2.doc["run_dir"], "--allow-unsigned")
+    assert extra.rc == 4, extra.describe()
+    assert f"{artifacts / 'build' / 'ship' / 'extra.txt'}: not in the manifest" in extra.stderr

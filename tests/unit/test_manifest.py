@@ -524,6 +524,7 @@ def test_verify_report_to_dict_is_one_json_document(tmp_path: Path) -> None:
         "changed": [],
         "unlisted": [],
         "errors": [],
+        "notes": [],
     }
 
 
