@@ -814,9 +814,7 @@ def verify_directory(
             errors.append(str(exc))
             continue
         checked += 1
-        differs = tuple(
-            f for f in ("size", "sha256", "mode") if getattr(actual, f) != getattr(entry, f)
-        )
+        differs = _differs(entry, actual)
         if differs:
             changed.append(ChangedFile(rel, task.name, differs, entry, actual))
     unlisted = sorted(
@@ -833,6 +831,13 @@ def verify_directory(
         changed=tuple(changed),
         unlisted=tuple(unlisted),
         errors=tuple(errors),
+    )
+
+
+def _differs(expected: FileEntry, actual: FileEntry) -> tuple[str, ...]:
+    """What of a file is not as listed: some of ``size``, ``sha256``, ``mode``."""
+    return tuple(
+        f for f in ("size", "sha256", "mode") if getattr(actual, f) != getattr(expected, f)
     )
 
 
@@ -1063,9 +1068,7 @@ def _with_installed(report: VerifyReport, manifest: Manifest) -> VerifyReport:
                 missing.append(f"{target} ({exc})")
                 continue
             checked += 1
-            differs = tuple(
-                f for f in ("size", "sha256", "mode") if getattr(actual, f) != getattr(entry, f)
-            )
+            differs = _differs(entry, actual)
             if differs:
                 changed.append(ChangedFile(str(target), task.name, differs, entry, actual))
         if task.installed_kind == "artifacts":
