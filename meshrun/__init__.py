@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshrun import report
 from meshrun.console import (
+    ConsoleLogHandler,
     DispatchConsole,
     FleetConsole,
     OutputMode,
@@ -198,6 +199,7 @@ __all__ = [
     "ConnectError",
     "Connection",
     "Connector",
+    "ConsoleLogHandler",
     "DispatchConsole",
     "DispatchOptions",
     "DispatchReport",

@@ -134,6 +134,23 @@ def _verbose_option(p: argparse.ArgumentParser) -> argparse.Action:
     )
 
 
+def _progress_interval_option(p: argparse.ArgumentParser) -> argparse.Action:
+    return p.add_argument(
+        "--progress-interval",
+        metavar="DURATION",
+        default="15s",
+        help="When stderr is no terminal (a CI log): a progress line this often while "
+        "work runs (done/total, failures, what runs and for how long, ETA); 0 turns it "
+        "off. On a terminal the status line shows the same.  [default: 15s]",
+    )
+
+
+def _progress_interval_s(text: str) -> float:
+    if text.strip().lower() in ("0", "0s", "none", "off"):
+        return 0.0
+    return meshrun.parse_duration(text, option="--progress-interval")
+
+
 def _accept_option(p: argparse.ArgumentParser) -> argparse.Action:
     return p.add_argument(
         "--accept-new-host-keys",
@@ -255,6 +272,7 @@ def _fleet_options(
         _json_option(p),
         _quiet_option(p),
         _verbose_option(p),
+        _progress_interval_option(p),
         _accept_option(p),
     ]
 
@@ -434,7 +452,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     elif quiet:
         level = logging.ERROR
-    logging.basicConfig(level=level, format="meshrun: %(levelname)s: %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level,
+        format="meshrun: %(levelname)s: %(name)s: %(message)s",
+        handlers=[meshrun.ConsoleLogHandler()],  # records do not run into the status line
+    )
     if verbose < 3:
         # paramiko logs its own tracebacks at ERROR for a hung host; meshrun reports
         # the failure itself, in one line. -vvv shows paramiko's side.
@@ -500,6 +522,7 @@ def _fleet(
     json_out: bool,
     quiet: bool,
     verbose: int,
+    progress_interval: str,
     accept_new_host_keys: bool,
     discovery: _Discovery | None = None,
 ) -> int:
@@ -523,6 +546,7 @@ def _fleet(
             pull_dir=Path(pull_dir) if pull_dir else None,
             pull_max_bytes=meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes"),
         )
+        interval_s = _progress_interval_s(progress_interval)
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
     connector = _connector(
         selected,
@@ -532,7 +556,12 @@ def _fleet(
         server_alive_count_max=server_alive_count_max,
     )
     mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
-    console = meshrun.FleetConsole(mode=mode, host_names=[h.name for h in selected], quiet=quiet)
+    console = meshrun.FleetConsole(
+        mode=mode,
+        host_names=[h.name for h in selected],
+        quiet=quiet,
+        progress_interval_s=interval_s,
+    )
     try:
         with _input_errors():
             report = meshrun.run_fleet_recorded(
@@ -777,6 +806,7 @@ def dispatch_command(
     server_alive_count_max: int | None,
     quiet: bool,
     verbose: int,
+    progress_interval: str,
     accept_new_host_keys: bool,
     discovery: _Discovery,
 ) -> int:
@@ -832,6 +862,7 @@ def dispatch_command(
             sync=not no_sync,
         )
         max_bytes = meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes")
+        interval_s = _progress_interval_s(progress_interval)
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
     connector = _connector(
         selected,
@@ -842,7 +873,9 @@ def dispatch_command(
         server_alive_count_max=server_alive_count_max,
     )
     mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
-    console = meshrun.DispatchConsole(mode=mode, total=len(graph.tasks), quiet=quiet)
+    console = meshrun.DispatchConsole(
+        mode=mode, total=len(graph.tasks), quiet=quiet, progress_interval_s=interval_s
+    )
     try:
         with _input_errors():
             report = meshrun.run_dispatch(
@@ -948,6 +981,7 @@ def _dispatch_parser() -> argparse.ArgumentParser:
     _server_alive_options(p)
     _quiet_option(p)
     _verbose_option(p)
+    _progress_interval_option(p)
     _accept_option(p)
     _discover_options(p)
     return p

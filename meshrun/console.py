@@ -1,10 +1,14 @@
 """What a person sees of a fleet run: output as chosen, live progress, a summary.
 
 Output goes to stdout (each host's stderr to stderr); progress, notices and the
-summary go to stderr. A live progress line is drawn only when stderr is a terminal, and
-never wider than it; colour only when it is a terminal and ``NO_COLOR`` is unset or
-empty (no-color.org). The console is an
-observer of fleet events and is only ever called from the coordinator's thread.
+summary go to stderr. A live status line is drawn only when stderr is a terminal, never
+wider than it, and only redrawn when its text changes; it names what runs (as many as
+fit), done/total, failures and an ETA. Without a terminal (a CI log) a plain progress
+line with the same facts is printed every ``progress_interval_s`` (15 s) while work
+runs, so a log is never silent for minutes. Colour only when stderr is a terminal and
+``NO_COLOR`` is unset or empty (no-color.org). The console is an observer of fleet
+events and is only ever called from the coordinator's thread; log records (any thread)
+go through :class:`ConsoleLogHandler`, which erases the status line first.
 Plain writes rather than rich: this path runs once per output line and rich's import
 alone costs a tenth of a second on every invocation.
 """
@@ -13,12 +17,15 @@ from __future__ import annotations
 
 import bisect
 import enum
+import logging
+import math
 import os
 import re
 import sys
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import TYPE_CHECKING, TextIO
 
@@ -33,6 +40,7 @@ from meshrun.fleet import (
     HostStarted,
     HostStatus,
     RunStopping,
+    Tick,
 )
 from meshrun.hostlist import fold
 from meshrun.probe import HostProbe
@@ -128,27 +136,124 @@ def fit(text: str, width: int) -> str:
     return "".join(kept) + ("\x1b[0m" if "\x1b" in text else "") + "…"
 
 
+def _columns(text: str) -> int:
+    """Screen columns ``text`` takes (no escape sequences in it)."""
+    return len(text) if text.isascii() else sum(_cells(char) for char in text)
+
+
+def clock_text(seconds: float) -> str:
+    """An elapsed time or an ETA in whole seconds: ``5s``, ``2m10s``, ``1h05m``.
+
+    Coarser than :func:`format_duration` on purpose: the status line is redrawn only
+    when its text changes, and an estimate in hundredths would change every time.
+    """
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _eta_text(seconds: float) -> str:
+    """An ETA rounded up: something left is never "0s"."""
+    return clock_text(math.ceil(seconds))
+
+
+def pack_names(names: Sequence[str], room: int) -> str:
+    """``a, b, +3 more``: as many of ``names`` as fit in ``room`` columns, in order, then
+    how many were left out. The first name is cut (``…``) rather than left out, so the
+    line says what runs; with no room even for that, only how many (``12``)."""
+    text = ""
+    used = 0
+    for index, name in enumerate(names):
+        separator = ", " if index else ""
+        left = len(names) - index - 1
+        more = f", +{left} more" if left else ""
+        width = len(separator) + _columns(name)
+        if used + width + len(more) <= room:
+            text += separator + name
+            used += width
+            continue
+        if index:
+            return f"{text}, +{len(names) - index} more"
+        if room - len(more) >= 4:  # at least three characters and the "…"
+            return fit(name, room - len(more)) + more
+        return str(len(names))
+    return text
+
+
+#: Without a terminal: a plain progress line this often while work runs (--progress-interval).
+PROGRESS_INTERVAL_S = 15.0
+#: How wide a plain progress line may grow. A CI log neither wraps nor redraws, but a line
+#: naming hundreds of tasks helps nobody.
+PLAIN_WIDTH = 160
+
+# One stderr, one status line on it: a console draws it and erases it before it writes
+# anything else; a log record (from any thread) erases it too, under this lock, and the
+# console's next update draws it again.
+_screen = threading.RLock()
+_drawn: _StatusLine | None = None  # the console whose status line is on the screen
+
+
+class ConsoleLogHandler(logging.StreamHandler[TextIO]):
+    """Log records on stderr that do not run into the live status line: it is erased
+    before each record, and drawn again by the console's next update."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        with _screen:  # taken before the handler's own lock, as a console takes it
+            if _drawn is not None:
+                _drawn._clear_status()
+            return super().handle(record)
+
+
 class _StatusLine:
     """Colour and the one redrawable status line on stderr, shared by the consoles."""
 
     err: TextIO
     _colour: bool
-    _status_shown: bool
+    _shown: str | None  # the status line on the screen, as drawn; None: none is
 
     def _paint(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self._colour else text
 
-    def _show_status(self, line: str) -> None:
+    def _show_status(self, line: str, width: int) -> None:
         """Draw ``line`` in place of the last one, one column short of the terminal's
-        width: a line that wrapped could not be erased and would pile up."""
-        self.err.write("\r\x1b[K" + fit(line, terminal_width(self.err) - 1))
+        ``width`` (a line that wrapped could not be erased and would pile up), unless
+        exactly that is on the screen already."""
+        global _drawn
+        text = fit(line, width - 1)
+        if text == self._shown:
+            return
+        self.err.write("\r\x1b[K" + text)
         self.err.flush()
-        self._status_shown = True
+        self._shown = text
+        _drawn = self
 
     def _clear_status(self) -> None:
-        if self._status_shown:
+        global _drawn
+        if self._shown is not None:
             self.err.write("\r\x1b[K")
-            self._status_shown = False
+            self.err.flush()
+            self._shown = None
+        if _drawn is self:
+            _drawn = None
+
+    def _write(self, target: TextIO, text: str) -> None:
+        """Write ``text`` (whole lines) with the status line out of its way."""
+        self._clear_status()
+        target.write(text)
+        target.flush()
+
+
+def _heartbeat_wanted(
+    progress: bool | None, err: TextIO, quiet: bool, interval: float | None
+) -> bool:
+    """A plain progress line at intervals: when the status line was left to the console
+    to decide (``progress`` None) and stderr is no terminal to draw it on."""
+    return progress is None and not err.isatty() and not quiet and bool(interval)
 
 
 @record(frozen=False, slots=False)
@@ -160,14 +265,21 @@ class FleetConsole(_StatusLine):
     quiet: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    progress: bool | None = None  # None: when stderr is a terminal
+    progress: bool | None = None  # the status line; None: when stderr is a terminal
     clock: Callable[[], float] = time.monotonic
+    #: When stderr is no terminal (and ``progress`` is None): a plain progress line this
+    #: often while hosts run; 0 or None: never.
+    progress_interval_s: float | None = PROGRESS_INTERVAL_S
 
     def __post_init__(self) -> None:
         self._width = max((len(n) for n in self.host_names), default=0)
         self._colour = colour_enabled(self.err)
+        self._heartbeat = _heartbeat_wanted(
+            self.progress, self.err, self.quiet, self.progress_interval_s
+        )
         if self.progress is None:
             self.progress = self.err.isatty() and not self.quiet
+        self._next_beat: float | None = None
         self._lines: dict[tuple[str, str], LineSplitter] = defaultdict(LineSplitter)
         self._running: list[str] = []
         self._started: dict[str, float] = {}
@@ -177,7 +289,7 @@ class FleetConsole(_StatusLine):
         self._failed = 0
         self._skipped = 0
         self._stopping = False
-        self._status_shown = False
+        self._shown = None
 
     # -- helpers ------------------------------------------------------------------
 
@@ -202,20 +314,45 @@ class FleetConsole(_StatusLine):
             eta = max(eta, min(left, default=0.0) + typical)
         return eta
 
-    def _draw_status(self) -> None:
-        if not self.progress:
+    def _update(self) -> None:
+        """The status line (redrawn only if its text changed), or at the interval the
+        plain progress line."""
+        if self.progress:
+            width = terminal_width(self.err)
+            line = f"meshrun: {self._done}/{len(self.host_names)} done"
+            if self._failed:
+                line += f" · {self._failed} failed"
+            eta = self.eta_s()
+            if eta is not None:
+                line += f" · ETA {_eta_text(eta)}"
+            if self._running:
+                line += " · running: "
+                line += pack_names(self._running, width - 1 - _columns(line))
+            self._show_status(line, width)
+        elif self._heartbeat:
+            self._beat()
+
+    def _beat(self) -> None:
+        assert self.progress_interval_s
+        now = self.clock()
+        if self._next_beat is None:  # the first line comes an interval after the start
+            self._next_beat = now + self.progress_interval_s
             return
-        total = len(self.host_names)
-        running = " ".join(self._running[:6]) + (" …" if len(self._running) > 6 else "")
-        line = f"meshrun: {self._done}/{total} done"
+        # At every interval while hosts run, changed or not: a CI log that stays silent
+        # for minutes looks hung (some CI services even stop a job that prints nothing
+        # for a while), and the running times say it is not. A line each 15 s is cheap.
+        if now < self._next_beat or not self._running:
+            return
+        self._next_beat = max(self._next_beat + self.progress_interval_s, now)
+        line = f"meshrun: {self._done}/{len(self.host_names)} done"
         if self._failed:
-            line += f" · {self._failed} failed"
+            line += f", {self._failed} failed"
         eta = self.eta_s()
-        if eta is not None:
-            line += f" · ETA {format_duration(eta)}"
-        if self._running:
-            line += f" · running: {running}"
-        self._show_status(line)
+        tail = f"; ETA {_eta_text(eta)}" if eta is not None else ""
+        running = [f"{n} ({clock_text(now - self._started.get(n, now))})" for n in self._running]
+        line += ", running: "
+        line += pack_names(running, PLAIN_WIDTH - _columns(line) - len(tail))
+        self._write(self.err, line + tail + "\n")
 
     def _prefix(self, name: str) -> str:
         return self._paint(name.ljust(self._width), "36") + " | "
@@ -230,8 +367,9 @@ class FleetConsole(_StatusLine):
             return
         target = self.out if stream == "stdout" else self.err
         prefix = self._prefix(name)
-        target.write("".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines))
-        target.flush()
+        self._write(
+            target, "".join(prefix + line.decode("utf-8", "replace") + "\n" for line in lines)
+        )
 
     def _header(self, names: str, result: HostResult, extra: str = "") -> str:
         status = self._paint(result.status.value, _STATUS_COLOUR[result.status])
@@ -242,6 +380,7 @@ class FleetConsole(_StatusLine):
         )
 
     def _block(self, result: HostResult, names: str | None = None, extra: str = "") -> None:
+        self._clear_status()
         self.out.write(self._header(names or result.name, result, extra))
         if result.stdout:
             self.out.write(result.stdout.decode("utf-8", "replace"))
@@ -258,7 +397,13 @@ class FleetConsole(_StatusLine):
     # -- the observer ---------------------------------------------------------------
 
     def __call__(self, event: FleetEvent) -> None:
-        self._clear_status()
+        with _screen:
+            self._handle(event)
+            self._update()
+
+    def _handle(self, event: FleetEvent) -> None:
+        if isinstance(event, Tick):
+            return  # time passed: the ETA and the running times move on
         if isinstance(event, HostStarted):
             self._running.append(event.name)
             self._started[event.name] = self.clock()
@@ -293,15 +438,15 @@ class FleetConsole(_StatusLine):
                 self._block(result)
         elif isinstance(event, RunStopping):
             self._stopping = True  # nothing more starts
-            self.err.write(self._paint(f"meshrun: {event.reason}", "33") + "\n")
-        self._draw_status()
+            self._write(self.err, self._paint(f"meshrun: {event.reason}", "33") + "\n")
 
     def finish(self, report: FleetReport) -> None:
         """Folded output (fold mode), then the summary and the failures, on stderr."""
-        self._clear_status()
-        if self.mode is OutputMode.FOLD and not self.quiet:
-            self._fold(report)
-        self._summary(report)
+        with _screen:
+            self._clear_status()
+            if self.mode is OutputMode.FOLD and not self.quiet:
+                self._fold(report)
+            self._summary(report)
 
     def _fold(self, report: FleetReport) -> None:
         groups: dict[tuple[bytes, bytes, int | None, HostStatus], list[HostResult]] = {}
@@ -441,34 +586,82 @@ class DispatchConsole(_StatusLine):
     quiet: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    progress: bool | None = None
+    progress: bool | None = None  # the status line; None: when stderr is a terminal
+    clock: Callable[[], float] = time.monotonic
+    #: When stderr is no terminal (and ``progress`` is None): a plain progress line this
+    #: often while the run lasts; 0 or None: never.
+    progress_interval_s: float | None = PROGRESS_INTERVAL_S
 
     def __post_init__(self) -> None:
         self._colour = colour_enabled(self.err)
+        self._heartbeat = _heartbeat_wanted(
+            self.progress, self.err, self.quiet, self.progress_interval_s
+        )
         if self.progress is None:
             self.progress = self.err.isatty() and not self.quiet
+        self._next_beat: float | None = None
         # Group mode shows a task's output when it ends: a bounded head and tail of it
         # (the whole of it is in the task's log).
         self._buffers: dict[str, HeadTail] = defaultdict(HeadTail)
         self._lines: dict[tuple[str, str], LineSplitter] = defaultdict(LineSplitter)
-        self._running: dict[str, str] = {}
+        # Running tasks, oldest first: task -> (host, when it started, by this clock).
+        # Outputs being brought home count: the task is not done yet.
+        self._running: dict[str, tuple[str, float]] = {}
+        self._ready: set[str] = set()  # hosts that take tasks
         self._snapshot: Progress | None = None
-        self._status_shown = False
+        self._shown = None
 
-    def _draw_status(self) -> None:
+    def _update(self) -> None:
+        """The status line (redrawn only if its text changed), or at the interval the
+        plain progress line."""
         snap = self._snapshot
-        if not self.progress or snap is None:
+        if snap is None:
             return
+        if self.progress:
+            width = terminal_width(self.err)
+            line = f"meshrun: {snap.done}/{snap.total} done"
+            if snap.failed:
+                line += f" · {snap.failed} failed"
+            if snap.eta_s is not None and snap.done < snap.total:  # before what may be cut
+                line += f" · ETA {_eta_text(snap.eta_s)}"
+            if self._running:
+                line += " · running: "
+                line += pack_names(list(self._running), width - 1 - _columns(line))
+            self._show_status(line, width)
+        elif self._heartbeat:
+            self._beat(snap)
+
+    def _beat(self, snap: Progress) -> None:
+        assert self.progress_interval_s
+        now = self.clock()
+        if self._next_beat is None:  # the first line comes an interval after the start
+            self._next_beat = now + self.progress_interval_s
+            return
+        # At every interval while the run lasts, changed or not: a CI log that stays
+        # silent for minutes looks hung (some CI services even stop a job that prints
+        # nothing for a while), and the running times say it is not. A line each 15 s
+        # is cheap.
+        if now < self._next_beat or snap.done >= snap.total:
+            return
+        self._next_beat = max(self._next_beat + self.progress_interval_s, now)
         line = f"meshrun: {snap.done}/{snap.total} done"
         if snap.failed:
-            line += f" · {snap.failed} failed"
-        if snap.eta_s is not None and snap.done < snap.total:  # before what may be cut
-            line += f" · ETA {format_duration(snap.eta_s)}"
-        if snap.running:
-            line += " · running " + " ".join(f"{h}:{n}" for h, n in snap.running[:8])
-        self._show_status(line)
+            line += f", {snap.failed} failed"
+        tail = f"; ETA {_eta_text(snap.eta_s)}" if snap.eta_s is not None else ""
+        if self._running:
+            running = [f"{task} ({clock_text(now - t)})" for task, (_, t) in self._running.items()]
+            line += ", running: "
+            line += pack_names(running, PLAIN_WIDTH - _columns(line) - len(tail))
+        else:
+            line += ", nothing running" if self._ready else ", no host ready yet"
+        self._write(self.err, line + tail + "\n")
 
     def __call__(self, event: object) -> None:
+        with _screen:
+            self._handle(event)
+            self._update()
+
+    def _handle(self, event: object) -> None:
         from meshrun.executor import (
             HostDown,
             HostReady,
@@ -482,19 +675,18 @@ class DispatchConsole(_StatusLine):
 
         if isinstance(event, Progress):
             self._snapshot = event
-            self._clear_status()
-            self._draw_status()
-            return
-        self._clear_status()
-        if isinstance(event, TaskStarted):
-            self._running[event.task] = event.host
+        elif isinstance(event, TaskStarted):
+            self._running.pop(event.task, None)  # moved: it starts again, last
+            self._running[event.task] = (event.host, self.clock())
         elif isinstance(event, TaskLine):
             if self.mode is OutputMode.STREAM and not self.quiet:
                 lines = self._lines[(event.task, event.stream)].feed(event.data)
-                target = self.out if event.stream == "stdout" else self.err
-                prefix = self._paint(event.task, "36") + " | "
-                target.write("".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines))
-                target.flush()
+                if lines:
+                    prefix = self._paint(event.task, "36") + " | "
+                    self._write(
+                        self.out if event.stream == "stdout" else self.err,
+                        "".join(prefix + ln.decode("utf-8", "replace") + "\n" for ln in lines),
+                    )
             elif self.mode is OutputMode.GROUP:
                 self._buffers[event.task].write(event.data)
         elif isinstance(event, TaskEnded):
@@ -505,18 +697,20 @@ class DispatchConsole(_StatusLine):
                 splitter = self._lines.pop((event.task, stream), None)
                 rest = splitter.flush() if splitter is not None else []
                 if rest and self.mode is OutputMode.STREAM and not self.quiet:
-                    (self.out if stream == "stdout" else self.err).write(
+                    self._write(
+                        self.out if stream == "stdout" else self.err,
                         "".join(
                             f"{event.task} | {line.decode('utf-8', 'replace')}\n" for line in rest
-                        )
+                        ),
                     )
             if event.status is None:
-                self.err.write(
+                self._write(
+                    self.err,
                     self._paint(
                         f"meshrun: {event.task} failed on {event.host} ({event.error}); retrying",
                         "33",
                     )
-                    + "\n"
+                    + "\n",
                 )
             elif (
                 self.mode is OutputMode.GROUP
@@ -525,22 +719,26 @@ class DispatchConsole(_StatusLine):
             ):
                 self._task_block(event.task, event.host, event.status.value, event.duration_s, data)
         elif isinstance(event, HostReady):
-            pass  # the progress line shows where tasks run; the summary, what failed
+            self._ready.add(event.name)  # the status line shows what runs; -v, where
         elif isinstance(event, HostDown):
+            self._ready.discard(event.name)
+            if event.ever_ready:  # its tasks go back to the queue
+                for task in [t for t, (host, _) in self._running.items() if host == event.name]:
+                    del self._running[task]
             word = "lost" if event.ever_ready else "refused" if event.refused else "unreachable"
-            self.err.write(
-                self._paint(f"meshrun: {event.name} {word}: {event.reason}", "35") + "\n"
+            self._write(
+                self.err,
+                self._paint(f"meshrun: {event.name} {word}: {event.reason}", "35") + "\n",
             )
         elif isinstance(event, Notice):
-            self.err.write(self._paint(f"meshrun: {event.text}", "33") + "\n")
-        self.err.flush()
-        self._draw_status()
+            self._write(self.err, self._paint(f"meshrun: {event.text}", "33") + "\n")
 
     def _task_block(
         self, task: str, host: str | None, status: str, duration_s: float, data: bytes
     ) -> None:
         where = f" on {host}" if host else ""
         colour = {"succeeded": "32", "failed": "31"}.get(status, "33")
+        self._clear_status()
         self.out.write(
             f"── {self._paint(task, '1;36')} ({self._paint(status, colour)}{where}, "
             f"{format_duration(duration_s)}) ──\n"
@@ -553,9 +751,13 @@ class DispatchConsole(_StatusLine):
 
     def finish(self, report: DispatchReport) -> None:
         """Replay the full logs of failed tasks, then the summary, on stderr."""
+        with _screen:
+            self._clear_status()
+            self._finish(report)
+
+    def _finish(self, report: DispatchReport) -> None:
         from meshrun.scheduler import TaskStatus
 
-        self._clear_status()
         failed = [t for t in report.tasks if t.status is TaskStatus.FAILED]
         if failed and not self.quiet:
             self.err.write(self._paint("meshrun: output of failed tasks:", "1") + "\n")

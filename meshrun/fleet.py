@@ -226,7 +226,13 @@ class RunStopping:
     reason: str
 
 
-FleetEvent = HostStarted | HostOutput | HostFinished | RunStopping
+@record
+class Tick:
+    """Time passed with nothing to report (about every 0.2 s while hosts run): a console
+    moves its ETA and running times on, and prints its progress line when one is due."""
+
+
+FleetEvent = HostStarted | HostOutput | HostFinished | RunStopping | Tick
 Observer = Callable[[FleetEvent], None]
 
 
@@ -480,6 +486,7 @@ def run_fleet(
                 try:
                     event = events.get(timeout=0.2)
                 except queue.Empty:
+                    observer(Tick())
                     continue
                 if isinstance(event, HostFinished):
                     running -= 1

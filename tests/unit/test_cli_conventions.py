@@ -248,21 +248,24 @@ def test_fleet_status_line_never_wider_than_the_terminal(
     lines = status_lines(err.getvalue())
     assert len(lines) == len(LONG) + 1
     assert all(len(visible(line)) < 80 for line in lines), lines
-    assert lines[-1].startswith("meshrun: 1/9 done · ETA ") and lines[-1].endswith("…")
+    # The first name is cut so that the count of the others still shows.
+    assert lines[-1].startswith("meshrun: 1/9 done · ETA ") and lines[-1].endswith("…, +7 more")
 
 
 def test_dispatch_status_line_never_wider_than_the_terminal_and_keeps_the_eta(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from meshrun.executor import Progress
+    from meshrun.executor import Progress, TaskStarted
 
     monkeypatch.setenv("COLUMNS", "80")
     err = io.StringIO()
     console = DispatchConsole(total=40, out=io.StringIO(), err=err, progress=True)
-    console(Progress(3, 40, 1, tuple((name, 2) for name in LONG), 95.0))
+    for name in LONG:
+        console(TaskStarted(name, "h1", 1))
+    console(Progress(3, 40, 1, (("h1", len(LONG)),), 95.0))
     (line,) = status_lines(err.getvalue())
     assert len(visible(line)) < 80, line
-    assert line.startswith("meshrun: 3/40 done · 1 failed · ETA 1m35s · running "), line
+    assert line.startswith("meshrun: 3/40 done · 1 failed · ETA 1m35s · running: "), line
 
 
 # -- ETA of exec and run -------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def test_fleet_eta_from_the_hosts_that_ended(monkeypatch: pytest.MonkeyPatch) ->
     console(HostStarted("h3"))
     # h2 has 0s left of the typical 10s, h3 10s; h4-h6 wait: 10 + 30 = 40s over 2 at once.
     assert console.eta_s() == pytest.approx(20.0)
-    assert status_lines(err.getvalue())[-1].startswith("meshrun: 1/6 done · ETA 20.0s")
+    assert status_lines(err.getvalue())[-1].startswith("meshrun: 1/6 done · ETA 20s")
     clock.now += 4
     console(finished("h2", 14.0))  # median of 10 and 14: the upper one, 14
     console(HostStarted("h4"))
