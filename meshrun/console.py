@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import field
 from typing import TYPE_CHECKING, TextIO
 
@@ -162,7 +162,7 @@ def _eta_text(seconds: float) -> str:
     return clock_text(math.ceil(seconds))
 
 
-def pack_names(names: Sequence[str], room: int) -> str:
+def pack_names(names: Collection[str], room: int) -> str:
     """``a, b, +3 more``: as many of ``names`` as fit in ``room`` columns, in order, then
     how many were left out. The first name is cut (``…``) rather than left out, so the
     line says what runs; with no room even for that, only how many (``12``)."""
@@ -626,7 +626,7 @@ class DispatchConsole(_StatusLine):
                 line += f" · ETA {_eta_text(snap.eta_s)}"
             if self._running:
                 line += " · running: "
-                line += pack_names(list(self._running), width - 1 - _columns(line))
+                line += pack_names(self._running.keys(), width - 1 - _columns(line))
             self._show_status(line, width)
         elif self._heartbeat:
             self._beat(snap)
