@@ -31,7 +31,13 @@ from meshrun.agent.client import (
     TaskOutput,
     start_runner,
 )
-from meshrun.errors import ConnectError, IntegrityError, MeshrunError, in_context
+from meshrun.errors import (
+    ConnectError,
+    HostUnreachable,
+    IntegrityError,
+    MeshrunError,
+    in_context,
+)
 from meshrun.inventory import Host
 from meshrun.manifest import AttemptEntry, FileEntry
 from meshrun.records import record
@@ -975,7 +981,17 @@ class Dispatcher:
     def _connect(self, host: Host) -> None:
         try:
             conn = self.connector.connect(host)
-            runner = self._set_up(host, conn)
+            try:
+                runner = self._set_up(host, conn)
+            except HostUnreachable as exc:
+                if self._closing:
+                    raise
+                # It connected and authenticated, then the link dropped while the agent
+                # started or the workspace went over: once, take it for a blip and
+                # connect again (a host that drops again is given up as before).
+                log.info("%s: lost while setting up (%s); connecting again", host.name, exc)
+                conn = self.connector.connect(host)
+                runner = self._set_up(host, conn)
         except ConnectError as exc:
             self._queue.put(_Unreachable(host, _without_host(str(exc), host), refused=True))
             return

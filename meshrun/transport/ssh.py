@@ -324,7 +324,9 @@ class SSHConnection:
             reason = self.lost_reason(transport)
             raise HostUnreachable(
                 self._host.name,
-                reason or f"could not open an SSH channel: {exc or type(exc).__name__}",
+                reason
+                or "could not open an SSH channel: "
+                + (str(exc) or f"{type(exc).__name__} (the host closed the connection)"),
             ) from exc
 
     def _lease(

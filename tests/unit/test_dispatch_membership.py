@@ -154,3 +154,31 @@ run = 'if [ "$MESHRUN_HOST" = slow ]; then sleep 30; fi; echo done on $MESHRUN_H
     assert (t.status, t.host, t.attempts) == (TaskStatus.SUCCEEDED, "fast", 2)
     assert [(a.host, a.outcome) for a in t.timeline] == [("slow", "moved"), ("fast", "succeeded")]
     assert any("moved from slow" in n for n in notices), notices
+
+
+def test_a_link_that_drops_once_during_set_up_is_dialled_again_not_refused(
+    tmp_path: Path,
+) -> None:
+    """It connected, then the link dropped while the agent started: one more try."""
+    from meshrun.errors import HostUnreachable
+    from meshrun.transport.local import LocalConnection
+
+    drops = {"left": 1}
+
+    class DropsOnce(LocalConnection):
+        def open_process(self, command: str):  # type: ignore[no-untyped-def]
+            if drops["left"]:
+                drops["left"] -= 1
+                raise HostUnreachable(self.host.name, "could not open an SSH channel: EOFError")
+            return super().open_process(command)
+
+    class Connector(LocalConnector):
+        def connect(self, host: Host) -> LocalConnection:
+            return DropsOnce(host)
+
+    d = dispatcher(tmp_path, TWO, [local("only", tmp_path)])
+    d.connector = Connector()
+    report = d.run()
+    assert drops["left"] == 0, "the drop was not exercised"
+    assert report.exit_code == 0, report
+    assert {h.name: (h.status, h.refused) for h in report.hosts} == {"only": ("ok", False)}
