@@ -33,6 +33,7 @@ from meshrun.console import (
 from meshrun.durations import format_duration, parse_duration
 from meshrun.errors import (
     AuthError,
+    ChannelUnavailable,
     CommandError,
     ConnectError,
     HostKeyError,
@@ -192,6 +193,7 @@ __all__ = [
     "Agent",
     "AgentOptions",
     "AuthError",
+    "ChannelUnavailable",
     "Browser",
     "CommandError",
     "CommandOutcome",

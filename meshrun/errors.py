@@ -7,6 +7,7 @@
     │   └── NameConflictError         another agent on the LAN announces the same name
     ├── ConnectError (3)              a host could not be reached or refused us
     │   ├── HostUnreachable           TCP refused / timed out, no SSH banner, link lost
+    │   │   └── ChannelUnavailable    no channel could be opened: nothing was started
     │   ├── HostKeyError              host key unknown, changed, or not the one advertised
     │   └── AuthError                 no key was accepted; encrypted key with no agent
     ├── CommandError (1)              a command ran and failed (exit code, timeout)
@@ -114,6 +115,11 @@ class ConnectError(MeshrunError):
 
 class HostUnreachable(ConnectError):
     """TCP refused or timed out, no SSH banner, or the link died."""
+
+
+class ChannelUnavailable(HostUnreachable):
+    """No channel could be opened on the host's connection, so nothing was started
+    there: trying again on a new connection cannot run anything twice."""
 
 
 class HostKeyError(ConnectError):

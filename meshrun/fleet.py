@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun import stopsignals
-from meshrun.errors import ConnectError, InputError, MeshrunError
+from meshrun.errors import ChannelUnavailable, ConnectError, InputError, MeshrunError
 from meshrun.inventory import Host
 from meshrun.records import record
 from meshrun.rollout import FailureBudget
@@ -286,7 +286,16 @@ class _Worker:
     def _run(self, started: float) -> HostResult:
         conn = self.connector.connect(self.host)
         self.fingerprint = conn.host_key_fingerprint
-        result, ran = self._command(conn, started)
+        try:
+            result, ran = self._command(conn, started)
+        except ChannelUnavailable as exc:
+            if self.cancel.is_set() or self.interrupt.is_set():
+                raise
+            # The link dropped before the command could start (nothing ran): once,
+            # take it for a blip and connect again.
+            log.info("%s: %s; connecting again", self.host.name, exc)
+            conn = self.connector.connect(self.host)
+            result, ran = self._command(conn, started)
         if not (ran and self.job.pull):
             return result
         from meshrun.pulls import pull_host

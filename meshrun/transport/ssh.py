@@ -22,7 +22,14 @@ from typing import Any
 import paramiko
 
 from meshrun.capture import HeadTail
-from meshrun.errors import AuthError, ConnectError, HostKeyError, HostUnreachable, InputError
+from meshrun.errors import (
+    AuthError,
+    ChannelUnavailable,
+    ConnectError,
+    HostKeyError,
+    HostUnreachable,
+    InputError,
+)
 from meshrun.inventory import Host
 from meshrun.records import record
 from meshrun.sshkeys import sha256_fingerprint
@@ -310,7 +317,7 @@ class SSHConnection:
         """A session channel on ``transport``; ``window`` is (window size, max packet
         size) for bulk transfers, paramiko's defaults otherwise."""
         if not transport.is_active():
-            raise HostUnreachable(
+            raise ChannelUnavailable(
                 self._host.name, self._lost("the SSH connection was lost", transport)
             )
         sizes = {} if window is None else {"window_size": window[0], "max_packet_size": window[1]}
@@ -322,7 +329,7 @@ class SSHConnection:
                 # connection already has MaxSessions sessions: wait, do not give up.
                 raise SessionRefused(str(exc)) from exc
             reason = self.lost_reason(transport)
-            raise HostUnreachable(
+            raise ChannelUnavailable(
                 self._host.name,
                 reason
                 or "could not open an SSH channel: "
@@ -345,7 +352,9 @@ class SSHConnection:
         except SessionsUnavailable as exc:
             if exc.cancelled:
                 raise
-            raise HostUnreachable(self._host.name, f"could not open an SSH channel: {exc}") from exc
+            raise ChannelUnavailable(
+                self._host.name, f"could not open an SSH channel: {exc}"
+            ) from exc
 
     @contextlib.contextmanager
     def session(self, *, wait_s: float | None = SESSION_WAIT_S) -> Iterator[paramiko.Channel]:

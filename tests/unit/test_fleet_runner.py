@@ -152,3 +152,36 @@ def test_summary_names_failures_with_their_stderr(tmp_path: Path) -> None:
     summary = err.getvalue()
     assert "1 ok, 1 failed" in summary
     assert "n2" in summary and "exit code 5" in summary and "│ disk full" in summary
+
+
+def test_a_channel_that_cannot_open_once_is_tried_again_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    """Nothing ran when no channel opened, so one more try cannot run anything twice;
+    a link that failed during the command is not retried (it may have run)."""
+    from meshrun.errors import ChannelUnavailable, HostUnreachable
+    from meshrun.transport.local import LocalConnection
+
+    failures: list[Exception] = []
+
+    class Flaky(LocalConnection):
+        def run(self, request, **kwargs):  # type: ignore[no-untyped-def]
+            if failures:
+                raise failures.pop()
+            return super().run(request, **kwargs)
+
+    class Connector(LocalConnector):
+        def connect(self, host: Host) -> LocalConnection:
+            return Flaky(host)
+
+    (host,) = local_hosts(tmp_path, 1)
+    Path(host.workdir).mkdir()
+    job = FleetJob(command="echo ran >> runs.txt")
+    failures.append(ChannelUnavailable(host.name, "could not open an SSH channel: EOFError"))
+    report = run_fleet([host], job, Connector(), run_id="r-1")
+    assert report.exit_code == 0 and not failures
+    assert (Path(host.workdir) / "runs.txt").read_text() == "ran\n"  # exactly once
+
+    failures.append(HostUnreachable(host.name, "the SSH connection failed during the command"))
+    report = run_fleet([host], job, Connector(), run_id="r-2")
+    assert report.exit_code == 3, "a link lost mid-command is not retried"
