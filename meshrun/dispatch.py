@@ -208,8 +208,15 @@ def _prior_outputs(
     starts, when a need's outputs are listed but gone: the rerun would not equal a run.
     """
     found: dict[str, tuple[Path, tuple[FileEntry, ...]]] = {}
-    for need in dict.fromkeys(n for needs in graph.done_needs.values() for n in needs):
-        run_id = _last_success(history, state, need, graph.scope)
+    needs = dict.fromkeys(n for needs in graph.done_needs.values() for n in needs)
+    if not needs:
+        return found
+    # Read once for every need: the newest killed run of this task file, if any.
+    killed = latest_journal(state.root / "runs", graph.scope)
+    if killed is not None and history.run_outcomes(killed.run_id) is not None:
+        killed = None  # it was recorded after all
+    for need in needs:
+        run_id = _last_success(history, killed, need, graph.scope)
         if run_id is None:
             continue  # never recorded as passed: nothing to push (a dependent says so)
         source = state.run_dir(run_id) / "artifacts" / need
@@ -235,18 +242,16 @@ def _prior_outputs(
     return found
 
 
-def _last_success(history: History, state: StateDir, task: str, scope: str) -> str | None:
-    """The latest run ``task`` passed in: recorded, or journalled by a killed run."""
+def _last_success(
+    history: History, killed: JournalRecord | None, task: str, scope: str
+) -> str | None:
+    """The latest run ``task`` passed in: recorded, or ``killed`` (a run that was killed
+    before it could record itself) when that is newer and says so in its journal."""
     recorded = history.last_success(task, scope)
-    journal = latest_journal(state.root / "runs", scope)
-    if (
-        journal is not None
-        and journal.ended.get(task) == TaskStatus.SUCCEEDED.value
-        and history.run_outcomes(journal.run_id) is None
-    ):
+    if killed is not None and killed.ended.get(task) == TaskStatus.SUCCEEDED.value:
         last = history.last_run(scope)
-        if recorded is None or last is None or journal.started > last[1]:
-            return journal.run_id
+        if recorded is None or last is None or killed.started > last[1]:
+            return killed.run_id
     return recorded
 
 
@@ -411,7 +416,7 @@ def run_dispatch(
             journal.close()
             if browser is not None:
                 browser.close()
-        _settle_outputs(graph, report, state, workspace, artifacts_dir, run_id, observer)
+        _settle_outputs(graph, report, state, artifacts_dir, run_id, observer)
         document = dispatch_document(report, command_line=command_line)
         (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
         manifest = build_manifest(graph, report, command_line, artifacts_dir=artifacts_dir)
@@ -437,11 +442,20 @@ def run_dispatch(
     return report
 
 
+def _installed_at(
+    graph: TaskGraph, artifacts_dir: str | Path | None, task: str
+) -> tuple[Path, str]:
+    """Where a task's outputs are placed for use, and what kind of place: the
+    workspace (as a local build leaves them), or meshrun's own ``--artifacts DIR/<task>``."""
+    if artifacts_dir is not None:
+        return Path(artifacts_dir).resolve() / task, "artifacts"
+    return graph.sync.root.resolve(), "workspace"
+
+
 def _settle_outputs(
     graph: TaskGraph,
     report: DispatchReport,
     state: StateDir,
-    workspace: Path,
     artifacts_dir: str | Path | None,
     run_id: str,
     observer: Observer,
@@ -454,7 +468,7 @@ def _settle_outputs(
         task = graph.tasks.get(result.name)
         if task is None or not (task.outputs or task.outputs_on_success):
             continue
-        dest = workspace if artifacts_dir is None else Path(artifacts_dir).resolve() / task.name
+        dest, _ = _installed_at(graph, artifacts_dir, task.name)
         produced = {entry.path: entry.sha256 for entry in result.files}
         for text in installed.settle(graph_key, task.name, dest, produced, run_id):
             observer(Notice(text))
@@ -475,12 +489,21 @@ def build_manifest(
     where its outputs were placed (the workspace, or ``artifacts_dir/<task>``), so
     ``meshrun verify`` checks what ships, not only the run directory's copy."""
 
-    def installed(t: TaskResult) -> tuple[str | None, str | None]:
-        if not t.files:
-            return None, None
-        if artifacts_dir is not None:
-            return str(Path(artifacts_dir).resolve() / t.name), "artifacts"
-        return str(graph.sync.root.resolve()), "workspace"
+    def entry(t: TaskResult) -> TaskEntry:
+        place, kind = _installed_at(graph, artifacts_dir, t.name) if t.files else (None, None)
+        return TaskEntry(
+            name=t.name,
+            host=t.host,
+            command=graph.tasks[t.name].run,
+            status=t.status.value,
+            exit_code=t.exit_code,
+            attempts=t.attempts,
+            duration_s=t.duration_s,
+            files=t.files,
+            timeline=t.timeline,
+            installed_to=None if place is None else str(place),
+            installed_kind=kind,
+        )
 
     return run_manifest(
         run_id=report.run_id,
@@ -490,20 +513,5 @@ def build_manifest(
         hosts=tuple(
             HostEntry(h.name, h.address or h.name, h.host_key_fingerprint) for h in report.hosts
         ),
-        tasks=tuple(
-            TaskEntry(
-                name=t.name,
-                host=t.host,
-                command=graph.tasks[t.name].run,
-                status=t.status.value,
-                exit_code=t.exit_code,
-                attempts=t.attempts,
-                duration_s=t.duration_s,
-                files=t.files,
-                timeline=t.timeline,
-                installed_to=installed(t)[0],
-                installed_kind=installed(t)[1],
-            )
-            for t in report.tasks
-        ),
+        tasks=tuple(entry(t) for t in report.tasks),
     )

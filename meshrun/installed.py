@@ -18,14 +18,16 @@ rerun alone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
+
+from meshrun.errors import IntegrityError
+from meshrun.manifest import file_digest, safe_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +36,20 @@ _VERSION = 1
 
 
 def _sha256(path: Path) -> str | None:
+    """The file's SHA-256; None when it is no readable regular file."""
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
-    except OSError:
+        return file_digest(str(path))[1]
+    except IntegrityError:
         return None
 
 
 def _inside(dest: Path, relative: str) -> Path | None:
-    """``dest/relative`` when ``relative`` is a plain relative path; None otherwise (the
-    record is a file on disk: never trust it to point outside ``dest``)."""
-    parts = PurePosixPath(relative).parts
-    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+    """``dest/relative`` when ``relative`` stays inside it; None otherwise (the record
+    is a file on disk: never trust it to point outside ``dest``)."""
+    try:
+        return dest / safe_relative_path(relative)
+    except IntegrityError:
         return None
-    return dest.joinpath(*parts)
 
 
 class InstalledOutputs:
