@@ -1,9 +1,10 @@
 """Push the workspace to a host before it takes tasks: rsync, or SFTP without rsync.
 
-``dispatch`` mirrors ``[sync] paths`` into every host's workdir. rsync does it
-(``Connector.push``, carried over the host's pooled SSH connection); when rsync is
-missing on this machine or on the host, the same files go over SFTP on that connection,
-with what the rsync push (``rsync -a --relative --mkpath --exclude ...``) does:
+``dispatch`` makes every host's workdir an exact copy of ``[sync] paths``. rsync does
+it (``Connector.push``, carried over the host's pooled SSH connection, with
+:func:`meshrun.transport.rsync.mirror_options`: ``--delete --checksum`` and the
+excludes); when rsync is missing on this machine or on the host, the same files go
+over SFTP on that connection, with what that rsync push does:
 
 - the same files: every path with its parent directories, rsync's ``--exclude``
   patterns (:mod:`meshrun.excludes`, the built-in ``.git``/``.meshrun`` and an anchored
@@ -15,30 +16,44 @@ with what the rsync push (``rsync -a --relative --mkpath --exclude ...``) does:
   files (FIFOs, sockets, devices) are not sent;
 - each file written beside its target under a temporary name, then renamed into
   place, so a task never sees a half-written file;
-- incremental: a file whose size and modification time (whole seconds) already match
-  is not sent again, a symlink with the same target is kept, so a second push costs
-  one directory listing per directory;
-- nothing on the host is deleted, except a file or symlink standing where the
-  workspace has a directory (rsync replaces it too).
+- deleted, as ``rsync --delete`` deletes: what the host has beyond the workspace in
+  every directory whose contents are pushed (a pushed path and everything below it,
+  not the parents a nested path implies), a directory with everything in it; what an
+  exclude pattern matches stays (``node_modules`` built on the host), and so does the
+  host's ``.meshrun`` at the top of the workdir; something of another kind where the
+  workspace has a file, directory or symlink is replaced;
+- ``hide`` paths (outputs meshrun installed into the workspace) are not sent, and
+  are deleted where the push reaches (inside the pushed directories, excluded or not),
+  so an output of an earlier run never looks current there;
+- content compared, not size and time alone: ``.meshrun/sftp-mirror.json`` in the
+  workdir records each file sent (path -> size, mtime, SHA-256 of the bytes sent). A
+  file is skipped only when the host's size and mtime still equal the record's and the
+  record's SHA-256 equals the local file's; only its mode or mtime is fixed when those
+  alone differ. So a second push reads every local file but sends only what changed,
+  one directory listing per pushed directory; a file edited on the host (its mtime
+  moves) or a same-size same-mtime edit here is sent again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import posixpath
 import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from meshrun import artifacts
 from meshrun.errors import CommandError
 from meshrun.excludes import Excludes
 from meshrun.inventory import Host
+from meshrun.manifest import file_digest, safe_relative_path
 from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connector
@@ -52,14 +67,23 @@ NO_RSYNC_THERE = "rsync is not installed on the host"
 
 
 def push(
-    connector: Connector, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]
+    connector: Connector,
+    host: Host,
+    *,
+    root: str,
+    paths: Sequence[str],
+    excludes: Sequence[str],
+    hide: Sequence[str] = (),
 ) -> str | None:
-    """Mirror ``paths`` (relative to ``root``) into ``host``'s workdir.
+    """Make ``host``'s workdir an exact copy of ``paths`` (relative to ``root``), less
+    ``hide`` (literal relative paths: not sent, deleted where the push reaches).
 
     rsync (``connector.push``) unless rsync is missing here or on the host, then SFTP;
     returns why SFTP was used (:data:`NO_RSYNC_HERE` or :data:`NO_RSYNC_THERE`), else
-    None. Raises CommandError/ConnectError when the push failed.
+    None. Raises CommandError/ConnectError when the push failed, IntegrityError for a
+    ``hide`` path that is not a plain relative path.
     """
+    hide = tuple(dict.fromkeys(safe_relative_path(p) for p in hide))
     if not host.local:
         if shutil.which("rsync") is None:
             why = NO_RSYNC_HERE
@@ -71,9 +95,9 @@ def push(
             from meshrun.transport.ssh import SSHConnector
 
             assert isinstance(connector, SSHConnector)
-            _push_sftp(connector, host, Path(root), paths, excludes)
+            _push_sftp(connector, host, Path(root), paths, excludes, hide)
             return why
-    connector.push(host, root=root, paths=paths, excludes=excludes)
+    connector.push(host, root=root, paths=paths, excludes=excludes, hide=hide)
     return None
 
 
@@ -92,19 +116,23 @@ class Item:
     target: str = ""  # a symlink's
 
 
-def plan(root: Path, paths: Sequence[str], excludes: Excludes) -> Iterator[Item]:
+def plan(
+    root: Path, paths: Sequence[str], excludes: Excludes, hide: Collection[str] = ()
+) -> Iterator[Item]:
     """What ``rsync -a --relative root/./PATH ...`` sends, in its order: a directory
     before its contents, names sorted. A path's parent directories (rsync's implied
     directories) are sent without being matched against ``excludes`` unless the path
-    itself is excluded; the path and everything below it are matched. Raises
-    FileNotFoundError for a path that is missing."""
+    itself is excluded; the path and everything below it are matched. ``hide`` paths
+    (exact relative paths) are left out like excluded ones. Raises FileNotFoundError
+    for a path that is missing."""
     sent: dict[str, bool] = {}  # path -> whether its contents were sent too
+    hidden = frozenset(hide)
     for path in paths:
         if path == ".":
-            yield from _entry(root, "", os.stat(root), excludes, sent)
+            yield from _entry(root, "", os.stat(root), excludes, sent, hidden)
             continue
         st = os.lstat(root / path)
-        if excludes.excluded(path, is_dir=stat.S_ISDIR(st.st_mode)):
+        if path in hidden or excludes.excluded(path, is_dir=stat.S_ISDIR(st.st_mode)):
             continue  # and so are its parents
         parts = path.split("/")
         for depth in range(1, len(parts)):
@@ -112,14 +140,19 @@ def plan(root: Path, paths: Sequence[str], excludes: Excludes) -> Iterator[Item]
             if parent not in sent:
                 sent[parent] = False
                 yield _item(root, parent, os.stat(root / parent))
-        yield from _entry(root, path, st, excludes, sent)
+        yield from _entry(root, path, st, excludes, sent, hidden)
 
 
 def _entry(
-    root: Path, path: str, st: os.stat_result, excludes: Excludes, sent: dict[str, bool]
+    root: Path,
+    path: str,
+    st: os.stat_result,
+    excludes: Excludes,
+    sent: dict[str, bool],
+    hidden: frozenset[str],
 ) -> Iterator[Item]:
     is_dir = stat.S_ISDIR(st.st_mode)
-    if path and excludes.excluded(path, is_dir=is_dir):
+    if path and (path in hidden or excludes.excluded(path, is_dir=is_dir)):
         return
     if not (is_dir or stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         return  # a FIFO, socket or device: SFTP cannot make one
@@ -132,7 +165,8 @@ def _entry(
             entries = sorted(scan, key=lambda e: os.fsencode(e.name))
         for entry in entries:
             child = f"{path}/{entry.name}" if path else entry.name
-            yield from _entry(root, child, entry.stat(follow_symlinks=False), excludes, sent)
+            child_st = entry.stat(follow_symlinks=False)
+            yield from _entry(root, child, child_st, excludes, sent, hidden)
 
 
 def _item(root: Path, path: str, st: os.stat_result) -> Item:
@@ -144,11 +178,26 @@ def _item(root: Path, path: str, st: os.stat_result) -> Item:
     return Item(path, "file", mode, st.st_size, mtime)
 
 
+def pushed_whole(directory: str, paths: Sequence[str]) -> bool:
+    """Whether the directory ``directory`` ("" the root) has its contents pushed, so
+    what the host has beyond them is deleted: it is one of ``paths`` or below one (the
+    parents that a nested path implies are not)."""
+    return any(top == "." or directory == top or directory.startswith(top + "/") for top in paths)
+
+
 # -- SFTP ---------------------------------------------------------------------------------
+
+#: The SFTP push's record in the workdir: path -> [size, mtime, sha256] of what it sent.
+RECORD = ".meshrun/sftp-mirror.json"
 
 
 def _push_sftp(
-    connector: SSHConnector, host: Host, root: Path, paths: Sequence[str], patterns: Sequence[str]
+    connector: SSHConnector,
+    host: Host,
+    root: Path,
+    paths: Sequence[str],
+    patterns: Sequence[str],
+    hide: Sequence[str] = (),
 ) -> None:
     try:
         excludes = Excludes.compile(patterns)
@@ -161,79 +210,215 @@ def _push_sftp(
         sftp: Any = connector.connect(host).open_sftp()  # counted in the session budget
     except Exception as exc:  # paramiko.SSHException, EOFError, OSError
         raise CommandError(f"{host.name}: cannot open an SFTP session: {exc}") from exc
-    mirror = _Mirror(sftp, root, remote)
     try:
-        sftp_makedirs(sftp, remote, set())
-        for item in plan(root, paths, excludes):
-            try:
-                mirror.send(item)
-            except Exception as exc:  # OSError; paramiko's SSHException, EOFError
-                raise CommandError(
-                    f"{host.name}: workspace sync failed (SFTP) at {item.path or '.'!r}: {exc}"
-                ) from exc
-        mirror.finish_dirs()
-    except CommandError:
-        raise
-    except Exception as exc:  # reading the workspace; setting directories' times
-        raise CommandError(f"{host.name}: workspace sync failed (SFTP): {exc}") from exc
+        sftp_mirror(sftp, root, remote, paths, excludes, hide)
+    except CommandError as exc:
+        raise CommandError(f"{host.name}: {exc.message}", fix=exc.fix) from exc.__cause__
     finally:
         sftp.close()
 
 
-class _Mirror:
-    """Sends :func:`plan`'s items, skipping what is already there, one directory
-    listing per directory; directories' modes and times are set at the end."""
+def sftp_mirror(
+    sftp: Any,
+    root: Path,
+    remote: str,
+    paths: Sequence[str],
+    excludes: Excludes,
+    hide: Collection[str] = (),
+) -> None:
+    """Make ``remote`` (a directory on the SFTP server) an exact copy of ``paths``
+    under ``root`` (see the module docstring). Raises CommandError."""
+    mirror = _Mirror(sftp, root, remote, paths, excludes, hide)
+    try:
+        sftp_makedirs(sftp, posixpath.dirname(mirror.record_path), set())
+        mirror.load_record()
+        for item in plan(root, paths, excludes, hide):
+            try:
+                mirror.send(item)
+            except Exception as exc:  # OSError; paramiko's SSHException, EOFError
+                raise CommandError(
+                    f"workspace sync failed (SFTP) at {item.path or '.'!r}: {exc}"
+                ) from exc
+        mirror.delete_extras()
+        mirror.finish_dirs()
+        mirror.save_record()
+    except CommandError:
+        raise
+    except Exception as exc:  # reading the workspace; deleting; setting directories' times
+        raise CommandError(f"workspace sync failed (SFTP): {exc}") from exc
 
-    def __init__(self, sftp: Any, root: Path, remote: str) -> None:
+
+class _Mirror:
+    """Sends :func:`plan`'s items, skipping what is already there (by the record), one
+    directory listing per directory; then deletes the extras in the directories pushed
+    whole; directories' modes and times are set at the end."""
+
+    def __init__(
+        self,
+        sftp: Any,
+        root: Path,
+        remote: str,
+        paths: Sequence[str],
+        excludes: Excludes,
+        hide: Collection[str],
+    ) -> None:
         self.sftp = sftp
         self.root = root
         self.remote = remote
+        self.paths = paths
+        self.excludes = excludes
+        self.hide = frozenset(hide)
+        self.record_path = posixpath.join(remote, RECORD)
         self.listings: dict[str, dict[str, Any]] = {}  # directory -> name -> attributes
         self.changed: set[str] = set()  # directories whose entries were written
         self.dirs: list[tuple[Item, Any]] = []  # (item, attributes before, None if new)
+        self.names: dict[str, set[str]] = {}  # directory -> the names sent into it
+        self.whole: list[str] = []  # directories whose contents are pushed
+        self.record: dict[str, tuple[int, int, str]] = {}  # what the last push sent
+        self.sent: dict[str, tuple[int, int, str]] = {}  # the record this push leaves
+        self.record_kept = False  # the record file is on the host (not yet invalid)
 
     def _where(self, path: str) -> str:
         return posixpath.join(self.remote, path) if path else self.remote
+
+    def _listing(self, directory: str) -> dict[str, Any]:
+        if directory not in self.listings:
+            listing = self.sftp.listdir_attr(self._where(directory))
+            self.listings[directory] = {a.filename: a for a in listing}
+        return self.listings[directory]
 
     def _found(self, path: str) -> Any:
         """The attributes of what is at ``path`` on the host (not followed), or None."""
         if not path:
             return self.sftp.stat(self.remote)
         parent, name = posixpath.split(path)
-        if parent not in self.listings:
-            listing = self.sftp.listdir_attr(self._where(parent))
-            self.listings[parent] = {a.filename: a for a in listing}
-        return self.listings[parent].get(name)
+        return self._listing(parent).get(name)
+
+    def load_record(self) -> None:
+        """Read the record the last SFTP push left; none (or unreadable): every file is
+        sent."""
+        try:
+            with self.sftp.open(self.record_path, "rb") as handle:
+                document = json.loads(handle.read())
+        except (OSError, ValueError):  # missing; not JSON
+            return
+        self.record_kept = True
+        files = document.get("files") if isinstance(document, dict) else None
+        for path, entry in (files if isinstance(files, dict) else {}).items():
+            if (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and all(isinstance(v, int) for v in entry[:2])
+                and isinstance(entry[2], str)
+            ):
+                self.record[path] = (entry[0], entry[1], entry[2])
+
+    def _invalidate_record(self) -> None:
+        """Remove the record before a recorded file is overwritten: a push that fails
+        after that must not leave an entry that no longer describes the host's file."""
+        if self.record_kept:
+            with contextlib.suppress(FileNotFoundError):
+                self.sftp.remove(self.record_path)
+            self.record_kept = False
+
+    def save_record(self) -> None:
+        """Write the record of what the host now has, beside it then renamed."""
+        data = json.dumps({"version": 1, "files": self.sent}, separators=(",", ":"))
+        temp = _aside(self.record_path)
+        try:
+            with self.sftp.open(temp, "wb") as handle:
+                handle.write(data.encode())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.sftp.remove(temp)
+            raise
+        _rename(self.sftp, temp, self.record_path)
 
     def send(self, item: Item) -> None:
         found = self._found(item.path)
         kind = None if found is None else stat.S_IFMT(found.st_mode)
         target = self._where(item.path)
         parent = posixpath.dirname(item.path)
+        if item.path:
+            self.names.setdefault(parent, set()).add(posixpath.basename(item.path))
         if item.kind == "dir":
             if kind != stat.S_IFDIR:
                 if found is not None:
-                    self.sftp.remove(target)  # a file where the workspace has a directory
+                    self._remove(item.path, found)  # not a directory: replaced
                 self.sftp.mkdir(target)
                 self.changed.add(parent)
                 self.listings[item.path] = {}
                 found = None
             self.dirs.append((item, found))
-        elif item.kind == "file":
-            same = kind == stat.S_IFREG and (found.st_size, found.st_mtime) == (
-                item.size,
-                item.mtime,
-            )
-            if not same:
-                sftp_put(self.sftp, self.root / item.path, target, item.mode, item.mtime)
-                self.changed.add(parent)
-            elif stat.S_IMODE(found.st_mode) != item.mode:
-                self.sftp.chmod(target, item.mode)
+            if pushed_whole(item.path, self.paths):
+                self.whole.append(item.path)
+            return
+        if kind == stat.S_IFDIR:  # a directory where the workspace has a file or symlink
+            self._remove(item.path, found)
+            self.changed.add(parent)
+            found = kind = None
+        if item.kind == "file":
+            self._send_file(item, found, target, parent)
         elif kind != stat.S_IFLNK or self.sftp.readlink(target) != item.target:
             temp = _aside(target)
             self.sftp.symlink(item.target, temp)
             _rename(self.sftp, temp, target)
             self.changed.add(parent)
+
+    def _send_file(self, item: Item, found: Any, target: str, parent: str) -> None:
+        entry = self.record.get(item.path)
+        if (
+            entry is not None
+            and found is not None
+            and stat.S_ISREG(found.st_mode)
+            and (found.st_size, found.st_mtime) == entry[:2]
+        ):
+            size, sha256, _ = file_digest(str(self.root / item.path))
+            if sha256 == entry[2]:  # the host has this content: only attributes to fix
+                if stat.S_IMODE(found.st_mode) != item.mode:
+                    self.sftp.chmod(target, item.mode)
+                if found.st_mtime != item.mtime:
+                    self.sftp.utime(target, (int(time.time()), item.mtime))
+                self.sent[item.path] = (size, item.mtime, sha256)
+                return
+        if entry is not None:
+            self._invalidate_record()
+        size, sha256 = sftp_put(self.sftp, self.root / item.path, target, item.mode, item.mtime)
+        self.sent[item.path] = (size, item.mtime, sha256)
+        self.changed.add(parent)
+
+    def _remove(self, path: str, found: Any) -> None:
+        """Delete what is at ``path`` on the host, a directory with everything in it
+        (symlinks are removed, never followed)."""
+        target = self._where(path)
+        if stat.S_ISDIR(found.st_mode):
+            for child in self.sftp.listdir_attr(target):
+                self._remove(posixpath.join(path, child.filename), child)
+            self.sftp.rmdir(target)
+        else:
+            self.sftp.remove(target)
+        self.listings.pop(path, None)
+
+    def delete_extras(self) -> None:
+        """In every directory pushed whole, delete what the workspace does not have,
+        but what an exclude matches (a ``hide`` path goes, excluded or not) and the
+        host's own ``.meshrun`` at the top."""
+        for directory in self.whole:
+            keep = self.names.get(directory, set())
+            for name, found in sorted(self._listing(directory).items()):
+                if name in keep:
+                    continue
+                path = posixpath.join(directory, name) if directory else name
+                if path not in self.hide and (
+                    path == rsync.PROTECTED
+                    or self.excludes.excluded(path, is_dir=stat.S_ISDIR(found.st_mode))
+                ):
+                    continue
+                try:
+                    self._remove(path, found)
+                except Exception as exc:  # OSError; paramiko's SSHException, EOFError
+                    raise CommandError(f"cannot delete {path!r}: {exc}") from exc
+                self.changed.add(directory)
 
     def finish_dirs(self) -> None:
         """Directories get their modes and times, deepest first: writing into a
@@ -261,15 +446,19 @@ def _rename(sftp: Any, temp: str, target: str) -> None:
         raise
 
 
-def sftp_put(sftp: Any, source: Path, target: str, mode: int, mtime: int | None = None) -> None:
+def sftp_put(
+    sftp: Any, source: Path, target: str, mode: int, mtime: int | None = None
+) -> tuple[int, str]:
     """Write ``source`` beside ``target`` under a temporary name, give it ``mode`` (and
     ``mtime``), then rename it into place: ``target`` is never seen half-written. The
-    temporary file is removed when anything fails."""
+    temporary file is removed when anything fails. Returns the size and SHA-256 (hex)
+    of the bytes sent."""
     temp = _aside(target)
     try:
         with open(source, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            sftp.putfo(handle, temp, file_size=size, confirm=True)
+            reader = _Hashing(handle)
+            sftp.putfo(reader, temp, file_size=size, confirm=True)
         sftp.chmod(temp, mode)
         if mtime is not None:
             sftp.utime(temp, (int(time.time()), mtime))
@@ -278,6 +467,22 @@ def sftp_put(sftp: Any, source: Path, target: str, mode: int, mtime: int | None 
             sftp.remove(temp)
         raise
     _rename(sftp, temp, target)
+    return reader.size, reader.digest.hexdigest()
+
+
+class _Hashing:
+    """A file's ``read`` that hashes and counts what it hands out."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
 
 
 def sftp_makedirs(sftp: Any, directory: str, made: set[str]) -> None:
@@ -295,4 +500,15 @@ def sftp_makedirs(sftp: Any, directory: str, made: set[str]) -> None:
     made.add(directory)
 
 
-__all__ = ["NO_RSYNC_HERE", "NO_RSYNC_THERE", "Item", "plan", "push", "sftp_makedirs", "sftp_put"]
+__all__ = [
+    "NO_RSYNC_HERE",
+    "NO_RSYNC_THERE",
+    "RECORD",
+    "Item",
+    "plan",
+    "push",
+    "pushed_whole",
+    "sftp_makedirs",
+    "sftp_mirror",
+    "sftp_put",
+]

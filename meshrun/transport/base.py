@@ -138,8 +138,20 @@ class Connector(Protocol):
         """A connection to ``host``, reused when one is open. Raises ConnectError."""
         ...
 
-    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
-        """Mirror ``paths`` under ``root`` into the host's workdir (rsync, incremental).
+    def push(
+        self,
+        host: Host,
+        *,
+        root: str,
+        paths: Sequence[str],
+        excludes: Sequence[str],
+        hide: Sequence[str] = (),
+    ) -> None:
+        """Mirror ``paths`` under ``root`` into the host's workdir exactly (rsync,
+        incremental): what the workdir has beyond them is deleted inside the pushed
+        directories, content compared whatever the sizes and times; ``excludes`` are
+        neither sent nor deleted; ``hide`` (literal relative paths) are not sent and
+        are deleted (:func:`meshrun.transport.rsync.mirror_options`).
 
         Raises ConnectError when the host cannot be reached, CommandError otherwise.
         """

@@ -179,13 +179,20 @@ class LocalConnector:
     def connect(self, host: Host) -> LocalConnection:
         return LocalConnection(host)
 
-    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+    def push(
+        self,
+        host: Host,
+        *,
+        root: str,
+        paths: Sequence[str],
+        excludes: Sequence[str],
+        hide: Sequence[str] = (),
+    ) -> None:
         if os.path.realpath(os.path.expanduser(host.workdir)) == os.path.realpath(root):
             return  # the workspace is already where the tasks run
         argv = ["rsync", "-a", "--relative", "--mkpath"]
-        for pattern in excludes:
-            argv += ["--exclude", pattern]
-        argv += [f"{root.rstrip('/')}/./{p}" for p in paths]
+        argv += rsync.mirror_options(excludes, hide)
+        argv += rsync.sources(root, paths)
         argv.append(os.path.expanduser(host.workdir).rstrip("/") + "/")
         rsync.run(argv, host.name)
 

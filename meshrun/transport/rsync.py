@@ -10,6 +10,7 @@ OpenSSH command line with the same settings (the benchmarks compare against it).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import threading
@@ -98,19 +99,69 @@ def push_argv(
     paths: Sequence[str],
     excludes: Sequence[str],
     workdir: str,
+    hide: Sequence[str] = (),
 ) -> list[str]:
     """rsync that mirrors ``paths`` (relative to ``root``) into the host's workdir.
 
-    Incremental (rsync's delta transfer), keeps relative layout, never deletes on the
-    host: a misconfigured workdir must not cost anyone their files.
+    Exact (:func:`mirror_options`: extras deleted, content compared, ``hide`` left out
+    and deleted), keeps the relative layout, incremental (rsync's delta transfer).
     """
     argv = ["rsync", "-a", "--relative", "--mkpath", "-e", rsh.rsh]
-    for pattern in excludes:
-        argv += ["--exclude", pattern]
-    root = root.rstrip("/") or "/"
-    argv += [f"{root}/./{p}" if p != "." else f"{root}/./" for p in paths]
+    argv += mirror_options(excludes, hide)
+    argv += sources(root, paths)
     argv.append(rsh.remote_dir(workdir))
     return argv
+
+
+#: The host's meshrun directory at the top of a workdir: never deleted by a push.
+PROTECTED = ".meshrun"
+
+
+def mirror_options(excludes: Sequence[str], hide: Sequence[str] = ()) -> list[str]:
+    """rsync options that make the destination an exact copy of what is sent.
+
+    - ``--delete``: what the destination has beyond what is sent is deleted, in every
+      directory whose contents are sent (not in the parents ``--relative`` implies);
+      what ``excludes`` match is neither sent nor deleted (rsync protects it);
+    - ``--checksum``: a file is compared by content, so a change that keeps its size
+      and modification time is sent too;
+    - ``hide`` (literal paths relative to the transfer's root): not sent, and deleted
+      on the destination even where an exclude would protect them — a hide rule comes
+      before every exclude, a sender-side exclude (``-s``) and a receiver-side include
+      (``+r``), so the first rule that matches is always the hide rule;
+    - the top-level :data:`PROTECTED` directory is never deleted.
+
+    An exclude ``!`` clears the rules before it: only the excludes after the last one
+    are given (so it cannot clear the hide rules).
+    """
+    if "!" in excludes:
+        excludes = excludes[len(excludes) - list(reversed(excludes)).index("!") :]
+    argv = ["--delete", "--checksum"]
+    for path in hide:
+        pattern = hide_pattern(path)
+        argv += [f"--filter=-s {pattern}", f"--filter=+r {pattern}"]
+    argv.append(f"--filter=P /{PROTECTED}")
+    for pattern in excludes:
+        argv += ["--exclude", pattern]
+    return argv
+
+
+def hide_pattern(path: str) -> str:
+    """An anchored rsync pattern that matches ``path`` (relative) and nothing else.
+
+    A pattern without ``*``, ``?`` or ``[`` is literal, backslashes included; with one,
+    ``\\`` escapes the next character, so each of ``*?[\\`` is escaped then.
+    """
+    path = path.strip("/")
+    if any(c in path for c in "*?["):
+        path = re.sub(r"([*?\[\\])", r"\\\1", path)
+    return "/" + path
+
+
+def sources(root: str, paths: Sequence[str]) -> list[str]:
+    """rsync's source arguments for ``paths`` under ``root`` with ``--relative``."""
+    root = root.rstrip("/") or "/"
+    return [f"{root}/./{p}" if p != "." else f"{root}/./" for p in paths]
 
 
 def run(

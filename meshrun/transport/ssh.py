@@ -1190,7 +1190,15 @@ class SSHConnector:
 
         return channel_relay.remote_shell(self, host)
 
-    def push(self, host: Host, *, root: str, paths: Sequence[str], excludes: Sequence[str]) -> None:
+    def push(
+        self,
+        host: Host,
+        *,
+        root: str,
+        paths: Sequence[str],
+        excludes: Sequence[str],
+        hide: Sequence[str] = (),
+    ) -> None:
         rsh = self.rsync_ssh(host)
         workdir = host.workdir
         if workdir == "~" or workdir.startswith("~/"):
@@ -1199,7 +1207,9 @@ class SSHConnector:
             home = self.connect(host).facts().home
             if home is not None:
                 workdir = home.rstrip("/") + workdir[1:]
-        argv = rsync.push_argv(rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir)
+        argv = rsync.push_argv(
+            rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir, hide=hide
+        )
         rsync.run(argv, host.name, env=rsh.env)
 
     def close(self) -> None:
