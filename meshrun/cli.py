@@ -794,6 +794,7 @@ def dispatch_command(
     state_dir: str | None,
     no_sync: bool,
     no_agent: bool,
+    workdir_max_age: str,
     junit: str | None,
     trace: str | None,
     sign_key: str | None,
@@ -862,6 +863,7 @@ def dispatch_command(
             sync=not no_sync,
         )
         max_bytes = meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes")
+        max_age_s = meshrun.parse_duration(workdir_max_age, option="--workdir-max-age")
         interval_s = _progress_interval_s(progress_interval)
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
     connector = _connector(
@@ -893,6 +895,7 @@ def dispatch_command(
                 artifacts_dir=artifacts,
                 pull_max_bytes=max_bytes,
                 discovery=live,
+                workdir_max_age_s=max_age_s,
             )
     finally:
         connector.close()
@@ -942,7 +945,20 @@ def _dispatch_parser() -> argparse.ArgumentParser:
         help="Where history and runs live (default: .meshrun beside TASKS.toml); "
         "point a CI cache at it.",
     )
-    p.add_argument("--no-sync", action="store_true", help="Do not push the workspace to the hosts.")
+    p.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="Do not push the workspace: tasks run in each host's workdir as it is.",
+    )
+    p.add_argument(
+        "--workdir-max-age",
+        metavar="DURATION",
+        default="7d",
+        help="Each workspace and task file gets a workdir of its own on a host "
+        "(WORKDIR/ws/NAME-HASH; [sync] isolate = false shares the host's workdir); one "
+        "no run has used for this long is removed when a run starts there "
+        "(default: 7d).",
+    )
     p.add_argument(
         "--no-agent",
         action="store_true",

@@ -12,10 +12,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from meshrun import artifacts, staging
+from meshrun import artifacts, mirror, staging, workdirs
+from meshrun.agent.client import AgentRunner, Runner
 from meshrun.errors import CommandError, InputError, IntegrityError
+from meshrun.excludes import Excludes
 from meshrun.executor import (
     Dispatcher,
     DispatchEvent,
@@ -49,7 +51,7 @@ from meshrun.scheduler import TaskStatus
 from meshrun.sizes import format_size
 from meshrun.tasks import Task, TaskGraph, check_placeable
 from meshrun.trace import chrome_trace
-from meshrun.transport.base import Connector
+from meshrun.transport.base import Connection, Connector
 from meshrun.workspace import push as push_workspace
 
 if TYPE_CHECKING:
@@ -288,6 +290,7 @@ def run_dispatch(
     artifacts_dir: str | Path | None = None,
     pull_max_bytes: int | None = DEFAULT_PULL_MAX_BYTES,
     discovery: LiveDiscovery | None = None,
+    workdir_max_age_s: float = workdirs.DEFAULT_MAX_AGE_S,
 ) -> DispatchReport:
     """Run ``graph`` on ``hosts``; write logs, report.json, the manifest (signed with
     ``signing_key``), JUnit, and the history. The manifest is written for failed and
@@ -297,6 +300,11 @@ def run_dispatch(
     A task whose outputs (sizes as hashed on its host) add up to more than
     ``pull_max_bytes`` (``--pull-max-bytes``; None: no limit) fails before anything of
     them is written; its host stays in the run.
+
+    Each host's tasks run in a workdir of this run's own there (:mod:`meshrun.workdirs`;
+    ``[sync] isolate = false``: the host's workdir), made an exact copy of the
+    workspace first (:mod:`meshrun.mirror`); workdirs no run claimed for
+    ``workdir_max_age_s`` are removed.
     """
     if artifacts_dir is not None:
         _check_artifact_names(graph, Path(artifacts_dir))
@@ -317,22 +325,75 @@ def run_dispatch(
             if relative != ".":
                 excludes.append("/" + relative)
 
+        workspace = graph.sync.root.resolve()
+        try:
+            compiled = Excludes.compile(excludes)
+        except ValueError as exc:
+            raise InputError(f"[sync] exclude: {exc}") from exc
+        installed_here = InstalledOutputs(state.root).paths_under(workspace)
+        purge = literal_outputs(graph)
+        tree = mirror.SharedTree(
+            lambda: mirror.build_tree(
+                graph.sync.root,
+                graph.sync.paths,
+                compiled,
+                hide=installed_here,
+                cache=mirror.HashCache(state.root / mirror.CACHE_FILE),
+            )
+        )
+        key = workdirs.workdir_key(graph.sync.root, graph.scope)
+        leases: list[Any] = []  # exec-mode workdir locks, held until the run ends
         told: set[str] = set()  # hosts whose push went over SFTP, said once each
 
-        def push(host: Host) -> None:
+        def prepare(host: Host, conn: Connection, runner: Runner) -> str:
+            """Claim this run's workdir on ``host`` and make it a copy of the workspace."""
+            if host.local and Path(host.workdir).expanduser().resolve() == workspace:
+                return host.workdir  # the tasks run in the workspace itself
+            agent = runner if isinstance(runner, AgentRunner) else None
+            workdir = host.workdir
+            if graph.sync.isolate:
+                if agent is not None:
+                    message = {
+                        "op": "claim",
+                        "base": host.workdir,
+                        "key": key,
+                        "max_age_s": workdir_max_age_s,
+                    }
+                    workdir = agent.request(message, "claimed")["path"]
+                else:
+                    from meshrun.workdir_lease import lease_workdir
+
+                    lease = lease_workdir(conn, host.workdir, key, workdir_max_age_s)
+                    leases.append(lease)
+                    workdir = lease.path
+            if agent is not None:
+                try:
+                    stats = mirror.push(agent, workdir, tree.get(), compiled, purge)
+                except FileNotFoundError as exc:
+                    raise InputError(f"[sync] paths: {exc.filename}: no such file") from None
+                log.info(
+                    "%s: %d file%s (%s) sent, %d deleted",
+                    host.name,
+                    stats.sent_files,
+                    "s" * (stats.sent_files != 1),
+                    format_size(stats.sent_bytes),
+                    stats.deleted,
+                )
+                return workdir
             why = push_workspace(
                 connector,
-                host,
+                replace(host, workdir=workdir),
                 root=str(graph.sync.root),
                 paths=graph.sync.paths,
                 excludes=excludes,
+                hide=sorted(installed_here | purge),
             )
             if why is not None and host.name not in told:
                 told.add(host.name)
                 log.info("%s: %s; the workspace goes over SFTP", host.name, why)
+            return workdir
 
         artifacts_root = run_dir / "artifacts"
-        workspace = graph.sync.root.resolve()
         claimed: dict[str, str] = {}  # output path -> the task that wrote it
         claim_lock = threading.Lock()
 
@@ -395,6 +456,9 @@ def run_dispatch(
                 )
             observer(event)
 
+        syncing = options.sync and bool(graph.sync.paths)
+        if syncing:
+            tree.warm()  # hashing the workspace while the hosts connect
         dispatcher = Dispatcher(
             graph=graph,
             hosts=hosts,
@@ -404,7 +468,7 @@ def run_dispatch(
             expected_s=expected,
             options=options,
             observer=observe,
-            sync=push if options.sync and graph.sync.paths else None,
+            prepare=prepare if syncing else None,
             collect=collect,
             stage=stage,
             prior_outputs={need: files for need, (_, files) in prior.items()},
@@ -413,6 +477,8 @@ def run_dispatch(
         try:
             report = dispatcher.run()
         finally:
+            for lease in leases:
+                lease.close()
             journal.close()
             if browser is not None:
                 browser.close()
@@ -440,6 +506,21 @@ def run_dispatch(
             ],
         )
     return report
+
+
+def literal_outputs(graph: TaskGraph) -> set[str]:
+    """The output paths of the graph's tasks that name one path (no wildcard): removed
+    from a host's workdir before its tasks run, as this run produces them anew."""
+    found: set[str] = set()
+    for task in graph.tasks.values():
+        for pattern in (*task.outputs, *task.outputs_on_success):
+            text = pattern.removeprefix("?")
+            if any(c in text for c in "*?[\\"):
+                continue
+            parts = [p for p in text.split("/") if p not in ("", ".")]
+            if parts and ".." not in parts:
+                found.add("/".join(parts))
+    return found
 
 
 def _installed_at(

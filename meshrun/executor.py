@@ -114,6 +114,8 @@ class HostSummary:
     address: str = ""
     host_key_fingerprint: str | None = None
     refused: bool = False
+    #: Where its tasks ran: the workdir this run claimed there (meshrun.workdirs).
+    workdir: str | None = None
 
 
 @record
@@ -229,6 +231,7 @@ class _Ready:
     host: Host
     runner: Runner
     fingerprint: str | None
+    workdir: str  # where its tasks run (the run's own workdir there, when it claimed one)
 
 
 @record
@@ -296,6 +299,14 @@ class _HostInfo:
     error: str | None = None
     fingerprint: str | None = None
     refused: bool = False  # kept when the host joins again (discovery): exit 3 stands
+    workdir: str | None = None  # where its tasks run, once ready
+
+    @property
+    def placed(self) -> Host:
+        """The host as its tasks see it: with the workdir they run in."""
+        if self.workdir is None or self.workdir == self.host.workdir:
+            return self.host
+        return replace(self.host, workdir=self.workdir)
 
 
 def _without_host(error: str, host: Host) -> str:
@@ -304,7 +315,9 @@ def _without_host(error: str, host: Host) -> str:
     return error.removeprefix(f"{host.name}: ")
 
 
-SyncFn = Callable[[Host], None]
+#: Readies a connected host for tasks once its runner is up: claims the run's workdir
+#: there and pushes the workspace into it; returns the workdir its tasks run in.
+PrepareFn = Callable[[Host, Connection, Runner], str]
 #: Collects a task's outputs on its host and brings them home, verified.
 #: ``succeeded`` False: the task failed; what it left is brought home all the same (a
 #: failing test report is the file a CI run needs most), and missing outputs are no error.
@@ -325,7 +338,7 @@ class Dispatcher:
     expected_s: Mapping[str, float]
     options: DispatchOptions = field(default_factory=DispatchOptions)
     observer: Observer = _ignore
-    sync: SyncFn | None = None  # pushes the workspace to a host before it joins
+    prepare: PrepareFn | None = None  # pushes the workspace to a host before it joins
     collect: CollectFn | None = None  # brings an ended task's outputs home
     stage: StageFn | None = None  # pushes needs' outputs to a dependent's host
     #: Outputs of needs that passed in an earlier run (``graph.done_needs``; a rerun):
@@ -506,6 +519,7 @@ class Dispatcher:
                 return
             info.runner = item.runner
             info.fingerprint = item.fingerprint
+            info.workdir = item.workdir
             info.status = "ok"
             info.slots = item.host.slots or item.runner.cpus or 1
             slots = f"{info.slots} slot{'s' * (info.slots != 1)}"
@@ -619,7 +633,7 @@ class Dispatcher:
         self._collecting[task_id] = (attempt, duration, failed)
         thread = threading.Thread(
             target=self._collect_outputs,
-            args=(task_id, self._info[attempt.host].host, self.graph.tasks[attempt.task]),
+            args=(task_id, self._info[attempt.host].placed, self.graph.tasks[attempt.task]),
             kwargs={"succeeded": failed is None},
             name=f"meshrun-collect-{attempt.task}",
             daemon=True,
@@ -884,7 +898,7 @@ class Dispatcher:
             attempt.deadline = None
             thread = threading.Thread(
                 target=self._stage_inputs,
-                args=(task_id, info.host, moves),
+                args=(task_id, info.placed, moves),
                 name=f"meshrun-stage-{decision.task}",
                 daemon=True,
             )
@@ -962,7 +976,7 @@ class Dispatcher:
             "MESHRUN_ATTEMPT": str(attempt.number),
         }
         try:
-            info.runner.run(task_id, task.run, info.host.workdir, env)
+            info.runner.run(task_id, task.run, info.placed.workdir, env)
         except MeshrunError as exc:
             self._queue.put(TaskExited(attempt.host, task_id, None, str(exc)))
             self._queue.put(RunnerGone(attempt.host, str(exc)))
@@ -982,7 +996,7 @@ class Dispatcher:
         try:
             conn = self.connector.connect(host)
             try:
-                runner = self._set_up(host, conn)
+                runner, workdir = self._set_up(host, conn)
             except HostUnreachable as exc:
                 if self._closing:
                     raise
@@ -991,7 +1005,7 @@ class Dispatcher:
                 # connect again (a host that drops again is given up as before).
                 log.info("%s: lost while setting up (%s); connecting again", host.name, exc)
                 conn = self.connector.connect(host)
-                runner = self._set_up(host, conn)
+                runner, workdir = self._set_up(host, conn)
         except ConnectError as exc:
             self._queue.put(_Unreachable(host, _without_host(str(exc), host), refused=True))
             return
@@ -1005,45 +1019,25 @@ class Dispatcher:
         if self._closing:
             runner.close()
             return
-        self._queue.put(_Ready(host, runner, conn.host_key_fingerprint))
+        self._queue.put(_Ready(host, runner, conn.host_key_fingerprint, workdir))
 
-    def _set_up(self, host: Host, conn: Connection) -> Runner:
-        """Push the workspace and start the host's runner at the same time.
-
-        Neither needs the other: the agent lives in ``<workdir>/.meshrun/``, the push
-        writes the workspace's own paths. Done one after the other they were the two
-        longest steps before a host takes work (the agent's Python start-up, rsync's
-        start-up and round trips). No task starts before both are done.
-        """
-        if self.sync is None:
-            return start_runner(
-                conn, host.workdir, self._queue.put, use_agent=self.options.use_agent
-            )
-        sync = self.sync
-        failed: list[BaseException] = []
-
-        def push() -> None:
-            log.info("%s: pushing the workspace", host.name)
-            began = time.monotonic()
-            try:
-                sync(host)
-            except BaseException as exc:  # handed to the set-up thread, raised there
-                failed.append(exc)
-            else:
-                log.info("%s: workspace pushed in %.2fs", host.name, time.monotonic() - began)
-
-        pusher = threading.Thread(target=push, name=f"meshrun-push-{host.name}", daemon=True)
-        pusher.start()
+    def _set_up(self, host: Host, conn: Connection) -> tuple[Runner, str]:
+        """Start the host's runner, then push the workspace through it (``prepare``);
+        the runner and the workdir its tasks run in. No task starts before both."""
+        runner = start_runner(conn, host.workdir, self._queue.put, use_agent=self.options.use_agent)
+        if self.prepare is None:
+            return runner, host.workdir
+        log.info("%s: pushing the workspace", host.name)
+        began = time.monotonic()
         try:
-            runner = start_runner(
-                conn, host.workdir, self._queue.put, use_agent=self.options.use_agent
-            )
-        finally:
-            pusher.join()
-        if failed:
+            workdir = self.prepare(host, conn, runner)
+        except BaseException:
             runner.close()
-            raise failed[0]
-        return runner
+            raise
+        log.info(
+            "%s: workspace pushed in %.2fs to %s", host.name, time.monotonic() - began, workdir
+        )
+        return runner, workdir
 
     def _abort_running(self, started: float) -> None:
         for info in self._info.values():
@@ -1113,6 +1107,7 @@ class Dispatcher:
                 address=i.host.address or i.host.name,
                 host_key_fingerprint=i.fingerprint,
                 refused=i.refused,
+                workdir=i.workdir,
             )
             for name, i in self._info.items()
         )

@@ -115,6 +115,17 @@ class InstalledOutputs:
             tasks.pop(task, None)
         return said
 
+    def paths_under(self, dest: Path) -> set[str]:
+        """Every file any task file's run installed into ``dest`` (relative paths): the
+        workspace push leaves them out, so a host never holds an older run's output."""
+        found: set[str] = set()
+        for tasks in self._graphs.values():
+            for entry in tasks.values() if isinstance(tasks, dict) else ():
+                if isinstance(entry, dict) and entry.get("dest") == str(dest):
+                    files = entry.get("files")
+                    found.update(str(p) for p in (files if isinstance(files, dict) else ()))
+        return found
+
     def save(self) -> None:
         """Write the record atomically (a killed run leaves the previous one whole)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,7 @@ def dispatch_document(
                 "tasks_run": h.tasks_run,
                 "error": h.error,
                 "refused": h.refused,
+                "workdir": h.workdir,
             }
             for h in report.hosts
         ],

@@ -93,12 +93,15 @@ class SyncSpec:
     """What is pushed to every host before tasks start.
 
     ``paths`` are relative to ``root`` (normalised, never escaping it); ``exclude``
-    holds rsync-style patterns, the built-in ones first.
+    holds rsync-style patterns, the built-in ones first. ``isolate``: each workspace
+    and task file gets a workdir of its own on a host (meshrun.workdirs); False runs
+    in the host's workdir, shared by every run.
     """
 
     root: Path  # the directory of tasks.toml, absolute
     paths: tuple[str, ...] = (".",)
     exclude: tuple[str, ...] = BUILTIN_EXCLUDES
+    isolate: bool = True
 
 
 @record(slots=False)
@@ -343,7 +346,7 @@ _TASK_KEYS = (
     "outputs_on_success",
 )
 _DEFAULT_KEYS = ("timeout", "retries", "weight", "labels", "env")
-_SYNC_KEYS = ("paths", "exclude")
+_SYNC_KEYS = ("paths", "exclude", "isolate")
 _TOP_LEVEL_KEYS = ("defaults", "sync", "task")
 
 _EXAMPLES = {
@@ -359,6 +362,7 @@ _EXAMPLES = {
     "outputs_on_success": 'outputs_on_success = ["core/dist/**"]',
     "paths": 'paths = ["src", "Makefile"]',
     "exclude": 'exclude = ["*.pyc", "build/"]',
+    "isolate": "isolate = false",
 }
 # Names people bring from GitHub Actions, GitLab CI, make or Taskfile; difflib alone
 # would miss them. Only offered when the target is valid where the key was written.
@@ -596,6 +600,15 @@ def _check_sync_paths(key: str, value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
+def _check_isolate(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(
+            f"{key} must be true or false, not {_show(value)}",
+            "isolate = false runs every task file's tasks in the host's workdir itself",
+        )
+    return value
+
+
 def _check_exclude(key: str, value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*BUILTIN_EXCLUDES, *_check_strings(key, value, "pattern")]))
 
@@ -796,6 +809,11 @@ class _Loader:
                 _check_exclude, "exclude", raw["exclude"], table="sync", index=None, entry="[sync]"
             )
             spec = replace(spec, exclude=exclude)
+        if "isolate" in raw:
+            isolate = self.check(
+                _check_isolate, "isolate", raw["isolate"], table="sync", index=None, entry="[sync]"
+            )
+            spec = replace(spec, isolate=isolate)
         return spec
 
     def _task(self, index: int, raw: object, defaults: Mapping[str, Any]) -> _Parsed:

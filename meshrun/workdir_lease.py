@@ -54,7 +54,7 @@ cd -- "$b" 2>/dev/null || { mkdir -p -- "$b" && cd -- "$b"; } 2>/dev/null ||
   fail "cannot enter $b"
 mkdir -p @WS@ 2>/dev/null && cd @WS@ || fail "cannot make $PWD/@WS@"
 if ! command -v flock >/dev/null 2>&1; then
-  touch -- "./$k.lock" && mkdir -p -- "./$k" || fail "cannot make $PWD/$k"
+  : >>"./$k.lock" && mkdir -p -- "./$k" || fail "cannot make $PWD/$k"
   printf 'noflock\t%s/%s\0' "$PWD" "$k"
   exit 0
 fi
@@ -100,7 +100,9 @@ while [ "$n" -le @MAX@ ]; do
   n=$((n+1))
 done
 [ -n "$d" ] || fail "@MAX@ runs from this workspace already hold a workdir in $PWD"
-touch -- "./$d.lock" && mkdir -p -- "./$d" || fail "cannot make $PWD/$d"
+# The lock file's mtime is the last claim (what the age cleanup reads): a write
+# stamps it without touch(1), which a minimal host may lack.
+printf '%s\n' "$$" >"./$d.lock" && mkdir -p -- "./$d" || fail "cannot make $PWD/$d"
 printf 'ok\t%s/%s\0' "$PWD" "$d"
 @CLEAN@
 read -r _ || :

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
 import shlex
 import threading
 from collections.abc import Callable, Mapping
@@ -89,6 +90,7 @@ class AgentRunner:
         self._sink = sink
         self._hello = threading.Event()
         self._closing = False
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: gone
         self._reader = threading.Thread(
             target=self._read, name=f"meshrun-agent-{host}", daemon=True
         )
@@ -100,6 +102,29 @@ class AgentRunner:
 
     def _send(self, message: dict[str, Any]) -> None:
         self._stream.send((json.dumps(message, separators=(",", ":")) + "\n").encode())
+
+    def send_lines(self, data: bytes) -> None:
+        """Workspace messages that have no reply (``apply`` lines, ``put`` lines each
+        followed by the file's raw bytes), already encoded (:mod:`meshrun.mirror`)."""
+        self._stream.send(data)
+
+    def request(self, message: dict[str, Any], reply: str) -> dict[str, Any]:
+        """Send a workspace message and wait for its ``reply`` event (``claimed``,
+        ``scanned``, ``mirrored``): these come before any task runs on the host, so
+        no other request is in flight. Raises AgentUnavailable when the agent is gone
+        and MeshrunError when it reports an error."""
+        self._send(message)
+        answer = self._replies.get()
+        if answer is None:
+            self._replies.put(None)  # the next request learns it too
+            raise AgentUnavailable(f"{self.host}: the agent went away")
+        if answer.get("error"):
+            raise MeshrunError(f"{self.host}: {answer['error']}")
+        if answer.get("ev") != reply:
+            raise MeshrunError(
+                f"{self.host}: the agent answered {answer.get('ev')!r}, not {reply!r}"
+            )
+        return answer
 
     def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
         self._send({"op": "run", "id": task_id, "cmd": command, "cwd": cwd, "env": dict(env)})
@@ -127,6 +152,7 @@ class AgentRunner:
                 if line.strip():
                     self._dispatch(line)
         self._hello.set()
+        self._replies.put(None)
         if not self._closing:
             reason = self._stream.lost_reason or "the connection to the agent was lost"
             self._sink(RunnerGone(self.host, reason))
@@ -149,8 +175,13 @@ class AgentRunner:
             self._sink(TaskExited(self.host, msg["id"], msg.get("code")))
         elif event == "load":
             self._sink(LoadReport(self.host, float(msg["load1"]), int(msg["cpus"])))
+        elif event in ("claimed", "scanned", "mirrored"):
+            self._replies.put(msg)
         elif event == "error":
-            log.warning("%s: agent: %s", self.host, msg.get("message"))
+            if msg.get("error"):  # a workspace request that failed before its reply
+                self._replies.put(msg)
+            else:
+                log.warning("%s: agent: %s", self.host, msg.get("message"))
 
 
 class ExecRunner:
@@ -171,7 +202,10 @@ class ExecRunner:
         cancel = threading.Event()
         with self._lock:
             self._cancels[task_id] = cancel
-        # The wrapper already runs in the host's workdir, which is where tasks run.
+        # The wrapper runs in the host's workdir; a run with a workdir of its own there
+        # (meshrun.workdirs) changes into it first.
+        if cwd != self._conn.host.workdir:
+            command = f"cd -- {shlex.quote(cwd)} || exit 125\n{command}"
         thread = threading.Thread(
             target=self._run,
             args=(task_id, command, env, cancel),

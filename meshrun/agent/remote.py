@@ -9,6 +9,13 @@ Protocol: one JSON object per line in both directions.
       {"op": "run", "id": "t1", "cmd": "make", "cwd": "/w", "env": {...}}
       {"op": "cancel", "id": "t1"}
       {"op": "load"}
+      {"op": "claim", "base": "~/w", "key": "proj-1a2b", "max_age_s": 604800}
+      {"op": "scan", "root": "/w/ws/proj-1a2b", "dirs": [""], "paths": []}
+      {"op": "apply", "delete": [...], "mkdir": [[path, mode]], "links": [[path, target]],
+       "attrs": [[path, mode, mtime_ns]]}
+      {"op": "put", "path": "a/b", "mode": 420, "mtime_ns": 1, "size": 3, "sha": "..."}
+      then exactly ``size`` raw bytes: the file (no line, no encoding)
+      {"op": "done", "dirs": [[path, mode, mtime_ns]]}
     agent -> coordinator
       {"ev": "hello", "version": 1, "cpus": 8, "pid": 123}
       {"ev": "started", "id": "t1", "pid": 456}
@@ -16,6 +23,18 @@ Protocol: one JSON object per line in both directions.
       {"ev": "exit", "id": "t1", "code": 0, "signal": null}
       {"ev": "load", "load1": 0.5, "cpus": 8}
       {"ev": "error", "id": "t1", "message": "..."}
+      {"ev": "claimed", "path": "/w/ws/proj-1a2b.2"}  (or "error": "...")
+      {"ev": "scanned", "entries": [[path, kind, mode, size, mtime_ns, sha, target]]}
+      {"ev": "mirrored", "written": 3, "deleted": 1, "error": null}
+
+The workspace mirror (``claim`` ... ``done``) happens before any task runs on the host.
+``claim`` locks a workdir of its own for this run (``flock``, held until the agent
+exits; see meshrun/workdirs.py for the layout) and removes workdirs no run claimed for
+``max_age_s``. ``scan`` lists what is there, with the SHA-256 of every file the agent
+itself wrote and that is unchanged since (same size, mtime, inode and ctime: the record
+in ``.meshrun/mirror.json``); the coordinator compares that with its own manifest and
+sends only the difference: what to delete, directories, symlinks, files (written beside
+their target, checked against their size and SHA-256, then renamed into place).
 
 A task is its process, not its pipes. The agent learns that a task's process ended from
 SIGCHLD (``waitpid``), never by waiting on it, so nothing a task does can stall the
@@ -36,12 +55,17 @@ outlives the link.
 
 import base64
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import selectors
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 
 VERSION = 1
@@ -140,14 +164,310 @@ class Task:
         self.kill_at = None  # a cancelled task's group gets SIGKILL then
 
 
+# -- the workdir claim and the workspace mirror ------------------------------------------
+
+OWN = ".meshrun"
+RECORD = OWN + "/mirror.json"
+MAX_CLAIMS = 32
+
+
+def lock_free(fd, path):
+    """Take ``fd``'s lock without waiting; True when it is ours and ``path`` is still
+    the file locked (a cleanup may have removed the name meanwhile)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
+
+
+def claim(base, key, held):
+    """Lock ``base/ws/<key>[.N]`` for this agent's life; return its absolute path."""
+    where = os.path.join(os.path.abspath(os.path.expanduser(base)), "ws")
+    os.makedirs(where, exist_ok=True)
+    for n in range(1, MAX_CLAIMS + 1):
+        name = key if n == 1 else "%s.%d" % (key, n)
+        lock = os.path.join(where, name + ".lock")
+        for _ in range(3):  # the name may be removed under us by a cleanup: open again
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            if lock_free(fd, lock):
+                os.utime(lock)  # the last claim: what the age cleanup looks at
+                held.append(fd)
+                path = os.path.join(where, name)
+                os.makedirs(path, exist_ok=True)
+                return path
+            os.close(fd)
+            if os.path.exists(lock):
+                break  # held by another run: try the next number
+    raise OSError("%d runs from this workspace already hold a workdir here" % MAX_CLAIMS)
+
+
+def clean_stale(where, max_age_s, mine):
+    """Remove workdirs whose lock is older than ``max_age_s`` and free (no run holds
+    it): lock, move aside, drop the lock file, then delete at leisure."""
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return
+    limit = time.time() - max_age_s
+    for name in names:
+        path = os.path.join(where, name)
+        if name.startswith(".trash-"):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        if not name.endswith(".lock") or name[:-5] == mine:
+            continue
+        try:
+            if os.stat(path).st_mtime >= limit:
+                continue
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            if not lock_free(fd, path):
+                continue
+            trash = os.path.join(where, ".trash-%s-%d" % (name[:-5], os.getpid()))
+            try:
+                os.rename(path[:-5], trash)
+            except OSError:
+                trash = None
+            os.unlink(path)
+        finally:
+            os.close(fd)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def inside(root, rel):
+    """``root/rel`` for a relative path that stays inside ``root`` and is not
+    meshrun's own directory; ValueError otherwise."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or ".." in parts or "" in parts or parts[0] == OWN:
+        raise ValueError("refused path %r" % (rel,))
+    return os.path.join(root, rel)
+
+
+def kind_of(mode):
+    if stat.S_ISDIR(mode):
+        return "d"
+    if stat.S_ISREG(mode):
+        return "f"
+    if stat.S_ISLNK(mode):
+        return "l"
+    return "o"
+
+
+def remove(path):
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Mirror:
+    """One workspace push into ``root``: scan, apply the difference, record."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.real_root = os.path.realpath(self.root)
+        os.makedirs(self.root, exist_ok=True)
+        try:
+            with open(os.path.join(self.root, RECORD)) as f:
+                self.record = json.load(f)["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.record = {}
+        self.known = {}  # path -> record entry, for files scanned unchanged
+        self.error = None
+        self.put = None  # [path, temp, file, hasher, size, msg]
+        self.written = 0
+        self.deleted = 0
+
+    def fail(self, message):
+        if self.error is None:
+            self.error = message
+
+    def entry(self, rel, path):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        kind = kind_of(st.st_mode)
+        sha = target = None
+        if kind == "f":
+            rec = self.record.get(rel)
+            now = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+            if isinstance(rec, list) and len(rec) == 5 and rec[:4] == now:
+                sha = rec[4]
+                self.known[rel] = rec
+        elif kind == "l":
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = ""
+        mode = stat.S_IMODE(st.st_mode)
+        return [rel, kind, mode, st.st_size, st.st_mtime_ns, sha, target]
+
+    def scan(self, dirs, paths):
+        entries = []
+        for rel in dirs:
+            path = self.root if rel == "" else inside(self.root, rel)
+            try:
+                names = sorted(os.listdir(path))
+            except OSError:
+                continue
+            for name in names:
+                if rel == "" and name == OWN:
+                    continue
+                child = name if rel == "" else rel + "/" + name
+                found = self.entry(child, os.path.join(path, name))
+                if found is not None:
+                    entries.append(found)
+        for rel in paths:
+            found = self.entry(rel, inside(self.root, rel))
+            if found is not None:
+                entries.append(found)
+        return entries
+
+    def check_parent(self, path):
+        parent = os.path.realpath(os.path.dirname(path))
+        if parent != self.real_root and not parent.startswith(self.real_root + "/"):
+            raise ValueError("refused %r: its directory leads outside the workdir" % (path,))
+
+    def apply(self, msg):
+        try:
+            for rel in msg.get("delete") or ():
+                remove(inside(self.root, rel))
+                self.known.pop(rel, None)
+                self.deleted += 1
+            for rel, mode in msg.get("mkdir") or ():
+                path = inside(self.root, rel)
+                self.check_parent(path)
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    if os.path.islink(path) or not os.path.isdir(path):
+                        raise
+                os.chmod(path, mode | 0o700)  # writable until ``done`` sets its mode
+            for rel, target in msg.get("links") or ():
+                path = inside(self.root, rel)
+                self.check_parent(path)
+                remove(path)
+                os.symlink(target, path)
+            for rel, mode, mtime_ns in msg.get("attrs") or ():
+                path = inside(self.root, rel)
+                os.chmod(path, mode)
+                os.utime(path, ns=(mtime_ns, mtime_ns))
+                self.remember(rel, path, self.known[rel][4])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.fail("applying the difference: %s" % (exc,))
+
+    def remember(self, rel, path, sha):
+        st = os.lstat(path)
+        self.known[rel] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha]
+
+    def begin(self, msg):
+        self.put = None
+        if self.error is not None:
+            return
+        try:
+            path = inside(self.root, msg["path"])
+            self.check_parent(path)
+            head, tail = os.path.split(path)
+            temp = os.path.join(head, ".%s.meshrun-%d" % (tail, os.getpid()))
+            handle = open(temp, "wb")  # noqa: SIM115 (closed by end or abandon)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return self.fail("writing %r: %s" % (msg.get("path"), exc))
+        self.put = [path, temp, handle, hashlib.sha256(), 0, msg]
+
+    def data(self, chunk):
+        if self.put is None:
+            return
+        try:
+            self.put[2].write(chunk)
+        except OSError as exc:
+            self.abandon("writing %r: %s" % (self.put[5]["path"], exc))
+            return
+        self.put[3].update(chunk)
+        self.put[4] += len(chunk)
+
+    def abandon(self, message):
+        temp, handle = self.put[1], self.put[2]
+        self.put = None
+        handle.close()
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        self.fail(message)
+
+    def end(self):
+        if self.put is None:
+            return
+        path, temp, handle, hasher, size, msg = self.put
+        try:
+            handle.close()
+        except OSError as exc:
+            return self.abandon("writing %r: %s" % (msg["path"], exc))
+        if size != msg["size"] or hasher.hexdigest() != msg["sha"]:
+            return self.abandon(
+                "%r changed on this machine while it was sent; push again" % (msg["path"],)
+            )
+        try:
+            os.chmod(temp, msg["mode"])
+            os.utime(temp, ns=(msg["mtime_ns"], msg["mtime_ns"]))
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            os.rename(temp, path)
+            self.remember(msg["path"], path, msg["sha"])
+        except OSError as exc:
+            return self.abandon("placing %r: %s" % (msg["path"], exc))
+        self.put = None
+        self.written += 1
+
+    def done(self, msg):
+        for rel, mode, mtime_ns in msg.get("dirs") or ():
+            try:
+                path = self.root if rel == "" else inside(self.root, rel)
+                st = os.lstat(path)
+                if rel != "" and stat.S_IMODE(st.st_mode) != mode:
+                    os.chmod(path, mode)
+                if st.st_mtime_ns != mtime_ns:
+                    os.utime(path, ns=(mtime_ns, mtime_ns))
+            except (OSError, ValueError) as exc:
+                self.fail("setting %r's mode and time: %s" % (rel, exc))
+        try:
+            os.makedirs(os.path.join(self.root, OWN), exist_ok=True)
+            temp = os.path.join(self.root, RECORD + ".%d" % os.getpid())
+            with open(temp, "w") as f:
+                json.dump({"version": 1, "files": self.known}, f)
+            os.rename(temp, os.path.join(self.root, RECORD))
+        except OSError as exc:
+            self.fail("recording the mirror: %s" % (exc,))
+        return {
+            "ev": "mirrored",
+            "written": self.written,
+            "deleted": self.deleted,
+            "error": self.error,
+        }
+
+
 class Agent:
     def __init__(self):
         self.sel = selectors.DefaultSelector()
         self.tasks = {}  # id -> Task, until its exit is reported
         self.by_pid = {}  # pid -> Task, until its process is reaped
-        self.buffer = b""
+        self.buffer = bytearray()
+        self.raw_left = 0  # bytes of a file (``put``) still to come on stdin
         self.stdin_open = True
         self.wake_r, self.wake_w = os.pipe()
+        self.held = []  # the claimed workdir's lock, held until the agent exits
+        self.mirror = None
 
     # -- starting and stopping tasks ----------------------------------------------------
 
@@ -252,16 +572,69 @@ class Agent:
             self.cancel(msg.get("id"))
         elif op == "load":
             send({"ev": "load", "load1": load1(), "cpus": cpus()})
+        elif op == "put":  # the file's bytes follow: read_stdin hands them over
+            self.raw_left = max(0, int(msg.get("size") or 0))
+            self.workspace(op, msg)
+            if not self.raw_left and self.mirror is not None:
+                self.mirror.end()
+        elif op in ("claim", "scan", "apply", "done"):
+            self.workspace(op, msg)
+
+    def workspace(self, op, msg):
+        try:
+            if op == "claim":
+                path = claim(msg["base"], msg["key"], self.held)
+                send({"ev": "claimed", "path": path})
+                age = msg.get("max_age_s")
+                if age is not None:
+                    where, mine = os.path.split(path)
+                    threading.Thread(
+                        target=clean_stale, args=(where, age, mine), daemon=True
+                    ).start()
+            elif op == "scan":
+                self.mirror = Mirror(msg["root"])
+                entries = self.mirror.scan(msg.get("dirs") or (), msg.get("paths") or ())
+                send({"ev": "scanned", "entries": entries})
+            elif self.mirror is None:
+                raise ValueError("%r before scan" % (op,))
+            elif op == "apply":
+                self.mirror.apply(msg)
+            elif op == "put":
+                self.mirror.begin(msg)
+            elif op == "done":
+                mirror, self.mirror = self.mirror, None
+                send(mirror.done(msg))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reply = {"claim": "claimed", "scan": "scanned", "done": "mirrored"}.get(op)
+            if reply is None and self.mirror is not None:
+                self.mirror.fail(str(exc))
+            else:
+                send({"ev": reply or "error", "id": None, "error": str(exc), "message": str(exc)})
 
     def read_stdin(self):
-        data = os.read(0, 65536)
+        data = os.read(0, 1 << 20)
         if not data:
             self.stdin_open = False
             self.sel.unregister(0)
             return
         self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
+        while True:
+            if self.raw_left:
+                chunk = bytes(self.buffer[: self.raw_left])
+                del self.buffer[: len(chunk)]
+                self.raw_left -= len(chunk)
+                if self.mirror is not None:
+                    self.mirror.data(chunk)
+                if self.raw_left:
+                    return
+                if self.mirror is not None:
+                    self.mirror.end()
+                continue
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                return
+            line = bytes(self.buffer[:end])
+            del self.buffer[: end + 1]
             if line.strip():
                 self.handle(line.decode("utf-8", "replace"))
 

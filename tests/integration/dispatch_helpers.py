@@ -99,6 +99,17 @@ def task_statuses(result: Result) -> dict[str, str]:
     return {name: t["status"] for name, t in tasks_of(result).items()}
 
 
+def workdir_of(result: Result, host: str) -> Path:
+    """Where ``host`` ran this run's tasks: the workdir the report names for it (the
+    run's own workdir under the host's, meshrun.workdirs)."""
+    assert result.doc is not None, f"expected a JSON document on stdout{result.describe()}"
+    for entry in result.doc["hosts"]:
+        if entry["name"] == host:
+            assert entry.get("workdir"), f"expected a workdir for {host}{result.describe()}"
+            return Path(entry["workdir"])
+    raise AssertionError(f"no host {host!r} in the report{result.describe()}")
+
+
 def log_text(result: Result, task: str) -> str:
     """The log file the report names for ``task``."""
     path = Path(tasks_of(result)[task]["log"])

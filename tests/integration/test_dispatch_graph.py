@@ -25,12 +25,14 @@ from dispatch_helpers import (
     stamps,
     task_statuses,
     tasks_of,
+    workdir_of,
     write_hosts,
     write_project,
 )
 from helpers import run_meshrun, write_inventory
 
 from meshrun.testing.fleet import Fleet
+from meshrun.workdirs import WORKDIRS
 
 MakeFleet = Callable[..., Fleet]
 
@@ -93,7 +95,7 @@ def test_a_realistic_graph_runs_in_order_over_several_hosts(fleet4: Fleet, tmp_p
         times[name] = stamps(log)
         assert set(times[name]) == {"start", "end"}, f"expected both stamps in:\n{log}"
         # The file the task wrote is in the workdir of the host the report names.
-        written = fleet4.host(task["host"]).workdir / out_dir / f"{name}.host"
+        written = workdir_of(r, task["host"]) / out_dir / f"{name}.host"
         assert written.read_text().strip() == task["host"], (
             f"expected {written} to hold {task['host']!r} ($MESHRUN_HOST)"
         )
@@ -197,7 +199,7 @@ def test_the_workspace_is_synced_without_git_or_state_and_no_sync_skips_it(
     for name, host in r.hosts.items():
         if host["status"] != "ok":
             continue  # a host the run did not need may still have been connecting
-        work = fleet.host(name).workdir
+        work = workdir_of(r, name)
         assert (work / UNICODE_FILE).read_text() == "contents ünïcode ✓\n", name
         assert not (work / ".git").exists(), f"expected .git not synced to {name}"
         assert (work / "keys").is_dir() and not (work / "keys" / "api.secret").exists(), (
@@ -221,7 +223,8 @@ def test_a_state_dir_inside_the_workspace_stays_off_the_hosts(
 
     assert r.rc == 0, r.describe()
     assert (project / state_name / "history.sqlite").is_file(), "expected the state there"
-    synced = [h.name for h in fleet4.hosts if (h.workdir / state_name).exists()]
+    ok = [name for name, host in r.hosts.items() if host["status"] == "ok"]
+    synced = [name for name in ok if (workdir_of(r, name) / state_name).exists()]
     assert not synced, (
         f"expected the state dir (history, logs of every run) kept off the hosts, "
         f"found {state_name}/ on {synced}"
@@ -353,5 +356,6 @@ def test_a_tilde_workdir_gets_the_workspace_where_its_tasks_run(
 
     assert not leaked, f"expected nothing synced to the login directory, found {stray}"
     assert r.rc == 0, f"expected the task to read the synced file{r.describe()}"
-    workdir = fleet.host("h1").home / f"{name} dir"
+    workdir = workdir_of(r, "h1")  # the run's own, under the host's "~/NAME dir"
+    assert workdir.parent == fleet.host("h1").home / f"{name} dir" / WORKDIRS, workdir
     assert f"{workdir}\nsynced ✓\n" in log_text(r, "read"), log_text(r, "read")

@@ -1,5 +1,6 @@
 """``meshrun dispatch`` pushes the workspace over SFTP when rsync is missing on the host
-or on this machine: the tasks find the same files an rsync push leaves (nested
+or on this machine and the host runs without the agent (``--no-agent``; with it, the
+agent carries the workspace and neither rsync nor SFTP is used): the tasks find the same files an rsync push leaves (nested
 directories, executable bits, symlinks; excluded paths absent), in the ``~`` workdir
 the tasks run in, and a second run sends only what changed.
 
@@ -16,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dispatch_helpers import log_text, task_statuses, write_hosts, write_project
+from dispatch_helpers import log_text, task_statuses, workdir_of, write_hosts, write_project
 from helpers import bin_dir_without, run_meshrun
 
 from meshrun.testing.fleet import Fleet
+from meshrun.workdirs import WORKDIRS
 
 MakeFleet = Callable[..., Fleet]
 
@@ -92,20 +94,25 @@ def test_dispatch_pushes_the_workspace_over_sftp_without_rsync(
     project = tmp_path / "proj"
     tasks_file = _project(project)
     env = {"PATH": str(bin_dir)} if without == "coordinator" else None
-    work = home / tag / "h1"
+    workdirs = home / tag / "h1" / WORKDIRS  # the run's own workdir is in here
+    ran_in: list[Path] = []
 
     def run() -> str:
         r = run_meshrun(
-            "dispatch", tasks_file, "--hosts", hosts, "--json", "-v",
+            "dispatch", tasks_file, "--hosts", hosts, "--json", "-v", "--no-agent",
             "--state-dir", project / "ci-state", env=env,
         )  # fmt: skip
         assert r.rc == 0 and task_statuses(r) == {"check": "succeeded"}, r.describe()
         assert r.stderr.count(SAID[without]) == 1, r.describe()
+        work = workdir_of(r, "h1")
+        assert work.parent == workdirs, work
+        ran_in.append(work)
         log = log_text(r, "check")
         assert f"ran in {work}\n" in log and "all-checks-passed" in log, log
         return log
 
     log = run()
+    work = ran_in[0]
     assert "deep module ✓" in log and "script-ran" in log and "print('main')" in log, log
     first = _snapshot(work)
     assert sorted(first) == [
@@ -128,6 +135,7 @@ def test_dispatch_pushes_the_workspace_over_sftp_without_rsync(
     (project / "src" / "pkg" / "new.txt").write_text("new\n")
 
     log = run()
+    assert ran_in[1] == work, "expected the second run to reuse the first one's workdir"
     assert "print('changed')" in log, log
     second = _snapshot(work)
     assert (work / "src" / "pkg" / "new.txt").read_text() == "new\n"

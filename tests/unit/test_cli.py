@@ -108,6 +108,7 @@ HELP: dict[str, tuple[list[str], list[str]]] = {
             "--resume RUN_ID",
             "--state-dir DIR",
             "--no-sync",
+            "--workdir-max-age DURATION",
             "--no-agent",
             "--junit FILE",
             "--trace FILE",
