@@ -1,8 +1,9 @@
 """``meshrun dispatch`` pushes the workspace over SFTP when rsync is missing on the host
 or on this machine and the host runs without the agent (``--no-agent``; with it, the
-agent carries the workspace and neither rsync nor SFTP is used): the tasks find the same files an rsync push leaves (nested
-directories, executable bits, symlinks; excluded paths absent), in the ``~`` workdir
-the tasks run in, and a second run sends only what changed.
+agent carries the workspace and neither rsync nor SFTP is used): the tasks find the
+same files an rsync push leaves (nested directories, executable bits, symlinks;
+excluded paths absent), in the run's workdir under the ``~`` workdir the tasks run in,
+and a second run sends only what changed.
 
 Real sshd hosts; a host "without rsync" has a PATH without it (``SetEnv PATH=`` in its
 sshd_config), the coordinator "without rsync" runs with such a PATH.
