@@ -784,12 +784,18 @@ def pull_from(
     pull(connector, host, files, dest_dir, workdir=workdir, cancel=cancel, timeout_s=timeout_s)
 
 
-def publish(src_dir: Path, files: Sequence[FileEntry], dest_dir: Path) -> None:
-    """Copy verified files from ``src_dir/<path>`` to ``dest_dir/<path>``, atomically.
+def publish(
+    src_dir: Path, files: Sequence[FileEntry], dest_dir: Path, *, link: bool = False
+) -> None:
+    """Place verified files from ``src_dir/<path>`` at ``dest_dir/<path>``, atomically.
 
     Used to place outputs where a local build would have left them (the workspace) or
     under ``--artifacts DIR/<task>/``, while the run directory keeps the verified copy
-    that ``meshrun verify`` checks. Each file is written aside and renamed into place.
+    that ``meshrun verify`` checks and reruns push. Each file is written aside and
+    renamed into place. ``link``: a hard link to the run directory's copy where the
+    file system allows one (an output is stored once, not twice), else a copy. Every
+    later use of the run directory's copy checks its SHA-256, so a tool that rewrites
+    the installed file in place is caught there, never passed on.
     """
     entries = _checked_entries(files)
     if not entries:
@@ -798,12 +804,34 @@ def publish(src_dir: Path, files: Sequence[FileEntry], dest_dir: Path) -> None:
     base = Path(dest_dir).resolve()
     for entry in entries:
         target = _install_target(base, entry)
+        source = Path(src_dir) / entry.path
+        if link and _link_aside(source, target, entry):
+            continue
         fd, temp = tempfile.mkstemp(prefix=".meshrun-publish-", dir=target.parent)
         os.close(fd)
         try:
-            shutil.copyfile(Path(src_dir) / entry.path, temp)
+            shutil.copyfile(source, temp)
             os.chmod(temp, entry.mode & 0o777)
             os.replace(temp, target)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+
+
+def _link_aside(source: Path, target: Path, entry: FileEntry) -> bool:
+    """Hard-link ``source`` beside ``target`` and rename it into place; False when the
+    file system refuses a link (another device, no hard links), so the caller copies."""
+    import secrets
+
+    temp = target.parent / f".meshrun-publish-{secrets.token_hex(8)}"
+    try:
+        os.link(source, temp)
+    except OSError:
+        return False
+    try:
+        os.chmod(temp, entry.mode & 0o777)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return True

@@ -955,7 +955,7 @@ def _dispatch_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         default="7d",
         help="Each workspace and task file gets a workdir of its own on a host "
-        "(WORKDIR/ws/NAME-HASH; [sync] isolate = false shares the host's workdir); one "
+        "(WORKDIR/.meshrun/ws/NAME-HASH; [sync] isolate = false shares the host's workdir); one "
         "no run has used for this long is removed when a run starts there "
         "(default: 7d).",
     )

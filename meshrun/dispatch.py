@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 #: ``--pull-max-bytes``: a task whose outputs add up to more fails before they are pulled.
 DEFAULT_PULL_MAX_BYTES = 10 << 30
 
+#: A host set up again in the same run (its link dropped) waits this long for the
+#: workdir it held: its old agent lets go once it has stopped that link's tasks.
+RECLAIM_WAIT_S = 6.0
+
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
 
 
@@ -343,6 +347,7 @@ def run_dispatch(
         )
         key = workdirs.workdir_key(graph.sync.root, graph.scope)
         leases: list[Any] = []  # exec-mode workdir locks, held until the run ends
+        held: dict[str, str] = {}  # host -> the workdir this run holds there
         told: set[str] = set()  # hosts whose push went over SFTP, said once each
 
         def prepare(host: Host, conn: Connection, runner: Runner) -> str:
@@ -353,13 +358,18 @@ def run_dispatch(
             workdir = host.workdir
             if graph.sync.isolate:
                 if agent is not None:
-                    message = {
+                    message: dict[str, Any] = {
                         "op": "claim",
                         "base": host.workdir,
+                        "dir": workdirs.WORKDIRS,
                         "key": key,
                         "max_age_s": workdir_max_age_s,
                     }
+                    if host.name in held:  # set up again after its link dropped
+                        message["prefer"] = held[host.name].rpartition("/")[2]
+                        message["wait_s"] = RECLAIM_WAIT_S
                     workdir = agent.request(message, "claimed")["path"]
+                    held[host.name] = workdir
                 else:
                     from meshrun.workdir_lease import lease_workdir
 
@@ -420,7 +430,7 @@ def run_dispatch(
                 assert isinstance(connector, SSHConnector)
                 artifacts.pull(connector, host, files, dest)
             if artifacts_dir is not None:
-                artifacts.publish(dest, files, Path(artifacts_dir) / task.name)
+                artifacts.publish(dest, files, Path(artifacts_dir) / task.name, link=True)
                 return tuple(files)
             with claim_lock:
                 for entry in files:
@@ -433,7 +443,7 @@ def run_dispatch(
                         )
             ran_here = host.local and Path(host.workdir).expanduser().resolve() == workspace
             if not ran_here:  # a local task's outputs are already in the workspace
-                artifacts.publish(dest, files, workspace)
+                artifacts.publish(dest, files, workspace, link=True)
             return tuple(files)
 
         def stage(host: Host, needs: Sequence[tuple[str, tuple[FileEntry, ...]]]) -> int:

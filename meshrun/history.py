@@ -106,9 +106,22 @@ class History:
         self.scope = scope
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._use_wal()
         self._migrate()
+
+    def _use_wal(self) -> None:
+        """WAL mode, waiting for a second run that is switching the same new database
+        at the same moment: SQLite answers "locked" then without waiting itself."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _migrate(self) -> None:
         """Bring any older database to :data:`SCHEMA_VERSION`, once, under the write lock

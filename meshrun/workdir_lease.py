@@ -1,6 +1,6 @@
 """The workdir claim on a host without meshrun's agent: a lease channel.
 
-:mod:`meshrun.workdirs` describes the layout: a run works in ``<base>/ws/<key>``, or
+:mod:`meshrun.workdirs` describes the layout: a run works in ``<base>/.meshrun/ws/<key>``, or
 ``<key>.2`` ... ``<key>.32`` when runs with the same key hold those, each claimed by an
 ``flock`` on ``<name>.lock`` beside it for the whole run. The agent takes that lock in
 its own process; a host without the agent gets one long-lived channel
@@ -184,7 +184,7 @@ def _drain(stream: ProcessStream) -> None:
 
 
 def lease_workdir(conn: Connection, base: str, key: str, max_age_s: float) -> WorkdirLease:
-    """Claim ``<base>/ws/<key>[.N]`` on ``conn``'s host for as long as the lease is
+    """Claim ``<base>/.meshrun/ws/<key>[.N]`` on ``conn``'s host for as long as the lease is
     open (see the module docstring); stale workdirs there (lock older than
     ``max_age_s``, free) are removed meanwhile.
 

@@ -4,7 +4,7 @@ Two checkouts (two branches, two CI jobs) dispatching to the same host must not 
 into one directory: each would push its files over the other's and delete what the
 other needs. So, by default, a run's tasks run in
 
-    <host workdir>/ws/<workspace name>-<key>[.N]
+    <host workdir>/.meshrun/ws/<workspace name>-<key>[.N]
 
 where ``key`` is a short hash of this machine's name, the workspace's absolute path and
 the task file (:func:`workdir_key`). The directory is claimed with a lock held for the
@@ -30,7 +30,10 @@ import socket
 from pathlib import Path
 
 #: The directory under a host's workdir that holds the claimed workdirs.
-WORKDIRS = "ws"
+#: Inside the host's own ``.meshrun`` (where the agent lives too), which no workspace
+#: push touches: a push into the host's workdir itself (``isolate = false``) never
+#: deletes the workdirs other runs hold, and no workspace path can collide with it.
+WORKDIRS = ".meshrun/ws"
 #: How long a workdir not claimed by any run is kept (``--workdir-max-age``).
 DEFAULT_MAX_AGE_S = 7 * 86400.0
 #: How many runs with the same key may hold a workdir on one host at once.

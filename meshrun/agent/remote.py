@@ -9,8 +9,9 @@ Protocol: one JSON object per line in both directions.
       {"op": "run", "id": "t1", "cmd": "make", "cwd": "/w", "env": {...}}
       {"op": "cancel", "id": "t1"}
       {"op": "load"}
-      {"op": "claim", "base": "~/w", "key": "proj-1a2b", "max_age_s": 604800}
-      {"op": "scan", "root": "/w/ws/proj-1a2b", "dirs": [""], "paths": []}
+      {"op": "claim", "base": "~/w", "dir": ".meshrun/ws", "key": "proj-1a2b",
+       "max_age_s": 604800}
+      {"op": "scan", "root": "/w/.meshrun/ws/proj-1a2b", "dirs": [""], "paths": []}
       {"op": "apply", "delete": [...], "mkdir": [[path, mode]], "links": [[path, target]],
        "attrs": [[path, mode, mtime_ns]]}
       {"op": "put", "path": "a/b", "mode": 420, "mtime_ns": 1, "size": 3, "sha": "..."}
@@ -23,7 +24,7 @@ Protocol: one JSON object per line in both directions.
       {"ev": "exit", "id": "t1", "code": 0, "signal": null}
       {"ev": "load", "load1": 0.5, "cpus": 8}
       {"ev": "error", "id": "t1", "message": "..."}
-      {"ev": "claimed", "path": "/w/ws/proj-1a2b.2"}  (or "error": "...")
+      {"ev": "claimed", "path": "/w/.meshrun/ws/proj-1a2b.2"}  (or "error": "...")
       {"ev": "scanned", "entries": [[path, kind, mode, size, mtime_ns, sha, target]]}
       {"ev": "mirrored", "written": 3, "deleted": 1, "error": null}
 
@@ -184,12 +185,31 @@ def lock_free(fd, path):
         return False
 
 
-def claim(base, key, held):
-    """Lock ``base/ws/<key>[.N]`` for this agent's life; return its absolute path."""
-    where = os.path.join(os.path.abspath(os.path.expanduser(base)), "ws")
+def claim(base, key, held, prefer=None, wait_s=0.0, subdir=".meshrun/ws"):
+    """Lock ``base/<subdir>/<key>[.N]`` for this agent's life; return its absolute path.
+
+    ``prefer``: the name this run held before its link dropped; waited for up to
+    ``wait_s`` (the old agent lets go once it has stopped its tasks), so the host
+    goes on with its copy instead of a new one."""
+    where = os.path.join(os.path.abspath(os.path.expanduser(base)), subdir)
     os.makedirs(where, exist_ok=True)
-    for n in range(1, MAX_CLAIMS + 1):
-        name = key if n == 1 else "%s.%d" % (key, n)
+    names = ["%s.%d" % (key, n) if n > 1 else key for n in range(1, MAX_CLAIMS + 1)]
+    if prefer in names:
+        lock = os.path.join(where, prefer + ".lock")
+        deadline = time.monotonic() + wait_s
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            if lock_free(fd, lock):
+                os.utime(lock)
+                held.append(fd)
+                path = os.path.join(where, prefer)
+                os.makedirs(path, exist_ok=True)
+                return path
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    for name in names:
         lock = os.path.join(where, name + ".lock")
         for _ in range(3):  # the name may be removed under us by a cleanup: open again
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -583,7 +603,14 @@ class Agent:
     def workspace(self, op, msg):
         try:
             if op == "claim":
-                path = claim(msg["base"], msg["key"], self.held)
+                path = claim(
+                    msg["base"],
+                    msg["key"],
+                    self.held,
+                    msg.get("prefer"),
+                    float(msg.get("wait_s") or 0),
+                    msg.get("dir") or ".meshrun/ws",
+                )
                 send({"ev": "claimed", "path": path})
                 age = msg.get("max_age_s")
                 if age is not None:

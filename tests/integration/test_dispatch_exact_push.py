@@ -184,7 +184,19 @@ def test_isolate_false_runs_in_the_hosts_workdir(make_fleet: object, tmp_path: P
         sync={"isolate": False},
         files={"data.txt": "shared\n"},
     )
+    other = write_project(tmp_path / "other", [{"name": "t", "run": "sleep 3"}])
+    isolated = spawn_dispatch(other, hosts)  # holds a workdir under the shared one
+    claims = fleet.host("h1").workdir / WORKDIRS
+    deadline = time.monotonic() + 20
+    while not list(claims.glob("other-*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(claims.glob("other-*.lock")), "test setup: the isolated run never claimed"
     r = dispatch(tasks_file, hosts)
     assert r.rc == 0, r.describe()
     assert workdir_of(r, "h1") == fleet.host("h1").workdir
     assert (fleet.host("h1").workdir / "data.txt").read_text() == "shared\n"
+    held = finish(isolated, 60)
+    assert held.rc == 0, held.describe()
+    # The shared workdir's exact copy left the isolated runs' workdirs alone.
+    assert workdir_of(held, "h1").is_dir(), "the push into the shared workdir deleted it"
+    assert workdir_of(held, "h1").is_relative_to(fleet.host("h1").workdir / WORKDIRS)

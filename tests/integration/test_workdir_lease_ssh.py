@@ -17,6 +17,7 @@ from meshrun.inventory import Host, load_inventory
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 from meshrun.workdir_lease import WorkdirLease, lease_workdir
+from meshrun.workdirs import WORKDIRS
 
 WEEK = 7 * 86400.0
 
@@ -53,7 +54,10 @@ def test_two_claims_at_once_get_two_workdirs_and_a_closed_one_is_free_again(
     first = lease_workdir(conn, str(base), key, WEEK)
     second = lease_workdir(conn, str(base), key, WEEK)
     try:
-        assert (first.path, second.path) == (str(base / "ws" / key), str(base / "ws" / f"{key}.2"))
+        assert (first.path, second.path) == (
+            str(base / WORKDIRS / key),
+            str(base / WORKDIRS / f"{key}.2"),
+        )
         assert first.locked and Path(first.path).is_dir() and Path(second.path).is_dir()
         first.close()
         with lease_workdir(conn, str(base), key, WEEK) as again:
@@ -68,7 +72,7 @@ def test_a_lease_whose_link_went_is_released(
 ) -> None:
     host, connector = host_and_connector
     lease = lease_workdir(connector.connect(host), str(base), "k", WEEK)
-    assert lease.path.endswith("/ws/k")
+    assert lease.path.endswith(f"/{WORKDIRS}/k")
     connector.close()  # the coordinator's connection is gone, the lease never closed
     other = SSHConnector(ssh_config_path="/nonexistent")
     taken: list[WorkdirLease] = []
@@ -93,7 +97,7 @@ def test_a_stale_workdir_is_removed_and_a_held_one_is_not(
     conn = connector.connect(host)
     eight_days_ago = time.time() - 8 * 86400
     with lease_workdir(conn, str(base), "held", WEEK) as held:
-        ws = base / "ws"
+        ws = base / WORKDIRS
         for name in ("held", "stale"):
             (ws / name / "sub").mkdir(parents=True, exist_ok=True)
             (ws / name / "sub" / "f.txt").write_text(name)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from meshrun.excludes import Excludes
 from meshrun.mirror import HashCache, LocalEntry, LocalTree, build_tree, diff
-from meshrun.workdirs import workdir_key
+from meshrun.workdirs import WORKDIRS, workdir_key
 
 NONE = Excludes.compile([])
 
@@ -212,3 +212,30 @@ def test_the_workdir_key_names_the_workspace_and_differs_per_checkout_and_task_f
         workdir_key(a, "tasks.toml", machine="m2"),
     }
     assert key not in others and len(others) == 3
+
+
+def test_a_claim_takes_the_next_number_while_one_is_held(tmp_path: Path) -> None:
+    from meshrun.agent import remote
+
+    first: list[int] = []
+    path = remote.claim(str(tmp_path), "proj-abc", first)
+    assert path == str(tmp_path / WORKDIRS / "proj-abc")
+    second: list[int] = []
+    assert remote.claim(str(tmp_path), "proj-abc", second) == path + ".2"
+    for fd in first + second:
+        os.close(fd)
+
+
+def test_a_claim_waits_for_the_workdir_it_held_before(tmp_path: Path) -> None:
+    """Set up again after its link dropped, a host goes on in its own copy once the old
+    agent lets go, rather than starting a new one."""
+    import threading
+
+    from meshrun.agent import remote
+
+    old: list[int] = []
+    path = remote.claim(str(tmp_path), "proj-abc", old)
+    threading.Timer(0.3, lambda: os.close(old[0])).start()
+    again: list[int] = []
+    assert remote.claim(str(tmp_path), "proj-abc", again, "proj-abc", 5.0) == path
+    os.close(again[0])

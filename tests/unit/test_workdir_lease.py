@@ -17,6 +17,7 @@ from meshrun.errors import CommandError
 from meshrun.inventory import Host
 from meshrun.transport.local import LocalConnection
 from meshrun.workdir_lease import NO_FLOCK, WorkdirLease, lease_script, lease_workdir
+from meshrun.workdirs import WORKDIRS
 
 pytestmark = pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
 
@@ -49,10 +50,10 @@ def test_two_claims_at_once_get_two_workdirs_and_a_closed_one_is_free_again(
     first = lease_workdir(conn, str(base), KEY, WEEK)
     second = lease_workdir(conn, str(base), KEY, WEEK)
     try:
-        assert first.path == str(base / "ws" / KEY) and first.locked
-        assert second.path == str(base / "ws" / f"{KEY}.2")
+        assert first.path == str(base / WORKDIRS / KEY) and first.locked
+        assert second.path == str(base / WORKDIRS / f"{KEY}.2")
         assert Path(first.path).is_dir() and Path(second.path).is_dir()
-        assert (base / "ws" / f"{KEY}.lock").is_file()
+        assert (base / WORKDIRS / f"{KEY}.lock").is_file()
         first.close()
         third = lease_workdir(conn, str(base), KEY, WEEK)
         assert third.path == first.path, "a closed lease's workdir is claimable again"
@@ -64,8 +65,8 @@ def test_two_claims_at_once_get_two_workdirs_and_a_closed_one_is_free_again(
 
 
 def test_a_claim_touches_its_lock(conn: LocalConnection, base: Path) -> None:
-    (base / "ws").mkdir(parents=True)
-    lock = base / "ws" / f"{KEY}.lock"
+    (base / WORKDIRS).mkdir(parents=True)
+    lock = base / WORKDIRS / f"{KEY}.lock"
     lock.touch()
     os.utime(lock, (time.time() - 3 * DAY, time.time() - 3 * DAY))
     with lease_workdir(conn, str(base), KEY, WEEK) as lease:
@@ -74,10 +75,10 @@ def test_a_claim_touches_its_lock(conn: LocalConnection, base: Path) -> None:
 
 
 def _stale(base: Path, name: str, age_s: float) -> Path:
-    workdir = base / "ws" / name
+    workdir = base / WORKDIRS / name
     (workdir / "sub").mkdir(parents=True)
     (workdir / "sub" / "f.txt").write_text("old")
-    lock = base / "ws" / f"{name}.lock"
+    lock = base / WORKDIRS / f"{name}.lock"
     lock.touch()
     os.utime(lock, (time.time() - age_s, time.time() - age_s))
     return workdir
@@ -92,16 +93,16 @@ def test_stale_workdirs_are_removed_held_and_recent_ones_are_not(
     held = lease_workdir(conn, str(base), "held-cccccccccccc", WEEK)
     leases.append(held)
     assert held.path == str(held_old)
-    lock = base / "ws" / "held-cccccccccccc.lock"
+    lock = base / WORKDIRS / "held-cccccccccccc.lock"
     os.utime(lock, (time.time() - 8 * DAY, time.time() - 8 * DAY))  # old, but held
-    (base / "ws" / ".trash-gone-123").mkdir()  # a cleanup that was killed
+    (base / WORKDIRS / ".trash-gone-123").mkdir()  # a cleanup that was killed
     lease = lease_workdir(conn, str(base), KEY, WEEK)
     leases.append(lease)
-    _wait_until(lambda: not stale.exists() and not (base / "ws" / ".trash-gone-123").exists())
-    assert not (base / "ws" / "other-aaaaaaaaaaaa.lock").exists()
+    _wait_until(lambda: not stale.exists() and not (base / WORKDIRS / ".trash-gone-123").exists())
+    assert not (base / WORKDIRS / "other-aaaaaaaaaaaa.lock").exists()
     assert recent.exists() and (recent / "sub" / "f.txt").exists()
     assert held_old.exists() and lock.exists(), "a held workdir is never removed"
-    assert not [p.name for p in (base / "ws").iterdir() if p.name.startswith(".trash-")]
+    assert not [p.name for p in (base / WORKDIRS).iterdir() if p.name.startswith(".trash-")]
 
 
 def test_no_cleanup_without_a_finite_max_age(conn: LocalConnection, base: Path) -> None:
@@ -151,7 +152,7 @@ def test_without_flock_the_key_is_used_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="meshrun.workdir_lease"):
         lease = workdir_lease.lease_workdir(Shim(), str(base), KEY, WEEK)  # type: ignore[arg-type]
     lease.close()
-    assert lease.path == str(base / "ws" / KEY) and not lease.locked
+    assert lease.path == str(base / WORKDIRS / KEY) and not lease.locked
     assert Path(lease.path).is_dir()
     assert f"here: {NO_FLOCK}" in caplog.text
 
@@ -159,7 +160,7 @@ def test_without_flock_the_key_is_used_with_a_warning(
 def test_names_are_quoted(conn: LocalConnection, tmp_path: Path) -> None:
     base = tmp_path / "with space $HOME `x` 'q'"
     with lease_workdir(conn, str(base), "k-1", WEEK) as lease:
-        assert lease.path == str(base / "ws" / "k-1")
+        assert lease.path == str(base / WORKDIRS / "k-1")
     with pytest.raises(ValueError, match="not a plain workdir name"):
         lease_script(str(base), "../x", WEEK)
 
