@@ -147,7 +147,7 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
         patch(ssh.SSHConnector, "_tcp", span("tcp", on_host))
         patch(ssh.SSHConnector, "_handshake", span("handshake", on_host))
         patch(ssh.SSHConnector, "_authenticate", span("auth", on_host))
-        patch(ssh.SSHConnection, "_open", span("channel", on_conn))
+        patch(ssh.SSHConnection, "_open_on", span("channel", on_conn))
         patch(ssh.SSHConnection, "_pump", span("command", on_conn))
 
         def close(real: Any) -> Any:
@@ -163,13 +163,14 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
 
     meshrun.default_connector = default_connector
 
-    real_run = meshrun.run_fleet
+    # The CLI runs ``exec`` through run_fleet_recorded (which calls run_fleet).
+    real_run = meshrun.run_fleet_recorded
 
-    def run_fleet(*a: Any, **kw: Any) -> Any:
+    def run_fleet_recorded(*a: Any, **kw: Any) -> Any:
         mark("run_start")
         return real_run(*a, **kw)
 
-    meshrun.run_fleet = run_fleet
+    meshrun.run_fleet_recorded = run_fleet_recorded
 
     argv = ["exec", "--hosts", hosts_toml, "-q", "--", "true"]
     code: Any = 0
