@@ -21,13 +21,12 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from meshrun.errors import IntegrityError
-from meshrun.manifest import file_digest, safe_relative_path
+from meshrun.manifest import atomic_write, file_digest, safe_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +129,7 @@ class InstalledOutputs:
         """Write the record atomically (a killed run leaves the previous one whole)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         document = {"version": _VERSION, "graphs": self._graphs}
-        fd, temp = tempfile.mkstemp(prefix=".installed-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=1, sort_keys=True)
-            os.replace(temp, self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, json.dumps(document, indent=1, sort_keys=True).encode())
 
 
 __all__ = ["FILE_NAME", "InstalledOutputs"]

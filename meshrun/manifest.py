@@ -604,15 +604,16 @@ def write_manifest(
     data = canonical_bytes(manifest)
     manifest_path = run_dir / MANIFEST_NAME
     signature_path = run_dir / SIGNATURE_NAME
-    _atomic_write(manifest_path, data)
+    atomic_write(manifest_path, data)
     if signing_key is None:
         signature_path.unlink(missing_ok=True)
     else:
-        _atomic_write(signature_path, sshsig_sign(data, signing_key).encode("ascii"))
+        atomic_write(signature_path, sshsig_sign(data, signing_key).encode("ascii"))
     return manifest_path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, synced, renamed."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -989,6 +990,7 @@ __all__ = [
     "SignatureStatus",
     "TaskEntry",
     "VerifyReport",
+    "atomic_write",
     "canonical_bytes",
     "file_digest",
     "hash_file",

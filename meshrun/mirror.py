@@ -33,7 +33,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from meshrun.excludes import Excludes
-from meshrun.manifest import file_digest
+from meshrun.manifest import atomic_write, file_digest
 from meshrun.records import record
 from meshrun.workspace import plan
 
@@ -144,10 +143,7 @@ class HashCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=".hashes-", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"version": 1, "files": self._files}, handle)
-            os.replace(temp, self.path)
+            atomic_write(self.path, json.dumps({"version": 1, "files": self._files}).encode())
         except OSError as exc:
             log.info("could not save %s: %s", self.path, exc)
 

@@ -185,6 +185,25 @@ def lock_free(fd, path):
         return False
 
 
+def take(where, name, held):
+    """Lock ``where/<name>.lock`` without waiting; the workdir's path, or None when
+    another run holds it. The lock's mtime becomes the last claim (what the age
+    cleanup reads); its descriptor goes to ``held``, kept until the agent exits."""
+    lock = os.path.join(where, name + ".lock")
+    for _ in range(3):  # the name may be removed under us by a cleanup: open again
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        if lock_free(fd, lock):
+            os.utime(lock)
+            held.append(fd)
+            path = os.path.join(where, name)
+            os.makedirs(path, exist_ok=True)
+            return path
+        os.close(fd)
+        if os.path.exists(lock):
+            return None  # held by another run
+    return None
+
+
 def claim(base, key, held, prefer=None, wait_s=0.0, subdir=".meshrun/ws"):
     """Lock ``base/<subdir>/<key>[.N]`` for this agent's life; return its absolute path.
 
@@ -195,33 +214,18 @@ def claim(base, key, held, prefer=None, wait_s=0.0, subdir=".meshrun/ws"):
     os.makedirs(where, exist_ok=True)
     names = ["%s.%d" % (key, n) if n > 1 else key for n in range(1, MAX_CLAIMS + 1)]
     if prefer in names:
-        lock = os.path.join(where, prefer + ".lock")
         deadline = time.monotonic() + wait_s
         while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-            if lock_free(fd, lock):
-                os.utime(lock)
-                held.append(fd)
-                path = os.path.join(where, prefer)
-                os.makedirs(path, exist_ok=True)
+            path = take(where, prefer, held)
+            if path is not None:
                 return path
-            os.close(fd)
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
     for name in names:
-        lock = os.path.join(where, name + ".lock")
-        for _ in range(3):  # the name may be removed under us by a cleanup: open again
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-            if lock_free(fd, lock):
-                os.utime(lock)  # the last claim: what the age cleanup looks at
-                held.append(fd)
-                path = os.path.join(where, name)
-                os.makedirs(path, exist_ok=True)
-                return path
-            os.close(fd)
-            if os.path.exists(lock):
-                break  # held by another run: try the next number
+        path = take(where, name, held)
+        if path is not None:
+            return path
     raise OSError("%d runs from this workspace already hold a workdir here" % MAX_CLAIMS)
 
 
