@@ -1,12 +1,12 @@
 """Where does ``meshrun exec --hosts HOSTS -q -- true`` spend its wall clock?
 
-Runs the real CLI entry point (``meshrun.cli.main``) in a child process, with timers
+Runs the real CLI entry point (``meshrun.cli.app.main``) in a child process, with timers
 wrapped around meshrun's own functions from the outside (no meshrun code is changed),
 and splits the parent-observed wall clock of the whole process into phases:
 
     startup   spawn -> first line of the child script (interpreter + site)
-    import    import meshrun.cli (typer, pydantic via typer, meshrun modules)
-    cli       typer builds the command and parses argv, up to meshrun.cli._fleet
+    import    import meshrun.cli.app (typer, pydantic via typer, meshrun modules)
+    cli       typer builds the command and parses argv, up to meshrun.cli.app._fleet
     inventory resolve_hosts (TOML)
     connector default_connector: import paramiko (+ invoke, cryptography) and build it
     connect   run_fleet start -> last host authenticated (TCP, kex + host key, auth)
@@ -96,18 +96,18 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
     if opts.lean_cli:
         import meshrun
     else:
-        import meshrun.cli
+        import meshrun.cli.app
     mark("imported")
     import meshrun
 
     if not opts.lean_cli:
-        real_fleet = meshrun.cli._fleet
+        real_fleet = meshrun.cli.app._fleet
 
         def fleet(**kw: Any) -> Any:
             mark("parsed")
             return real_fleet(**kw)
 
-        patch(meshrun.cli, "_fleet", lambda real: fleet)
+        patch(meshrun.cli.app, "_fleet", lambda real: fleet)
 
     real_resolve = meshrun.resolve_hosts
 
@@ -179,7 +179,7 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
     else:
         sys.argv = ["meshrun", *argv]
         try:
-            meshrun.cli.main()
+            meshrun.cli.app.main()
         except SystemExit as exc:
             code = exc.code
     mark("end")

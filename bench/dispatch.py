@@ -607,7 +607,7 @@ def meshrun_inrun_s(tool: Tool, stderr: bytes, before: set[str]) -> float | None
             return float(json.loads(report.read_text())["duration_s"])
     if found is None:
         return None
-    from meshrun.durations import parse_duration
+    from meshrun.config.durations import parse_duration
 
     return parse_duration(found.group(3))
 
@@ -665,7 +665,7 @@ PHASES = [
         "harness",
         "this file's stdlib imports (not meshrun's; json, re, ... it would import anyway)",
     ),
-    ("import", "harness", "imported", "import meshrun.cli (the CLI, meshrun's exec side)"),
+    ("import", "harness", "imported", "import meshrun.cli.app (the CLI, meshrun's exec side)"),
     (
         "import dispatch",
         "imported",
@@ -686,14 +686,14 @@ PHASES = [
 
 #: Coordinator-thread functions whose inclusive time is summed (see child()).
 HOT = [
-    ("meshrun.executor", "Dispatcher", "_announce_ends"),
-    ("meshrun.executor", "Dispatcher", "_progress"),
-    ("meshrun.executor", "Dispatcher", "_start"),
-    ("meshrun.executor", "Dispatcher", "_exited"),
+    ("meshrun.dispatch.executor", "Dispatcher", "_announce_ends"),
+    ("meshrun.dispatch.executor", "Dispatcher", "_progress"),
+    ("meshrun.dispatch.executor", "Dispatcher", "_start"),
+    ("meshrun.dispatch.executor", "Dispatcher", "_exited"),
     ("meshrun.agent.client", "AgentRunner", "run"),
-    ("meshrun.scheduler.core", "Scheduler", "handle"),
-    ("meshrun.scheduler.core", "Scheduler", "finished"),  # a property
-    ("meshrun.console", "DispatchConsole", "__call__"),
+    ("meshrun.dispatch.scheduler.core", "Scheduler", "handle"),
+    ("meshrun.dispatch.scheduler.core", "Scheduler", "finished"),  # a property
+    ("meshrun.cli.console", "DispatchConsole", "__call__"),
 ]
 
 
@@ -803,25 +803,25 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
 
         setattr(owner, name, inner)
 
-    import meshrun.cli
+    import meshrun.cli.app
 
     mark("imported")
     for module in [
-        "meshrun.dispatch",
-        "meshrun.executor",
-        "meshrun.history",
-        "meshrun.tasks",
-        "meshrun.scheduler",
+        "meshrun.dispatch.run",
+        "meshrun.dispatch.executor",
+        "meshrun.dispatch.history",
+        "meshrun.config.tasks",
+        "meshrun.dispatch.scheduler",
         "meshrun.agent.client",
-        "meshrun.manifest",
+        "meshrun.integrity.manifest",
     ]:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
     mark("imported_dispatch")
     import meshrun
     import meshrun.agent.client as agent_client
-    import meshrun.dispatch as dispatch_mod
-    import meshrun.executor as executor
+    import meshrun.dispatch.executor as executor
+    import meshrun.dispatch.run as dispatch_mod
 
     for module, cls, fn in HOT:
         owner = getattr(importlib.import_module(module), cls)
@@ -950,7 +950,7 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
     sys.argv = ["meshrun", *spec["argv"]]
     code: Any = 0
     try:
-        meshrun.cli.main()
+        meshrun.cli.app.main()
     except SystemExit as exc:
         code = exc.code
     mark("end")
@@ -981,7 +981,7 @@ def run_breakdown(
     tool: Tool, count: int, env: dict[str, str], scratch: Path, experiments: Sequence[str] = ()
 ) -> Breakdown:
     out = Breakdown()
-    argv = tool.argv[1:]  # drop the console script: the child calls meshrun.cli.main
+    argv = tool.argv[1:]  # drop the console script: the child calls meshrun.cli.app.main
     for i in range(count):
         result = scratch / f"breakdown-{i}.json"
         spec = json.dumps({"argv": argv, "out": str(result), "experiments": list(experiments)})

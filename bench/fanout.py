@@ -560,7 +560,7 @@ def write_ssh_config(path: Path, kind: str) -> Path | None:
 
 def resolution_cost(fleet: Fleet, config: Path | None, repeat: int = 5) -> str:
     """meshrun's ssh_config resolution for the fleet, in process: the per-host cost."""
-    from meshrun.inventory import load_inventory
+    from meshrun.config.inventory import load_inventory
     from meshrun.transport.ssh import SSHConnector
 
     hosts = load_inventory(fleet.hosts_toml)

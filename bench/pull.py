@@ -80,8 +80,8 @@ import paramiko  # noqa: E402
 from fabric import Connection as FabricConnection  # noqa: E402
 from fanout import machine_busy_s, running_fleet, tree_state  # noqa: E402
 
-from meshrun import artifacts  # noqa: E402
-from meshrun.inventory import Host, load_inventory  # noqa: E402
+from meshrun.config.inventory import Host, load_inventory  # noqa: E402
+from meshrun.integrity import artifacts  # noqa: E402
 from meshrun.testing.fleet import LOOPBACK, Fleet, SimHost  # noqa: E402
 from meshrun.transport import rsync as rsync_module  # noqa: E402
 from meshrun.transport.ssh import SSHConnector  # noqa: E402

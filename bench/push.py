@@ -17,7 +17,7 @@ Contenders (each starts from nothing every push, as a ``dispatch`` run does):
 
 - meshrun mirror      a fresh SSH connection, the agent started, the workspace hashed
                       (a hash cache in a state directory, as ``dispatch`` keeps it),
-                      the host scanned, the difference streamed (``meshrun.mirror``).
+                      the host scanned, the difference streamed (``meshrun.workspace.mirror``).
 - rsync -a            OpenSSH's ssh with the same key and host-key checking: fast, but
                       neither deletes nor sees the edit.
 - rsync exact         ``rsync -a --delete --checksum``: exact, hashes both sides every time.
@@ -47,12 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fanout import running_fleet, tree_state  # noqa: E402
 
-from meshrun import mirror  # noqa: E402
 from meshrun.agent.client import AgentRunner, start_runner  # noqa: E402
-from meshrun.excludes import Excludes  # noqa: E402
-from meshrun.inventory import Host, load_inventory  # noqa: E402
+from meshrun.config.inventory import Host, load_inventory  # noqa: E402
 from meshrun.transport import rsync as rsync_module  # noqa: E402
 from meshrun.transport.ssh import SSHConnector  # noqa: E402
+from meshrun.workspace import mirror  # noqa: E402
+from meshrun.workspace.excludes import Excludes  # noqa: E402
 
 KIB = 1024
 SCENARIOS = ("first", "same", "edit")

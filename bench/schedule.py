@@ -1,12 +1,12 @@
 """Schedule quality: makespan / lower bound for meshrun's scheduler, round-robin and FIFO.
 
 The lower bound of a graph on a set of hosts is max(longest dependency chain on the
-fastest host, total work / total capacity) (``meshrun.scheduler.sim.lower_bound``): no
+fastest host, total work / total capacity) (``meshrun.dispatch.scheduler.sim.lower_bound``): no
 schedule can finish sooner, so makespan / lower bound >= 1 and 1.10 means "within 10%".
 
 Part 1, in the simulator (pure, virtual time, no I/O), several seeds per workload:
 
-- meshrun: ``meshrun.scheduler.sim.simulate`` (the real Scheduler), with durations
+- meshrun: ``meshrun.dispatch.scheduler.sim.simulate`` (the real Scheduler), with durations
   *known* (expected = actual: what the history gives once a task has run) and
   *unknown* (expected = the median, the same for every task: a first run; the history
   then gives every unseen task the median of the known ones);
@@ -78,9 +78,9 @@ sys.path.insert(0, str(BENCH))
 
 from dispatch import LOOPBACK, control_logins, fmt, stop_masters, tail  # noqa: E402
 
-from meshrun.scheduler import HostSpec  # noqa: E402
-from meshrun.scheduler.sim import lower_bound, simulate  # noqa: E402
-from meshrun.tasks import SyncSpec, Task, TaskGraph  # noqa: E402
+from meshrun.config.tasks import SyncSpec, Task, TaskGraph  # noqa: E402
+from meshrun.dispatch.scheduler import HostSpec  # noqa: E402
+from meshrun.dispatch.scheduler.sim import lower_bound, simulate  # noqa: E402
 
 if TYPE_CHECKING:
     from meshrun.testing.fleet import Fleet
@@ -90,7 +90,7 @@ TARGET = 1.10
 RUN_TIMEOUT_S = 300.0
 #: (key, label); "joined": hosts join after start(), one HostJoined event each, as the
 #: dispatch executor drives the scheduler; otherwise every host is known up front, as in
-#: meshrun.scheduler.sim.simulate.
+#: meshrun.dispatch.scheduler.sim.simulate.
 POLICIES = [
     ("known", "meshrun, known, hosts up front"),
     ("known-joined", "meshrun, known, hosts join"),
@@ -336,7 +336,14 @@ def simulate_joined(
     """
     import heapq
 
-    from meshrun.scheduler import Cancel, HostJoined, Policy, Scheduler, Start, TaskSucceeded
+    from meshrun.dispatch.scheduler import (
+        Cancel,
+        HostJoined,
+        Policy,
+        Scheduler,
+        Start,
+        TaskSucceeded,
+    )
 
     scheduler = Scheduler(graph, expected, Policy())
     if replace_on_join:
@@ -400,12 +407,12 @@ def patch_replace_on_join(scheduler: Any) -> None:
 
 
 #: The same counterfactual for a real `meshrun dispatch` process: the Scheduler class is
-#: patched before meshrun.cli.main runs (argv: the dispatch arguments).
+#: patched before meshrun.cli.app.main runs (argv: the dispatch arguments).
 REPLACE_ON_JOIN = """\
 import sys
 sys.path.insert(0, {bench!r})
 import schedule
-from meshrun.scheduler import core
+from meshrun.dispatch.scheduler import core
 
 real = core.Scheduler._add_host
 
@@ -416,10 +423,10 @@ def add_host(self, spec):
 
 
 core.Scheduler._add_host = add_host
-import meshrun.cli
+import meshrun.cli.app
 
 sys.argv = ["meshrun", *sys.argv[1:]]
-sys.exit(meshrun.cli.main())
+sys.exit(meshrun.cli.app.main())
 """
 
 

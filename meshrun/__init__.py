@@ -21,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from meshrun import report
-from meshrun.console import (
+from meshrun.cli.console import (
     ConsoleLogHandler,
     DispatchConsole,
     FleetConsole,
@@ -30,7 +30,18 @@ from meshrun.console import (
     render_history,
     render_probes,
 )
-from meshrun.durations import format_duration, parse_duration
+from meshrun.config.durations import format_duration, parse_duration
+from meshrun.config.inventory import (
+    Host,
+    HostDefaults,
+    Inventory,
+    load_inventory,
+    local_host,
+    read_inventory,
+    resolve_hosts,
+    select_hosts,
+)
+from meshrun.config.sizes import parse_size
 from meshrun.errors import (
     AuthError,
     ChannelUnavailable,
@@ -45,7 +56,9 @@ from meshrun.errors import (
     MeshrunError,
     TaskFileError,
 )
-from meshrun.fleet import (
+from meshrun.fleet.probe import HostProbe, probe_hosts
+from meshrun.fleet.rollout import FailureBudget, batch_sizes
+from meshrun.fleet.run import (
     FleetJob,
     FleetReport,
     HostResult,
@@ -55,20 +68,7 @@ from meshrun.fleet import (
     read_script,
     run_fleet,
 )
-from meshrun.inventory import (
-    Host,
-    HostDefaults,
-    Inventory,
-    load_inventory,
-    local_host,
-    read_inventory,
-    resolve_hosts,
-    select_hosts,
-)
-from meshrun.probe import HostProbe, probe_hosts
-from meshrun.rollout import FailureBudget, batch_sizes
 from meshrun.runid import new_run_id
-from meshrun.sizes import parse_size
 from meshrun.stopsignals import (
     Stopped,
     exit_code_for_signal,
@@ -86,7 +86,8 @@ from meshrun.transport.base import (
 from meshrun.transport.wrapper import shell_command
 
 if TYPE_CHECKING:
-    from meshrun import discovery, executor
+    from meshrun import discovery
+    from meshrun.config.tasks import Task, TaskGraph, load_tasks
     from meshrun.discovery import (
         Advert,
         Agent,
@@ -100,48 +101,48 @@ if TYPE_CHECKING:
         watch,
         write_hosts_toml,
     )
-    from meshrun.dispatch import (
+    from meshrun.dispatch import executor
+    from meshrun.dispatch.executor import DispatchOptions, DispatchReport, TaskResult
+    from meshrun.dispatch.history import History
+    from meshrun.dispatch.run import (
         LiveDiscovery,
         StateDir,
         live_discovery,
         run_dispatch,
         select_rerun,
     )
-    from meshrun.executor import DispatchOptions, DispatchReport, TaskResult
-    from meshrun.history import History
-    from meshrun.manifest import verify_run
-    from meshrun.pulls import record_fleet_run, run_fleet_recorded
-    from meshrun.scheduler import TaskStatus
-    from meshrun.signing import (
+    from meshrun.dispatch.scheduler import TaskStatus
+    from meshrun.fleet.pulls import record_fleet_run, run_fleet_recorded
+    from meshrun.integrity.manifest import verify_run
+    from meshrun.integrity.signing import (
         allowed_signer_keys,
         generate_keypair,
         load_private_key,
         load_public_key,
     )
-    from meshrun.tasks import Task, TaskGraph, load_tasks
 
 #: The dispatch side (scheduler, executor, SQLite history, agent client) loads on first
 #: use: ``meshrun exec`` never pays for it.
 _LAZY = {
-    "StateDir": "meshrun.dispatch",
-    "LiveDiscovery": "meshrun.dispatch",
-    "live_discovery": "meshrun.dispatch",
-    "run_dispatch": "meshrun.dispatch",
-    "select_rerun": "meshrun.dispatch",
-    "DispatchOptions": "meshrun.executor",
-    "DispatchReport": "meshrun.executor",
-    "TaskResult": "meshrun.executor",
-    "History": "meshrun.history",
-    "TaskStatus": "meshrun.scheduler",
-    "Task": "meshrun.tasks",
-    "TaskGraph": "meshrun.tasks",
-    "load_tasks": "meshrun.tasks",
-    "executor": "meshrun.executor",
-    "generate_keypair": "meshrun.signing",
-    "load_private_key": "meshrun.signing",
-    "load_public_key": "meshrun.signing",
-    "allowed_signer_keys": "meshrun.signing",
-    "verify_run": "meshrun.manifest",
+    "StateDir": "meshrun.dispatch.run",
+    "LiveDiscovery": "meshrun.dispatch.run",
+    "live_discovery": "meshrun.dispatch.run",
+    "run_dispatch": "meshrun.dispatch.run",
+    "select_rerun": "meshrun.dispatch.run",
+    "DispatchOptions": "meshrun.dispatch.executor",
+    "DispatchReport": "meshrun.dispatch.executor",
+    "TaskResult": "meshrun.dispatch.executor",
+    "History": "meshrun.dispatch.history",
+    "TaskStatus": "meshrun.dispatch.scheduler",
+    "Task": "meshrun.config.tasks",
+    "TaskGraph": "meshrun.config.tasks",
+    "load_tasks": "meshrun.config.tasks",
+    "executor": "meshrun.dispatch.executor",
+    "generate_keypair": "meshrun.integrity.signing",
+    "load_private_key": "meshrun.integrity.signing",
+    "load_public_key": "meshrun.integrity.signing",
+    "allowed_signer_keys": "meshrun.integrity.signing",
+    "verify_run": "meshrun.integrity.manifest",
     # Discovery: zeroconf (~0.12 s) loads only for agent, discover and --discover.
     "discovery": "meshrun.discovery",
     "Advert": "meshrun.discovery",
@@ -155,8 +156,8 @@ _LAZY = {
     "run_agent": "meshrun.discovery",
     "watch": "meshrun.discovery",
     "write_hosts_toml": "meshrun.discovery",
-    "run_fleet_recorded": "meshrun.pulls",
-    "record_fleet_run": "meshrun.pulls",
+    "run_fleet_recorded": "meshrun.fleet.pulls",
+    "record_fleet_run": "meshrun.fleet.pulls",
 }
 
 

@@ -21,6 +21,29 @@ line that says what went wrong and, where we know it, what to do next.
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """What every meshrun command exits with: one contract, the same for exec, run,
+    hosts and dispatch (``docs/ARCHITECTURE.md`` has the table).
+
+    When several apply, the first in this order wins: interrupted (128 + the signal),
+    :attr:`INTEGRITY`, :attr:`CONNECT`, :attr:`FAILED`.
+    """
+
+    OK = 0
+    #: A command or task failed (non-zero exit, timeout), or zeroconf could not work.
+    FAILED = 1
+    #: Bad input: a file or option the user wrote; nothing was started.
+    USAGE = 2
+    #: A host was unreachable, refused our key, or showed a changed host key.
+    CONNECT = 3
+    #: An output file, the manifest or its signature failed verification.
+    INTEGRITY = 4
+    #: Stopped by Ctrl-C (128 + SIGINT); SIGTERM is 143 and SIGHUP 129.
+    INTERRUPTED = 130
+
 
 def in_context(context: str, message: str, *, host: str | None = None) -> str:
     """``context: message`` for an error passed up a layer, saying nothing twice.
@@ -41,7 +64,7 @@ def in_context(context: str, message: str, *, host: str | None = None) -> str:
 class MeshrunError(Exception):
     """Base of everything meshrun raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
     def __init__(self, message: str, *, fix: str | None = None) -> None:
         super().__init__(message)
@@ -57,7 +80,7 @@ class MeshrunError(Exception):
 class InputError(MeshrunError):
     """Bad input the user can correct: a file, an option, a pattern."""
 
-    exit_code = 2
+    exit_code: int = ExitCode.USAGE
 
 
 class InventoryError(InputError):
@@ -106,7 +129,7 @@ class NameConflictError(InputError):
 class ConnectError(MeshrunError):
     """We could not get a working SSH session to ``host``."""
 
-    exit_code = 3
+    exit_code: int = ExitCode.CONNECT
 
     def __init__(self, host: str, message: str, *, fix: str | None = None) -> None:
         super().__init__(f"{host}: {message}", fix=fix)
@@ -149,22 +172,22 @@ class AuthError(ConnectError):
 class CommandError(MeshrunError):
     """A command on a host failed."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
 
 class DiscoveryError(MeshrunError):
     """Zeroconf could not announce or browse: no usable socket, multicast refused."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
 
 class IntegrityError(MeshrunError):
     """An artifact or manifest failed verification."""
 
-    exit_code = 4
+    exit_code: int = ExitCode.INTEGRITY
 
 
 class Interrupted(MeshrunError):
     """An operation (a file transfer) was stopped on request before it finished."""
 
-    exit_code = 130
+    exit_code: int = ExitCode.INTERRUPTED

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshrun import stopsignals
-from meshrun.fleet import FleetReport
-from meshrun.probe import HostProbe
+from meshrun.fleet.probe import HostProbe
+from meshrun.fleet.run import FleetReport
 
 if TYPE_CHECKING:
     from meshrun.discovery.record import Agent
-    from meshrun.executor import DispatchReport
+    from meshrun.dispatch.executor import DispatchReport
 
 SCHEMA = 1
 
@@ -173,7 +173,7 @@ def junit_xml(report: DispatchReport) -> str:
     """JUnit XML for CI systems: one testcase per task, failures carry their output."""
     from xml.etree import ElementTree as ET  # dispatch only: off exec's start
 
-    from meshrun.scheduler import TaskStatus
+    from meshrun.dispatch.scheduler import TaskStatus
 
     failures = sum(1 for t in report.tasks if t.status is TaskStatus.FAILED)
     skipped = sum(1 for t in report.tasks if t.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED))

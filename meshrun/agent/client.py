@@ -105,7 +105,7 @@ class AgentRunner:
 
     def send_lines(self, data: bytes) -> None:
         """Workspace messages that have no reply (``apply`` lines, ``put`` lines each
-        followed by the file's raw bytes), already encoded (:mod:`meshrun.mirror`)."""
+        followed by the file's raw bytes), already encoded (:mod:`meshrun.workspace.mirror`)."""
         self._stream.send(data)
 
     def request(self, message: dict[str, Any], reply: str) -> dict[str, Any]:
@@ -203,7 +203,7 @@ class ExecRunner:
         with self._lock:
             self._cancels[task_id] = cancel
         # The wrapper runs in the host's workdir; a run with a workdir of its own there
-        # (meshrun.workdirs) changes into it first.
+        # (meshrun.workspace.workdirs) changes into it first.
         if cwd != self._conn.host.workdir:
             command = f"cd -- {shlex.quote(cwd)} || exit 125\n{command}"
         thread = threading.Thread(

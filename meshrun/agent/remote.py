@@ -30,7 +30,7 @@ Protocol: one JSON object per line in both directions.
 
 The workspace mirror (``claim`` ... ``done``) happens before any task runs on the host.
 ``claim`` locks a workdir of its own for this run (``flock``, held until the agent
-exits; see meshrun/workdirs.py for the layout) and removes workdirs no run claimed for
+exits; see meshrun/workspace/workdirs.py for the layout) and removes workdirs no run claimed for
 ``max_age_s``. ``scan`` lists what is there, with the SHA-256 of every file the agent
 itself wrote and that is unchanged since (same size, mtime, inode and ctime: the record
 in ``.meshrun/mirror.json``); the coordinator compares that with its own manifest and

@@ -55,7 +55,7 @@ from meshrun.discovery.record import (
 )
 from meshrun.errors import DiscoveryError, InputError, NameConflictError
 from meshrun.records import record
-from meshrun.sshkeys import read_public_key
+from meshrun.transport.sshkeys import read_public_key
 
 __all__ = [
     "DEFAULT_HOST_KEY",

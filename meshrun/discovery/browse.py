@@ -24,12 +24,12 @@ from collections.abc import Callable, Collection, Sequence
 
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from meshrun.config.inventory import Host
 from meshrun.discovery.hosts import discovery_inventory, merge_hosts
 from meshrun.discovery.net import networks_of, resolve_interfaces
 from meshrun.discovery.oneshot import OneShot, ask
 from meshrun.discovery.record import SERVICE_TYPE, Agent, Rejected, instance_name, parse_agent
 from meshrun.errors import ConnectError, DiscoveryError
-from meshrun.inventory import Host
 
 __all__ = ["DEFAULT_TIMEOUT_S", "Browser", "discover", "resolve_with_discovery", "watch"]
 

@@ -22,15 +22,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 
-from meshrun.discovery.record import Agent
-from meshrun.errors import InputError
-from meshrun.inventory import (
+from meshrun.config.inventory import (
     Host,
     HostDefaults,
     Inventory,
     parse_inline,
     read_inventory,
 )
+from meshrun.discovery.record import Agent
+from meshrun.errors import InputError
 
 __all__ = [
     "agent_to_host",

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from meshrun.records import record
-from meshrun.sshkeys import FINGERPRINT_RE, HOST_KEY_TYPES
+from meshrun.transport.sshkeys import FINGERPRINT_RE, HOST_KEY_TYPES
 
 __all__ = [
     "MAX_TXT_BYTES",

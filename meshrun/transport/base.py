@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Literal, Protocol
 
-from meshrun.inventory import Host
+from meshrun.config.inventory import Host
 from meshrun.records import record
 
 Stream = Literal["stdout", "stderr"]

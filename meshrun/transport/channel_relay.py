@@ -49,8 +49,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from meshrun.config.inventory import Host
 from meshrun.errors import HostUnreachable, MeshrunError
-from meshrun.inventory import Host
 from meshrun.transport import rsh_helper
 from meshrun.transport.rsync import RemoteShell
 

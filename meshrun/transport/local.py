@@ -15,8 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from meshrun.capture import HeadTail
-from meshrun.inventory import Host
+from meshrun.config.inventory import Host
 from meshrun.transport import rsync
 from meshrun.transport.base import (
     CommandOutcome,
@@ -27,6 +26,7 @@ from meshrun.transport.base import (
     Stream,
     _discard,
 )
+from meshrun.transport.capture import HeadTail
 from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper
 
 _POLL_S = 0.1

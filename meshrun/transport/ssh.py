@@ -21,7 +21,7 @@ from typing import Any
 
 import paramiko
 
-from meshrun.capture import HeadTail
+from meshrun.config.inventory import Host
 from meshrun.errors import (
     AuthError,
     ChannelUnavailable,
@@ -30,9 +30,7 @@ from meshrun.errors import (
     HostUnreachable,
     InputError,
 )
-from meshrun.inventory import Host
 from meshrun.records import record
-from meshrun.sshkeys import sha256_fingerprint
 from meshrun.transport import liveness, rsync, startups
 from meshrun.transport.base import (
     FACTS_COMMAND,
@@ -45,6 +43,7 @@ from meshrun.transport.base import (
     _discard,
     parse_facts,
 )
+from meshrun.transport.capture import HeadTail
 from meshrun.transport.identities import IdentityFiles, agent_for, offers
 from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
 from meshrun.transport.proxycommand import ProxyCommandFailed, proxy_failure, start_proxy_command
@@ -61,6 +60,7 @@ from meshrun.transport.sshconfig import (
     split_jumps,
     token_values,
 )
+from meshrun.transport.sshkeys import sha256_fingerprint
 from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper, remote_exec_line
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from discovery_helpers import AgentProcess
 
-from meshrun.inventory import Host, load_inventory
+from meshrun.config.inventory import Host, load_inventory
 from meshrun.testing.fleet import SSHD, Fleet
 from meshrun.transport.ssh import SSHConnector
 

@@ -101,7 +101,7 @@ def task_statuses(result: Result) -> dict[str, str]:
 
 def workdir_of(result: Result, host: str) -> Path:
     """Where ``host`` ran this run's tasks: the workdir the report names for it (the
-    run's own workdir under the host's, meshrun.workdirs)."""
+    run's own workdir under the host's, meshrun.workspace.workdirs)."""
     assert result.doc is not None, f"expected a JSON document on stdout{result.describe()}"
     for entry in result.doc["hosts"]:
         if entry["name"] == host:

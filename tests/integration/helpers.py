@@ -63,7 +63,7 @@ def meshrun_argv() -> list[str]:
     found = shutil.which("meshrun")
     if found:
         return [found]
-    return [sys.executable, "-c", "from meshrun.cli import main; main()"]
+    return [sys.executable, "-c", "from meshrun.cli.app import main; main()"]
 
 
 @dataclass

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from meshrun.artifacts import PULL_TEMP_PREFIX, collect, collect_outputs, pull
+from meshrun.config.inventory import Host
 from meshrun.errors import IntegrityError
-from meshrun.inventory import Host
-from meshrun.manifest import FileEntry
+from meshrun.integrity.artifacts import PULL_TEMP_PREFIX, collect, collect_outputs, pull
+from meshrun.integrity.manifest import FileEntry
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 

@@ -27,7 +27,7 @@ from dispatch_helpers import (
 )
 from helpers import spawn_meshrun
 
-from meshrun.inventory import load_inventory
+from meshrun.config.inventory import load_inventory
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 

@@ -32,10 +32,10 @@ from discovery_helpers import LOOPBACK, REGISTER_TIMEOUT_S, AgentProcess, Unicas
 from helpers import Result, interrupt, meshrun_argv, run_meshrun
 
 import meshrun
+from meshrun.config.inventory import load_inventory
 from meshrun.discovery.announce import AgentOptions, Announcer, build_advert
 from meshrun.discovery.browse import Browser
 from meshrun.discovery.record import SERVICE_TYPE, Advert, encode_txt, service_name, txt_bytes
-from meshrun.inventory import load_inventory
 from meshrun.testing.fleet import Fleet
 
 

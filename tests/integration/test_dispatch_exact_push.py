@@ -25,7 +25,7 @@ from dispatch_helpers import (
 )
 
 from meshrun.testing.fleet import Fleet
-from meshrun.workdirs import WORKDIRS
+from meshrun.workspace.workdirs import WORKDIRS
 
 
 def _same_times(path: Path, text: str) -> None:

@@ -40,7 +40,7 @@ from helpers import (
     write_inventory,
 )
 
-from meshrun.executor import STOP_GRACE_S
+from meshrun.dispatch.executor import STOP_GRACE_S
 from meshrun.testing.fleet import Fleet
 
 MakeFleet = Callable[..., Fleet]

@@ -32,7 +32,7 @@ from dispatch_helpers import (
 from helpers import run_meshrun, write_inventory
 
 from meshrun.testing.fleet import Fleet
-from meshrun.workdirs import WORKDIRS
+from meshrun.workspace.workdirs import WORKDIRS
 
 MakeFleet = Callable[..., Fleet]
 

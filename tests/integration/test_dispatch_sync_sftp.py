@@ -22,7 +22,7 @@ from dispatch_helpers import log_text, task_statuses, workdir_of, write_hosts, w
 from helpers import bin_dir_without, run_meshrun
 
 from meshrun.testing.fleet import Fleet
-from meshrun.workdirs import WORKDIRS
+from meshrun.workspace.workdirs import WORKDIRS
 
 MakeFleet = Callable[..., Fleet]
 

@@ -24,9 +24,9 @@ from helpers import (
     wait_gone,
 )
 
-from meshrun.artifacts import collect, pull
+from meshrun.config.inventory import load_inventory
 from meshrun.errors import Interrupted
-from meshrun.inventory import load_inventory
+from meshrun.integrity.artifacts import collect, pull
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 

@@ -157,7 +157,7 @@ def test_included_config_host_patterns_and_defaults(world: UserWorld) -> None:
 
 _RESOLVE = """
 import json, sys
-from meshrun.inventory import Host
+from meshrun.config.inventory import Host
 from meshrun.transport.ssh import SSHConnector
 c = SSHConnector()
 out = {}

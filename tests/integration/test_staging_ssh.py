@@ -1,4 +1,4 @@
-"""Needs' outputs pushed to a dependent's host (meshrun.staging) over real sshd."""
+"""Needs' outputs pushed to a dependent's host (meshrun.dispatch.staging) over real sshd."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from meshrun.config.inventory import Host
+from meshrun.dispatch.staging import Input, push
 from meshrun.errors import IntegrityError
-from meshrun.inventory import Host
-from meshrun.manifest import FileEntry, hash_file
-from meshrun.staging import Input, push
+from meshrun.integrity.manifest import FileEntry, hash_file
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 

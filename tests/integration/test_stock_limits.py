@@ -23,7 +23,7 @@ from conftest import MakeFleet, _require_sshd
 from dispatch_helpers import dispatch, task_statuses, write_project
 from helpers import run_meshrun
 
-from meshrun.inventory import load_inventory
+from meshrun.config.inventory import load_inventory
 from meshrun.testing.fleet import LOOPBACK, STOCK_LIMITS, Fleet
 from meshrun.transport import startups
 from meshrun.transport.ssh import SSHConnector

@@ -17,9 +17,9 @@ import pytest
 from dispatch_helpers import dispatch, tasks_of, write_project
 from helpers import describe_procs, processes_with, run_meshrun, wait_gone, write_inventory
 
-from meshrun.artifacts import collect, pull
+from meshrun.config.inventory import Host
 from meshrun.errors import HostUnreachable, Interrupted
-from meshrun.inventory import Host
+from meshrun.integrity.artifacts import collect, pull
 from meshrun.testing.fleet import Fleet
 from meshrun.transport import channel_relay
 from meshrun.transport.ssh import SSHConnector

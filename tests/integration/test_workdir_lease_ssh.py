@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from meshrun.inventory import Host, load_inventory
+from meshrun.config.inventory import Host, load_inventory
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
-from meshrun.workdir_lease import WorkdirLease, lease_workdir
-from meshrun.workdirs import WORKDIRS
+from meshrun.workspace.lease import WorkdirLease, lease_workdir
+from meshrun.workspace.workdirs import WORKDIRS
 
 WEEK = 7 * 86400.0
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from helpers import bin_dir_without
 
-from meshrun import workspace
-from meshrun.inventory import Host, load_inventory
+from meshrun.config.inventory import Host, load_inventory
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
+from meshrun.workspace import push as workspace
 
 MakeFleet = Callable[..., Fleet]
 

@@ -134,7 +134,7 @@ class UserWorld:
     def meshrun(
         self, *args: str | os.PathLike[str], agent: bool = True, timeout: float = 60, **env: str
     ) -> Run:
-        code = "import sys; from meshrun.cli import main; sys.argv[0] = 'meshrun'; main()"
+        code = "import sys; from meshrun.cli.app import main; sys.argv[0] = 'meshrun'; main()"
         return self.run(
             self.python, "-c", code, *map(str, args), agent=agent, timeout=timeout, **env
         )

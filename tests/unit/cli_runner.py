@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from meshrun import cli
+from meshrun.cli import app as cli
 
 
 def run_cli(

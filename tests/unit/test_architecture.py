@@ -29,9 +29,8 @@ def test_only_the_transport_package_imports_paramiko_or_fabric() -> None:
 
 
 def test_cli_uses_only_the_public_api() -> None:
-    internal = sorted(
-        n for n in imports_of(PACKAGE / "cli.py") if n.startswith("meshrun.") and n != "meshrun"
-    )
+    cli = PACKAGE / "cli" / "app.py"
+    internal = sorted(n for n in imports_of(cli) if n.startswith("meshrun.") and n != "meshrun")
     assert internal == [], f"cli.py reaches past meshrun's exports: {internal}"
 
 
@@ -39,7 +38,7 @@ def test_importing_meshrun_does_not_import_paramiko() -> None:
     import subprocess
     import sys
 
-    code = "import sys, meshrun, meshrun.cli; print('paramiko' in sys.modules)"
+    code = "import sys, meshrun, meshrun.cli.app; print('paramiko' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "paramiko must be imported lazily (startup time)"
 
@@ -48,14 +47,14 @@ def test_the_scheduler_is_pure() -> None:
     forbidden = {"threading", "socket", "time", "subprocess", "asyncio", "selectors"}
     forbidden_meshrun = (
         "meshrun.transport",
-        "meshrun.executor",
-        "meshrun.cli",
+        "meshrun.dispatch.executor",
+        "meshrun.cli.app",
         "meshrun.agent",
-        "meshrun.dispatch",
-        "meshrun.history",
+        "meshrun.dispatch.run",
+        "meshrun.dispatch.history",
     )
     offenders = []
-    for path in (PACKAGE / "scheduler").rglob("*.py"):
+    for path in (PACKAGE / "dispatch" / "scheduler").rglob("*.py"):
         for name in imports_of(path):
             if name.split(".")[0] in forbidden or name.startswith(forbidden_meshrun):
                 offenders.append(f"{path.name}: {name}")
@@ -79,6 +78,6 @@ def test_fabric_is_no_runtime_dependency() -> None:
     project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.split(">")[0].strip() == "fabric"]
     assert any(d.startswith("fabric") for d in project["optional-dependencies"]["bench"])
-    code = "import sys, meshrun, meshrun.cli; print('fabric' in sys.modules)"
+    code = "import sys, meshrun, meshrun.cli.app; print('fabric' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from meshrun.artifacts import (
+from meshrun.errors import IntegrityError
+from meshrun.integrity.artifacts import (
     COLLECT_SCRIPT,
     collect_command,
     collect_request,
     parse_collect_output,
     pull_argv,
 )
-from meshrun.errors import IntegrityError
-from meshrun.manifest import FileEntry
+from meshrun.integrity.manifest import FileEntry
 from meshrun.transport.rsync import RemoteShell
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrun.capture import HeadTail, LineSplitter
+from meshrun.transport.capture import HeadTail, LineSplitter
 
 _CHUNKS = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"")), max_size=30)
 

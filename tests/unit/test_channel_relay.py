@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from meshrun.config.inventory import Host
 from meshrun.errors import HostUnreachable
-from meshrun.inventory import Host
 from meshrun.transport import rsh_helper, rsync
 from meshrun.transport.channel_relay import ChannelRelay, RelayChannel
 

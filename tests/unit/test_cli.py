@@ -1,6 +1,6 @@
 """The argparse CLI: help, what each command parses, usage errors and exit codes.
 
-Parsing and errors run in-process through ``meshrun.cli.main``; commands that really run
+Parsing and errors run in-process through ``meshrun.cli.app.main``; commands that really run
 something (on this machine, no --hosts) run as a subprocess.
 """
 
@@ -19,9 +19,9 @@ import pytest
 from cli_runner import run_cli
 
 import meshrun
-from meshrun import cli
+from meshrun.cli import app as cli
 
-ENTRY = "from meshrun.cli import main; main()"
+ENTRY = "from meshrun.cli.app import main; main()"
 
 
 def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 
-from meshrun import cli
-from meshrun.console import (
+from meshrun.cli import app as cli
+from meshrun.cli.console import (
     DispatchConsole,
     FleetConsole,
     colour_enabled,
     fit,
     terminal_width,
 )
-from meshrun.fleet import HostFinished, HostResult, HostStarted, HostStatus, RunStopping
+from meshrun.fleet.run import HostFinished, HostResult, HostStarted, HostStatus, RunStopping
 
 ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
@@ -74,7 +74,7 @@ def test_python_dash_m_meshrun_is_the_command(tmp_path: Path) -> None:
 def test_start_up_imports_neither_shtab_nor_fabric_nor_metadata() -> None:
     code = (
         "import sys\n"
-        "from meshrun import cli\n"
+        "from meshrun.cli import app as cli\n"
         "for argv in (['--help'], ['exec', '--help'], ['dispatch', '--help']):\n"
         "    try:\n"
         "        cli._main(argv)\n"
@@ -255,7 +255,7 @@ def test_fleet_status_line_never_wider_than_the_terminal(
 def test_dispatch_status_line_never_wider_than_the_terminal_and_keeps_the_eta(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from meshrun.executor import Progress, TaskStarted
+    from meshrun.dispatch.executor import Progress, TaskStarted
 
     monkeypatch.setenv("COLUMNS", "80")
     err = io.StringIO()

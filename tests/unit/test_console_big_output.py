@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 
-from meshrun.capture import HEAD_BYTES, MAX_LINE_BYTES, TAIL_BYTES
-from meshrun.console import DispatchConsole, FleetConsole, OutputMode
-from meshrun.executor import TaskEnded, TaskLine
-from meshrun.fleet import HostFinished, HostOutput, HostResult, HostStatus
-from meshrun.scheduler import TaskStatus
+from meshrun.cli.console import DispatchConsole, FleetConsole, OutputMode
+from meshrun.dispatch.executor import TaskEnded, TaskLine
+from meshrun.dispatch.scheduler import TaskStatus
+from meshrun.fleet.run import HostFinished, HostOutput, HostResult, HostStatus
+from meshrun.transport.capture import HEAD_BYTES, MAX_LINE_BYTES, TAIL_BYTES
 
 
 def test_a_host_printing_megabytes_without_a_newline_streams_in_capped_lines() -> None:

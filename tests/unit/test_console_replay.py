@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from meshrun.console import DispatchConsole
-from meshrun.executor import DispatchReport, TaskResult
-from meshrun.scheduler import TaskStatus
+from meshrun.cli.console import DispatchConsole
+from meshrun.dispatch.executor import DispatchReport, TaskResult
+from meshrun.dispatch.scheduler import TaskStatus
 
 
 @pytest.mark.parametrize(

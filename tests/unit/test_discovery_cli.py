@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli as shared_run_cli
 
-from meshrun import cli
+from meshrun.cli import app as cli
 
 
 def run_cli(
@@ -170,7 +170,7 @@ def test_exec_folds_the_discovery_options() -> None:
 def test_only_discovery_commands_import_zeroconf() -> None:
     code = (
         "import sys\n"
-        "from meshrun import cli\n"
+        "from meshrun.cli import app as cli\n"
         "for argv in (['exec', '--help'], ['run', '--help'], ['exec', 'true']):\n"
         "    try:\n"
         "        cli._main(argv)\n"

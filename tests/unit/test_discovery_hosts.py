@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshrun.config.inventory import Host, HostDefaults, load_inventory, read_inventory
 from meshrun.discovery.hosts import (
     agent_to_host,
     discovery_inventory,
@@ -20,7 +21,6 @@ from meshrun.discovery.hosts import (
 )
 from meshrun.discovery.record import Agent
 from meshrun.errors import InputError, InventoryError
-from meshrun.inventory import Host, HostDefaults, load_inventory, read_inventory
 
 FINGERPRINT = "SHA256:" + "A" * 43
 

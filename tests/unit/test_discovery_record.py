@@ -29,7 +29,7 @@ from meshrun.discovery.record import (
     txt_bytes,
 )
 from meshrun.errors import InputError
-from meshrun.sshkeys import (
+from meshrun.transport.sshkeys import (
     FINGERPRINT_RE,
     parse_public_key,
     read_public_key,

@@ -18,7 +18,7 @@ from meshrun import (
     run_dispatch,
     select_rerun,
 )
-from meshrun.executor import DispatchReport, HostSummary, TaskResult
+from meshrun.dispatch.executor import DispatchReport, HostSummary, TaskResult
 from meshrun.transport.local import LocalConnector
 
 TASKS = """

@@ -9,7 +9,9 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from meshrun.executor import (
+from meshrun.config.inventory import Host
+from meshrun.config.tasks import parse_tasks
+from meshrun.dispatch.executor import (
     Dispatcher,
     DispatchEvent,
     DispatchOptions,
@@ -17,9 +19,7 @@ from meshrun.executor import (
     Notice,
     TaskStarted,
 )
-from meshrun.inventory import Host
-from meshrun.scheduler import TaskStatus
-from meshrun.tasks import parse_tasks
+from meshrun.dispatch.scheduler import TaskStatus
 from meshrun.transport.local import LocalConnector
 
 

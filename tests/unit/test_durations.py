@@ -1,6 +1,6 @@
 import pytest
 
-from meshrun.durations import format_duration, parse_duration
+from meshrun.config.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from meshrun import (
     batch_sizes,
     run_fleet,
 )
-from meshrun.fleet import FleetEvent, HostFinished, HostStarted
+from meshrun.fleet.run import FleetEvent, HostFinished, HostStarted
 from meshrun.transport.local import LocalConnector
 
 

@@ -3,7 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from meshrun.history import BAND, DEFAULT_EXPECTED_S, History, TaskOutcome, updated_estimate
+from meshrun.dispatch.history import (
+    BAND,
+    DEFAULT_EXPECTED_S,
+    History,
+    TaskOutcome,
+    updated_estimate,
+)
 
 
 def test_first_sample_is_the_estimate_then_a_moving_mean() -> None:

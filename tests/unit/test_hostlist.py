@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrun.hostlist import expand, fold, split_groups
+from meshrun.config.hostlist import expand, fold, split_groups
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshrun.errors import InventoryError
-from meshrun.inventory import (
+from meshrun.config.inventory import (
     LOCAL_HOST_NAME,
     Host,
     load_inventory,
@@ -22,6 +21,7 @@ from meshrun.inventory import (
     resolve_hosts,
     select_hosts,
 )
+from meshrun.errors import InventoryError
 
 GOOD_HOST = '[[host]]\nname = "a"\naddress = "10.0.0.1"\n'
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshrun.dispatch import select_rerun
-from meshrun.history import History, TaskOutcome
-from meshrun.journal import Journal, latest_journal, read_journal
-from meshrun.tasks import SyncSpec, Task, TaskGraph
+from meshrun.config.tasks import SyncSpec, Task, TaskGraph
+from meshrun.dispatch.history import History, TaskOutcome
+from meshrun.dispatch.journal import Journal, latest_journal, read_journal
+from meshrun.dispatch.run import select_rerun
 
 
 def _graph(*names: str) -> TaskGraph:

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshrun.errors import InputError, IntegrityError
-from meshrun.manifest import (
+from meshrun.integrity.manifest import (
     CHUNK_BYTES,
     FileEntry,
     HostEntry,
@@ -36,7 +36,7 @@ from meshrun.manifest import (
     verify_directory,
     write_manifest,
 )
-from meshrun.signing import fingerprint, generate_keypair, load_private_key
+from meshrun.integrity.signing import fingerprint, generate_keypair, load_private_key
 
 STARTED = datetime(2026, 11, 23, 15, 25, 19, 123456, tzinfo=UTC)
 SHA_A = hashlib.sha256(b"a").hexdigest()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CLI = [sys.executable, "-c", "from meshrun.cli import main; main()"]
+CLI = [sys.executable, "-c", "from meshrun.cli.app import main; main()"]
 
 
 def meshrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

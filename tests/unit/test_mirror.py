@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshrun.excludes import Excludes
-from meshrun.mirror import HashCache, LocalEntry, LocalTree, build_tree, diff
-from meshrun.workdirs import WORKDIRS, workdir_key
+from meshrun.workspace.excludes import Excludes
+from meshrun.workspace.mirror import HashCache, LocalEntry, LocalTree, build_tree, diff
+from meshrun.workspace.workdirs import WORKDIRS, workdir_key
 
 NONE = Excludes.compile([])
 

@@ -15,7 +15,7 @@ import re
 import pytest
 from cli_runner import run_cli
 
-from meshrun.console import (
+from meshrun.cli.console import (
     ConsoleLogHandler,
     DispatchConsole,
     FleetConsole,
@@ -23,9 +23,16 @@ from meshrun.console import (
     clock_text,
     pack_names,
 )
-from meshrun.executor import HostDown, HostReady, Progress, TaskEnded, TaskLine, TaskStarted
-from meshrun.fleet import HostFinished, HostOutput, HostResult, HostStarted, HostStatus, Tick
-from meshrun.scheduler import TaskStatus
+from meshrun.dispatch.executor import (
+    HostDown,
+    HostReady,
+    Progress,
+    TaskEnded,
+    TaskLine,
+    TaskStarted,
+)
+from meshrun.dispatch.scheduler import TaskStatus
+from meshrun.fleet.run import HostFinished, HostOutput, HostResult, HostStarted, HostStatus, Tick
 
 ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 ERASE = "\r\x1b[K"
@@ -303,7 +310,9 @@ def test_a_log_record_erases_the_status_line_which_comes_back_on_the_next_update
     handler.setFormatter(logging.Formatter("meshrun: %(levelname)s: %(message)s"))
     console(TaskStarted("a", "h1", 1))
     console(Progress(0, 2, 0, (("h1", 1),), None))
-    record = logging.LogRecord("meshrun.executor", logging.INFO, "", 0, "h2: ready", (), None)
+    record = logging.LogRecord(
+        "meshrun.dispatch.executor", logging.INFO, "", 0, "h2: ready", (), None
+    )
     handler.handle(record)
     console(Progress(0, 2, 0, (("h1", 1),), None))  # the same text: drawn again all the same
     status = "meshrun: 0/2 done · running: a"

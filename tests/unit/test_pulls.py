@@ -25,21 +25,21 @@ from meshrun import (
     OutputMode,
     run_fleet,
 )
-from meshrun.artifacts import PULL_TEMP_PREFIX, check_patterns, parse_collect_report
-from meshrun.fleet import with_pull
-from meshrun.manifest import FileEntry, parse_manifest, verify_run
-from meshrun.pulls import (
+from meshrun.fleet.pulls import (
     HostPull,
     build_fleet_manifest,
     pull_host,
     record_fleet_run,
     run_fleet_recorded,
 )
+from meshrun.fleet.run import with_pull
+from meshrun.integrity.artifacts import PULL_TEMP_PREFIX, check_patterns, parse_collect_report
+from meshrun.integrity.manifest import FileEntry, parse_manifest, verify_run
 from meshrun.report import fleet_document
 from meshrun.transport import rsync
 from meshrun.transport.local import LocalConnector
 
-ENTRY = "from meshrun.cli import main; main()"
+ENTRY = "from meshrun.cli.app import main; main()"
 SHA = "0" * 64
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from meshrun.rollout import FailureBudget, batch_sizes
+from meshrun.fleet.rollout import FailureBudget, batch_sizes
 
 
 @pytest.mark.parametrize(

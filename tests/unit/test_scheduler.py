@@ -10,7 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshrun.scheduler import (
+from meshrun.config.tasks import SyncSpec, Task, TaskGraph
+from meshrun.dispatch.scheduler import (
     HostJoined,
     HostLoad,
     HostLost,
@@ -22,8 +23,7 @@ from meshrun.scheduler import (
     TaskStatus,
     TaskSucceeded,
 )
-from meshrun.scheduler.sim import Interval, SimResult, lower_bound, simulate
-from meshrun.tasks import SyncSpec, Task, TaskGraph
+from meshrun.dispatch.scheduler.sim import Interval, SimResult, lower_bound, simulate
 
 
 def graph(*tasks: Task) -> TaskGraph:

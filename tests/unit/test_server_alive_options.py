@@ -10,7 +10,7 @@ import pytest
 from cli_runner import run_cli
 
 import meshrun
-from meshrun.inventory import Host
+from meshrun.config.inventory import Host
 from meshrun.transport.ssh import SSHConnector
 
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshrun.errors import InputError, IntegrityError
-from meshrun.signing import (
+from meshrun.integrity.signing import (
     fingerprint,
     generate_keypair,
     keys_for_namespace,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshrun.sizes import format_size, parse_size
+from meshrun.config.sizes import format_size, parse_size
 
 
 @pytest.mark.parametrize(

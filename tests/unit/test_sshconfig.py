@@ -206,7 +206,7 @@ def test_a_config_openssh_refuses_is_an_input_error(tmp_path: Path) -> None:
 
 @needs_ssh
 def test_connect_timeout_given_wins_then_ssh_config_then_ten_seconds(tmp_path: Path) -> None:
-    from meshrun.inventory import Host
+    from meshrun.config.inventory import Host
     from meshrun.transport.ssh import SSHConnector
 
     config = tmp_path / "config"

@@ -17,9 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshrun.errors import TaskFileError
-from meshrun.inventory import Host
-from meshrun.tasks import (
+from meshrun.config.inventory import Host
+from meshrun.config.tasks import (
     BUILTIN_EXCLUDES,
     SyncSpec,
     Task,
@@ -28,6 +27,7 @@ from meshrun.tasks import (
     load_tasks,
     parse_tasks,
 )
+from meshrun.errors import TaskFileError
 
 SOURCE = "tasks.toml"
 ROOT = Path("/project")

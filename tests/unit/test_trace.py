@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from meshrun.executor import DispatchReport, HostSummary, TaskResult
-from meshrun.manifest import AttemptEntry, TaskEntry
-from meshrun.scheduler import TaskStatus
-from meshrun.trace import chrome_trace
+from meshrun.dispatch.executor import DispatchReport, HostSummary, TaskResult
+from meshrun.dispatch.scheduler import TaskStatus
+from meshrun.dispatch.trace import chrome_trace
+from meshrun.integrity.manifest import AttemptEntry, TaskEntry
 
 
 def _task(name: str, *attempts: AttemptEntry) -> TaskResult:

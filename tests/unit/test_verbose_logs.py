@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from meshrun.executor import Dispatcher, DispatchOptions
-from meshrun.inventory import Host
-from meshrun.scheduler import (
+from meshrun.config.inventory import Host
+from meshrun.config.tasks import parse_tasks
+from meshrun.dispatch.executor import Dispatcher, DispatchOptions
+from meshrun.dispatch.scheduler import (
     HostLoad,
     HostsJoined,
     HostSpec,
@@ -27,7 +28,6 @@ from meshrun.scheduler import (
     TaskFailed,
     TaskSucceeded,
 )
-from meshrun.tasks import parse_tasks
 from meshrun.transport.local import LocalConnector
 
 FOUR = "\n".join(f'[[task]]\nname = "{n}"\nrun = "RUN_{n}"\n' for n in "abcd")
@@ -106,11 +106,11 @@ run = "true"
         expected_s=dict.fromkeys("abcd", 5.0),
         options=DispatchOptions(sync=False),
     )
-    with caplog.at_level(logging.INFO, logger="meshrun.executor"):
+    with caplog.at_level(logging.INFO, logger="meshrun.dispatch.executor"):
         report = d.run()
     by_task = {t.name: t for t in report.tasks}
     assert by_task["c"].host == "n2", "the scenario needs c stolen by n2"
-    messages = [r.getMessage() for r in caplog.records if r.name == "meshrun.executor"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "meshrun.dispatch.executor"]
     assert messages, "expected -v records from the executor"
     unnamed = [m for m in messages if not HOST_FIRST.match(m)]
     assert unnamed == [], f"every line should start with its host: {unnamed}"
@@ -149,8 +149,8 @@ run = "sleep 0.5"
         expected_s={"hang": 5.0, "ok": 1.0},
         options=DispatchOptions(sync=False),
     )
-    with caplog.at_level(logging.INFO, logger="meshrun.executor"):
+    with caplog.at_level(logging.INFO, logger="meshrun.dispatch.executor"):
         d.run()
-    messages = [r.getMessage() for r in caplog.records if r.name == "meshrun.executor"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "meshrun.dispatch.executor"]
     assert "n1: slots 2 -> 1: hang: timed out after 0.3s; its processes were killed" in messages
     assert "n1: slots 1 -> 2: ok succeeded" in messages, messages

@@ -1,4 +1,4 @@
-"""The workdir lease for hosts without the agent (``meshrun.workdir_lease``), run by
+"""The workdir lease for hosts without the agent (``meshrun.workspace.lease``), run by
 /bin/sh on this machine (a local connection): claims, numbering, release, the stale
 workdir cleanup, and the warning on a host without flock."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from meshrun.config.inventory import Host
 from meshrun.errors import CommandError
-from meshrun.inventory import Host
 from meshrun.transport.local import LocalConnection
-from meshrun.workdir_lease import NO_FLOCK, WorkdirLease, lease_script, lease_workdir
-from meshrun.workdirs import WORKDIRS
+from meshrun.workspace.lease import NO_FLOCK, WorkdirLease, lease_script, lease_workdir
+from meshrun.workspace.workdirs import WORKDIRS
 
 pytestmark = pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
 
@@ -115,7 +115,7 @@ def test_no_cleanup_without_a_finite_max_age(conn: LocalConnection, base: Path) 
 def test_all_numbers_taken_is_an_error(
     conn: LocalConnection, base: Path, leases: list[WorkdirLease]
 ) -> None:
-    from meshrun.workdirs import MAX_CONCURRENT
+    from meshrun.workspace.workdirs import MAX_CONCURRENT
 
     for _ in range(MAX_CONCURRENT):
         leases.append(lease_workdir(conn, str(base), KEY, WEEK))
@@ -140,7 +140,7 @@ def test_without_flock_the_key_is_used_with_a_warning(
         (bin_dir / tool).symlink_to(found)
     script = lease_script(str(base), KEY, WEEK)
     stream = conn.open_process(f"PATH={bin_dir}; export PATH\n{script}")
-    from meshrun import workdir_lease
+    from meshrun.workspace import lease as workdir_lease
 
     class Shim:
         host = conn.host
@@ -149,7 +149,7 @@ def test_without_flock_the_key_is_used_with_a_warning(
         def open_process(command: str) -> object:
             return stream
 
-    with caplog.at_level(logging.WARNING, logger="meshrun.workdir_lease"):
+    with caplog.at_level(logging.WARNING, logger="meshrun.workspace.lease"):
         lease = workdir_lease.lease_workdir(Shim(), str(base), KEY, WEEK)  # type: ignore[arg-type]
     lease.close()
     assert lease.path == str(base / WORKDIRS / KEY) and not lease.locked

@@ -18,12 +18,12 @@ from typing import IO, Any
 
 import pytest
 
+from meshrun.config.tasks import BUILTIN_EXCLUDES
 from meshrun.errors import CommandError, IntegrityError
-from meshrun.excludes import Excludes
-from meshrun.manifest import file_digest
-from meshrun.tasks import BUILTIN_EXCLUDES
+from meshrun.integrity.manifest import file_digest
 from meshrun.transport import rsync
-from meshrun.workspace import RECORD, plan, push, pushed_whole, sftp_mirror
+from meshrun.workspace.excludes import Excludes
+from meshrun.workspace.push import RECORD, plan, push, pushed_whole, sftp_mirror
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsync")
 

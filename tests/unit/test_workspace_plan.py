@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshrun.excludes import Excludes
-from meshrun.tasks import BUILTIN_EXCLUDES
-from meshrun.workspace import plan
+from meshrun.config.tasks import BUILTIN_EXCLUDES
+from meshrun.workspace.excludes import Excludes
+from meshrun.workspace.push import plan
 
 pytestmark = pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsync")
 

@@ -4,7 +4,7 @@ rsync's quick check trusts size and modification time, so a change that keeps bo
 never sent; without ``--delete`` a file deleted here keeps running there. The mirror
 compares content instead, at the cost of a ``stat`` per file on each side:
 
-- Here, every file of ``[sync] paths`` (excludes honoured, as :mod:`meshrun.workspace`
+- Here, every file of ``[sync] paths`` (excludes honoured, as :mod:`meshrun.workspace.push`
   plans them) gets its SHA-256. A cache in the state directory
   (``workspace-hashes.json``) keeps a hash while the file's size, mtime, ctime and
   inode stay the same: ctime cannot be set back by ``touch`` or an unpacker, so a
@@ -39,10 +39,10 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from meshrun.excludes import Excludes
-from meshrun.manifest import atomic_write, file_digest
+from meshrun.integrity.manifest import atomic_write, file_digest
 from meshrun.records import record
-from meshrun.workspace import plan
+from meshrun.workspace.excludes import Excludes
+from meshrun.workspace.push import plan
 
 log = logging.getLogger(__name__)
 

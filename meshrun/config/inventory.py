@@ -17,11 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import Any, NoReturn
 
-from meshrun import hostlist
-from meshrun.errors import InventoryError
-from meshrun.records import record
-from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
-from meshrun.tomlfile import (
+from meshrun.config import hostlist
+from meshrun.config.loader import TOML_POSITION_RE as _TOML_POSITION_RE
+from meshrun.config.loader import (
     TOO_DEEP,
     TOO_DEEP_FIX,
     check_no_nul,
@@ -29,10 +27,12 @@ from meshrun.tomlfile import (
     did_you_mean,
     wrong_type,
 )
-from meshrun.tomlfile import Invalid as _Invalid
-from meshrun.tomlfile import Locator as _Locator
-from meshrun.tomlfile import show as _show
-from meshrun.tomlfile import toml_type as _toml_type
+from meshrun.config.loader import Invalid as _Invalid
+from meshrun.config.loader import Locator as _Locator
+from meshrun.config.loader import show as _show
+from meshrun.config.loader import toml_type as _toml_type
+from meshrun.errors import InventoryError
+from meshrun.records import record
 
 __all__ = [
     "LOCAL_HOST_NAME",

@@ -14,11 +14,12 @@ from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshrun import artifacts, mirror, staging, workdirs
 from meshrun.agent.client import AgentRunner, Runner
-from meshrun.errors import CommandError, InputError, IntegrityError
-from meshrun.excludes import Excludes
-from meshrun.executor import (
+from meshrun.config.inventory import Host, HostDefaults, limit_filter
+from meshrun.config.sizes import format_size
+from meshrun.config.tasks import Task, TaskGraph, check_placeable
+from meshrun.dispatch import staging
+from meshrun.dispatch.executor import (
     Dispatcher,
     DispatchEvent,
     DispatchOptions,
@@ -29,11 +30,14 @@ from meshrun.executor import (
     TaskResult,
     _ignore,
 )
-from meshrun.history import History, TaskOutcome
-from meshrun.installed import InstalledOutputs
-from meshrun.inventory import Host, HostDefaults, limit_filter
-from meshrun.journal import Journal, JournalRecord, latest_journal, read_journal
-from meshrun.manifest import (
+from meshrun.dispatch.history import History, TaskOutcome
+from meshrun.dispatch.journal import Journal, JournalRecord, latest_journal, read_journal
+from meshrun.dispatch.scheduler import TaskStatus
+from meshrun.dispatch.trace import chrome_trace
+from meshrun.errors import CommandError, InputError, IntegrityError
+from meshrun.integrity import artifacts
+from meshrun.integrity.install import InstalledOutputs
+from meshrun.integrity.manifest import (
     MANIFEST_NAME,
     RESERVED_NAMES,
     FileEntry,
@@ -47,12 +51,10 @@ from meshrun.manifest import (
 )
 from meshrun.records import record
 from meshrun.report import dispatch_document, junit_xml
-from meshrun.scheduler import TaskStatus
-from meshrun.sizes import format_size
-from meshrun.tasks import Task, TaskGraph, check_placeable
-from meshrun.trace import chrome_trace
 from meshrun.transport.base import Connection, Connector
-from meshrun.workspace import push as push_workspace
+from meshrun.workspace import mirror, workdirs
+from meshrun.workspace.excludes import Excludes
+from meshrun.workspace.push import push as push_workspace
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -305,9 +307,9 @@ def run_dispatch(
     ``pull_max_bytes`` (``--pull-max-bytes``; None: no limit) fails before anything of
     them is written; its host stays in the run.
 
-    Each host's tasks run in a workdir of this run's own there (:mod:`meshrun.workdirs`;
+    Each host's tasks run in a workdir of this run's own there (:mod:`meshrun.workspace.workdirs`;
     ``[sync] isolate = false``: the host's workdir), made an exact copy of the
-    workspace first (:mod:`meshrun.mirror`); workdirs no run claimed for
+    workspace first (:mod:`meshrun.workspace.mirror`); workdirs no run claimed for
     ``workdir_max_age_s`` are removed.
     """
     if artifacts_dir is not None:
@@ -371,7 +373,7 @@ def run_dispatch(
                     workdir = agent.request(message, "claimed")["path"]
                     held[host.name] = workdir
                 else:
-                    from meshrun.workdir_lease import lease_workdir
+                    from meshrun.workspace.lease import lease_workdir
 
                     lease = lease_workdir(conn, host.workdir, key, workdir_max_age_s)
                     leases.append(lease)
@@ -552,7 +554,7 @@ def _settle_outputs(
     observer: Observer,
 ) -> None:
     """Record where this run's tasks installed outputs; remove what an earlier run
-    installed for them and this run did not produce (:mod:`meshrun.installed`)."""
+    installed for them and this run did not produce (:mod:`meshrun.integrity.install`)."""
     installed = InstalledOutputs(state.root)
     graph_key = graph.scope or "<tasks>"
     for result in report.tasks:

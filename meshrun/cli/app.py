@@ -844,7 +844,7 @@ def dispatch_command(
             selected = _select(hosts, limit, discovery)
             if not hosts:
                 selected = [meshrun.local_host(str(graph.sync.root))]
-        state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
+        state = meshrun.StateDir(meshrun.dispatch.executor.state_paths(tasks_file, state_dir))
         if (rerun_failed or resume) and not state.history.exists():
             raise meshrun.InputError(
                 f"no previous run is recorded in {state.history}",
@@ -1217,7 +1217,7 @@ def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -
 
     History is kept per task file: another file's tasks of the same names are not shown.
     """
-    state = meshrun.StateDir(meshrun.executor.state_paths(tasks_file, state_dir))
+    state = meshrun.StateDir(meshrun.dispatch.executor.state_paths(tasks_file, state_dir))
     if not state.history.exists():
         _fail(f"no history at {state.history}: run `meshrun dispatch` first (or pass --state-dir)")
     if Path(tasks_file).exists():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from meshrun.errors import IntegrityError
-from meshrun.manifest import atomic_write, file_digest, safe_relative_path
+from meshrun.integrity.manifest import atomic_write, file_digest, safe_relative_path
 
 log = logging.getLogger(__name__)
 

@@ -31,17 +31,10 @@ from meshrun.agent.client import (
     TaskOutput,
     start_runner,
 )
-from meshrun.errors import (
-    ConnectError,
-    HostUnreachable,
-    IntegrityError,
-    MeshrunError,
-    in_context,
-)
-from meshrun.inventory import Host
-from meshrun.manifest import AttemptEntry, FileEntry
-from meshrun.records import record
-from meshrun.scheduler import (
+from meshrun.config.inventory import Host
+from meshrun.config.sizes import format_size
+from meshrun.config.tasks import Task, TaskGraph
+from meshrun.dispatch.scheduler import (
     Abandon,
     Cancel,
     CancelAll,
@@ -58,8 +51,15 @@ from meshrun.scheduler import (
     TaskStatus,
     TaskSucceeded,
 )
-from meshrun.sizes import format_size
-from meshrun.tasks import Task, TaskGraph
+from meshrun.errors import (
+    ConnectError,
+    HostUnreachable,
+    IntegrityError,
+    MeshrunError,
+    in_context,
+)
+from meshrun.integrity.manifest import AttemptEntry, FileEntry
+from meshrun.records import record
 from meshrun.transport.base import Connection, Connector, Stream
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class HostSummary:
     address: str = ""
     host_key_fingerprint: str | None = None
     refused: bool = False
-    #: Where its tasks ran: the workdir this run claimed there (meshrun.workdirs).
+    #: Where its tasks ran: the workdir this run claimed there (meshrun.workspace.workdirs).
     workdir: str | None = None
 
 

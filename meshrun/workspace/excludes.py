@@ -1,6 +1,6 @@
 """rsync's ``--exclude`` patterns, matched the way rsync matches them (pure).
 
-A workspace push that cannot use rsync (SFTP, :mod:`meshrun.workspace`) must leave out
+A workspace push that cannot use rsync (SFTP, :mod:`meshrun.workspace.push`) must leave out
 exactly what ``rsync --exclude PATTERN`` leaves out. Names are paths relative to the
 root of the transfer (``src/a.py``). The rules, as rsync 3.x applies them:
 

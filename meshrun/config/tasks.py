@@ -24,12 +24,10 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
-from meshrun.durations import parse_duration
-from meshrun.errors import TaskFileError
-from meshrun.inventory import MAX_SLOTS, Host
-from meshrun.records import record
-from meshrun.tomlfile import TOML_POSITION_RE as _TOML_POSITION_RE
-from meshrun.tomlfile import (
+from meshrun.config.durations import parse_duration
+from meshrun.config.inventory import MAX_SLOTS, Host
+from meshrun.config.loader import TOML_POSITION_RE as _TOML_POSITION_RE
+from meshrun.config.loader import (
     TOO_DEEP,
     TOO_DEEP_FIX,
     check_no_nul,
@@ -37,10 +35,12 @@ from meshrun.tomlfile import (
     did_you_mean,
     wrong_type,
 )
-from meshrun.tomlfile import Invalid as _Invalid
-from meshrun.tomlfile import Locator as _Locator
-from meshrun.tomlfile import show as _show
-from meshrun.tomlfile import toml_type as _toml_type
+from meshrun.config.loader import Invalid as _Invalid
+from meshrun.config.loader import Locator as _Locator
+from meshrun.config.loader import show as _show
+from meshrun.config.loader import toml_type as _toml_type
+from meshrun.errors import TaskFileError
+from meshrun.records import record
 
 __all__ = [
     "BUILTIN_EXCLUDES",
@@ -94,7 +94,7 @@ class SyncSpec:
 
     ``paths`` are relative to ``root`` (normalised, never escaping it); ``exclude``
     holds rsync-style patterns, the built-in ones first. ``isolate``: each workspace
-    and task file gets a workdir of its own on a host (meshrun.workdirs); False runs
+    and task file gets a workdir of its own on a host (meshrun.workspace.workdirs); False runs
     in the host's workdir, shared by every run.
     """
 

@@ -13,8 +13,8 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 
-from meshrun.records import record
-from meshrun.scheduler.core import (
+from meshrun.config.tasks import TaskGraph
+from meshrun.dispatch.scheduler.core import (
     Abandon,
     Cancel,
     Decision,
@@ -29,7 +29,7 @@ from meshrun.scheduler.core import (
     TaskRecord,
     TaskSucceeded,
 )
-from meshrun.tasks import TaskGraph
+from meshrun.records import record
 
 
 @record

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from meshrun.executor import DispatchReport
+    from meshrun.dispatch.executor import DispatchReport
 
 _US = 1_000_000  # the format counts microseconds
 

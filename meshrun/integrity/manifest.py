@@ -53,8 +53,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meshrun.errors import InputError, IntegrityError
+from meshrun.integrity.signing import fingerprint, sshsig_sign, sshsig_verify
 from meshrun.records import record
-from meshrun.signing import fingerprint, sshsig_sign, sshsig_verify
 
 SCHEMA = 1
 MANIFEST_NAME = "manifest.json"

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import field
 
 from meshrun import records
-from meshrun.tasks import Task, TaskGraph
+from meshrun.config.tasks import Task, TaskGraph
 
 
 class TaskStatus(enum.Enum):

@@ -6,8 +6,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+from meshrun.config.inventory import Host
 from meshrun.errors import AuthError, ConnectError, HostKeyError
-from meshrun.inventory import Host
 from meshrun.records import record
 from meshrun.transport.base import Connector
 

@@ -1,17 +1,18 @@
 """The workdir claim on a host without meshrun's agent: a lease channel.
 
-:mod:`meshrun.workdirs` describes the layout: a run works in ``<base>/.meshrun/ws/<key>``, or
-``<key>.2`` ... ``<key>.32`` when runs with the same key hold those, each claimed by an
-``flock`` on ``<name>.lock`` beside it for the whole run. The agent takes that lock in
-its own process; a host without the agent gets one long-lived channel
-(``Connection.open_process``) running :func:`lease_script`, a POSIX ``sh`` script that
+:mod:`meshrun.workspace.workdirs` describes the layout: a run works in
+``<base>/.meshrun/ws/<key>``, or ``<key>.2`` ... ``<key>.32`` when runs with the same
+key hold those, each claimed by an ``flock`` on ``<name>.lock`` beside it for the whole
+run. The agent takes that lock in its own process; a host without the agent gets one
+long-lived channel (``Connection.open_process``) running :func:`lease_script`, a POSIX
+``sh`` script that
 
 1. enters ``base`` (a leading ``~`` is the host's ``$HOME``), makes ``ws``;
 2. opens ``<key>.lock`` on fd 9 and takes ``flock -n 9``; on success, and when the
    name still is the file it locked (``[ NAME -ef /dev/fd/9 ]``: a cleanup may have
    removed it meanwhile), touches the lock (the last claim, what the age cleanup
    reads), makes the directory and prints ``ok<TAB><absolute path><NUL>``; otherwise
-   the next number, up to :data:`~meshrun.workdirs.MAX_CONCURRENT`;
+   the next number, up to :data:`~meshrun.workspace.workdirs.MAX_CONCURRENT`;
 3. removes stale workdirs (never the one it holds): for each ``*.lock`` older than the
    max age whose lock is free, it takes the lock, moves the directory to
    ``.trash-<name>-<pid>``, removes the lock file, lets go and deletes the trash;
@@ -35,7 +36,7 @@ import threading
 from meshrun.errors import CommandError
 from meshrun.transport.base import Connection, ProcessStream
 from meshrun.transport.wrapper import remote_exec_line, workdir_expr
-from meshrun.workdirs import MAX_CONCURRENT, WORKDIRS
+from meshrun.workspace.workdirs import MAX_CONCURRENT, WORKDIRS
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ from collections.abc import Callable, Collection
 from dataclasses import field
 from typing import TYPE_CHECKING, TextIO
 
-from meshrun.capture import HeadTail, LineSplitter
-from meshrun.durations import format_duration
-from meshrun.fleet import (
+from meshrun.config.durations import format_duration
+from meshrun.config.hostlist import fold
+from meshrun.fleet.probe import HostProbe
+from meshrun.fleet.run import (
     FleetEvent,
     FleetReport,
     HostFinished,
@@ -42,15 +43,14 @@ from meshrun.fleet import (
     RunStopping,
     Tick,
 )
-from meshrun.hostlist import fold
-from meshrun.probe import HostProbe
 from meshrun.records import record
 from meshrun.transport.base import tail_text
+from meshrun.transport.capture import HeadTail, LineSplitter
 
 if TYPE_CHECKING:
     from meshrun.discovery.record import Agent
-    from meshrun.executor import DispatchReport, Progress
-    from meshrun.history import DurationRecord
+    from meshrun.dispatch.executor import DispatchReport, Progress
+    from meshrun.dispatch.history import DurationRecord
 
 
 class OutputMode(enum.Enum):
@@ -662,7 +662,7 @@ class DispatchConsole(_StatusLine):
             self._update()
 
     def _handle(self, event: object) -> None:
-        from meshrun.executor import (
+        from meshrun.dispatch.executor import (
             HostDown,
             HostReady,
             Notice,
@@ -671,7 +671,7 @@ class DispatchConsole(_StatusLine):
             TaskLine,
             TaskStarted,
         )
-        from meshrun.scheduler import TaskStatus
+        from meshrun.dispatch.scheduler import TaskStatus
 
         if isinstance(event, Progress):
             self._snapshot = event
@@ -756,7 +756,7 @@ class DispatchConsole(_StatusLine):
             self._finish(report)
 
     def _finish(self, report: DispatchReport) -> None:
-        from meshrun.scheduler import TaskStatus
+        from meshrun.dispatch.scheduler import TaskStatus
 
         failed = [t for t in report.tasks if t.status is TaskStatus.FAILED]
         if failed and not self.quiet:

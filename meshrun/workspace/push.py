@@ -7,7 +7,7 @@ excludes); when rsync is missing on this machine or on the host, the same files 
 over SFTP on that connection, with what that rsync push does:
 
 - the same files: every path with its parent directories, rsync's ``--exclude``
-  patterns (:mod:`meshrun.excludes`, the built-in ``.git``/``.meshrun`` and an anchored
+  patterns (:mod:`meshrun.workspace.excludes`, the built-in ``.git``/``.meshrun`` and an anchored
   ``/state-dir`` ones too), excluded directories not entered;
 - the same place: ``~`` in the workdir is the host's ``$HOME`` (where tasks run), not
   the login directory SFTP starts in;
@@ -49,14 +49,14 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from meshrun import artifacts
+from meshrun.config.inventory import Host
 from meshrun.errors import CommandError
-from meshrun.excludes import Excludes
-from meshrun.inventory import Host
-from meshrun.manifest import file_digest, safe_relative_path
+from meshrun.integrity import artifacts
+from meshrun.integrity.manifest import file_digest, safe_relative_path
 from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connector
+from meshrun.workspace.excludes import Excludes
 
 if TYPE_CHECKING:
     from meshrun.transport.ssh import SSHConnector

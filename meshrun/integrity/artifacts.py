@@ -53,9 +53,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from meshrun.config.inventory import Host
 from meshrun.errors import CommandError, InputError, IntegrityError, Interrupted
-from meshrun.inventory import Host
-from meshrun.manifest import FileEntry, file_digest, safe_relative_path
+from meshrun.integrity.manifest import FileEntry, file_digest, safe_relative_path
 from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connection, Connector, tail_text

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meshrun.errors import InputError, IntegrityError
-from meshrun.sshkeys import sha256_fingerprint
+from meshrun.transport.sshkeys import sha256_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
 collects the patterns in the host's workdir, hashes the files there, pulls them over the
 same pooled connection (rsync, SFTP without rsync, copies for the local host), checks
 every sha256 on arrival and installs them atomically at ``pull_dir/<host>/<path>``
-(:mod:`meshrun.artifacts`). What a host's pull did is data (:class:`HostPull`), merged
-into its HostResult by :func:`meshrun.fleet.with_pull`:
+(:mod:`meshrun.integrity.artifacts`). What a host's pull did is data (:class:`HostPull`), merged
+into its HostResult by :func:`meshrun.fleet.run.with_pull`:
 
 - a pattern that matched nothing (not optional) or an unreadable file: the host failed
   (exit 1), the files that did match still came home;
@@ -34,6 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshrun.config.inventory import Host
+from meshrun.config.sizes import format_size
 from meshrun.errors import (
     ConnectError,
     InputError,
@@ -42,16 +44,14 @@ from meshrun.errors import (
     MeshrunError,
     in_context,
 )
-from meshrun.fleet import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
-from meshrun.inventory import Host
+from meshrun.fleet.run import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
 from meshrun.records import record
-from meshrun.sizes import format_size
 from meshrun.transport.base import Connector
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from meshrun.manifest import FileEntry, Manifest
+    from meshrun.integrity.manifest import FileEntry, Manifest
 
 # The transfer and manifest modules (and the crypto they load) are imported by the
 # functions that pull or record: a plain `exec` never needs them, and their ~10 ms
@@ -95,7 +95,7 @@ def pull_host(
     def interrupted() -> HostPull:
         return HostPull(error="pull stopped (interrupted); nothing was installed", interrupted=True)
 
-    from meshrun import artifacts
+    from meshrun.integrity import artifacts
 
     if cancel is not None and cancel.is_set():
         return HostPull(error="not pulled (interrupted)", interrupted=True)
@@ -159,7 +159,7 @@ def build_fleet_manifest(
     status (``ok``, ``failed``, ...), exit code, duration and pulled files; a host that
     never started (``skipped``) has no attempt and no duration.
     """
-    from meshrun.manifest import HostEntry, TaskEntry, run_manifest
+    from meshrun.integrity.manifest import HostEntry, TaskEntry, run_manifest
 
     address = {h.name: h.address or h.name for h in hosts}
     return run_manifest(
@@ -200,7 +200,7 @@ def record_fleet_run(
 
     Returns ``report`` with ``run_dir`` and ``manifest_path`` set.
     """
-    from meshrun.manifest import MANIFEST_NAME, REPORT_NAME, write_manifest
+    from meshrun.integrity.manifest import MANIFEST_NAME, REPORT_NAME, write_manifest
     from meshrun.report import fleet_document
 
     run_dir = Path(run_dir)
@@ -224,7 +224,7 @@ def check_pull_names(names: Sequence[str], pull_dir: Path | None, *, what: str =
     (``manifest.json``, ``.sig``); a host named ``manifest.json`` would make the two
     collide, so it is refused before any host is contacted.
     """
-    from meshrun.manifest import RESERVED_NAMES
+    from meshrun.integrity.manifest import RESERVED_NAMES
 
     for name in names:
         if name in RESERVED_NAMES:
@@ -246,7 +246,7 @@ def run_fleet_recorded(
     command_line: Sequence[str] = (),
     signing_key: Ed25519PrivateKey | None = None,
 ) -> FleetReport:
-    """:func:`~meshrun.fleet.run_fleet`, recorded when it pulls files or signs.
+    """:func:`~meshrun.fleet.run.run_fleet`, recorded when it pulls files or signs.
 
     Then the run gets ``<state_dir>/runs/<run_id>/`` (``state_dir`` defaults to
     ``.meshrun`` in the current directory) with report.json and the manifest, written
@@ -255,7 +255,7 @@ def run_fleet_recorded(
     """
     if not job.pull and signing_key is None:
         return run_fleet(hosts, job, connector, run_id=run_id, observer=observer)
-    from meshrun.manifest import FLEET_FILES_DIR
+    from meshrun.integrity.manifest import FLEET_FILES_DIR
 
     run_dir = fleet_run_dir(state_dir or DEFAULT_STATE_DIR, run_id).absolute()
     if job.pull:

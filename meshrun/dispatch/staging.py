@@ -27,14 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshrun import artifacts
+from meshrun.config.inventory import Host
 from meshrun.errors import CommandError, IntegrityError
-from meshrun.inventory import Host
-from meshrun.manifest import FileEntry, hash_file, safe_relative_path
+from meshrun.integrity import artifacts
+from meshrun.integrity.manifest import FileEntry, hash_file, safe_relative_path
 from meshrun.records import record
 from meshrun.transport import rsync
 from meshrun.transport.base import Connector
-from meshrun.workspace import sftp_makedirs, sftp_put
+from meshrun.workspace.push import sftp_makedirs, sftp_put
 
 if TYPE_CHECKING:
     from meshrun.transport.ssh import SSHConnector

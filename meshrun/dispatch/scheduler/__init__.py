@@ -1,6 +1,6 @@
 """The dispatch scheduler: pure logic, events in, decisions out (see core.py)."""
 
-from meshrun.scheduler.core import (
+from meshrun.dispatch.scheduler.core import (
     Abandon,
     Cancel,
     CancelAll,

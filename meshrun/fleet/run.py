@@ -7,7 +7,7 @@ fail-fast, Ctrl-C — and hands events to an observer (the console) in order.
 Partial failure is data: every host ends with a HostResult in the FleetReport.
 
 With ``FleetJob.pull``, each worker brings files home after its host's command ended
-(whatever its exit code), on the same pooled connection: see :mod:`meshrun.pulls`.
+(whatever its exit code), on the same pooled connection: see :mod:`meshrun.fleet.pulls`.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshrun import stopsignals
+from meshrun.config.inventory import Host
 from meshrun.errors import ChannelUnavailable, ConnectError, InputError, MeshrunError
-from meshrun.inventory import Host
+from meshrun.fleet.rollout import FailureBudget
 from meshrun.records import record
-from meshrun.rollout import FailureBudget
 from meshrun.transport.base import CommandRequest, Connection, Connector, Stream, tail_text
 from meshrun.transport.wrapper import WORKDIR_FAILED, upload_script
 
 if TYPE_CHECKING:
-    from meshrun.manifest import FileEntry
-    from meshrun.pulls import HostPull
+    from meshrun.fleet.pulls import HostPull
+    from meshrun.integrity.manifest import FileEntry
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class FleetJob:
     """What to run and how. Exactly one of ``command`` and ``script`` is set.
 
     ``pull``: globs relative to the host's workdir (rsync/gitignore habits, a leading
-    ``?`` marks one optional; see :mod:`meshrun.artifacts`), brought home after the
+    ``?`` marks one optional; see :mod:`meshrun.integrity.artifacts`), brought home after the
     command into ``pull_dir/<host>/<path>``. Patterns that cannot stay inside a workdir
     (absolute, ``..``) are an InputError here, before any host is contacted.
     ``timeout_s`` limits the command only; a pull is limited by ``pull_timeout_s``.
@@ -122,7 +122,7 @@ class FleetJob:
         _refuse_nul(self)
         patterns = (self.pull,) if isinstance(self.pull, str) else tuple(self.pull)
         if patterns:
-            from meshrun.artifacts import check_patterns
+            from meshrun.integrity.artifacts import check_patterns
 
             patterns = check_patterns(patterns, what="pull pattern")
         object.__setattr__(self, "pull", patterns)
@@ -159,7 +159,7 @@ def _refuse_nul(job: FleetJob) -> None:
 class FleetReport:
     """Every host's end. ``started_at`` is wall-clock (``time.time()``); ``pull_dir``
     is set when files were pulled; ``run_dir`` and ``manifest_path`` when the run was
-    recorded (:func:`meshrun.pulls.run_fleet_recorded`)."""
+    recorded (:func:`meshrun.fleet.pulls.run_fleet_recorded`)."""
 
     run_id: str
     command: str
@@ -298,7 +298,7 @@ class _Worker:
             result, ran = self._command(conn, started)
         if not (ran and self.job.pull):
             return result
-        from meshrun.pulls import pull_host
+        from meshrun.fleet.pulls import pull_host
 
         assert self.job.pull_dir is not None  # run_fleet checks
         try:
@@ -313,7 +313,7 @@ class _Worker:
             )
         except Exception as exc:  # a bug must not lose the command's result
             log.exception("internal error pulling from %s", self.host.name)
-            from meshrun.pulls import HostPull
+            from meshrun.fleet.pulls import HostPull
 
             pulled = HostPull(error=f"internal error: {exc!r}")
         return with_pull(result, pulled, time.monotonic() - started)
