@@ -20,11 +20,11 @@ Round-robin and FIFO are small simulators below, in the same event-loop style as
 sim.py; they know nothing of durations, so known/unknown does not change them.
 
 meshrun is simulated twice: with every host handed to the Scheduler up front (what
-``sim.simulate`` does) and with the hosts joining after ``start()``, one
+``sim.simulate`` does) and with the hosts joining after ``RunStarted``, one
 ``HostJoined`` each, which is how ``meshrun dispatch`` drives it (the executor builds
 the Scheduler with no host; each host joins once connected and its agent is up). Two
 more rows help read the numbers: a counterfactual meshrun that re-places every queued
-task (highest priority first) whenever a host joins, patched in from outside, and a
+task (highest priority first) whenever a host joins (``Policy.replace_per_host``), and a
 speed-aware list scheduler that knows every duration (earliest finish time), as a
 reference for what is reachable under the same lower bound.
 
@@ -39,7 +39,7 @@ its start and end time, so the task phase (first start -> last end) and the lowe
 bound of the work as it really ran (measured durations) come from the tasks
 themselves. Rows: meshrun dispatch with a fresh --state-dir every run (durations
 unknown), meshrun dispatch with one state dir that a first, untimed run taught the
-durations (known), the re-place counterfactual (the Scheduler class patched in the
+durations (known), the re-place counterfactual (``Policy.replace_per_host`` set in the
 `meshrun dispatch` process), round-robin and FIFO as one Fabric script (same
 connections and threads, only the policy differs), and GNU parallel (FIFO, -j per host,
 ControlMaster). The simulator's prediction for the same instance is shown beside them.
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
 #: The issue's target: within this factor of the lower bound once durations are known.
 TARGET = 1.10
 RUN_TIMEOUT_S = 300.0
-#: (key, label); "joined": hosts join after start(), one HostJoined event each, as the
+#: (key, label); "joined": hosts join after RunStarted, one HostJoined event each, as the
 #: dispatch executor drives the scheduler; otherwise every host is known up front, as in
 #: meshrun.dispatch.scheduler.sim.simulate.
 POLICIES = [
@@ -328,11 +328,12 @@ def simulate_joined(
 ) -> float:
     """meshrun's Scheduler driven the way the dispatch executor drives it.
 
-    ``Dispatcher`` builds the Scheduler without hosts and calls ``start()`` at once;
+    ``Dispatcher`` builds the Scheduler without hosts and sends ``RunStarted`` at once;
     every host joins later with a ``HostJoined`` event (after its connect and agent
     start), here host i at ``i * join_gap_s``. ``sim.simulate`` instead hands every host
-    to the constructor, so all of them are there when ``start()`` places the tasks.
-    ``replace_on_join``: the counterfactual of REPLACE_ON_JOIN below.
+    to the constructor, so all of them are there when ``RunStarted`` places the tasks.
+    ``replace_on_join``: the counterfactual ``Policy.replace_per_host`` (every queued
+    task placed again, highest priority first, each time a host is added).
     """
     import heapq
 
@@ -340,14 +341,14 @@ def simulate_joined(
         Cancel,
         HostJoined,
         Policy,
+        RunStarted,
         Scheduler,
         Start,
+        TaskStopped,
         TaskSucceeded,
     )
 
-    scheduler = Scheduler(graph, expected, Policy())
-    if replace_on_join:
-        patch_replace_on_join(scheduler)
+    scheduler = Scheduler(graph, expected, Policy(replace_per_host=replace_on_join))
     speed = {h.name: h.speed for h in hosts}
     heap: list[tuple[float, int, Any]] = []
     seq = 0
@@ -363,9 +364,9 @@ def simulate_joined(
                 heapq.heappush(heap, (now + took, seq, TaskSucceeded(d.task, d.host, took)))
             elif isinstance(d, Cancel):  # a running task moved to a host that joined
                 stopped.add((d.task, d.host))
-                apply(scheduler.cancelled_running(d.task, d.host, d.reason, now), now)
+                apply(scheduler.handle(TaskStopped(d.task, d.host, d.reason), now).actions, now)
 
-    apply(scheduler.start(0.0), 0.0)
+    apply(scheduler.handle(RunStarted(), 0.0).actions, 0.0)
     for i, h in enumerate(hosts):
         seq += 1
         heapq.heappush(heap, (i * join_gap_s, seq, HostJoined(h)))
@@ -376,53 +377,29 @@ def simulate_joined(
             if (event.task, event.host) in stopped:
                 continue
             makespan = now
-        apply(scheduler.handle(event, now), now)
+        apply(scheduler.handle(event, now).actions, now)
     if not scheduler.finished:
         raise RuntimeError("joined: the scheduler did not finish")
     return makespan
 
 
-def replace_queued(scheduler: Any) -> None:
-    """Take every queued (not running) task out of the host queues and place it again,
-    highest priority first. Uses the Scheduler's private parts: a counterfactual,
-    patched in from outside to size a fix, not a proposal for how to write it."""
-    queued = [name for host in scheduler.hosts.values() for _, _, name in host.queue]
-    for host in scheduler.hosts.values():
-        host.queue.clear()
-        host.queued_work = 0.0
-    queued += scheduler._stalled
-    scheduler._stalled.clear()
-    for name in sorted(queued, key=lambda n: -scheduler.records[n].priority):
-        scheduler._place(name)
-
-
-def patch_replace_on_join(scheduler: Any) -> None:
-    real = scheduler._add_host
-
-    def add_host(spec: HostSpec) -> None:
-        real(spec)
-        replace_queued(scheduler)
-
-    scheduler._add_host = add_host
-
-
-#: The same counterfactual for a real `meshrun dispatch` process: the Scheduler class is
-#: patched before meshrun.cli.app.main runs (argv: the dispatch arguments).
+#: The same counterfactual for a real `meshrun dispatch` process: every Scheduler it
+#: builds gets ``Policy.replace_per_host`` before meshrun.cli.app.main runs (argv: the
+#: dispatch arguments).
 REPLACE_ON_JOIN = """\
+import dataclasses
 import sys
-sys.path.insert(0, {bench!r})
-import schedule
+
 from meshrun.dispatch.scheduler import core
 
-real = core.Scheduler._add_host
+real = core.Scheduler.__init__
 
 
-def add_host(self, spec):
-    real(self, spec)
-    schedule.replace_queued(self)
+def init(self, graph, expected_s, policy=core.Policy(), hosts=()):
+    real(self, graph, expected_s, dataclasses.replace(policy, replace_per_host=True), hosts)
 
 
-core.Scheduler._add_host = add_host
+core.Scheduler.__init__ = init
 import meshrun.cli.app
 
 sys.argv = ["meshrun", *sys.argv[1:]]
@@ -488,9 +465,9 @@ def render_sim(rows: Sequence[SimRow], seeds: int) -> str:
     out.append(
         "LB = max(longest chain on the fastest host, work / capacity); known: expected = "
         "actual; unknown: expected = the median for every task; hosts up front: as "
-        "sim.simulate; hosts join: as `meshrun dispatch` drives the scheduler (start() "
+        "sim.simulate; hosts join: as `meshrun dispatch` drives the scheduler (RunStarted "
         f"with no host, then one HostJoined per host, {JOIN_GAP_S * 1000:.0f} ms apart); "
-        "* counterfactual, patched from outside: every queued task placed again, highest "
+        "* counterfactual (Policy.replace_per_host): every queued task placed again, highest "
         "priority first, whenever a host joins"
     )
     for key, label in [("known", "hosts up front"), ("known-joined", "hosts joining")]:
@@ -721,7 +698,7 @@ def real_part(
         shutil.rmtree(fresh_state, ignore_errors=True)
 
     replace_state = work / "state-replace"
-    replace_argv = [sys.executable, "-c", REPLACE_ON_JOIN.format(bench=str(BENCH))]
+    replace_argv = [sys.executable, "-c", REPLACE_ON_JOIN]
     replace_argv += mesh_argv(replace_state)[1:]
 
     spec_json = json.dumps(spec)
@@ -833,10 +810,10 @@ def render_real(
         "phase = first task start -> last task end, from the tasks' own time stamps; LB = "
         "max(longest task, work / slots) of the durations measured in that run; ratio = "
         "median of phase/LB per run; sim = the simulator's makespan/LB on the nominal "
-        "durations, with every host known up front (sim.simulate) or joining after start() "
-        "as in `meshrun dispatch`; wall = the whole process; * counterfactual: "
-        "`meshrun dispatch` with the Scheduler patched from outside to place every queued "
-        "task again, highest priority first, whenever a host joins"
+        "durations, with every host known up front (sim.simulate) or joining after "
+        "RunStarted as in `meshrun dispatch`; wall = the whole process; * counterfactual: "
+        "`meshrun dispatch` with Policy.replace_per_host, which places every queued task "
+        "again, highest priority first, whenever a host joins"
     )
     known = next((r for r in results if r.tool.key == "meshrun-known"), None)
     if known is not None and known.ratios:

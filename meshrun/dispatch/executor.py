@@ -38,17 +38,20 @@ from meshrun.dispatch.scheduler import (
     Abandon,
     Cancel,
     CancelAll,
-    Decision,
+    Decisions,
+    Ended,
     HostJoined,
     HostLoad,
     HostLost,
     HostsJoined,
     HostSpec,
     Policy,
+    RunStarted,
     Scheduler,
     Start,
     TaskFailed,
     TaskStatus,
+    TaskStopped,
     TaskSucceeded,
 )
 from meshrun.errors import (
@@ -393,7 +396,7 @@ class Dispatcher:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for host in self.hosts:
             self._start_connecting(host)
-        self._apply(self._scheduler.start(self._now(started)), started)
+        self._apply(self._scheduler.handle(RunStarted(), self._now(started)), started)
         next_load_poll = time.monotonic() + self.options.load_poll_s
         next_progress = time.monotonic()
         while not self._scheduler.finished:
@@ -646,9 +649,8 @@ class Dispatcher:
     ) -> None:
         """A cancelled attempt has stopped: the task ends cancelled, or, when the
         scheduler moved it to a host that joined, starts again there."""
-        decisions = self._scheduler.cancelled_running(
-            attempt.task, attempt.host, self._stop_reason(), self._now(started)
-        )
+        stopped = TaskStopped(attempt.task, attempt.host, self._stop_reason())
+        decisions = self._scheduler.handle(stopped, self._now(started))
         final = self._scheduler.records[attempt.task].status.final
         self._add_to_timeline(
             attempt, "cancelled" if final else "moved", exit_code, duration, started
@@ -754,7 +756,7 @@ class Dispatcher:
                 record.error if final is not TaskStatus.SUCCEEDED else None,
             )
         )
-        self._announce_ends()
+        self._announce_ends(decisions.ended)
         self._apply(decisions, started)
 
     def _add_to_timeline(
@@ -766,16 +768,15 @@ class Dispatcher:
             AttemptEntry(attempt.host, start, start + max(0.0, took), outcome, exit_code)
         )
 
-    def _announce_ends(self) -> None:
+    def _announce_ends(self, ended: list[Ended]) -> None:
         """Tell the observer about tasks that ended without running (skipped/cancelled)."""
-        for name in self._scheduler.take_ended():
-            record = self._scheduler.records[name]
+        for end in ended:
             if (
-                record.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED)
-                and name not in self._announced
+                end.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED)
+                and end.task not in self._announced
             ):
-                self._announced.add(name)
-                self.observer(TaskEnded(name, record.host, record.status, None, 0.0, record.error))
+                self._announced.add(end.task)
+                self.observer(TaskEnded(end.task, end.host, end.status, None, 0.0, end.error))
 
     def _stop_reason(self) -> str:
         if self._interrupted:
@@ -848,8 +849,8 @@ class Dispatcher:
 
     # -- decisions -------------------------------------------------------------------
 
-    def _apply(self, decisions: list[Decision], started: float) -> None:
-        for decision in decisions:
+    def _apply(self, decisions: Decisions, started: float) -> None:
+        for decision in decisions.actions:
             if isinstance(decision, Start):
                 self._start(decision, started)
             elif isinstance(decision, Cancel):
@@ -858,9 +859,9 @@ class Dispatcher:
                     if attempt.task == decision.task and attempt.host == decision.host:
                         attempt.cancelled = True
                         self._stop_attempt(task_id, attempt)
-        for change in self._scheduler.take_limit_changes():
+        for change in decisions.limit_changes:
             log.info("%s: slots %d -> %d: %s", change.host, change.before, change.after, change.why)
-        self._announce_ends()
+        self._announce_ends(decisions.ended)
 
     def _start(self, decision: Start, started: float) -> None:
         task = self.graph.tasks[decision.task]
@@ -1049,7 +1050,8 @@ class Dispatcher:
             attempt.log.close()
             took = time.monotonic() - attempt.started
             self._add_to_timeline(attempt, "cancelled", None, took, started)
-            self._scheduler.cancelled_running(attempt.task, attempt.host, self._stop_reason())
+            stopped = TaskStopped(attempt.task, attempt.host, self._stop_reason())
+            self._scheduler.handle(stopped, self._now(started))
         self._running.clear()
 
     def _shutdown(self, connectors: list[threading.Thread]) -> None:

@@ -17,6 +17,7 @@ from meshrun.dispatch.scheduler import (
     HostLost,
     HostSpec,
     Policy,
+    RunStarted,
     Scheduler,
     Start,
     TaskFailed,
@@ -148,15 +149,15 @@ def test_a_task_no_host_can_run_is_cancelled_when_abandoned() -> None:
 def test_a_host_that_joins_takes_stalled_work() -> None:
     g = graph(task("gpu", labels=["gpu"]))
     s = Scheduler(g, {"gpu": 1.0}, hosts=hosts(1))
-    assert s.start(0) == [] and s.stalled == ["gpu"]
-    decisions = s.handle(HostJoined(HostSpec("g1", 1, 1.0, frozenset({"gpu"}))), 1)
+    assert s.handle(RunStarted(), 0).actions == [] and s.stalled == ["gpu"]
+    decisions = s.handle(HostJoined(HostSpec("g1", 1, 1.0, frozenset({"gpu"}))), 1).actions
     assert decisions == [Start("gpu", "g1", 1)]
 
 
 def test_distress_halves_the_limit_and_successes_restore_it() -> None:
     g = graph(*(task(f"t{i}") for i in range(20)))
     s = Scheduler(g, dict.fromkeys(g.tasks, 1.0), hosts=[HostSpec("h", 8)])
-    first = s.start(0)
+    first = s.handle(RunStarted(), 0).actions
     assert len(first) == 8 and s.limit("h") == 8
     s.handle(TaskFailed(first[0].task, "h", None, "timeout", infrastructure=True), 1)
     assert s.limit("h") == 4
@@ -317,7 +318,7 @@ def test_abandoning_a_task_skips_its_dependents_so_the_run_ends() -> None:
 def test_a_host_lost_while_the_run_stops_cancels_its_tasks_instead_of_requeueing() -> None:
     g = graph(task("bad"), task("slow"), task("other"))
     s = Scheduler(g, {"bad": 1.0, "slow": 5.0, "other": 5.0}, Policy(max_fail=0), hosts=hosts(3))
-    started = {d.task: d.host for d in s.start(0) if isinstance(d, Start)}
+    started = {d.task: d.host for d in s.handle(RunStarted(), 0).actions if isinstance(d, Start)}
     s.handle(TaskFailed("bad", started["bad"], 1, "exit code 1"), 1)
     s.handle(HostLost(started["slow"]), 2)
     assert s.records["slow"].status is TaskStatus.CANCELLED
@@ -404,7 +405,7 @@ def test_a_fan_out_stays_home_when_moving_the_outputs_costs_more_than_waiting() 
 def test_transfer_cost_counts_only_needs_that_left_outputs_elsewhere() -> None:
     g = graph(task("a"), task("b"), task("c", "a", "b"))
     scheduler = Scheduler(g, {"a": 1.0, "b": 1.0, "c": 1.0}, Policy(), hosts(2))
-    decisions = scheduler.start(0.0)
+    decisions = scheduler.handle(RunStarted(), 0.0).actions
     placed = {d.task: d.host for d in decisions if isinstance(d, Start)}
     scheduler.handle(TaskSucceeded("a", placed["a"], 1.0, output_files=3, output_bytes=10**8), 1.0)
     scheduler.handle(TaskSucceeded("b", placed["b"], 1.0), 1.0)  # no outputs
@@ -420,7 +421,9 @@ def test_tasks_ready_at_the_start_are_placed_longest_first_whatever_the_file_ord
     # host of its own and both short ones share the other: makespan 2, not 3.
     g = graph(task("a"), task("b"), task("c"))
     scheduler = Scheduler(g, {"a": 1.0, "b": 1.0, "c": 2.0}, Policy(), hosts(2))
-    started = {d.task: d.host for d in scheduler.start(0.0) if isinstance(d, Start)}
+    started = {
+        d.task: d.host for d in scheduler.handle(RunStarted(), 0.0).actions if isinstance(d, Start)
+    }
     assert "c" in started
     queued = {name: h for h, state in scheduler.hosts.items() for _, _, name in state.queue}
     assert len(queued) == 1 and next(iter(queued.values())) != started["c"], (started, queued)

@@ -2,7 +2,7 @@
 slot changes and transfers are on the record.
 
 The scheduler reports steals (``Start.stolen_from``) and concurrency changes
-(``take_limit_changes``); the executor logs them with the host first. Local hosts
+(``Decisions.limit_changes``); the executor logs them with the host first. Local hosts
 through the real agent subprocess; no SSH here (the SSH side is in
 tests/integration/test_progress.py).
 """
@@ -23,6 +23,7 @@ from meshrun.dispatch.scheduler import (
     HostsJoined,
     HostSpec,
     LimitChanged,
+    RunStarted,
     Scheduler,
     Start,
     TaskFailed,
@@ -41,31 +42,34 @@ def test_a_stolen_task_says_whose_queue_it_came_from(tmp_path: Path) -> None:
     # Four tasks expected at 5s each, two hosts of one slot: a and c queue on h1, b and
     # d on h2. b and d end at once, so h2 takes c from h1's queue while a still runs.
     s = Scheduler(graph(FOUR, tmp_path), dict.fromkeys("abcd", 5.0))
-    assert s.start(0.0) == []  # no host yet
-    first = s.handle(HostsJoined((HostSpec("h1", 1), HostSpec("h2", 1))), 0.0)
+    assert s.handle(RunStarted(), 0.0).actions == []  # no host yet
+    first = s.handle(HostsJoined((HostSpec("h1", 1), HostSpec("h2", 1))), 0.0).actions
     assert first == [Start("a", "h1", 1), Start("b", "h2", 1)]
-    assert s.handle(TaskSucceeded("b", "h2", 0.1), 0.1) == [Start("d", "h2", 1)]
-    assert s.handle(TaskSucceeded("d", "h2", 0.1), 0.2) == [Start("c", "h2", 1, "h1")]
+    assert s.handle(TaskSucceeded("b", "h2", 0.1), 0.1).actions == [Start("d", "h2", 1)]
+    assert s.handle(TaskSucceeded("d", "h2", 0.1), 0.2).actions == [Start("c", "h2", 1, "h1")]
 
 
 def test_concurrency_changes_are_reported_with_why(tmp_path: Path) -> None:
     s = Scheduler(graph(FOUR, tmp_path), dict.fromkeys("abcd", 5.0))
-    s.start(0.0)
-    assert len(s.handle(HostsJoined((HostSpec("h1", 4),)), 0.0)) == 4
-    assert s.take_limit_changes() == []
-    s.handle(HostLoad("h1", 9.5, 2), 1.0)
-    s.handle(TaskFailed("a", "h1", None, "timed out after 1s", infrastructure=True), 10.0)
-    s.handle(TaskSucceeded("b", "h1", 1.0), 11.0)
-    assert s.take_limit_changes() == [
+    s.handle(RunStarted(), 0.0)
+    joined = s.handle(HostsJoined((HostSpec("h1", 4),)), 0.0)
+    assert len(joined.actions) == 4
+    assert joined.limit_changes == []
+    changes = s.handle(HostLoad("h1", 9.5, 2), 1.0).limit_changes
+    failed = TaskFailed("a", "h1", None, "timed out after 1s", infrastructure=True)
+    changes += s.handle(failed, 10.0).limit_changes
+    changes += s.handle(TaskSucceeded("b", "h1", 1.0), 11.0).limit_changes
+    assert changes == [
         LimitChanged("h1", 4, 2, "load 9.5 above its 2 CPUs"),
         LimitChanged("h1", 2, 1, "a: timed out after 1s"),
         LimitChanged("h1", 1, 2, "b succeeded"),
     ]
-    assert s.take_limit_changes() == []  # taken once
-    s.handle(TaskSucceeded("c", "h1", 1.0), 12.0)
-    s.handle(TaskSucceeded("d", "h1", 1.0), 13.0)
+    # Said once, by the event that caused it: an event that changes nothing says nothing.
+    assert s.handle(HostLoad("h1", 0.5, 2), 11.5).limit_changes == []
+    changes = s.handle(TaskSucceeded("c", "h1", 1.0), 12.0).limit_changes
+    changes += s.handle(TaskSucceeded("d", "h1", 1.0), 13.0).limit_changes
     # Back at its slots: a success changes nothing more, and says nothing.
-    assert [c.after for c in s.take_limit_changes()] == [3, 4]
+    assert [c.after for c in changes] == [3, 4]
 
 
 def local(name: str, tmp_path: Path, slots: int) -> Host:

@@ -1,8 +1,11 @@
 """The dispatch scheduler: a pure state machine (no I/O, threads, sockets or clock).
 
-It is told what happened — ``handle(event, now)`` — and answers what to do: a list of
-``Start`` and ``Cancel`` decisions. Time is an argument, so a simulator can replay
-thousands of tasks in milliseconds and property tests can check its invariants.
+It has one entry point: it is told what happened — ``handle(event, now)``, the run's
+start and a stopped task included — and answers with ``Decisions``, values only: what
+to do (``Start``, ``Cancel``), which tasks reached a final state (``Ended``) and which
+concurrency limits moved (``LimitChanged``), each said once, by the event that caused
+it. Time is an argument, so a simulator can replay thousands of tasks in milliseconds
+and property tests can check its invariants.
 
 How work is placed:
 
@@ -95,11 +98,24 @@ class Policy:
     #: rsync, verify on arrival) plus the bytes at a LAN-ish rate, hashing included.
     transfer_setup_s: float = 0.2
     transfer_bytes_per_s: float = 50e6
+    #: A counterfactual, measured by bench/schedule ("join + re-place"): every queued
+    #: task is placed again each time one host is added, however many are queued.
+    #: Off (the policy): once per join event, and only up to REPLACE_MAX_WORK.
+    replace_per_host: bool = False
 
 
 _DEFAULT_POLICY = Policy()
 
 # -- events (facts) -----------------------------------------------------------------
+
+
+@records.record
+class RunStarted:
+    """The run begins: every task with no needs is queued, then the hosts are filled.
+
+    Placed highest priority first (longest-processing-time-first for independent
+    tasks): each host's expected finish is then known when the next one is placed.
+    """
 
 
 @records.record
@@ -156,6 +172,19 @@ class CancelAll:
 
 
 @records.record
+class TaskStopped:
+    """A task the scheduler cancelled (a ``Cancel``) has stopped where it ran.
+
+    A task being moved is queued on its new host (its attempt does not count) and the
+    answer may start it; any other ends cancelled, with ``reason``.
+    """
+
+    task: str
+    host: str
+    reason: str
+
+
+@records.record
 class Abandon:
     """No host will ever come for the tasks still queued (e.g. every host is lost)."""
 
@@ -163,13 +192,15 @@ class Abandon:
 
 
 Event = (
-    HostJoined
+    RunStarted
+    | HostJoined
     | HostsJoined
     | HostLost
     | TaskSucceeded
     | TaskFailed
     | HostLoad
     | CancelAll
+    | TaskStopped
     | Abandon
 )
 
@@ -187,8 +218,8 @@ class Start:
 
 @records.record
 class LimitChanged:
-    """A host's concurrency limit moved (``take_limit_changes``): halved under distress,
-    one back after a clean success."""
+    """A host's concurrency limit moved: halved under distress, one back after a clean
+    success."""
 
     host: str
     before: int
@@ -198,12 +229,37 @@ class LimitChanged:
 
 @records.record
 class Cancel:
+    """Stop a running task: the run stops (``CancelAll``, --fail-fast), or it moves to a
+    host that joined. The executor answers with ``TaskStopped`` once it has stopped."""
+
     task: str
     host: str
     reason: str
 
 
-Decision = Start | Cancel
+#: What the executor carries out, in order.
+Action = Start | Cancel
+
+
+@records.record
+class Ended:
+    """A task reached its final state (for progress reports and the journal)."""
+
+    task: str
+    status: TaskStatus
+    host: str | None  # where it ran last; None if it never ran
+    error: str | None
+
+
+@records.record
+class Decisions:
+    """The whole answer to one event: ``actions`` to carry out, in order; the tasks that
+    reached a final state (``ended``) and the limits that moved (``limit_changes``)
+    because of it."""
+
+    actions: list[Action] = field(default_factory=list)
+    ended: list[Ended] = field(default_factory=list)
+    limit_changes: list[LimitChanged] = field(default_factory=list)
 
 
 @records.record(frozen=False)
@@ -259,9 +315,10 @@ class Scheduler:
         }
         self._outputs: dict[str, int] = {}  # succeeded task -> bytes of outputs it left
         self._stalled: list[str] = []  # ready but no live host can run them
-        self._ended: list[str] = []  # final since the last take_ended()
         self._moving: dict[str, str] = {}  # running task being stopped -> its new host
-        self._limit_changes: list[LimitChanged] = []  # since the last take_limit_changes()
+        # What the event being handled ended and changed (its Decisions).
+        self._ended: list[Ended] = []
+        self._limit_changes: list[LimitChanged] = []
         for record in self.records.values():
             record.waiting_on = len(record.task.needs)
         for spec in hosts:
@@ -286,12 +343,48 @@ class Scheduler:
 
     # -- the one entry point ------------------------------------------------------------
 
-    def start(self, now: float) -> list[Decision]:
-        """Initial decisions: queue every task with no needs, then fill the hosts.
+    def handle(self, event: Event, now: float) -> Decisions:
+        """What ``event`` (at ``now``, seconds on the caller's clock) decides."""
+        self._ended = []
+        self._limit_changes = []
+        actions = self._react(event, now)
+        return Decisions(actions, self._ended, self._limit_changes)
 
-        Placed highest priority first (longest-processing-time-first for independent
-        tasks): each host's expected finish is then known when the next one is placed.
-        """
+    def _react(self, event: Event, now: float) -> list[Action]:
+        if isinstance(event, RunStarted):
+            self._queue_ready()
+            return self._fill(now)
+        if isinstance(event, TaskStopped):
+            return self._stopped(event, now)
+        actions: list[Action] = []
+        if isinstance(event, HostJoined | HostsJoined):
+            joined = (event.host,) if isinstance(event, HostJoined) else event.hosts
+            for spec in joined:
+                self._add_host(spec)
+            self._replace_queued([self.hosts[spec.name] for spec in joined])
+            for spec in joined:
+                actions += self._move_onto(self.hosts[spec.name], now)
+        elif isinstance(event, HostLost):
+            self._lose_host(event.host)
+        elif isinstance(event, TaskSucceeded):
+            self._succeeded(event)
+        elif isinstance(event, TaskFailed):
+            actions += self._failed(event, now)
+        elif isinstance(event, HostLoad):
+            host = self.hosts.get(event.host)
+            if host is not None and event.cpus > 0 and event.load1 > event.cpus:
+                self._distress(host, now, f"load {event.load1:g} above its {event.cpus} CPUs")
+        elif isinstance(event, CancelAll):
+            actions += self._stop(event.reason, cancel_running=True)
+        elif isinstance(event, Abandon):
+            for name in self._stalled:
+                self._end(name, TaskStatus.CANCELLED, f"no host could run it: {event.reason}")
+                self._skip_dependents(name)
+            self._stalled.clear()
+        return actions + self._fill(now)
+
+    def _queue_ready(self) -> None:
+        """Queue every task with no needs, highest priority first (``RunStarted``)."""
         ready = [
             name
             for name, record in self.records.items()
@@ -299,35 +392,6 @@ class Scheduler:
         ]
         for name in self._by_priority(ready):
             self._make_ready(name)
-        return self._fill(now)
-
-    def handle(self, event: Event, now: float) -> list[Decision]:
-        decisions: list[Decision] = []
-        if isinstance(event, HostJoined | HostsJoined):
-            joined = (event.host,) if isinstance(event, HostJoined) else event.hosts
-            for spec in joined:
-                self._add_host(spec)
-            self._replace_queued([self.hosts[spec.name] for spec in joined])
-            for spec in joined:
-                decisions += self._move_onto(self.hosts[spec.name], now)
-        elif isinstance(event, HostLost):
-            self._lose_host(event.host)
-        elif isinstance(event, TaskSucceeded):
-            self._succeeded(event)
-        elif isinstance(event, TaskFailed):
-            decisions += self._failed(event, now)
-        elif isinstance(event, HostLoad):
-            host = self.hosts.get(event.host)
-            if host is not None and event.cpus > 0 and event.load1 > event.cpus:
-                self._distress(host, now, f"load {event.load1:g} above its {event.cpus} CPUs")
-        elif isinstance(event, CancelAll):
-            decisions += self._stop(event.reason, cancel_running=True)
-        elif isinstance(event, Abandon):
-            for name in self._stalled:
-                self._end(name, TaskStatus.CANCELLED, f"no host could run it: {event.reason}")
-                self._skip_dependents(name)
-            self._stalled.clear()
-        return decisions + self._fill(now)
 
     def _by_priority(self, names: Iterable[str]) -> list[str]:
         return sorted(names, key=lambda name: -self.records[name].priority)
@@ -336,9 +400,10 @@ class Scheduler:
 
     def _add_host(self, spec: HostSpec) -> None:
         existing = self.hosts.get(spec.name)
-        if existing is not None and existing.alive:
-            return
-        self.hosts[spec.name] = _HostState(spec, limit=max(1, spec.slots))
+        if existing is None or not existing.alive:
+            self.hosts[spec.name] = _HostState(spec, limit=max(1, spec.slots))
+        if self.policy.replace_per_host:
+            self._replace_all(stalled_first=False)
 
     def _eligible(self, host: _HostState, task: Task) -> bool:
         return host.alive and task.labels <= host.spec.labels and task.weight <= host.spec.slots
@@ -440,12 +505,18 @@ class Scheduler:
             for newcomer in newcomers:
                 self._rebalance_onto(newcomer)
             return
-        names = list(self._stalled)
-        self._stalled.clear()
+        self._replace_all(stalled_first=True)
+
+    def _replace_all(self, *, stalled_first: bool) -> None:
+        """Take every queued and stalled task out and place it again, highest priority
+        first (ties in the order taken: ``stalled_first`` or after the queues)."""
+        stalled, self._stalled = self._stalled, []
+        queued = []
         for host in self.hosts.values():
-            names += [name for _, _, name in host.queue]
+            queued += [name for _, _, name in host.queue]
             host.queue.clear()
             host.queued_work = 0.0
+        names = stalled + queued if stalled_first else queued + stalled
         for name in self._by_priority(names):
             self._place(name)
 
@@ -471,9 +542,9 @@ class Scheduler:
                 self._dequeue(host, host.queue.index(entry))
                 self._enqueue(newcomer, name)
 
-    def _move_onto(self, newcomer: _HostState, now: float) -> list[Decision]:
+    def _move_onto(self, newcomer: _HostState, now: float) -> list[Action]:
         """Stop running tasks that ``newcomer`` would end clearly sooner; they start
-        again there once stopped (see :meth:`cancelled_running`).
+        again there once stopped (see :class:`TaskStopped`).
 
         Only tasks that would start on the newcomer at once count (its free room after
         the queued tasks of higher priority), biggest gain first.
@@ -497,7 +568,7 @@ class Scheduler:
                 gain = left - there
                 if gain >= max(MOVE_MIN_GAIN_S, MOVE_MIN_GAIN * left):
                     gains.append((gain, name))
-        decisions: list[Decision] = []
+        actions: list[Action] = []
         taken = newcomer.used
         for _, name in sorted(gains, key=lambda g: (-g[0], g[1])):
             record = self.records[name]
@@ -511,8 +582,8 @@ class Scheduler:
             taken += record.task.weight
             assert record.host is not None
             self._moving[name] = newcomer.spec.name
-            decisions.append(Cancel(name, record.host, f"moved to {newcomer.spec.name}"))
-        return decisions
+            actions.append(Cancel(name, record.host, f"moved to {newcomer.spec.name}"))
+        return actions
 
     def _succeeded(self, event: TaskSucceeded) -> None:
         record = self.records[event.task]
@@ -536,7 +607,7 @@ class Scheduler:
         for dependent in self._by_priority(now_ready):
             self._make_ready(dependent)
 
-    def _failed(self, event: TaskFailed, now: float) -> list[Decision]:
+    def _failed(self, event: TaskFailed, now: float) -> list[Action]:
         record = self.records[event.task]
         if record.status is not TaskStatus.RUNNING or record.host != event.host:
             return []
@@ -583,11 +654,6 @@ class Scheduler:
             self._limit_changes.append(LimitChanged(host.spec.name, host.limit, limit, why))
             host.limit = limit
 
-    def take_limit_changes(self) -> list[LimitChanged]:
-        """Concurrency changes since the last call (for logs)."""
-        changes, self._limit_changes = self._limit_changes, []
-        return changes
-
     def _lose_host(self, name: str) -> None:
         host = self.hosts.get(name)
         if host is None or not host.alive:
@@ -611,12 +677,12 @@ class Scheduler:
             record.host = None
             self._place(task)
 
-    def _stop(self, reason: str, *, cancel_running: bool) -> list[Decision]:
+    def _stop(self, reason: str, *, cancel_running: bool) -> list[Action]:
         """No new starts: queued and waiting tasks are cancelled, running ones too when
         ``cancel_running`` (a stop request, --fail-fast; not --max-fail)."""
         if self._stopping is None:
             self._stopping = reason
-        decisions: list[Decision] = []
+        actions: list[Action] = []
         for host in self.hosts.values():
             for _, _, name in host.queue:
                 self._end(name, TaskStatus.CANCELLED, reason)
@@ -631,34 +697,29 @@ class Scheduler:
         if cancel_running:
             for host in self.hosts.values():
                 for name in list(host.running):
-                    decisions.append(Cancel(name, host.spec.name, reason))
-        return decisions
+                    actions.append(Cancel(name, host.spec.name, reason))
+        return actions
 
-    def cancelled_running(
-        self, task: str, host: str, reason: str, now: float = 0.0
-    ) -> list[Decision]:
-        """The executor confirms a cancelled task has stopped.
-
-        A task that was being moved is queued on its new host (its attempt does not
-        count) and the answer may start it; any other cancelled task ends cancelled.
-        """
-        record = self.records[task]
-        state = self.hosts.get(host)
+    def _stopped(self, event: TaskStopped, now: float) -> list[Action]:
+        """A cancelled task has stopped: queued on its new host if it was being moved
+        (may start at once), else it ends cancelled (see :class:`TaskStopped`)."""
+        record = self.records[event.task]
+        state = self.hosts.get(event.host)
         if state is not None:
-            self._release(state, task)
-        target = self._moving.pop(task, None)
+            self._release(state, event.task)
+        target = self._moving.pop(event.task, None)
         if target is not None and not record.status.final and self._stopping is None:
             record.status = TaskStatus.QUEUED
             record.attempts -= 1
             record.host = None
             new = self.hosts.get(target)
             if new is not None and self._eligible(new, record.task):
-                self._enqueue(new, task)
+                self._enqueue(new, event.task)
             else:
-                self._place(task)
+                self._place(event.task)
             return self._fill(now)
         if not record.status.final:
-            self._end(task, TaskStatus.CANCELLED, reason)
+            self._end(event.task, TaskStatus.CANCELLED, event.reason)
         return []
 
     def _end(self, name: str, status: TaskStatus, error: str | None) -> None:
@@ -667,19 +728,14 @@ class Scheduler:
             return
         record.status = status
         record.error = error
-        self._ended.append(name)
-
-    def take_ended(self) -> list[str]:
-        """Tasks that reached a final state since the last call (for progress reports)."""
-        ended, self._ended = self._ended, []
-        return ended
+        self._ended.append(Ended(name, status, record.host, error))
 
     # -- filling hosts ---------------------------------------------------------------
 
-    def _fill(self, now: float) -> list[Decision]:
+    def _fill(self, now: float) -> list[Action]:
         if self._stopping is not None:
             return []
-        decisions: list[Decision] = []
+        actions: list[Action] = []
         progress = True
         while progress:
             progress = False
@@ -702,9 +758,9 @@ class Scheduler:
                 )
                 host.used += record.task.weight
                 host.running_work += self._work(name)
-                decisions.append(Start(name, host.spec.name, record.attempts, stolen_from))
+                actions.append(Start(name, host.spec.name, record.attempts, stolen_from))
                 progress = True
-        return decisions
+        return actions
 
     def _fits(self, host: _HostState, task: Task) -> bool:
         free = host.limit - host.used

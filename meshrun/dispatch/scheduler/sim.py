@@ -16,17 +16,19 @@ from dataclasses import field
 from meshrun.config.tasks import TaskGraph
 from meshrun.dispatch.scheduler.core import (
     Abandon,
+    Action,
     Cancel,
-    Decision,
     Event,
     HostJoined,
     HostLost,
     HostSpec,
     Policy,
+    RunStarted,
     Scheduler,
     Start,
     TaskFailed,
     TaskRecord,
+    TaskStopped,
     TaskSucceeded,
 )
 from meshrun.records import record
@@ -105,9 +107,9 @@ def simulate(
         seq += 1
         heapq.heappush(heap, (at, seq, event, key))
 
-    def apply(decisions: list[Decision], now: float) -> None:
-        result.decisions += len(decisions)
-        for d in decisions:
+    def apply(actions: list[Action], now: float) -> None:
+        result.decisions += len(actions)
+        for d in actions:
             if isinstance(d, Start):
                 key = (d.task, d.host, d.attempt)
                 running[key] = now
@@ -129,7 +131,7 @@ def simulate(
                     result.intervals.append(
                         Interval(d.task, d.host, start, now, "cancelled", units)
                     )
-                apply(scheduler.cancelled_running(d.task, d.host, d.reason, now), now)
+                apply(scheduler.handle(TaskStopped(d.task, d.host, d.reason), now).actions, now)
 
     for host, at in (lose_hosts or {}).items():
         push(at, HostLost(host, "simulated loss"))
@@ -137,7 +139,7 @@ def simulate(
         if spec.name in joining:
             push(joining[spec.name], HostJoined(spec))
     now = 0.0
-    apply(scheduler.start(now), now)
+    apply(scheduler.handle(RunStarted(), now).actions, now)
     while heap:
         now, _, event, key = heapq.heappop(heap)
         if isinstance(event, HostLost):
@@ -161,8 +163,8 @@ def simulate(
                     Interval(key[0], key[1], start, now, outcome, graph.tasks[key[0]].weight)
                 )
         if event is not None:
-            apply(scheduler.handle(event, now), now)
+            apply(scheduler.handle(event, now).actions, now)
         if not heap and not scheduler.finished:
-            apply(scheduler.handle(Abandon("every host is gone"), now), now)
+            apply(scheduler.handle(Abandon("every host is gone"), now).actions, now)
     result.makespan = max((i.end for i in result.intervals), default=0.0)
     return result
