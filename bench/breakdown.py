@@ -206,6 +206,7 @@ def lean_exec(argv: list[str], mark: Any) -> int:
     import logging
 
     import meshrun
+    from meshrun.cli.console import FleetConsole, OutputMode
 
     ap = argparse.ArgumentParser(prog="meshrun")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -220,16 +221,16 @@ def lean_exec(argv: list[str], mark: Any) -> int:
     hosts = meshrun.resolve_hosts(ns.hosts)
     job = meshrun.FleetJob(command=meshrun.shell_command(words))
     connector = meshrun.default_connector(hosts, connect_timeout_s=10.0)
-    console = meshrun.FleetConsole(
-        mode=meshrun.OutputMode.STREAM, host_names=[h.name for h in hosts], quiet=ns.quiet
+    screen = FleetConsole(
+        mode=OutputMode.STREAM, host_names=[h.name for h in hosts], quiet=ns.quiet
     )
     try:
         report = meshrun.run_fleet(
-            hosts, job, connector, run_id=meshrun.new_run_id(), observer=console
+            hosts, job, connector, run_id=meshrun.new_run_id(), observer=screen
         )
     finally:
         connector.close()
-    console.finish(report)
+    screen.finish(report)
     return report.exit_code
 
 

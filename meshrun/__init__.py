@@ -1,6 +1,7 @@
 """meshrun: run commands, scripts and task graphs across many machines over plain SSH.
 
-The library is what the ``meshrun`` command is built from::
+The library is what the ``meshrun`` command is built from (the CLI imports nothing
+else), and ``__all__`` below is all of it::
 
     import meshrun
     hosts = meshrun.resolve_hosts("hosts.toml")
@@ -12,24 +13,17 @@ The library is what the ``meshrun`` command is built from::
         connector.close()
     for result in report.results:
         print(result.name, result.status.value, result.stdout.decode())
+    print(meshrun.document_json(meshrun.fleet_document(report)))  # what --json prints
 
-Nothing here imports paramiko until a remote host is connected, and nothing imports
-Fabric. ``meshrun.__version__`` is the installed package's version (its metadata).
+``docs/ARCHITECTURE.md`` maps the packages behind these names. Nothing here imports
+paramiko until a remote host is connected, and nothing imports Fabric.
+``meshrun.__version__`` is the installed package's version (its metadata).
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from meshrun import report
-from meshrun.cli.console import (
-    ConsoleLogHandler,
-    DispatchConsole,
-    FleetConsole,
-    OutputMode,
-    render_agents,
-    render_history,
-    render_probes,
-)
+# -- loaded with ``import meshrun``: what ``meshrun exec`` needs ----------------------
 from meshrun.config.durations import format_duration, parse_duration
 from meshrun.config.inventory import (
     Host,
@@ -47,6 +41,8 @@ from meshrun.errors import (
     ChannelUnavailable,
     CommandError,
     ConnectError,
+    DiscoveryError,
+    ExitCode,
     HostKeyError,
     HostUnreachable,
     InputError,
@@ -59,15 +55,22 @@ from meshrun.errors import (
 from meshrun.fleet.probe import HostProbe, probe_hosts
 from meshrun.fleet.rollout import FailureBudget, batch_sizes
 from meshrun.fleet.run import (
+    FleetEvent,
     FleetJob,
     FleetReport,
+    HostFinished,
+    HostOutput,
     HostResult,
+    HostStarted,
     HostStatus,
+    RunStopping,
     Script,
+    Tick,
     parse_env,
     read_script,
     run_fleet,
 )
+from meshrun.rundir import RunDir, StateDir, document_json
 from meshrun.runid import new_run_id
 from meshrun.stopsignals import (
     Stopped,
@@ -81,38 +84,81 @@ from meshrun.transport.base import (
     CommandRequest,
     Connection,
     Connector,
-    default_connector,
 )
 from meshrun.transport.wrapper import shell_command
 
-if TYPE_CHECKING:
-    from meshrun import discovery
+#: Loaded on first use, so ``meshrun exec`` never pays for them: the dispatch side
+#: (scheduler, executor, SQLite history, agent client), the manifest and its crypto,
+#: the SSH transport (paramiko) and discovery (zeroconf, ~0.12 s).
+_LAZY = {
+    "Advert": "meshrun.discovery.record",
+    "Agent": "meshrun.discovery.record",
+    "AgentOptions": "meshrun.discovery.announce",
+    "Browser": "meshrun.discovery.browse",
+    "DispatchOptions": "meshrun.dispatch.executor",
+    "DispatchReport": "meshrun.dispatch.executor",
+    "DurationRecord": "meshrun.dispatch.history",
+    "History": "meshrun.dispatch.history",
+    "HostDown": "meshrun.dispatch.executor",
+    "HostReady": "meshrun.dispatch.executor",
+    "LiveDiscovery": "meshrun.dispatch.run",
+    "Notice": "meshrun.dispatch.executor",
+    "Progress": "meshrun.dispatch.executor",
+    "Task": "meshrun.config.tasks",
+    "TaskEnded": "meshrun.dispatch.executor",
+    "TaskGraph": "meshrun.config.tasks",
+    "TaskLine": "meshrun.dispatch.executor",
+    "TaskResult": "meshrun.dispatch.executor",
+    "TaskStarted": "meshrun.dispatch.executor",
+    "TaskStatus": "meshrun.dispatch.scheduler",
+    "agent_to_host": "meshrun.discovery.hosts",
+    "allowed_signer_keys": "meshrun.integrity.signing",
+    "default_connector": "meshrun.transport.base",
+    "discover": "meshrun.discovery.browse",
+    "dispatch_document": "meshrun.dispatch.record",
+    "fleet_document": "meshrun.fleet.record",
+    "generate_keypair": "meshrun.integrity.signing",
+    "hosts_toml": "meshrun.discovery.hosts",
+    "junit_xml": "meshrun.dispatch.record",
+    "live_discovery": "meshrun.dispatch.run",
+    "load_private_key": "meshrun.integrity.signing",
+    "load_public_key": "meshrun.integrity.signing",
+    "load_tasks": "meshrun.config.tasks",
+    "record_fleet_run": "meshrun.fleet.record",
+    "resolve_with_discovery": "meshrun.discovery.browse",
+    "run_agent": "meshrun.discovery.announce",
+    "run_dispatch": "meshrun.dispatch.run",
+    "run_fleet_recorded": "meshrun.fleet.record",
+    "select_rerun": "meshrun.dispatch.run",
+    "verify_run": "meshrun.integrity.manifest",
+    "watch": "meshrun.discovery.browse",
+    "write_hosts_toml": "meshrun.discovery.hosts",
+}
+
+if TYPE_CHECKING:  # the same names for type checkers; tests/unit/test_public_api.py
+    # checks that these imports and _LAZY agree.
     from meshrun.config.tasks import Task, TaskGraph, load_tasks
-    from meshrun.discovery import (
-        Advert,
-        Agent,
-        AgentOptions,
-        Browser,
-        agent_to_host,
-        discover,
-        hosts_toml,
-        resolve_with_discovery,
-        run_agent,
-        watch,
-        write_hosts_toml,
+    from meshrun.discovery.announce import AgentOptions, run_agent
+    from meshrun.discovery.browse import Browser, discover, resolve_with_discovery, watch
+    from meshrun.discovery.hosts import agent_to_host, hosts_toml, write_hosts_toml
+    from meshrun.discovery.record import Advert, Agent
+    from meshrun.dispatch.executor import (
+        DispatchOptions,
+        DispatchReport,
+        HostDown,
+        HostReady,
+        Notice,
+        Progress,
+        TaskEnded,
+        TaskLine,
+        TaskResult,
+        TaskStarted,
     )
-    from meshrun.dispatch import executor
-    from meshrun.dispatch.executor import DispatchOptions, DispatchReport, TaskResult
-    from meshrun.dispatch.history import History
-    from meshrun.dispatch.run import (
-        LiveDiscovery,
-        StateDir,
-        live_discovery,
-        run_dispatch,
-        select_rerun,
-    )
+    from meshrun.dispatch.history import DurationRecord, History
+    from meshrun.dispatch.record import dispatch_document, junit_xml
+    from meshrun.dispatch.run import LiveDiscovery, live_discovery, run_dispatch, select_rerun
     from meshrun.dispatch.scheduler import TaskStatus
-    from meshrun.fleet.pulls import record_fleet_run, run_fleet_recorded
+    from meshrun.fleet.record import fleet_document, record_fleet_run, run_fleet_recorded
     from meshrun.integrity.manifest import verify_run
     from meshrun.integrity.signing import (
         allowed_signer_keys,
@@ -120,74 +166,24 @@ if TYPE_CHECKING:
         load_private_key,
         load_public_key,
     )
+    from meshrun.transport.base import default_connector
 
-#: The dispatch side (scheduler, executor, SQLite history, agent client) loads on first
-#: use: ``meshrun exec`` never pays for it.
-_LAZY = {
-    "StateDir": "meshrun.dispatch.run",
-    "LiveDiscovery": "meshrun.dispatch.run",
-    "live_discovery": "meshrun.dispatch.run",
-    "run_dispatch": "meshrun.dispatch.run",
-    "select_rerun": "meshrun.dispatch.run",
-    "DispatchOptions": "meshrun.dispatch.executor",
-    "DispatchReport": "meshrun.dispatch.executor",
-    "TaskResult": "meshrun.dispatch.executor",
-    "History": "meshrun.dispatch.history",
-    "TaskStatus": "meshrun.dispatch.scheduler",
-    "Task": "meshrun.config.tasks",
-    "TaskGraph": "meshrun.config.tasks",
-    "load_tasks": "meshrun.config.tasks",
-    "executor": "meshrun.dispatch.executor",
-    "generate_keypair": "meshrun.integrity.signing",
-    "load_private_key": "meshrun.integrity.signing",
-    "load_public_key": "meshrun.integrity.signing",
-    "allowed_signer_keys": "meshrun.integrity.signing",
-    "verify_run": "meshrun.integrity.manifest",
-    # Discovery: zeroconf (~0.12 s) loads only for agent, discover and --discover.
-    "discovery": "meshrun.discovery",
-    "Advert": "meshrun.discovery",
-    "Agent": "meshrun.discovery",
-    "AgentOptions": "meshrun.discovery",
-    "Browser": "meshrun.discovery",
-    "agent_to_host": "meshrun.discovery",
-    "discover": "meshrun.discovery",
-    "hosts_toml": "meshrun.discovery",
-    "resolve_with_discovery": "meshrun.discovery",
-    "run_agent": "meshrun.discovery",
-    "watch": "meshrun.discovery",
-    "write_hosts_toml": "meshrun.discovery",
-    "run_fleet_recorded": "meshrun.fleet.pulls",
-    "record_fleet_run": "meshrun.fleet.pulls",
-}
-
-
-def _version() -> str:
-    """The installed distribution's version: one source, pyproject.toml. Looked up on
-    first use only (importlib.metadata costs start-up time)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("meshrun")
-    except PackageNotFoundError:  # imported from a source tree that was never installed
-        return "0+unknown"
+    __version__: str
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        globals()[name] = version = _version()
-        return version
+        from meshrun.version import version
+
+        globals()[name] = found = version()
+        return found
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'meshrun' has no attribute {name!r}")
-    imported = importlib.import_module(module)
-    # "executor" names a module itself; every other entry is a name inside one.
-    value = imported if module == f"meshrun.{name}" else getattr(imported, name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
-
-if TYPE_CHECKING:
-    __version__: str
 
 __all__ = [
     "Advert",
@@ -202,20 +198,26 @@ __all__ = [
     "ConnectError",
     "Connection",
     "Connector",
-    "ConsoleLogHandler",
-    "DispatchConsole",
+    "DiscoveryError",
     "DispatchOptions",
     "DispatchReport",
+    "DurationRecord",
+    "ExitCode",
     "FailureBudget",
-    "FleetConsole",
+    "FleetEvent",
     "FleetJob",
     "FleetReport",
     "History",
     "Host",
     "HostDefaults",
+    "HostDown",
+    "HostFinished",
     "HostKeyError",
+    "HostOutput",
     "HostProbe",
+    "HostReady",
     "HostResult",
+    "HostStarted",
     "HostStatus",
     "HostUnreachable",
     "InputError",
@@ -225,28 +227,37 @@ __all__ = [
     "InventoryError",
     "LiveDiscovery",
     "MeshrunError",
-    "OutputMode",
+    "Notice",
+    "Progress",
+    "RunDir",
+    "RunStopping",
     "Script",
     "StateDir",
     "Stopped",
     "Task",
+    "TaskEnded",
     "TaskFileError",
     "TaskGraph",
+    "TaskLine",
     "TaskResult",
+    "TaskStarted",
     "TaskStatus",
+    "Tick",
     "__version__",
     "agent_to_host",
     "allowed_signer_keys",
     "batch_sizes",
     "default_connector",
     "discover",
-    "discovery",
-    "executor",
+    "dispatch_document",
+    "document_json",
     "exit_code_for_signal",
+    "fleet_document",
     "format_duration",
     "generate_keypair",
     "hosts_toml",
     "how_stopped",
+    "junit_xml",
     "live_discovery",
     "load_inventory",
     "load_private_key",
@@ -261,10 +272,6 @@ __all__ = [
     "read_inventory",
     "read_script",
     "record_fleet_run",
-    "render_agents",
-    "render_history",
-    "render_probes",
-    "report",
     "resolve_hosts",
     "resolve_with_discovery",
     "run_agent",

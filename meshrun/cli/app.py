@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import meshrun
+from meshrun.cli import console, documents
 
 _DESCRIPTION = (
     "Run commands, scripts and task graphs across many machines over plain SSH — "
@@ -455,7 +456,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level,
         format="meshrun: %(levelname)s: %(name)s: %(message)s",
-        handlers=[meshrun.ConsoleLogHandler()],  # records do not run into the status line
+        handlers=[console.ConsoleLogHandler()],  # records do not run into the status line
     )
     if verbose < 3:
         # paramiko logs its own tracebacks at ERROR for a hung host; meshrun reports
@@ -555,8 +556,8 @@ def _fleet(
         server_alive_interval=server_alive_interval,
         server_alive_count_max=server_alive_count_max,
     )
-    mode = meshrun.OutputMode.NONE if json_out else meshrun.OutputMode(output)
-    console = meshrun.FleetConsole(
+    mode = console.OutputMode.NONE if json_out else console.OutputMode(output)
+    screen = console.FleetConsole(
         mode=mode,
         host_names=[h.name for h in selected],
         quiet=quiet,
@@ -570,15 +571,15 @@ def _fleet(
                 connector,
                 run_id=meshrun.new_run_id(),
                 state_dir=Path(state_dir) if state_dir else None,
-                observer=console,
+                observer=screen,
                 command_line=sys.argv,
                 signing_key=signing_key,
             )
     finally:
         connector.close()
-    console.finish(report)
+    screen.finish(report)
     if json_out:
-        sys.stdout.write(meshrun.report.dumps(meshrun.report.fleet_document(report)) + "\n")
+        sys.stdout.write(meshrun.document_json(meshrun.fleet_document(report)) + "\n")
     return report.exit_code
 
 
@@ -738,9 +739,9 @@ def hosts_command(
     finally:
         connector.close()
     if json_out:
-        sys.stdout.write(meshrun.report.dumps(meshrun.report.hosts_document(probes)) + "\n")
+        sys.stdout.write(meshrun.document_json(documents.hosts_document(probes)) + "\n")
     else:
-        sys.stdout.write(meshrun.render_probes(probes))
+        sys.stdout.write(console.render_probes(probes))
     return 0 if all(p.reachable and p.auth_ok for p in probes) else 3
 
 
@@ -844,7 +845,7 @@ def dispatch_command(
             selected = _select(hosts, limit, discovery)
             if not hosts:
                 selected = [meshrun.local_host(str(graph.sync.root))]
-        state = meshrun.StateDir(meshrun.dispatch.executor.state_paths(tasks_file, state_dir))
+        state = meshrun.StateDir.for_tasks(tasks_file, state_dir)
         if (rerun_failed or resume) and not state.history.exists():
             raise meshrun.InputError(
                 f"no previous run is recorded in {state.history}",
@@ -874,8 +875,8 @@ def dispatch_command(
         server_alive_interval=server_alive_interval,
         server_alive_count_max=server_alive_count_max,
     )
-    mode = meshrun.OutputMode.NONE if json_out or output == "none" else meshrun.OutputMode(output)
-    console = meshrun.DispatchConsole(
+    mode = console.OutputMode.NONE if json_out or output == "none" else console.OutputMode(output)
+    screen = console.DispatchConsole(
         mode=mode, total=len(graph.tasks), quiet=quiet, progress_interval_s=interval_s
     )
     try:
@@ -887,7 +888,7 @@ def dispatch_command(
                 state=state,
                 run_id=meshrun.new_run_id(),
                 options=options,
-                observer=console,
+                observer=screen,
                 command_line=sys.argv,
                 junit_path=junit,
                 trace_path=trace,
@@ -899,10 +900,10 @@ def dispatch_command(
             )
     finally:
         connector.close()
-    console.finish(report)
+    screen.finish(report)
     if json_out:
-        document = meshrun.report.dispatch_document(report, command_line=sys.argv)
-        sys.stdout.write(meshrun.report.dumps(document) + "\n")
+        document = meshrun.dispatch_document(report, command_line=sys.argv)
+        sys.stdout.write(meshrun.document_json(document) + "\n")
     return report.exit_code
 
 
@@ -1162,9 +1163,9 @@ def discover_command(
         if write:
             meshrun.write_hosts_toml(write, agents)
     if json_out:
-        sys.stdout.write(meshrun.report.dumps(meshrun.report.agents_document(agents)) + "\n")
+        sys.stdout.write(meshrun.document_json(documents.agents_document(agents)) + "\n")
     elif agents:
-        sys.stdout.write(meshrun.render_agents(agents))
+        sys.stdout.write(console.render_agents(agents))
     if not agents:
         where = ", ".join(interface) if interface else "the LAN"
         _say(f"no agents found on {where} within {timeout_s:g}s")
@@ -1217,7 +1218,7 @@ def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -
 
     History is kept per task file: another file's tasks of the same names are not shown.
     """
-    state = meshrun.StateDir(meshrun.dispatch.executor.state_paths(tasks_file, state_dir))
+    state = meshrun.StateDir.for_tasks(tasks_file, state_dir)
     if not state.history.exists():
         _fail(f"no history at {state.history}: run `meshrun dispatch` first (or pass --state-dir)")
     if Path(tasks_file).exists():
@@ -1241,9 +1242,9 @@ def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -
                 for r in records
             ],
         }
-        sys.stdout.write(meshrun.report.dumps(document) + "\n")
+        sys.stdout.write(meshrun.document_json(document) + "\n")
     else:
-        sys.stdout.write(meshrun.render_history(records))
+        sys.stdout.write(console.render_history(records))
     return 0
 
 
@@ -1339,7 +1340,7 @@ def verify_command(
         document["ok"] = False
         document["errors"].append(problems[-1])
     if json_out:
-        sys.stdout.write(meshrun.report.dumps(document) + "\n")
+        sys.stdout.write(meshrun.document_json(document) + "\n")
     for problem in problems:
         sys.stderr.write(f"meshrun: {problem}\n")
     for note in result.notes:

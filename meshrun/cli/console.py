@@ -29,28 +29,25 @@ from collections.abc import Callable, Collection
 from dataclasses import field
 from typing import TYPE_CHECKING, TextIO
 
-from meshrun.config.durations import format_duration
-from meshrun.config.hostlist import fold
-from meshrun.fleet.probe import HostProbe
-from meshrun.fleet.run import (
+from meshrun import (
     FleetEvent,
     FleetReport,
     HostFinished,
     HostOutput,
+    HostProbe,
     HostResult,
     HostStarted,
     HostStatus,
     RunStopping,
     Tick,
+    format_duration,
 )
+from meshrun.config.hostlist import fold
 from meshrun.records import record
-from meshrun.transport.base import tail_text
-from meshrun.transport.capture import HeadTail, LineSplitter
+from meshrun.transport.capture import HeadTail, LineSplitter, tail_text
 
 if TYPE_CHECKING:
-    from meshrun.discovery.record import Agent
-    from meshrun.dispatch.executor import DispatchReport, Progress
-    from meshrun.dispatch.history import DurationRecord
+    from meshrun import Agent, DispatchReport, DurationRecord, Progress
 
 
 class OutputMode(enum.Enum):
@@ -662,7 +659,7 @@ class DispatchConsole(_StatusLine):
             self._update()
 
     def _handle(self, event: object) -> None:
-        from meshrun.dispatch.executor import (
+        from meshrun import (
             HostDown,
             HostReady,
             Notice,
@@ -670,8 +667,8 @@ class DispatchConsole(_StatusLine):
             TaskEnded,
             TaskLine,
             TaskStarted,
+            TaskStatus,
         )
-        from meshrun.dispatch.scheduler import TaskStatus
 
         if isinstance(event, Progress):
             self._snapshot = event
@@ -756,7 +753,7 @@ class DispatchConsole(_StatusLine):
             self._finish(report)
 
     def _finish(self, report: DispatchReport) -> None:
-        from meshrun.dispatch.scheduler import TaskStatus
+        from meshrun import TaskStatus
 
         failed = [t for t in report.tasks if t.status is TaskStatus.FAILED]
         if failed and not self.quiet:

@@ -56,6 +56,7 @@ from meshrun.discovery.record import (
 from meshrun.errors import DiscoveryError, InputError, NameConflictError
 from meshrun.records import record
 from meshrun.transport.sshkeys import read_public_key
+from meshrun.version import version
 
 __all__ = [
     "DEFAULT_HOST_KEY",
@@ -111,8 +112,6 @@ def build_advert(options: AgentOptions, *, name: str | None = None) -> Advert:
     Reads the host key file and the CPU count, so calling it again picks up changes.
     Raises InputError naming the option and the fix.
     """
-    from meshrun import __version__
-
     chosen = name or options.name or default_agent_name()
     if reason := check_agent_name(chosen):
         raise InputError(f"--name: {reason}", fix="e.g. --name build-1")
@@ -149,7 +148,7 @@ def build_advert(options: AgentOptions, *, name: str | None = None) -> Advert:
         arch=platform.machine() or "unknown",
         host_key_type=key.key_type,
         host_key_fingerprint=key.fingerprint,
-        meshrun_version=__version__,
+        meshrun_version=version(),
     )
     # The last word is the browser's: never announce what a coordinator would refuse.
     try:

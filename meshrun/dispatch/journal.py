@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from meshrun.records import record
+from meshrun.rundir import JOURNAL_NAME
 
 __all__ = ["JOURNAL_NAME", "Journal", "JournalRecord", "latest_journal", "read_journal"]
 
 log = logging.getLogger(__name__)
 
-JOURNAL_NAME = "journal.jsonl"
 #: At most one fsync per this many seconds while the run goes.
 SYNC_EVERY_S = 1.0
 

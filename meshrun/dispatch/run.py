@@ -32,6 +32,7 @@ from meshrun.dispatch.executor import (
 )
 from meshrun.dispatch.history import History, TaskOutcome
 from meshrun.dispatch.journal import Journal, JournalRecord, latest_journal, read_journal
+from meshrun.dispatch.record import dispatch_document, junit_xml
 from meshrun.dispatch.scheduler import TaskStatus
 from meshrun.dispatch.trace import chrome_trace
 from meshrun.errors import CommandError, InputError, IntegrityError
@@ -50,7 +51,7 @@ from meshrun.integrity.manifest import (
     write_manifest,
 )
 from meshrun.records import record
-from meshrun.report import dispatch_document, junit_xml
+from meshrun.rundir import RunDir, StateDir
 from meshrun.transport.base import Connection, Connector
 from meshrun.workspace import mirror, workdirs
 from meshrun.workspace.excludes import Excludes
@@ -71,20 +72,6 @@ DEFAULT_PULL_MAX_BYTES = 10 << 30
 RECLAIM_WAIT_S = 6.0
 
 RERUN_STATUSES = {TaskStatus.FAILED.value, TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value}
-
-
-@record
-class StateDir:
-    """``.meshrun/`` (or ``--state-dir``): history.sqlite and runs/<run-id>/."""
-
-    root: Path
-
-    @property
-    def history(self) -> Path:
-        return self.root / "history.sqlite"
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
 
 
 @record
@@ -220,7 +207,7 @@ def _prior_outputs(
     if not needs:
         return found
     # Read once for every need: the newest killed run of this task file, if any.
-    killed = latest_journal(state.root / "runs", graph.scope)
+    killed = latest_journal(state.runs, graph.scope)
     if killed is not None and history.run_outcomes(killed.run_id) is not None:
         killed = None  # it was recorded after all
     for need in needs:
@@ -496,7 +483,7 @@ def run_dispatch(
                 browser.close()
         _settle_outputs(graph, report, state, artifacts_dir, run_id, observer)
         document = dispatch_document(report, command_line=command_line)
-        (run_dir / "report.json").write_text(json.dumps(document, indent=2) + "\n")
+        RunDir(run_dir).write_report(document)
         manifest = build_manifest(graph, report, command_line, artifacts_dir=artifacts_dir)
         write_manifest(run_dir, manifest, signing_key)
         if artifacts_dir is not None:  # the artifacts carry their own manifest copy

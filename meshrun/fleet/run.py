@@ -7,7 +7,7 @@ fail-fast, Ctrl-C — and hands events to an observer (the console) in order.
 Partial failure is data: every host ends with a HostResult in the FleetReport.
 
 With ``FleetJob.pull``, each worker brings files home after its host's command ended
-(whatever its exit code), on the same pooled connection: see :mod:`meshrun.fleet.pulls`.
+(whatever its exit code), on the same pooled connection: see :mod:`meshrun.fleet.pull`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from meshrun.config.inventory import Host
 from meshrun.errors import ChannelUnavailable, ConnectError, InputError, MeshrunError
 from meshrun.fleet.rollout import FailureBudget
 from meshrun.records import record
-from meshrun.transport.base import CommandRequest, Connection, Connector, Stream, tail_text
+from meshrun.transport.base import CommandRequest, Connection, Connector, Stream
+from meshrun.transport.capture import tail_text
 from meshrun.transport.wrapper import WORKDIR_FAILED, upload_script
 
 if TYPE_CHECKING:
-    from meshrun.fleet.pulls import HostPull
+    from meshrun.fleet.pull import HostPull
     from meshrun.integrity.manifest import FileEntry
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def _refuse_nul(job: FleetJob) -> None:
 class FleetReport:
     """Every host's end. ``started_at`` is wall-clock (``time.time()``); ``pull_dir``
     is set when files were pulled; ``run_dir`` and ``manifest_path`` when the run was
-    recorded (:func:`meshrun.fleet.pulls.run_fleet_recorded`)."""
+    recorded (:func:`meshrun.fleet.record.run_fleet_recorded`)."""
 
     run_id: str
     command: str
@@ -298,7 +299,7 @@ class _Worker:
             result, ran = self._command(conn, started)
         if not (ran and self.job.pull):
             return result
-        from meshrun.fleet.pulls import pull_host
+        from meshrun.fleet.pull import pull_host
 
         assert self.job.pull_dir is not None  # run_fleet checks
         try:
@@ -313,7 +314,7 @@ class _Worker:
             )
         except Exception as exc:  # a bug must not lose the command's result
             log.exception("internal error pulling from %s", self.host.name)
-            from meshrun.fleet.pulls import HostPull
+            from meshrun.fleet.pull import HostPull
 
             pulled = HostPull(error=f"internal error: {exc!r}")
         return with_pull(result, pulled, time.monotonic() - started)

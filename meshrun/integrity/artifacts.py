@@ -58,7 +58,8 @@ from meshrun.errors import CommandError, InputError, IntegrityError, Interrupted
 from meshrun.integrity.manifest import FileEntry, file_digest, safe_relative_path
 from meshrun.records import record
 from meshrun.transport import rsync
-from meshrun.transport.base import Connection, Connector, tail_text
+from meshrun.transport.base import Connection, Connector
+from meshrun.transport.capture import tail_text
 from meshrun.transport.wrapper import workdir_expr
 
 if TYPE_CHECKING:

@@ -55,16 +55,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from meshrun.errors import InputError, IntegrityError
 from meshrun.integrity.signing import fingerprint, sshsig_sign, sshsig_verify
 from meshrun.records import record
+from meshrun.rundir import (
+    DISPATCH_FILES_DIR,
+    FLEET_FILES_DIR,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    SIGNATURE_NAME,
+)
 
 SCHEMA = 1
-MANIFEST_NAME = "manifest.json"
-SIGNATURE_NAME = "manifest.json.sig"
-#: A run directory's report (the --json document); its ``kind`` says where files are.
-REPORT_NAME = "report.json"
-#: Where a dispatch run keeps its tasks' outputs, inside the run directory.
-DISPATCH_FILES_DIR = "artifacts"
-#: Where a fleet run (exec/run --pull) keeps each host's files by default.
-FLEET_FILES_DIR = "hosts"
 #: What meshrun writes beside the per-host (or per-task) directories of a pull or
 #: artifacts directory: no host or task may be named so.
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, REPORT_NAME})

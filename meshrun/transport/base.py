@@ -160,12 +160,6 @@ class Connector(Protocol):
     def close(self) -> None: ...
 
 
-def tail_text(data: bytes, lines: int = 5) -> str:
-    """The last ``lines`` lines of some output, decoded for a human."""
-    text = data.decode("utf-8", "replace").rstrip("\n")
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def default_connector(
     hosts: list[Host],
     *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["HEAD_BYTES", "MAX_LINE_BYTES", "TAIL_BYTES", "HeadTail", "LineSplitter"]
+__all__ = ["HEAD_BYTES", "MAX_LINE_BYTES", "TAIL_BYTES", "HeadTail", "LineSplitter", "tail_text"]
 
 #: Kept from the start of each stream of each command, for reports.
 HEAD_BYTES = 64 * 1024
@@ -24,6 +24,12 @@ HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 1024 * 1024
 #: A line longer than this is shown in pieces of this size.
 MAX_LINE_BYTES = 64 * 1024
+
+
+def tail_text(data: bytes, lines: int = 5) -> str:
+    """The last ``lines`` lines of some output, decoded for a human."""
+    text = data.decode("utf-8", "replace").rstrip("\n")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class LineSplitter:

@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from meshrun import (
-    FailureBudget,
-    FleetConsole,
-    FleetJob,
-    Host,
-    HostStatus,
-    OutputMode,
-    Script,
-    batch_sizes,
-    run_fleet,
-)
+from meshrun import FailureBudget, FleetJob, Host, HostStatus, Script, batch_sizes, run_fleet
+from meshrun.cli.console import FleetConsole, OutputMode
 from meshrun.fleet.run import FleetEvent, HostFinished, HostStarted
 from meshrun.transport.local import LocalConnector
 

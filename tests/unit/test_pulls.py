@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from meshrun import (
-    FleetConsole,
     FleetJob,
     FleetReport,
     Host,
@@ -22,20 +21,19 @@ from meshrun import (
     HostStatus,
     InputError,
     Interrupted,
-    OutputMode,
     run_fleet,
 )
-from meshrun.fleet.pulls import (
-    HostPull,
+from meshrun.cli.console import FleetConsole, OutputMode
+from meshrun.fleet.pull import HostPull, pull_host
+from meshrun.fleet.record import (
     build_fleet_manifest,
-    pull_host,
+    fleet_document,
     record_fleet_run,
     run_fleet_recorded,
 )
 from meshrun.fleet.run import with_pull
 from meshrun.integrity.artifacts import PULL_TEMP_PREFIX, check_patterns, parse_collect_report
 from meshrun.integrity.manifest import FileEntry, parse_manifest, verify_run
-from meshrun.report import fleet_document
 from meshrun.transport import rsync
 from meshrun.transport.local import LocalConnector
 

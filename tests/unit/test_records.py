@@ -143,7 +143,7 @@ def test_start_path_compiles_no_dataclass() -> None:
                 compiled.append(cls.__module__ + "." + cls.__qualname__)
             return real(cls, init, repr, eq, order, unsafe_hash, frozen, *rest)
         dataclasses._process_class = spy
-        import meshrun.cli.app, meshrun.fleet.pulls, meshrun.transport.ssh, meshrun.dispatch.run
+        import meshrun.cli.app, meshrun.fleet.record, meshrun.transport.ssh, meshrun.dispatch.run
         import meshrun.dispatch.executor, meshrun.integrity.manifest
         import meshrun.dispatch.staging, meshrun.workspace.push
         print("\\n".join(compiled))

@@ -1,4 +1,5 @@
-"""Reports as documents for machines: ``--json`` (schema 1; extend, never break)."""
+"""The record of a dispatch run for machines: its ``--json`` document (also saved as
+report.json) and JUnit XML for CI systems."""
 
 from __future__ import annotations
 
@@ -6,109 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshrun import stopsignals
-from meshrun.fleet.probe import HostProbe
-from meshrun.fleet.run import FleetReport
+from meshrun.rundir import SCHEMA
+from meshrun.stopsignals import signal_name
 
 if TYPE_CHECKING:
-    from meshrun.discovery.record import Agent
     from meshrun.dispatch.executor import DispatchReport
-
-SCHEMA = 1
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
-def _signal(signum: int | None) -> str | None:
-    """``"SIGTERM"``: what interrupted the run; null when nothing did."""
-    return None if signum is None else stopsignals.signal_name(signum)
-
-
-def fleet_document(report: FleetReport) -> dict[str, Any]:
-    """The ``--json`` document of ``meshrun exec`` / ``meshrun run`` (also saved as a
-    recorded run's report.json, where ``kind`` and ``pull_dir`` tell ``meshrun verify``
-    where the files are). ``run_dir``, ``pull_dir`` and ``manifest`` are null when the
-    run wrote nothing; each host lists the ``files`` pulled from it."""
-    return {
-        "schema": SCHEMA,
-        "kind": "fleet",
-        "ok": report.ok,
-        "exit_code": report.exit_code,
-        "run_id": report.run_id,
-        "command": report.command,
-        "duration_s": round(report.duration_s, 3),
-        "interrupted": report.interrupted,
-        "signal": _signal(report.stop_signal),
-        "run_dir": report.run_dir,
-        "pull_dir": report.pull_dir,
-        "manifest": report.manifest_path,
-        "files_pulled": report.files_pulled,
-        "hosts": [
-            {
-                "name": r.name,
-                "status": r.status.value,
-                "exit_code": r.exit_code,
-                "stdout": _text(r.stdout),
-                "stderr": _text(r.stderr),
-                "duration_s": round(r.duration_s, 3),
-                "error": r.error,
-                "files": [f.to_dict() for f in r.files],
-                "pull_error": r.pull_error,
-                "integrity_failed": r.integrity_failed,
-            }
-            for r in report.results
-        ],
-    }
-
-
-def hosts_document(probes: list[HostProbe]) -> dict[str, Any]:
-    """The ``--json`` document of ``meshrun hosts``."""
-    return {
-        "schema": SCHEMA,
-        "ok": all(p.reachable and p.auth_ok for p in probes),
-        "hosts": [
-            {
-                "name": p.name,
-                "address": p.address,
-                "reachable": p.reachable,
-                "auth_ok": p.auth_ok,
-                "rtt_ms": None if p.rtt_ms is None else round(p.rtt_ms, 2),
-                "cpus": p.cpus,
-                "load": list(p.load) if p.load else None,
-                "python3": p.python3,
-                "error": p.error,
-            }
-            for p in probes
-        ],
-    }
-
-
-def agents_document(agents: Sequence[Agent]) -> dict[str, Any]:
-    """The ``--json`` document of ``meshrun discover``."""
-    return {
-        "schema": SCHEMA,
-        "agents": [
-            {
-                "name": a.name,
-                "address": a.address,
-                "port": a.port,
-                "user": a.user,
-                "slots": a.slots,
-                "cpus": a.cpus,
-                "labels": list(a.labels),
-                "workdir": a.workdir,
-                "host_key_fingerprint": a.host_key_fingerprint,
-                "host_key_type": a.host_key_type,
-                "os": a.os,
-                "arch": a.arch,
-                "version": a.version,
-                "meshrun_version": a.meshrun_version,
-            }
-            for a in agents
-        ],
-    }
 
 
 def dispatch_document(
@@ -121,7 +24,7 @@ def dispatch_document(
         "ok": report.ok,
         "exit_code": report.exit_code,
         "interrupted": report.interrupted,
-        "signal": _signal(report.stop_signal),
+        "signal": None if report.stop_signal is None else signal_name(report.stop_signal),
         "duration_s": round(report.duration_s, 3),
         "command": list(command_line),
         "run_dir": report.run_dir,
@@ -216,7 +119,4 @@ def junit_xml(report: DispatchReport) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 
 
-def dumps(document: dict[str, Any]) -> str:
-    import json  # only when a document is written: off exec's start
-
-    return json.dumps(document, indent=2, ensure_ascii=False)
+__all__ = ["dispatch_document", "junit_xml"]
