@@ -391,7 +391,7 @@ def _value_options(actions: Iterable[argparse.Action]) -> frozenset[str]:
 # -- outcomes --------------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
+def _fail(message: str, code: int = meshrun.ExitCode.USAGE) -> NoReturn:
     sys.stderr.write(f"meshrun: error: {message}\n")
     raise SystemExit(code)
 
@@ -742,7 +742,11 @@ def hosts_command(
         sys.stdout.write(meshrun.document_json(documents.hosts_document(probes)) + "\n")
     else:
         sys.stdout.write(console.render_probes(probes))
-    return 0 if all(p.reachable and p.auth_ok for p in probes) else 3
+    return (
+        meshrun.ExitCode.OK
+        if all(p.reachable and p.auth_ok for p in probes)
+        else meshrun.ExitCode.CONNECT
+    )
 
 
 def _hosts_parser() -> argparse.ArgumentParser:
@@ -1066,7 +1070,7 @@ def agent_command(
             interfaces=tuple(interface or ()),
         )
         meshrun.run_agent(options, report=_say)
-    return 0
+    return meshrun.ExitCode.OK
 
 
 def _agent_parser() -> argparse.ArgumentParser:
@@ -1171,7 +1175,7 @@ def discover_command(
         _say(f"no agents found on {where} within {timeout_s:g}s")
     if write:
         _say(f"wrote {write} ({len(agents)} host{'' if len(agents) == 1 else 's'})")
-    return 0
+    return meshrun.ExitCode.OK
 
 
 def _discover_parser() -> argparse.ArgumentParser:
@@ -1245,7 +1249,7 @@ def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -
         sys.stdout.write(meshrun.document_json(document) + "\n")
     else:
         sys.stdout.write(console.render_history(records))
-    return 0
+    return meshrun.ExitCode.OK
 
 
 def _history_parser() -> argparse.ArgumentParser:
@@ -1286,7 +1290,7 @@ def keygen_command(*, path: str, identity: str | None) -> int:
         line = meshrun.generate_keypair(Path(path).expanduser(), comment=comment)
     sys.stderr.write(f"meshrun: wrote {path} (private, 0600) and {path}.pub\n")
     sys.stdout.write(line + "\n")
-    return 0
+    return meshrun.ExitCode.OK
 
 
 def _keygen_parser() -> argparse.ArgumentParser:
@@ -1352,7 +1356,8 @@ def verify_command(
         + f", {result.files_checked} file{'' if result.files_checked == 1 else 's'} checked\n"
     )
     trusted = allowed is None or result.signature.value == "trusted"
-    return 0 if result.ok and trusted and not refused_unsigned else 4
+    ok = result.ok and trusted and not refused_unsigned
+    return meshrun.ExitCode.OK if ok else meshrun.ExitCode.INTEGRITY
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -1395,7 +1400,7 @@ def version_command() -> int:
     The same as `meshrun --version`: the version of the installed package.
     """
     sys.stdout.write(f"meshrun {meshrun.__version__}\n")
-    return 0
+    return meshrun.ExitCode.OK
 
 
 def _version_parser() -> argparse.ArgumentParser:
@@ -1438,7 +1443,7 @@ def completion_command(*, shell: str) -> int:
             action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     script: str = shtab.complete(parser, shell=shell)
     sys.stdout.write(script if script.endswith("\n") else script + "\n")
-    return 0
+    return meshrun.ExitCode.OK
 
 
 def _completion_parser() -> argparse.ArgumentParser:
@@ -1524,7 +1529,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _main(argv: list[str]) -> int:
     if not argv:
         _top_parser().print_help(sys.stderr)
-        return 2
+        return meshrun.ExitCode.USAGE
     if argv == ["--version"]:
         return version_command()
     entry = _COMMANDS.get(argv[0])

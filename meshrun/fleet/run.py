@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from meshrun import stopsignals
 from meshrun.config.inventory import Host
-from meshrun.errors import ChannelUnavailable, ConnectError, InputError, MeshrunError
+from meshrun.errors import ChannelUnavailable, ConnectError, ExitCode, InputError, MeshrunError
 from meshrun.fleet.rollout import FailureBudget
 from meshrun.records import record
 from meshrun.transport.base import CommandRequest, Connection, Connector, Stream
@@ -192,12 +192,12 @@ class FleetReport:
         if self.interrupted:
             return stopsignals.exit_code_for_signal(self.stop_signal or signal.SIGINT)
         if any(r.integrity_failed for r in self.results):
-            return 4
+            return ExitCode.INTEGRITY
         if self.count(HostStatus.UNREACHABLE):
-            return 3
+            return ExitCode.CONNECT
         if any(r.status is not HostStatus.OK for r in self.results):
-            return 1
-        return 0
+            return ExitCode.FAILED
+        return ExitCode.OK
 
 
 # -- events the observer sees, always on the coordinator's thread -----------------
