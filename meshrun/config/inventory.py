@@ -12,23 +12,13 @@ import fnmatch
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import field
 from typing import Any, NoReturn
 
 from meshrun.config import hostlist
-from meshrun.config.loader import TOML_POSITION_RE as _TOML_POSITION_RE
-from meshrun.config.loader import (
-    TOO_DEEP,
-    TOO_DEEP_FIX,
-    check_no_nul,
-    check_text,
-    did_you_mean,
-    wrong_type,
-)
 from meshrun.config.loader import Invalid as _Invalid
-from meshrun.config.loader import Locator as _Locator
+from meshrun.config.loader import Loader, check_text, wrong_type
 from meshrun.config.loader import show as _show
 from meshrun.config.loader import toml_type as _toml_type
 from meshrun.errors import InventoryError
@@ -172,10 +162,6 @@ _KEY_ALIASES = {
     "dir": "workdir",
     "work_dir": "workdir",
 }
-
-
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    return did_you_mean(key, valid, _KEY_ALIASES)
 
 
 _HOST_EXAMPLE = (
@@ -402,167 +388,85 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
 }
 
 
-# --- where in the file -------------------------------------------------------------
-
-
 # --- the file ----------------------------------------------------------------------
 
+#: Where a key written at the top level belongs, for the fix.
+_HOMES = (
+    (_DEFAULT_KEYS, "move {key} under [defaults] (every host) or into a [[host]] block"),
+    (_HOST_KEYS, "move {key} into a [[host]] block"),
+)
+_REQUIRED = {
+    "name": 'name = "build-1" (unique)',
+    "address": 'address = "10.0.0.11" (an IP address, DNS name or ~/.ssh/config alias)',
+}
 
-class _Loader:
+
+class _Loader(Loader):
     """Validates parsed TOML into Hosts, raising errors that point into the file."""
 
-    def __init__(self, path: str, text: str, *, hosts_required: bool = True) -> None:
-        self.path = path
-        self.locate = _Locator(text)
+    aliases = _KEY_ALIASES
+    name_re = _NAME_RE
+    missing_fix = f"create it, or pass an inline list like {_INLINE_EXAMPLE}"
+    unreadable_fix = "check its permissions, or pass an inline list like " + _INLINE_EXAMPLE
+
+    def __init__(self, source: str, *, hosts_required: bool = True) -> None:
+        super().__init__(source)
         self.hosts_required = hosts_required
 
-    def fail(
-        self,
-        message: str,
-        *,
-        line: int | None,
-        fix: str,
-        entry: str | None = None,
-        key: str | None = None,
-    ) -> NoReturn:
-        raise InventoryError(message, path=self.path, line=line, entry=entry, key=key, fix=fix)
+    def error(
+        self, message: str, *, line: int | None, entry: str | None, key: str | None, fix: str
+    ) -> InventoryError:
+        return InventoryError(message, path=self.source, line=line, entry=entry, key=key, fix=fix)
 
-    def check(self, key: str, value: object, index: int | None, entry: str) -> Any:
-        """Validate one value; ``index`` None means [defaults], else the host's position."""
-        try:
-            check_no_nul(value)
-            return _CHECKS[key](key, value)
-        except _Invalid as exc:
-            table = "defaults" if index is None else "host"
-            self.fail(
-                exc.message,
-                line=self.locate.in_table(table, index, key),
-                entry=entry,
-                key=key,
-                fix=exc.fix,
-            )
+    def toml_fix(self) -> str:
+        return (
+            'write key = value with strings in double quotes (address = "10.0.0.11"); '
+            "tables are [defaults] and [[host]]"
+        )
 
     def load(self, data: dict[str, Any]) -> Inventory:
-        for key in data:
-            if key not in _TOP_LEVEL_KEYS:
-                if key in _DEFAULT_KEYS:
-                    fix = f"move {key} under [defaults] (every host) or into a [[host]] block"
-                elif key in _HOST_KEYS:
-                    fix = f"move {key} into a [[host]] block"
-                else:
-                    fix = _did_you_mean(key, _TOP_LEVEL_KEYS)
-                self.fail(
-                    f"unknown top-level key {key!r}",
-                    line=self.locate.top_level(key),
-                    key=key,
-                    fix=fix,
-                )
-        defaults = self._defaults(data.get("defaults", {}))
-        raw_hosts = data.get("host")
-        if isinstance(raw_hosts, dict):
-            self.fail(
-                "[host] is a single table, but hosts are an array of tables",
-                line=self.locate.top_level("host"),
-                key="host",
-                fix="write [[host]] (double brackets) above each host's keys",
-            )
-        if raw_hosts is not None and not isinstance(raw_hosts, list):
-            self.fail(
-                f"expected [[host]] tables, found {_toml_type(raw_hosts)} ({_show(raw_hosts)})",
-                line=self.locate.top_level("host"),
-                key="host",
-                fix="write [[host]] (double brackets) above each host's keys",
-            )
-        if not raw_hosts and self.hosts_required:
-            self.fail(
-                "no hosts: the file has no [[host]] entries",
-                line=self.locate.top_level("host"),
-                key="host",
-                fix=_HOST_EXAMPLE,
-            )
+        self.reject_unknown_top_level(data, _TOP_LEVEL_KEYS, _HOMES)
+        defaults = self._defaults(data)
+        raw_hosts = self.array_of_tables(
+            data, "host", required=self.hosts_required, fix=_HOST_EXAMPLE
+        )
         hosts: list[Host] = []
         first_use: dict[str, int] = {}
-        for index, raw in enumerate(raw_hosts or ()):
+        for index, raw in enumerate(raw_hosts):
             host = self._host(index, raw, defaults)
             if host.name in first_use:
-                first_line = self.locate.in_table("host", first_use[host.name], "name")
-                line = self.locate.in_table("host", index, "name")
-                self.fail(
-                    f"host name {host.name!r} is used twice, at lines {first_line} and {line}",
-                    line=line,
-                    entry=host.name,
-                    key="name",
-                    fix=f'give each [[host]] its own name, e.g. name = "{host.name}-2"',
-                )
+                self.duplicate_name("host", host.name, first_use[host.name], index, host.name)
             first_use[host.name] = index
             hosts.append(host)
         return Inventory(tuple(hosts), HostDefaults(**defaults))
 
-    def _defaults(self, raw: object) -> dict[str, Any]:
+    def _defaults(self, data: dict[str, Any]) -> dict[str, Any]:
+        raw = self.table(
+            data,
+            "defaults",
+            "write [defaults] once (single brackets), followed by key = value lines",
+            show_value=False,
+        )
         entry = "[defaults]"
-        if not isinstance(raw, dict):
-            self.fail(
-                f"expected a table, found {_toml_type(raw)}",
-                line=self.locate.top_level("defaults"),
-                entry=entry,
-                fix="write [defaults] once (single brackets), followed by key = value lines",
-            )
         for key in raw:
             if key in ("name", "address"):
-                self.fail(
-                    f"{key} cannot be a default: every host has its own",
-                    line=self.locate.in_table("defaults", None, key),
-                    entry=entry,
-                    key=key,
-                    fix=f"move {key} = ... into each [[host]] block",
-                )
+                self.not_a_default(key, "host")
             if key not in _DEFAULT_KEYS:
-                self.fail(
-                    f"unknown key {key!r}",
-                    line=self.locate.in_table("defaults", None, key),
-                    entry=entry,
-                    key=key,
-                    fix=_did_you_mean(key, _DEFAULT_KEYS),
-                )
-        return {key: self.check(key, value, None, entry) for key, value in raw.items()}
+                self.unknown_key(key, _DEFAULT_KEYS, table="defaults", index=None, entry=entry)
+        return {
+            key: self.check(_CHECKS[key], key, value, table="defaults", index=None, entry=entry)
+            for key, value in raw.items()
+        }
 
     def _host(self, index: int, raw: object, defaults: dict[str, Any]) -> Host:
-        entry = f"host #{index + 1}"
-        header_line = self.locate.in_table("host", index, None)
-        if not isinstance(raw, dict):
-            self.fail(
-                f"expected a table, found {_toml_type(raw)} ({_show(raw)})",
-                line=header_line,
-                entry=entry,
-                fix="write each host as a [[host]] block of key = value lines",
-            )
-        name = raw.get("name")
-        if isinstance(name, str) and _NAME_RE.fullmatch(name):
-            entry = name  # so every later message says which host
-        for key in raw:
-            if key not in _HOST_KEYS:
-                self.fail(
-                    f"unknown key {key!r}",
-                    line=self.locate.in_table("host", index, key),
-                    entry=entry,
-                    key=key,
-                    fix=_did_you_mean(key, _HOST_KEYS),
-                )
-        for required, example in (
-            ("name", 'name = "build-1" (unique)'),
-            ("address", 'address = "10.0.0.11" (an IP address, DNS name or ~/.ssh/config alias)'),
-        ):
-            if required not in raw:
-                self.fail(
-                    f"missing {required}",
-                    line=header_line,
-                    entry=entry,
-                    key=required,
-                    fix=f"add {example} to this [[host]] block",
-                )
+        block, entry = self.entry_table("host", index, raw)
+        self.reject_unknown(block, _HOST_KEYS, table="host", index=index, entry=entry)
+        self.require(block, _REQUIRED, table="host", index=index, entry=entry)
         values = dict(defaults)
-        for key, value in raw.items():
-            values[key] = self.check(key, value, index, entry)
+        for key, value in block.items():
+            values[key] = self.check(
+                _CHECKS[key], key, value, table="host", index=index, entry=entry
+            )
         workdir = values.get("workdir")
         if workdir is not None:
             values["workdir"] = workdir.replace("{name}", values["name"])
@@ -580,52 +484,8 @@ def read_inventory(path: str | os.PathLike[str], *, hosts_required: bool = True)
     ``hosts_required=False`` accepts a file without ``[[host]]`` entries: a
     ``[defaults]`` table alone is a valid inventory for hosts found by ``--discover``.
     """
-    shown = os.fspath(path)
-    create_fix = f"create it, or pass an inline list like {_INLINE_EXAMPLE}"
-    try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except FileNotFoundError:
-        raise InventoryError("no such file", path=shown, fix=create_fix) from None
-    except IsADirectoryError:
-        raise InventoryError("is a directory, not a file", path=shown, fix=create_fix) from None
-    except OSError as exc:
-        raise InventoryError(
-            f"cannot read the file ({exc.strerror or exc})",
-            path=shown,
-            fix="check its permissions, or pass an inline list like " + _INLINE_EXAMPLE,
-        ) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InventoryError(
-            "not UTF-8 text",
-            path=shown,
-            line=raw[: exc.start].count(b"\n") + 1,
-            fix="save the file as UTF-8 (TOML files are always UTF-8)",
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        reason = str(exc)
-        position = _TOML_POSITION_RE.search(reason)
-        line: int | None = None
-        if position:
-            reason = reason[: position.start()]
-            line = int(position.group(1)) if position.group(1) else max(text.count("\n"), 1)
-        lines = text.splitlines()
-        if line is not None and 0 < line <= len(lines) and lines[line - 1].strip():
-            reason += f": {lines[line - 1].strip()[:60]}"
-        raise InventoryError(
-            f"not valid TOML: {reason}",
-            path=shown,
-            line=line,
-            fix='write key = value with strings in double quotes (address = "10.0.0.11"); '
-            "tables are [defaults] and [[host]]",
-        ) from None
-    except RecursionError:
-        raise InventoryError(f"not valid TOML: {TOO_DEEP}", path=shown, fix=TOO_DEEP_FIX) from None
-    return _Loader(shown, text, hosts_required=hosts_required).load(data)
+    loader = _Loader(os.fspath(path), hosts_required=hosts_required)
+    return loader.load(loader.parse(loader.read(path)))
 
 
 # --- inline lists, the local host, resolution ----------------------------------------

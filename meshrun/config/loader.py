@@ -1,16 +1,31 @@
-"""Checking the TOML files users write (hosts.toml, tasks.toml): shared helpers.
+"""Checking the TOML files users write (hosts.toml, tasks.toml): the shared loader.
+
+Both files are hand-written, so both are checked the same way: read as UTF-8, parsed
+with tomllib, then every table and key checked, and every mistake raised as an error
+that names the file, the line, the entry (``[defaults]``, a host, a task), the key and
+the fix. :class:`Loader` does all of that but the schema: a parser subclasses it with
+its keys, its value checks and the error class it raises (``config.inventory``,
+``config.tasks``).
 
 tomllib reports no positions for values, so ``Locator`` finds the line of a key by
 scanning the text; the check helpers turn a bad value into an ``Invalid`` carrying the
-message and the fix, which each parser wraps in its own error with file, line and entry.
+message and the fix, which the loader turns into the parser's error with file, line and
+entry.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping, Sequence
+import tomllib
+from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import cached_property
+from typing import Any, ClassVar, NoReturn, TypeVar
 
+from meshrun.errors import InputError
 from meshrun.records import record
+
+_T = TypeVar("_T")
 
 TOML_POSITION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 HEADER_RE = re.compile(r"""\s*(\[\[?)\s*([A-Za-z0-9_\-."' ]+?)\s*(\]\]?)\s*(?:#.*)?""")
@@ -217,3 +232,319 @@ def did_you_mean(key: str, valid: Sequence[str], aliases: Mapping[str, str]) -> 
         guess = close[0] if close else None
     hint = f"did you mean {guess!r}? " if guess else ""
     return f"{hint}valid keys: {', '.join(valid)}"
+
+
+def where(path: str, line: int | None, entry: str | None, key: str | None) -> str:
+    """``tasks.toml:12: task 'x': needs``: the place an error names, as
+    :class:`~meshrun.errors.InventoryError` lays it out."""
+    place = path
+    if line is not None:
+        place += f":{line}"
+    if entry:
+        place += f": {entry}"
+    if key:
+        place += f": {key}"
+    return place
+
+
+UTF8_FIX = "save the file as UTF-8 (TOML files are always UTF-8)"
+
+
+def toml_reason(exc: tomllib.TOMLDecodeError, text: str) -> tuple[str, int | None]:
+    """tomllib's message without its position, plus the line it names (the line's text
+    appended, so the user sees what was read), and that line's number."""
+    reason = str(exc)
+    position = TOML_POSITION_RE.search(reason)
+    line: int | None = None
+    if position:
+        reason = reason[: position.start()]
+        line = int(position.group(1)) if position.group(1) else max(text.count("\n"), 1)
+    lines = text.splitlines()
+    if line is not None and 0 < line <= len(lines) and lines[line - 1].strip():
+        reason += f": {lines[line - 1].strip()[:60]}"
+    return reason, line
+
+
+class Loader:
+    """One TOML file being checked: read, parsed, its tables and keys validated, and every
+    mistake raised as an error pointing into it.
+
+    A parser subclasses it and keeps only what is its own: the error class
+    (:meth:`error`), the fixes for a file that cannot be read or parsed, the names its
+    entries go by (``name_re``, :meth:`entry_name`), the aliases "did you mean" offers,
+    and its schema and checks. ``table`` arguments are the TOML table names ("host",
+    "defaults"); ``index`` is the position of an ``[[table]]`` entry, None for a single
+    ``[table]``.
+    """
+
+    #: Names people bring from other tools (ssh_config, GitHub Actions...) mapped to
+    #: this file's keys: difflib alone would miss them.
+    aliases: ClassVar[Mapping[str, str]] = {}
+    #: An ``[[table]]`` entry whose ``name`` matches is called by :meth:`entry_name` in
+    #: messages; else ``host #3``.
+    name_re: ClassVar[re.Pattern[str]]
+    #: The fixes when the file does not exist, or cannot be read.
+    missing_fix: ClassVar[str]
+    unreadable_fix: ClassVar[str]
+
+    def __init__(self, source: str) -> None:
+        self.source = source  # the path as the user wrote it
+        self._text: str | None = None
+
+    # -- what a parser says -------------------------------------------------------------
+
+    def error(
+        self, message: str, *, line: int | None, entry: str | None, key: str | None, fix: str
+    ) -> InputError:
+        """The parser's error for ``message`` at this place in :attr:`source`."""
+        raise NotImplementedError
+
+    def entry_name(self, name: str) -> str:
+        """What messages call an ``[[table]]`` entry with a valid ``name``."""
+        return name
+
+    def directory_fix(self) -> str:
+        """The fix when the path is a directory."""
+        return self.missing_fix
+
+    def toml_fix(self) -> str:
+        """The fix for text tomllib cannot parse."""
+        raise NotImplementedError
+
+    # -- reading and parsing --------------------------------------------------------------
+
+    def read(self, path: str | os.PathLike[str]) -> str:
+        """The file's text; an error naming it when it is missing, unreadable or not UTF-8."""
+        try:
+            with open(path, "rb") as file:
+                raw = file.read()
+        except FileNotFoundError:
+            raise self._at_file("no such file", self.missing_fix) from None
+        except IsADirectoryError:
+            raise self._at_file("is a directory, not a file", self.directory_fix()) from None
+        except OSError as exc:
+            message = f"cannot read the file ({exc.strerror or exc})"
+            raise self._at_file(message, self.unreadable_fix) from None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise self._at_file("not UTF-8 text", UTF8_FIX, line=line) from None
+
+    def parse(self, text: str) -> dict[str, Any]:
+        """``text`` parsed; an error with the line tomllib names when it is not TOML."""
+        self._text = text
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            reason, line = toml_reason(exc, text)
+            raise self._at_file(f"not valid TOML: {reason}", self.toml_fix(), line=line) from None
+        except RecursionError:
+            raise self._at_file(f"not valid TOML: {TOO_DEEP}", TOO_DEEP_FIX) from None
+
+    def _at_file(self, message: str, fix: str, *, line: int | None = None) -> InputError:
+        return self.error(message, line=line, entry=None, key=None, fix=fix)
+
+    @cached_property
+    def locate(self) -> Locator:
+        """Lines of the parsed text's keys, scanned on first use (a file tomllib refuses
+        is not scanned unless its fix needs it)."""
+        if self._text is None:
+            raise RuntimeError("Loader.locate before Loader.parse")
+        return Locator(self._text)
+
+    # -- failing ---------------------------------------------------------------------------
+
+    def fail(
+        self,
+        message: str,
+        *,
+        line: int | None,
+        fix: str,
+        entry: str | None = None,
+        key: str | None = None,
+    ) -> NoReturn:
+        raise self.error(message, line=line, entry=entry, key=key, fix=fix)
+
+    def fail_at(
+        self, message: str, *, table: str, index: int | None, key: str, entry: str, fix: str
+    ) -> NoReturn:
+        """:meth:`fail` at the line of ``key`` in ``[table]`` or the index-th ``[[table]]``."""
+        line = self.locate.in_table(table, index, key)
+        self.fail(message, line=line, entry=entry, key=key, fix=fix)
+
+    def did_you_mean(self, key: str, valid: Sequence[str]) -> str:
+        return did_you_mean(key, valid, self.aliases)
+
+    # -- values and keys ------------------------------------------------------------------
+
+    def check(
+        self,
+        checker: Callable[[str, object], _T],
+        key: str,
+        value: object,
+        *,
+        table: str,
+        index: int | None,
+        entry: str,
+    ) -> _T:
+        """``checker(key, value)``, after refusing a NUL anywhere in ``value``; its
+        :class:`Invalid` becomes the parser's error at the key's line."""
+        try:
+            check_no_nul(value)
+            return checker(key, value)
+        except Invalid as exc:
+            self.fail_at(exc.message, table=table, index=index, key=key, entry=entry, fix=exc.fix)
+
+    def unknown_key(
+        self, key: str, valid: Sequence[str], *, table: str, index: int | None, entry: str
+    ) -> NoReturn:
+        self.fail_at(
+            f"unknown key {key!r}",
+            table=table,
+            index=index,
+            key=key,
+            entry=entry,
+            fix=self.did_you_mean(key, valid),
+        )
+
+    def reject_unknown(
+        self,
+        raw: Mapping[str, object],
+        valid: Sequence[str],
+        *,
+        table: str,
+        index: int | None,
+        entry: str,
+    ) -> None:
+        """The first key of ``raw`` that is not in ``valid`` is an error."""
+        for key in raw:
+            if key not in valid:
+                self.unknown_key(key, valid, table=table, index=index, entry=entry)
+
+    def reject_unknown_top_level(
+        self,
+        data: Mapping[str, object],
+        valid: Sequence[str],
+        homes: Sequence[tuple[Collection[str], str]],
+    ) -> None:
+        """A top-level key not in ``valid`` is an error. ``homes`` says where the keys of
+        a table go when written at the top: (keys, fix with ``{key}``), first match wins;
+        any other key gets "did you mean"."""
+        for key in data:
+            if key not in valid:
+                fix = next((home for keys, home in homes if key in keys), None)
+                self.fail(
+                    f"unknown top-level key {key!r}",
+                    line=self.locate.top_level(key),
+                    key=key,
+                    fix=self.did_you_mean(key, valid) if fix is None else fix.format(key=key),
+                )
+
+    def not_a_default(self, key: str, owner: str) -> NoReturn:
+        """``key`` is in ``[defaults]`` but each ``[[owner]]`` has its own."""
+        self.fail_at(
+            f"{key} cannot be a default: every {owner} has its own",
+            table="defaults",
+            index=None,
+            key=key,
+            entry="[defaults]",
+            fix=f"move {key} = ... into each [[{owner}]] block",
+        )
+
+    def require(
+        self,
+        raw: Mapping[str, object],
+        required: Mapping[str, str],
+        *,
+        table: str,
+        index: int,
+        entry: str,
+    ) -> None:
+        """Each key of ``required`` (key -> example) must be in the index-th ``[[table]]``."""
+        for key, example in required.items():
+            if key not in raw:
+                self.fail(
+                    f"missing {key}",
+                    line=self.locate.in_table(table, index, None),
+                    entry=entry,
+                    key=key,
+                    fix=f"add {example} to this [[{table}]] block",
+                )
+
+    # -- tables --------------------------------------------------------------------------
+
+    def table(
+        self, data: Mapping[str, object], table: str, fix: str, *, show_value: bool = True
+    ) -> dict[str, Any]:
+        """The single ``[table]`` (empty when absent); an error when it is not a table.
+        ``show_value`` False leaves the value out of the message (hosts.toml's wording)."""
+        raw = data.get(table, {})
+        if not isinstance(raw, dict):
+            found = toml_type(raw) + (f" ({show(raw)})" if show_value else "")
+            self.fail(
+                f"expected a table, found {found}",
+                line=self.locate.top_level(table),
+                entry=f"[{table}]",
+                fix=fix,
+            )
+        return raw
+
+    def array_of_tables(
+        self, data: Mapping[str, object], table: str, *, required: bool, fix: str
+    ) -> list[Any]:
+        """The ``[[table]]`` entries (empty when absent); an error when it is written as
+        one ``[table]`` or as a value, or is absent or empty while ``required`` (``fix``
+        says what to add)."""
+        raw = data.get(table)
+        double = f"write [[{table}]] (double brackets) above each {table}'s keys"
+        if isinstance(raw, dict):
+            self.fail(
+                f"[{table}] is a single table, but {table}s are an array of tables",
+                line=self.locate.top_level(table),
+                key=table,
+                fix=double,
+            )
+        if raw is not None and not isinstance(raw, list):
+            self.fail(
+                f"expected [[{table}]] tables, found {toml_type(raw)} ({show(raw)})",
+                line=self.locate.top_level(table),
+                key=table,
+                fix=double,
+            )
+        if not raw and required:
+            self.fail(
+                f"no {table}s: the file has no [[{table}]] entries",
+                line=self.locate.top_level(table),
+                key=table,
+                fix=fix,
+            )
+        return raw or []
+
+    def entry_table(self, table: str, index: int, raw: object) -> tuple[dict[str, Any], str]:
+        """The index-th ``[[table]]`` entry, and what messages call it: :meth:`entry_name`
+        of its name when valid, else ``table #N``. An error when it is not a table."""
+        entry = f"{table} #{index + 1}"
+        if not isinstance(raw, dict):
+            self.fail(
+                f"expected a table, found {toml_type(raw)} ({show(raw)})",
+                line=self.locate.in_table(table, index, None),
+                entry=entry,
+                fix=f"write each {table} as a [[{table}]] block of key = value lines",
+            )
+        name = raw.get("name")
+        if isinstance(name, str) and self.name_re.fullmatch(name):
+            entry = self.entry_name(name)  # so every later message says which one
+        return raw, entry
+
+    def duplicate_name(self, table: str, name: str, first: int, index: int, entry: str) -> NoReturn:
+        """The index-th ``[[table]]`` has the name of the first-th."""
+        first_line = self.locate.in_table(table, first, "name")
+        line = self.locate.in_table(table, index, "name")
+        self.fail(
+            f"{table} name {name!r} is used twice, at lines {first_line} and {line}",
+            line=line,
+            entry=entry,
+            key="name",
+            fix=f'give each [[{table}]] its own name, e.g. name = "{name}-2"',
+        )

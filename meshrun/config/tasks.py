@@ -16,27 +16,17 @@ import math
 import os
 import posixpath
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import field, replace
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 from meshrun.config.durations import parse_duration
 from meshrun.config.inventory import MAX_SLOTS, Host
-from meshrun.config.loader import TOML_POSITION_RE as _TOML_POSITION_RE
-from meshrun.config.loader import (
-    TOO_DEEP,
-    TOO_DEEP_FIX,
-    check_no_nul,
-    check_text,
-    did_you_mean,
-    wrong_type,
-)
 from meshrun.config.loader import Invalid as _Invalid
-from meshrun.config.loader import Locator as _Locator
+from meshrun.config.loader import Loader, check_text, where, wrong_type
 from meshrun.config.loader import show as _show
 from meshrun.config.loader import toml_type as _toml_type
 from meshrun.errors import TaskFileError
@@ -56,8 +46,6 @@ BUILTIN_EXCLUDES = (".git", ".meshrun")
 #: Attempts after the first. Each retry reruns the task on a host; beyond this a typo
 #: (retries = 1000000000) would keep a failing run going for days.
 MAX_RETRIES = 100
-
-_T = TypeVar("_T")
 
 
 def _empty_env() -> Mapping[str, str]:
@@ -286,7 +274,7 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
     fixes: dict[str, str] = {}
     heaviest = 0
     for task in graph.tasks.values():
-        where = _where(source, graph.lines.get(task.name), _task_entry(task.name), None)
+        place = where(source, graph.lines.get(task.name), _task_entry(task.name), None)
         able = [host for host in hosts if task.labels <= host.labels]
         if not able:
             missing = sorted(task.labels - set(carried))
@@ -300,7 +288,7 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
                     f"needs labels {', '.join(sorted(task.labels))} on one host, but no host "
                     f"carries all of them (hosts carry: {carried_text})"
                 )
-            problems.append(f"{where}: labels: {reason}")
+            problems.append(f"{place}: labels: {reason}")
             fixes["labels"] = (
                 "add the labels to a host in the inventory (labels = [...]) "
                 "or remove them from the task"
@@ -311,7 +299,7 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
         biggest = max(able, key=lambda host: host.slots or 0)
         which = "host with its labels" if task.labels else "host"
         problems.append(
-            f"{where}: weight: weight {task.weight} is more than any {which} can take "
+            f"{place}: weight: weight {task.weight} is more than any {which} can take "
             f"(most slots: {biggest.slots} on {biggest.name})"
         )
         heaviest = max(heaviest, task.weight)
@@ -398,9 +386,12 @@ _KEY_ALIASES = {
     "excludes": "exclude",
 }
 
-
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
-    return did_you_mean(key, valid, _KEY_ALIASES)
+#: Where a key written at the top level belongs, for the fix.
+_HOMES = (
+    (_DEFAULT_KEYS, "move {key} under [defaults] (every task) or into a [[task]] block"),
+    (_TASK_KEYS, "move {key} into a [[task]] block"),
+    (_SYNC_KEYS, "move {key} under [sync]"),
+)
 
 
 _TASK_EXAMPLE = 'add a [[task]] block for each task, with at least name = "build" and run = "make"'
@@ -613,26 +604,11 @@ def _check_exclude(key: str, value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*BUILTIN_EXCLUDES, *_check_strings(key, value, "pattern")]))
 
 
-# --- where in the file ---------------------------------------------------------------
-
-
-def _where(path: str, line: int | None, entry: str | None, key: str | None) -> str:
-    """``tasks.toml:12: task 'x': needs`` — the InventoryError layout, as text."""
-    where = path
-    if line is not None:
-        where += f":{line}"
-    if entry:
-        where += f": {entry}"
-    if key:
-        where += f": {key}"
-    return where
+# --- the file ------------------------------------------------------------------------
 
 
 def _task_entry(name: str) -> str:
     return f"task {name!r}"
-
-
-# --- the file ------------------------------------------------------------------------
 
 
 @record(frozen=False)
@@ -644,125 +620,51 @@ class _Parsed:
     task: Task
 
 
-class _Loader:
+_REQUIRED = {"name": _EXAMPLES["name"], "run": _EXAMPLES["run"]}
+
+
+class _Loader(Loader):
     """Validates parsed TOML into a TaskGraph, raising errors that point into the file."""
 
-    def __init__(self, source: str, text: str, root: Path) -> None:
-        self.source = source
+    aliases = _KEY_ALIASES
+    name_re = _NAME_RE
+    missing_fix = "create it, or pass the path of your task file"
+    unreadable_fix = "check its permissions"
+
+    def __init__(self, source: str, root: Path) -> None:
+        super().__init__(source)
         self.root = root
-        self.locate = _Locator(text)
 
-    def fail(
-        self,
-        message: str,
-        *,
-        line: int | None,
-        fix: str,
-        entry: str | None = None,
-        key: str | None = None,
-    ) -> NoReturn:
-        raise TaskFileError(f"{_where(self.source, line, entry, key)}: {message}", fix=fix)
+    def error(
+        self, message: str, *, line: int | None, entry: str | None, key: str | None, fix: str
+    ) -> TaskFileError:
+        return TaskFileError(f"{where(self.source, line, entry, key)}: {message}", fix=fix)
 
-    def check(
-        self,
-        checker: Callable[[str, object], _T],
-        key: str,
-        value: object,
-        *,
-        table: str,
-        index: int | None,
-        entry: str,
-    ) -> _T:
-        try:
-            check_no_nul(value)
-            return checker(key, value)
-        except _Invalid as exc:
-            self.fail(
-                exc.message,
-                line=self.locate.in_table(table, index, key),
-                entry=entry,
-                key=key,
-                fix=exc.fix,
-            )
+    def entry_name(self, name: str) -> str:
+        return _task_entry(name)
 
-    def unknown_keys(self, raw: Mapping[str, object], valid: Sequence[str], table: str) -> None:
-        """Keys of ``[table]`` (a single table) that are not in ``valid``."""
-        for key in raw:
-            if key not in valid:
-                self.fail(
-                    f"unknown key {key!r}",
-                    line=self.locate.in_table(table, None, key),
-                    entry=f"[{table}]",
-                    key=key,
-                    fix=_did_you_mean(key, valid),
-                )
+    def directory_fix(self) -> str:
+        return f"pass the task file itself, e.g. {os.path.join(self.source, 'tasks.toml')}"
 
-    def table(self, data: Mapping[str, object], key: str, fix: str) -> dict[str, Any]:
-        raw = data.get(key, {})
-        if not isinstance(raw, dict):
-            self.fail(
-                f"expected a table, found {_toml_type(raw)} ({_show(raw)})",
-                line=self.locate.top_level(key),
-                entry=f"[{key}]",
-                fix=fix,
-            )
-        return raw
+    def toml_fix(self) -> str:
+        if any(header.name == "task" and not header.array for header in self.locate.headers):
+            return "write [[task]] (double brackets) above each task's keys"
+        return (
+            'write key = value with strings in double quotes (run = "make -C core"); '
+            "tables are [defaults], [sync] and [[task]]"
+        )
 
     def load(self, data: dict[str, Any]) -> TaskGraph:
-        for key in data:
-            if key not in _TOP_LEVEL_KEYS:
-                if key in _DEFAULT_KEYS:
-                    fix = f"move {key} under [defaults] (every task) or into a [[task]] block"
-                elif key in _TASK_KEYS:
-                    fix = f"move {key} into a [[task]] block"
-                elif key in _SYNC_KEYS:
-                    fix = f"move {key} under [sync]"
-                else:
-                    fix = _did_you_mean(key, _TOP_LEVEL_KEYS)
-                self.fail(
-                    f"unknown top-level key {key!r}",
-                    line=self.locate.top_level(key),
-                    key=key,
-                    fix=fix,
-                )
+        self.reject_unknown_top_level(data, _TOP_LEVEL_KEYS, _HOMES)
         defaults = self._defaults(data)
         sync = self._sync(data)
-        raw_tasks = data.get("task")
-        if isinstance(raw_tasks, dict):
-            self.fail(
-                "[task] is a single table, but tasks are an array of tables",
-                line=self.locate.top_level("task"),
-                key="task",
-                fix="write [[task]] (double brackets) above each task's keys",
-            )
-        if raw_tasks is not None and not isinstance(raw_tasks, list):
-            self.fail(
-                f"expected [[task]] tables, found {_toml_type(raw_tasks)} ({_show(raw_tasks)})",
-                line=self.locate.top_level("task"),
-                key="task",
-                fix="write [[task]] (double brackets) above each task's keys",
-            )
-        if not raw_tasks:
-            self.fail(
-                "no tasks: the file has no [[task]] entries",
-                line=self.locate.top_level("task"),
-                key="task",
-                fix=_TASK_EXAMPLE,
-            )
+        raw_tasks = self.array_of_tables(data, "task", required=True, fix=_TASK_EXAMPLE)
         parsed: dict[str, _Parsed] = {}
         for index, raw in enumerate(raw_tasks):
             one = self._task(index, raw, defaults)
             name = one.task.name
             if name in parsed:
-                first_line = self.locate.in_table("task", parsed[name].index, "name")
-                line = self.locate.in_table("task", index, "name")
-                self.fail(
-                    f"task name {name!r} is used twice, at lines {first_line} and {line}",
-                    line=line,
-                    entry=one.entry,
-                    key="name",
-                    fix=f'give each [[task]] its own name, e.g. name = "{name}-2"',
-                )
+                self.duplicate_name("task", name, parsed[name].index, index, one.entry)
             parsed[name] = one
         self._resolve_needs(parsed)
         tasks = {name: one.task for name, one in parsed.items()}
@@ -780,14 +682,8 @@ class _Loader:
         entry = "[defaults]"
         for key in raw:
             if key in _TASK_KEYS and key not in _DEFAULT_KEYS:
-                self.fail(
-                    f"{key} cannot be a default: every task has its own",
-                    line=self.locate.in_table("defaults", None, key),
-                    entry=entry,
-                    key=key,
-                    fix=f"move {key} = ... into each [[task]] block",
-                )
-        self.unknown_keys(raw, _DEFAULT_KEYS, "defaults")
+                self.not_a_default(key, "task")
+        self.reject_unknown(raw, _DEFAULT_KEYS, table="defaults", index=None, entry=entry)
         return {
             key: self.check(_CHECKS[key], key, value, table="defaults", index=None, entry=entry)
             for key, value in raw.items()
@@ -797,59 +693,33 @@ class _Loader:
         raw = self.table(
             data, "sync", 'write [sync] once (single brackets), then paths = ["."] and exclude'
         )
-        self.unknown_keys(raw, _SYNC_KEYS, "sync")
+        entry = "[sync]"
+        self.reject_unknown(raw, _SYNC_KEYS, table="sync", index=None, entry=entry)
         spec = SyncSpec(root=self.root)
         if "paths" in raw:
             paths = self.check(
-                _check_sync_paths, "paths", raw["paths"], table="sync", index=None, entry="[sync]"
+                _check_sync_paths, "paths", raw["paths"], table="sync", index=None, entry=entry
             )
             spec = replace(spec, paths=paths)
         if "exclude" in raw:
             exclude = self.check(
-                _check_exclude, "exclude", raw["exclude"], table="sync", index=None, entry="[sync]"
+                _check_exclude, "exclude", raw["exclude"], table="sync", index=None, entry=entry
             )
             spec = replace(spec, exclude=exclude)
         if "isolate" in raw:
             isolate = self.check(
-                _check_isolate, "isolate", raw["isolate"], table="sync", index=None, entry="[sync]"
+                _check_isolate, "isolate", raw["isolate"], table="sync", index=None, entry=entry
             )
             spec = replace(spec, isolate=isolate)
         return spec
 
     def _task(self, index: int, raw: object, defaults: Mapping[str, Any]) -> _Parsed:
-        entry = f"task #{index + 1}"
-        header_line = self.locate.in_table("task", index, None)
-        if not isinstance(raw, dict):
-            self.fail(
-                f"expected a table, found {_toml_type(raw)} ({_show(raw)})",
-                line=header_line,
-                entry=entry,
-                fix="write each task as a [[task]] block of key = value lines",
-            )
-        name = raw.get("name")
-        if isinstance(name, str) and _NAME_RE.fullmatch(name):
-            entry = _task_entry(name)  # so every later message says which task
-        for key in raw:
-            if key not in _TASK_KEYS:
-                self.fail(
-                    f"unknown key {key!r}",
-                    line=self.locate.in_table("task", index, key),
-                    entry=entry,
-                    key=key,
-                    fix=_did_you_mean(key, _TASK_KEYS),
-                )
-        for required in ("name", "run"):
-            if required not in raw:
-                self.fail(
-                    f"missing {required}",
-                    line=header_line,
-                    entry=entry,
-                    key=required,
-                    fix=f"add {_EXAMPLES[required]} to this [[task]] block",
-                )
+        block, entry = self.entry_table("task", index, raw)
+        self.reject_unknown(block, _TASK_KEYS, table="task", index=index, entry=entry)
+        self.require(block, _REQUIRED, table="task", index=index, entry=entry)
         values: dict[str, Any] = {
             key: self.check(_CHECKS[key], key, value, table="task", index=index, entry=entry)
-            for key, value in raw.items()
+            for key, value in block.items()
         }
         merged = {**defaults, **values}
         env = {**defaults.get("env", {}), **values.get("env", {})}
@@ -872,19 +742,21 @@ class _Loader:
         for one in parsed.values():
             for need in one.task.needs:
                 if need == one.task.name:
-                    self.fail(
+                    self.fail_at(
                         f"task {need!r} needs itself",
-                        line=self.locate.in_table("task", one.index, "needs"),
-                        entry=one.entry,
+                        table="task",
+                        index=one.index,
                         key="needs",
+                        entry=one.entry,
                         fix=f"remove {need!r} from its own needs",
                     )
                 if need not in parsed:
-                    self.fail(
+                    self.fail_at(
                         f"{need!r} is not a task in this file",
-                        line=self.locate.in_table("task", one.index, "needs"),
-                        entry=one.entry,
+                        table="task",
+                        index=one.index,
                         key="needs",
+                        entry=one.entry,
                         fix=_did_you_mean_task(need, names),
                     )
         tasks = {name: one.task for name, one in parsed.items()}
@@ -893,11 +765,12 @@ class _Loader:
             cycle = _find_cycle(tasks, stuck)
             first, last = parsed[cycle[0]], parsed[cycle[-2]]
             last_line = self.locate.in_table("task", last.index, "needs")
-            self.fail(
+            self.fail_at(
                 f"dependency cycle {' -> '.join(cycle)} (each needs the next)",
-                line=self.locate.in_table("task", first.index, "needs"),
-                entry=first.entry,
+                table="task",
+                index=first.index,
                 key="needs",
+                entry=first.entry,
                 fix=f"remove {cycle[0]!r} from the needs of {last.task.name!r} "
                 f"(line {last_line}), or another need in the cycle",
             )
@@ -917,67 +790,13 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
 }
 
 
-def _toml_error(
-    exc: tomllib.TOMLDecodeError, text: str, source: str, single_task: bool
-) -> NoReturn:
-    reason = str(exc)
-    position = _TOML_POSITION_RE.search(reason)
-    line: int | None = None
-    if position:
-        reason = reason[: position.start()]
-        line = int(position.group(1)) if position.group(1) else max(text.count("\n"), 1)
-    lines = text.splitlines()
-    if line is not None and 0 < line <= len(lines) and lines[line - 1].strip():
-        reason += f": {lines[line - 1].strip()[:60]}"
-    if single_task:
-        fix = "write [[task]] (double brackets) above each task's keys"
-    else:
-        fix = (
-            'write key = value with strings in double quotes (run = "make -C core"); '
-            "tables are [defaults], [sync] and [[task]]"
-        )
-    raise TaskFileError(f"{_where(source, line, None, None)}: not valid TOML: {reason}", fix=fix)
-
-
 def parse_tasks(text: str, *, source: str, root: Path) -> TaskGraph:
     """Validate the text of a task file; ``root`` is its directory, ``source`` its name."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        headers = _Locator(text).headers
-        single = any(header.name == "task" and not header.array for header in headers)
-        _toml_error(exc, text, source, single)
-    except RecursionError:
-        raise TaskFileError(f"{source}: not valid TOML: {TOO_DEEP}", fix=TOO_DEEP_FIX) from None
-    return _Loader(source, text, root.absolute()).load(data)
+    loader = _Loader(source, root.absolute())
+    return loader.load(loader.parse(text))
 
 
 def load_tasks(path: str | os.PathLike[str]) -> TaskGraph:
     """Read and validate a tasks.toml; every mistake is a TaskFileError pointing at it."""
-    shown = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except FileNotFoundError:
-        raise TaskFileError(
-            f"{shown}: no such file", fix="create it, or pass the path of your task file"
-        ) from None
-    except IsADirectoryError:
-        raise TaskFileError(
-            f"{shown}: is a directory, not a file",
-            fix=f"pass the task file itself, e.g. {os.path.join(shown, 'tasks.toml')}",
-        ) from None
-    except OSError as exc:
-        raise TaskFileError(
-            f"{shown}: cannot read the file ({exc.strerror or exc})",
-            fix="check its permissions",
-        ) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TaskFileError(
-            f"{shown}:{line}: not UTF-8 text",
-            fix="save the file as UTF-8 (TOML files are always UTF-8)",
-        ) from None
-    return parse_tasks(text, source=shown, root=Path(path).absolute().parent)
+    loader = _Loader(os.fspath(path), Path(path).absolute().parent)
+    return loader.load(loader.parse(loader.read(path)))
