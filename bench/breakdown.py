@@ -28,8 +28,9 @@ Experiments (counterfactual, done by patching from outside, to size a suggestion
                        delayed ACK
     --gc-freeze        gc.freeze() once the run is over, before interpreter shutdown
     --lean-cli         argparse + the library calls of `meshrun exec` instead of typer
-    --compare-fabric   also time the Fabric ThreadingGroup script from fanout.py, in the
-                       same repetitions, as the reference to beat
+    --compare-fabric   also time the Fabric ThreadingGroup run of bench/fanout
+                       (competitors/fabric_client.py true), in the same repetitions, as
+                       the reference to beat
 
     bench/breakdown.py --hosts 8,64 --repeat 7
 """
@@ -40,13 +41,13 @@ import argparse
 import contextlib
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 PHASES = ["startup", "import", "cli", "inventory", "connector", "connect", "command", "close"]
@@ -163,14 +164,19 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
 
     meshrun.default_connector = default_connector
 
-    # The CLI runs ``exec`` through run_fleet_recorded (which calls run_fleet).
-    real_run = meshrun.run_fleet_recorded
+    # The CLI runs ``exec`` through run_fleet_recorded (which calls run_fleet), --lean-cli
+    # calls run_fleet itself: the run starts at whichever comes first.
+    for name in ("run_fleet_recorded", "run_fleet"):
 
-    def run_fleet_recorded(*a: Any, **kw: Any) -> Any:
-        mark("run_start")
-        return real_run(*a, **kw)
+        def run_start(real: Any) -> Any:
+            def inner(*a: Any, **kw: Any) -> Any:
+                if "run_start" not in marks:
+                    mark("run_start")
+                return real(*a, **kw)
 
-    meshrun.run_fleet_recorded = run_fleet_recorded
+            return inner
+
+        patch(meshrun, name, run_start)
 
     argv = ["exec", "--hosts", hosts_toml, "-q", "--", "true"]
     code: Any = 0
@@ -292,7 +298,7 @@ def one_run(hosts_toml: Path, out: Path, flags: list[str], env: dict[str, str]) 
 def fabric_run(script: Path, spec: str, env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, str(script), spec],
+        [sys.executable, str(script), "true", spec],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -302,30 +308,26 @@ def fabric_run(script: Path, spec: str, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def med(xs: Sequence[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 def report(count: int, label: str, runs: list[dict[str, Any]], fabric: list[float]) -> str:
     lines = [f"\n== meshrun exec, {count} hosts{label}: {len(runs)} runs, medians (ms) =="]
-    total = med([r["phases"]["total"] for r in runs])
+    total = median([r["phases"]["total"] for r in runs])
     for p in [*PHASES, "exit"]:
-        v = med([r["phases"][p] for r in runs])
+        v = median([r["phases"][p] for r in runs])
         lines.append(f"  {p:<10} {v * 1000:8.1f}  {100 * v / total:5.1f}%")
     lines.append(
         f"  {'total':<10} {total * 1000:8.1f}   (phases are medians: they need not add up)"
     )
     if fabric:
         lines.append(
-            f"  fabric ThreadingGroup, same repetitions: {med(fabric) * 1000:.1f} "
-            f"(meshrun/fabric = {total / med(fabric):.2f})"
+            f"  fabric ThreadingGroup, same repetitions: {median(fabric) * 1000:.1f} "
+            f"(meshrun/fabric = {total / median(fabric):.2f})"
         )
     lines.append("  per host (median of all hosts and runs; max in brackets):")
     for kind in ("tcp", "handshake", "auth", "channel", "command"):
         xs = [x for r in runs for x in r["per_host"].get(kind, [])]
         if xs:
-            lines.append(f"    {kind:<10} {med(xs) * 1000:7.1f}  [{max(xs) * 1000:7.1f}]")
-    cpu = {k: med([r["cpu"][k] for r in runs]) for k in runs[0]["cpu"]}
+            lines.append(f"    {kind:<10} {median(xs) * 1000:7.1f}  [{max(xs) * 1000:7.1f}]")
+    cpu = {k: median([r["cpu"][k] for r in runs]) for k in runs[0]["cpu"]}
     lines.append(
         "  client CPU (user+sys, all threads): "
         f"to imports {cpu['to_imported'] * 1000:.0f} ms, "
@@ -361,48 +363,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         child(hosts_toml, out, args.spawned, args)
         return 0
 
-    bench = Path(__file__).resolve().parent
-    sys.path.insert(0, str(bench.parent))
-    sys.path.insert(0, str(bench))
-    from fanout import FABRIC_SCRIPT, tool_env
-
-    from meshrun.testing.fleet import LOOPBACK, Fleet
+    from harness import fleet_spec, run_benchmark, running_fleet, tool_env
 
     label = f", bytecode {args.bytecode}"
     flags = child_flags(args)
     if flags:
         label += f", experiment: {' '.join(flags)}"
     doc: dict[str, Any] = {"label": label, "sizes": {}}
-    with tempfile.TemporaryDirectory(prefix="meshrun-breakdown-") as tmp:
-        env = tool_env(Path(tmp) / "pycache" if args.bytecode == "cache" else None)
-        fabric_py = Path(tmp) / "fabric_true.py"
-        fabric_py.write_text(FABRIC_SCRIPT)
-        for count in [int(x) for x in args.hosts.split(",")]:
-            runs: list[dict[str, Any]] = []
-            fabric: list[float] = []
-            with Fleet.start(count, Path(tmp) / f"fleet{count}") as fleet:
-                spec = json.dumps(
-                    {
-                        "address": LOOPBACK,
-                        "user": fleet.user,
-                        "key": str(fleet.client_key),
-                        "known_hosts": str(fleet.known_hosts),
-                        "ports": [h.port for h in fleet.hosts],
-                    }
-                )
-                out = Path(tmp) / "child.json"
-                for i in range(args.warmup + args.repeat):
-                    r = one_run(fleet.hosts_toml, out, flags, env)
-                    f = fabric_run(fabric_py, spec, env) if args.compare_fabric else None
-                    if i >= args.warmup:
-                        runs.append(r)
-                        if f is not None:
-                            fabric.append(f)
-            print(report(count, label, runs, fabric), flush=True)
-            doc["sizes"][count] = {"meshrun": runs, "fabric_s": fabric}
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+
+    def body() -> int:
+        with tempfile.TemporaryDirectory(prefix="meshrun-breakdown-") as tmp:
+            env = tool_env(Path(tmp) / "pycache" if args.bytecode == "cache" else None)
+            fabric_py = Path(__file__).resolve().parent / "competitors" / "fabric_client.py"
+            for count in [int(x) for x in args.hosts.split(",")]:
+                runs: list[dict[str, Any]] = []
+                fabric: list[float] = []
+                with running_fleet(count, Path(tmp) / f"fleet{count}") as fleet:
+                    spec = fleet_spec(fleet)
+                    out = Path(tmp) / "child.json"
+                    for i in range(args.warmup + args.repeat):
+                        r = one_run(fleet.hosts_toml, out, flags, env)
+                        f = fabric_run(fabric_py, spec, env) if args.compare_fabric else None
+                        if i >= args.warmup:
+                            runs.append(r)
+                            if f is not None:
+                                fabric.append(f)
+                print(report(count, label, runs, fabric), flush=True)
+                doc["sizes"][count] = {"meshrun": runs, "fabric_s": fabric}
+        return 0
+
+    return run_benchmark("breakdown", body, doc, args.json)
 
 
 if __name__ == "__main__":

@@ -51,236 +51,53 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
-import shlex
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
+# Only the standard library at module level, here and in what this imports: the --child
+# run times meshrun's own imports, so nothing of meshrun may be imported before it
+# starts (meshrun is imported where it is used).
+from competitors import gnu_parallel
+from harness import (
+    BENCH,
+    RUN_TIMEOUT_S,
+    Tool,
+    ToolResult,
+    add_bytecode_option,
+    add_output_options,
+    add_rounds_options,
+    children_cpu_s,
+    failure_notes,
+    fleet_spec,
+    fmt,
+    hosts_toml_with_slots,
+    keep_only,
+    machine_busy_s,
+    med,
+    meshrun_executable,
+    new_doc,
+    run_benchmark,
+    running_fleet,
+    tail,
+    time_tools,
+    tool_env,
+)
 
 if TYPE_CHECKING:
     from meshrun.testing.fleet import Fleet
 
-# Only the standard library at module level: the --child run times meshrun's own
-# imports, so nothing of meshrun may be imported before it starts. bench/fanout's
-# helpers (which import the fleet, hence meshrun) are imported where they are used.
-LOOPBACK = "127.0.0.1"  # meshrun.testing.fleet.LOOPBACK
-RUN_TIMEOUT_S = 180.0
-GIVE_UP_AFTER = 2
 #: meshrun should do at least this many times parallel-ssh's tasks/s (the issue's target).
 TARGET_VS_PSSH = 1.5
 ISSUE_PSSH_RATE = 535  # tasks/s, the issue's reference (Fabric 304, GNU parallel 57-72)
 SUMMARY_RE = re.compile(r"meshrun: (\d+) tasks: (.*?) in (\S+) \(run (\S+)\)")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (as bench/fanout, stdlib only)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_s() -> float:
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def fmt(x: float | None, spec: str = ".3f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def tail(text: bytes, lines: int = 8) -> str:
-    return "\n".join(text.decode("utf-8", "replace").rstrip().splitlines()[-lines:])
-
-
-_NODELAY_PSSH = """
-import socket
-
-from pssh.clients.base import single
-
-_connect_socket = single.BaseSSHClient._connect_socket
-
-
-def _nodelay(self, *args, **kwargs):
-    out = _connect_socket(self, *args, **kwargs)
-    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return out
-
-
-single.BaseSSHClient._connect_socket = _nodelay
-"""
-
-PSSH_ROUNDS_SCRIPT = (
-    '''\
-"""parallel-ssh: N `echo i` over 32 sessions in rounds of 32. Does NOT check host keys."""
-import json
-import sys
-
-from pssh.clients import ParallelSSHClient
-from pssh.config import HostConfig
-'''
-    + _NODELAY_PSSH
-    + """
-spec = json.loads(sys.argv[1])
-# Host-major interleaving, so the last, partial round still covers every host.
-ports = [p for _ in range(spec["per_host"]) for p in spec["ports"]]
-hosts = [spec["address"]] * len(ports)
-config = [
-    HostConfig(port=p, user=spec["user"], private_key=spec["key"], allow_agent=False,
-               identity_auth=False, num_retries=1, timeout=30)
-    for p in ports
-]
-client = ParallelSSHClient(hosts, host_config=config, pool_size=len(ports), allow_agent=False,
-                           identity_auth=False, num_retries=1, timeout=30)
-commands = [f"echo {i}" for i in range(spec["tasks"])]
-bad, done = [], 0
-for start in range(0, len(commands), len(ports)):
-    chunk = commands[start:start + len(ports)]
-    if len(chunk) < len(ports):  # host_args must match the host list: shrink it
-        client.hosts = hosts[:len(chunk)]
-        client.host_config = config[:len(chunk)]
-    output = client.run_command("%s", host_args=chunk, stop_on_errors=True)
-    outs = {}
-    for o, command in zip(output, chunk):
-        outs[command] = list(o.stdout)  # read to EOF, else exit_code can still be None
-    client.join(output)
-    for o, command in zip(output, chunk):
-        done += 1
-        if o.exit_code != 0 or outs[command] != [command[5:]]:
-            bad.append((command, o.exit_code, outs[command], o.exception))
-if bad or done != len(commands):
-    sys.exit(f"parallel-ssh: {len(bad)} failed, {done} done: {bad[:5]}")
-"""
-)
-
-PSSH_POOL_SCRIPT = (
-    '''\
-"""parallel-ssh: N `echo i`, 32 greenlets with a session each. Does NOT check host keys."""
-import json
-import sys
-
-from gevent import joinall, spawn
-from pssh.clients import SSHClient
-'''
-    + _NODELAY_PSSH
-    + """
-spec = json.loads(sys.argv[1])
-todo = iter(range(spec["tasks"]))
-bad, done = [], []
-
-
-def worker(port):
-    # One libssh2 session cannot run channels from several greenlets at once
-    # (SSH2Error), so each greenlet has its own session, as ParallelSSHClient does.
-    client = SSHClient(spec["address"], user=spec["user"], port=port, pkey=spec["key"],
-                       allow_agent=False, identity_auth=False, num_retries=1, timeout=30)
-    for i in todo:
-        out = client.run_command(f"echo {i}")
-        lines = list(out.stdout)
-        client.wait_finished(out)
-        done.append(i)
-        if out.exit_code != 0 or lines != [str(i)]:
-            bad.append((i, out.exit_code, lines))
-    client.disconnect()
-
-
-joinall([spawn(worker, p) for _ in range(spec["per_host"]) for p in spec["ports"]],
-        raise_error=True)
-if bad or len(done) != spec["tasks"]:
-    sys.exit(f"parallel-ssh: {len(bad)} failed, {len(done)} done: {bad[:5]}")
-"""
-)
-
-FABRIC_SCRIPT = '''\
-"""Fabric: N `echo i`, one Connection per host, 32 threads; host keys checked."""
-import json
-import socket
-import sys
-import threading
-
-import paramiko
-from fabric import Connection
-
-spec = json.loads(sys.argv[1])
-connections = []
-for port in spec["ports"]:
-    c = Connection(
-        spec["address"],
-        user=spec["user"],
-        port=port,
-        connect_timeout=30,
-        connect_kwargs={"key_filename": spec["key"], "look_for_keys": False, "allow_agent": False},
-    )
-    # Fabric auto-adds unknown keys by default; check them like OpenSSH would instead.
-    c.client.load_host_keys(spec["known_hosts"])
-    c.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    connections.append(c)
-
-
-def open_one(c):
-    c.open()
-    c.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-openers = [threading.Thread(target=open_one, args=(c,)) for c in connections]
-for t in openers:
-    t.start()
-for t in openers:
-    t.join()
-if not all(c.is_connected for c in connections):
-    sys.exit("fabric: a connection failed")
-todo = iter(range(spec["tasks"]))
-lock = threading.Lock()
-bad, done = [], []
-
-
-def worker(c):
-    while True:
-        with lock:
-            i = next(todo, None)
-        if i is None:
-            return
-        try:
-            r = c.run(f"echo {i}", hide=True, in_stream=False, warn=True)
-            ok = r.exited == 0 and r.stdout == f"{i}\\n"
-        except Exception as exc:  # noqa: BLE001
-            ok, r = False, exc
-        with lock:
-            done.append(i)
-            if not ok:
-                bad.append((i, repr(r)[:200]))
-
-
-workers = [threading.Thread(target=worker, args=(c,))
-           for _ in range(spec["per_host"]) for c in connections]
-for t in workers:
-    t.start()
-for t in workers:
-    t.join()
-for c in connections:
-    c.close()
-if bad or len(done) != spec["tasks"]:
-    sys.exit(f"fabric: {len(bad)} failed, {len(done)} done: {bad[:5]}")
-'''
+COMPETITORS = BENCH / "competitors"
 
 
 # -- the workload -----------------------------------------------------------------------
@@ -315,168 +132,34 @@ def write_workload(
         (project / "src" / f"mod{n}.py").write_text(f"VALUE = {n}\n" * 50)
     tasks_toml = project / "tasks.toml"
     tasks_toml.write_text("\n".join(lines))
-    hosts_auto = fleet.hosts_toml
-    text = hosts_auto.read_text()
-    if not text.startswith("[defaults]\n"):
-        raise RuntimeError(f"unexpected hosts.toml layout in {hosts_auto}")
-    hosts_slots = workdir / f"hosts-slots{per_host}.toml"
-    hosts_slots.write_text(text.replace("[defaults]\n", f"[defaults]\nslots = {per_host}\n", 1))
+    hosts_slots = hosts_toml_with_slots(fleet, workdir / f"hosts-slots{per_host}.toml", per_host)
     args_file = workdir / "args.txt"
     args_file.write_text("".join(f"{i}\n" for i in range(tasks)))
-    spec = json.dumps(
-        {
-            "address": LOOPBACK,
-            "user": fleet.user,
-            "key": str(fleet.client_key),
-            "known_hosts": str(fleet.known_hosts),
-            "ports": [h.port for h in fleet.hosts],
-            "tasks": tasks,
-            "per_host": per_host,
-        }
+    spec = fleet_spec(fleet, tasks=tasks, per_host=per_host)
+    return Workload(
+        tasks, per_host, workdir, tasks_toml, hosts_slots, fleet.hosts_toml, args_file, spec
     )
-    return Workload(tasks, per_host, workdir, tasks_toml, hosts_slots, hosts_auto, args_file, spec)
 
 
 # -- tools ------------------------------------------------------------------------------
 
 
-@dataclass
-class Tool:
-    key: str
-    label: str
-    argv: list[str]
-    competitor: bool = False
-    note: str = ""
-    after: Callable[[], None] | None = None  # after every run, not timed (cleanup)
-    state_dir: Path | None = None  # meshrun rows: where its run dirs go
-
-
-@dataclass
-class Sample:
-    wall_s: float
-    exit_code: int | None
-    stderr: bytes
-    client_cpu_s: float
-    machine_cpu_s: float
-
-
-@dataclass
-class ToolResult:
-    tool: Tool
-    times_s: list[float] = field(default_factory=list)
-    warmup_s: list[float] = field(default_factory=list)
-    inrun_s: list[float] = field(default_factory=list)  # meshrun: its own "in X s"
-    client_cpu_s: list[float] = field(default_factory=list)
-    machine_cpu_s: list[float] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    consecutive_failures: int = 0
-
-    @property
-    def gave_up(self) -> bool:
-        return self.consecutive_failures >= GIVE_UP_AFTER
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.times_s) if self.times_s else None
-
-    @property
-    def minimum(self) -> float | None:
-        return min(self.times_s) if self.times_s else None
-
-    @property
-    def inrun(self) -> float | None:
-        return statistics.median(self.inrun_s) if self.inrun_s else None
-
-    @property
-    def cpu(self) -> float | None:
-        return statistics.median(self.client_cpu_s) if self.client_cpu_s else None
-
-    @property
-    def machine_cpu(self) -> float | None:
-        return statistics.median(self.machine_cpu_s) if self.machine_cpu_s else None
-
-
-def control_logins(fleet: Fleet, control_dir: Path) -> list[list[str]]:
-    """One OpenSSH argv (without the command) per host, multiplexed over a master."""
-    out = []
-    for h in fleet.hosts:
-        out.append(
-            [
-                "ssh",
-                "-p",
-                str(h.port),
-                "-i",
-                str(fleet.client_key),
-                "-o",
-                f"UserKnownHostsFile={fleet.known_hosts}",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                # The kex paramiko negotiates (OpenSSH's default costs much more CPU).
-                "-o",
-                "KexAlgorithms=curve25519-sha256",
-                "-o",
-                "ControlMaster=auto",
-                "-o",
-                f"ControlPath={control_dir}/%C",
-                "-o",
-                "ControlPersist=60",
-            ]
-        )
-    return out
-
-
-def stop_masters(fleet: Fleet, control_dir: Path) -> None:
-    """``ssh -O exit`` every master left by a GNU parallel run (ControlPersist)."""
-    if not any(control_dir.iterdir()):
-        return
-    procs = [
-        subprocess.Popen(
-            [*login, "-O", "exit", f"{fleet.user}@{LOOPBACK}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for login in control_logins(fleet, control_dir)
-    ]
-    for p in procs:
-        p.wait(timeout=10)
-    deadline = time.monotonic() + 5
-    while any(control_dir.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
-    scripts = {}
-    for name, text in [
-        ("pssh_rounds.py", PSSH_ROUNDS_SCRIPT),
-        ("pssh_pool.py", PSSH_POOL_SCRIPT),
-        ("fabric_tasks.py", FABRIC_SCRIPT),
-    ]:
-        path = work.dir / name
-        path.write_text(text)
-        scripts[name] = str(path)
     control_dir = work.dir / "cm"
     control_dir.mkdir(exist_ok=True)
-    sshlogins = work.dir / "sshlogins"
-    sshlogins.write_text(
-        "".join(
-            f"{shlex.join(login)} {fleet.user}@{LOOPBACK}\n"
-            for login in control_logins(fleet, control_dir)
-        )
+    sshlogins = gnu_parallel.write_sshlogins(
+        fleet, work.dir / "sshlogins", kex=gnu_parallel.X25519, control_dir=control_dir
     )
-    from fanout import meshrun_executable
-
     meshrun = meshrun_executable()
 
     def mesh(key: str, label: str, hosts: Path, extra: list[str], note: str) -> Tool:
         state = work.dir / f"state-{key}"
         argv = [meshrun, "dispatch", str(work.tasks_toml), "--hosts", str(hosts), "-q"]
         argv += ["-o", "none", "--state-dir", str(state), *extra]
-        return Tool(key, label, argv, note=note, state_dir=state)
+        return Tool(key, label, argv, note=note, own_duration=inrun_probe(state))
+
+    def script(name: str, mode: str, spec: str) -> list[str]:
+        return [python, str(COMPETITORS / name), mode, spec]
 
     n = work.per_host
     return [
@@ -504,28 +187,28 @@ def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
         Tool(
             "pssh-rounds",
             "parallel-ssh rounds",
-            [python, scripts["pssh_rounds.py"], work.spec],
+            script("parallel_ssh.py", "rounds", work.spec),
             competitor=True,
             note=f"{n * len(fleet.hosts)} sessions, rounds; host keys NOT checked",
         ),
         Tool(
             "pssh-pool",
             "parallel-ssh pool",
-            [python, scripts["pssh_pool.py"], work.spec],
+            script("parallel_ssh.py", "pool", work.spec),
             competitor=True,
             note=f"{n * len(fleet.hosts)} sessions, no barrier; host keys NOT checked",
         ),
         Tool(
             "pssh-pool-1",
             "parallel-ssh pool, 1/host",
-            [python, scripts["pssh_pool.py"], json.dumps(json.loads(work.spec) | {"per_host": 1})],
+            script("parallel_ssh.py", "pool", json.dumps(json.loads(work.spec) | {"per_host": 1})),
             competitor=True,
             note=f"{len(fleet.hosts)} sessions, {len(fleet.hosts)} at a time: its best here",
         ),
         Tool(
             "fabric",
             "fabric threads",
-            [python, scripts["fabric_tasks.py"], work.spec],
+            script("fabric_client.py", "tasks", work.spec),
             competitor=True,
             note=f"{len(fleet.hosts)} connections, {n * len(fleet.hosts)} threads",
         ),
@@ -533,7 +216,7 @@ def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
             "parallel",
             "GNU parallel",
             [
-                shutil.which("parallel") or "parallel",
+                gnu_parallel.executable(),
                 f"-j{n}",
                 "--no-notice",
                 "--sshloginfile",
@@ -545,64 +228,40 @@ def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
             ],
             competitor=True,
             note=f"-j{n} per login, ControlMaster (cold each run)",
-            after=lambda: stop_masters(fleet, control_dir),
+            after=lambda: gnu_parallel.stop_masters(fleet, control_dir),
         ),
     ]
 
 
-# -- running ----------------------------------------------------------------------------
+# -- meshrun's own duration of a run ----------------------------------------------------
 
 
-def time_once(tool: Tool, env: dict[str, str], scratch: Path) -> Sample:
-    """Wall clock of the whole process, spawn to exit.
-
-    stderr goes to a file, not a pipe: an OpenSSH master that goes to the background
-    (ControlPersist) keeps it open, and waiting for EOF would then wait for the master.
-    """
-    err_path = scratch / "stderr.txt"
-    with err_path.open("wb") as err:
-        cpu0, busy0 = children_cpu_s(), machine_busy_s()
-        start = time.perf_counter()
-        code: int | None
-        try:
-            proc = subprocess.run(
-                tool.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env=env,
-                timeout=RUN_TIMEOUT_S,
-                check=False,
-            )
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-        except OSError as exc:
-            code = 127
-            err.write(str(exc).encode())
-        wall = time.perf_counter() - start
-        sample = Sample(wall, code, b"", children_cpu_s() - cpu0, machine_busy_s() - busy0)
-    sample.stderr = err_path.read_bytes() + (b"\n(timed out)" if code is None else b"")
-    if tool.after is not None:
-        tool.after()
-    return sample
+def run_dirs(state_dir: Path) -> set[str]:
+    runs = state_dir / "runs"
+    return {p.name for p in runs.iterdir()} if runs.is_dir() else set()
 
 
-def run_dirs(tool: Tool) -> set[str]:
-    runs = tool.state_dir / "runs" if tool.state_dir is not None else None
-    return {p.name for p in runs.iterdir()} if runs is not None and runs.is_dir() else set()
+def inrun_probe(state_dir: Path) -> Callable[[], Callable[[bytes], float | None]]:
+    """``Tool.own_duration`` of a meshrun row: notes the run directories before a run,
+    then reads the new one's duration (see ``meshrun_inrun_s``)."""
+
+    def before() -> Callable[[bytes], float | None]:
+        seen = run_dirs(state_dir)
+        return lambda stderr: meshrun_inrun_s(state_dir, stderr, seen)
+
+    return before
 
 
-def meshrun_inrun_s(tool: Tool, stderr: bytes, before: set[str]) -> float | None:
+def meshrun_inrun_s(state_dir: Path, stderr: bytes, before: set[str]) -> float | None:
     """meshrun's own duration of the run, the one its summary line shows ("N tasks: ...
     in X s"), from the run's report.json (ms; `-q` prints no summary when all is well),
     else from the summary line."""
-    new = sorted(run_dirs(tool) - before)
+    new = sorted(run_dirs(state_dir) - before)
     found = SUMMARY_RE.search(stderr.decode("utf-8", "replace"))
     if found is not None:
         new = [found.group(4)]
-    if tool.state_dir is not None and len(new) == 1:
-        report = tool.state_dir / "runs" / new[0] / "report.json"
+    if len(new) == 1:
+        report = state_dir / "runs" / new[0] / "report.json"
         with contextlib.suppress(OSError, ValueError, KeyError):
             return float(json.loads(report.read_text())["duration_s"])
     if found is None:
@@ -610,48 +269,6 @@ def meshrun_inrun_s(tool: Tool, stderr: bytes, before: set[str]) -> float | None
     from meshrun.config.durations import parse_duration
 
     return parse_duration(found.group(3))
-
-
-def bench(
-    tools: Sequence[Tool], repeat: int, warmup: int, env: dict[str, str], scratch: Path
-) -> list[ToolResult]:
-    results = [ToolResult(t) for t in tools]
-    for rep in range(warmup + repeat):
-        is_warmup = rep < warmup
-        shift = rep % len(results)
-        line = []
-        for r in results[shift:] + results[:shift]:
-            if r.gave_up:
-                continue
-            before = run_dirs(r.tool)
-            s = time_once(r.tool, env, scratch)
-            inrun = meshrun_inrun_s(r.tool, s.stderr, before) if r.tool.state_dir else None
-            if s.exit_code == 0 and (r.tool.state_dir is None or inrun is not None):
-                r.consecutive_failures = 0
-                if is_warmup:
-                    r.warmup_s.append(s.wall_s)
-                else:
-                    r.times_s.append(s.wall_s)
-                    r.client_cpu_s.append(s.client_cpu_s)
-                    r.machine_cpu_s.append(s.machine_cpu_s)
-                    if inrun is not None:
-                        r.inrun_s.append(inrun)
-                line.append(f"{r.tool.key} {s.wall_s:.2f}")
-            else:
-                r.consecutive_failures += 1
-                r.failures.append(
-                    {
-                        "rep": rep,
-                        "warmup": is_warmup,
-                        "exit_code": s.exit_code,
-                        "wall_s": s.wall_s,
-                        "stderr_tail": tail(s.stderr),
-                    }
-                )
-                line.append(f"{r.tool.key} FAIL({s.exit_code})")
-        tag = "warmup" if is_warmup else f"rep {rep - warmup + 1}/{repeat}"
-        print(f"  {tag}: " + ", ".join(line), file=sys.stderr, flush=True)
-    return results
 
 
 # -- the instrumented meshrun run (--breakdown) ------------------------------------------
@@ -1013,10 +630,6 @@ def run_breakdown(
     return out
 
 
-def med(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def render_breakdown(b: Breakdown, tasks: int, label: str) -> str:
     if not b.runs:
         return f"\n== breakdown ({label}): no successful run ==\n" + "\n".join(b.failures)
@@ -1118,13 +731,13 @@ def render(results: Sequence[ToolResult], work: Workload, hosts: int, repeat: in
     for r in results:
         rate = n / r.median if r.median else None
         rate_ratio = base / r.median if (r.median and base) else None
-        time_ratio = r.median / base if (r.median and base) else None
-        inrun_rate = n / r.inrun if r.inrun else None
+        time_ratio = r.ratio_to(mesh)
+        inrun_rate = n / r.own if r.own else None
         status = f"  FAILED {len(r.failures)} run(s)" if r.failures else ""
         out.append(
             f"{r.tool.label:<30} {fmt(r.median):>8} {fmt(r.minimum, '.2f'):>6} "
             f"{fmt(rate, '.0f'):>7} {fmt(rate_ratio, '.2f'):>6} {fmt(time_ratio, '.2f'):>6} "
-            f"{fmt(r.inrun):>8} {fmt(inrun_rate, '.0f'):>8} {fmt(r.cpu, '.2f'):>6} "
+            f"{fmt(r.own):>8} {fmt(inrun_rate, '.0f'):>8} {fmt(r.cpu, '.2f'):>6} "
             f"{fmt(r.machine_cpu, '.2f'):>6}  {len(r.times_s)}/{repeat}  {r.tool.note}{status}"
         )
     out.append(
@@ -1160,56 +773,19 @@ def render(results: Sequence[ToolResult], work: Workload, hosts: int, repeat: in
                 f"fastest competitor: {best.tool.label} {best.median:.3f}s; meshrun "
                 f"{base:.3f}s ({best.median / base:.2f}x its tasks/s)"
             )
-    for r in results:
-        for f in r.failures[:1]:
-            out.append(
-                f"\n!! {r.tool.label} failed (exit {f['exit_code']}, {len(r.failures)} "
-                "failing run(s)); stderr tail:\n"
-                + "\n".join("   " + x for x in (f["stderr_tail"] or "(empty)").splitlines())
-            )
+    out += failure_notes(results)
     return "\n".join(out)
 
 
 def as_json(results: Sequence[ToolResult]) -> dict[str, Any]:
     mesh = next(r for r in results if r.tool.key == "meshrun")
     return {
-        r.tool.key: {
-            "label": r.tool.label,
-            "argv": r.tool.argv,
-            "competitor": r.tool.competitor,
-            "note": r.tool.note,
-            "times_s": r.times_s,
-            "warmup_s": r.warmup_s,
-            "median_s": r.median,
-            "min_s": r.minimum,
-            "inrun_s": r.inrun_s,
-            "client_cpu_s": r.client_cpu_s,
-            "machine_cpu_s": r.machine_cpu_s,
-            "time_ratio_to_meshrun": (
-                r.median / mesh.median if r.median is not None and mesh.median else None
-            ),
-            "failures": r.failures,
-        }
+        r.tool.key: r.as_json(inrun_s=r.own_s, time_ratio_to_meshrun=r.ratio_to(mesh))
         for r in results
     }
 
 
 # -- main -------------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def running_fleet(count: int, base: Path) -> Iterator[Fleet]:
-    from meshrun.testing.fleet import Fleet
-
-    fleet = Fleet.start(count, base)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1219,8 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--per-host", type=int, default=4, help="tasks at a time per host: slots / sessions (4)"
     )
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per tool (7)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per tool first (1)")
+    add_rounds_options(parser)
     parser.add_argument(
         "--breakdown", type=int, default=5, help="instrumented meshrun runs after (5; 0: none)"
     )
@@ -1235,13 +810,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "select round), e.g. announce,lean-agent,announce+lean-agent (default: announce; "
         "'' for none)",
     )
-    parser.add_argument(
-        "--only",
-        metavar="KEYS",
-        help="comma-separated tool keys besides meshrun: meshrun-auto, meshrun-noagent, "
+    add_output_options(
+        parser,
+        "comma-separated tool keys besides meshrun: meshrun-auto, meshrun-noagent, "
         "pssh-rounds, pssh-pool, pssh-pool-1, fabric, parallel (default: all)",
     )
-    parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument(
         "--sync",
         choices=["push", "none"],
@@ -1249,39 +822,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="push: meshrun pushes the task file's project directory to every host first, "
         "as users run it (default); none: [sync] paths = [] (the overhead alone)",
     )
-    parser.add_argument(
-        "--bytecode",
-        choices=["cache", "env"],
-        default="cache",
-        help="as bench/fanout: cache .pyc files in a private temp dir (default) or leave "
+    add_bytecode_option(
+        parser,
+        "as bench/fanout: cache .pyc files in a private temp dir (default) or leave "
         "PYTHONDONTWRITEBYTECODE as the environment has it",
     )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.tasks < 1 or args.hosts < 1:
         parser.error("--repeat, --tasks, --hosts must be >= 1 and --warmup >= 0")
-    from fanout import tool_env, tree_state
+    doc = new_doc(
+        "dispatch",
+        hosts=args.hosts,
+        tasks=args.tasks,
+        per_host=args.per_host,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        bytecode=args.bytecode,
+    )
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    doc: dict[str, Any] = {
-        "benchmark": "dispatch",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg(),
-        },
-        "hosts": args.hosts,
-        "tasks": args.tasks,
-        "per_host": args.per_host,
-        "repeat": args.repeat,
-        "warmup": args.warmup,
-        "bytecode": args.bytecode,
-        "meshrun_tree": tree_state(),
-    }
-    failed = False
-    try:
+    def body() -> int:
         with tempfile.TemporaryDirectory(prefix="meshrun-dispatch-") as tmp:
             root = Path(tmp)
             env = tool_env(root / "pycache" if args.bytecode == "cache" else None)
@@ -1297,40 +856,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work = write_workload(
                     fleet, args.tasks, args.per_host, work_dir, sync=args.sync == "push"
                 )
-                tools = build_tools(fleet, work, sys.executable)
-                if args.only:
-                    keep = set(args.only.split(",")) | {"meshrun"}
-                    tools = [t for t in tools if t.key in keep]
+                tools = keep_only(build_tools(fleet, work, sys.executable), args.only)
                 try:
-                    results = bench(tools, args.repeat, args.warmup, env, root)
-                    table = render(results, work, args.hosts, args.repeat)
-                    print(table, flush=True)
-                    doc["tools"] = as_json(results)
-                    failed = any(r.failures for r in results)
-                    if args.breakdown > 0:
-                        variants = [""] + [x for x in args.experiments.split(",") if x]
-                        doc["breakdown"] = {}
-                        for variant in variants:
-                            label = f"slots={args.per_host}" + (
-                                f", experiment {variant}" if variant else ""
-                            )
-                            b = run_breakdown(
-                                tools[0], args.breakdown, env, root, variant.split("+")
-                            )
-                            print(render_breakdown(b, args.tasks, label), flush=True)
-                            doc["breakdown"][label] = b.runs
-                            failed = failed or bool(b.failures)
+                    return measure(tools, work, env, root, args, doc)
                 finally:
                     for t in tools:
                         if t.after is not None:
                             with contextlib.suppress(Exception):
                                 t.after()
-    except KeyboardInterrupt:
-        print("\ndispatch: interrupted; fleet stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.json:
-            args.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+    return run_benchmark("dispatch", body, doc, args.json)
+
+
+def measure(
+    tools: Sequence[Tool],
+    work: Workload,
+    env: dict[str, str],
+    root: Path,
+    args: argparse.Namespace,
+    doc: dict[str, Any],
+) -> int:
+    """The timed runs, then the instrumented ones (``--breakdown``); 1 if any failed."""
+    results = time_tools(tools, args.repeat, args.warmup, env, root)
+    print(render(results, work, args.hosts, args.repeat), flush=True)
+    doc["tools"] = as_json(results)
+    failed = any(r.failures for r in results)
+    if args.breakdown > 0:
+        variants = [""] + [x for x in args.experiments.split(",") if x]
+        doc["breakdown"] = {}
+        for variant in variants:
+            label = f"slots={args.per_host}" + (f", experiment {variant}" if variant else "")
+            b = run_breakdown(tools[0], args.breakdown, env, root, variant.split("+"))
+            print(render_breakdown(b, args.tasks, label), flush=True)
+            doc["breakdown"][label] = b.runs
+            failed = failed or bool(b.failures)
     return 1 if failed else 0
 
 

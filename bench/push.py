@@ -31,7 +31,6 @@ import argparse
 import filecmp
 import os
 import random
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -41,18 +40,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from competitors.rsync_ssh import new_connector, remote_shell
+from harness import rotated, run_benchmark, running_fleet, tree_state
 
-from fanout import running_fleet, tree_state  # noqa: E402
-
-from meshrun.agent.client import AgentRunner, start_runner  # noqa: E402
-from meshrun.config.inventory import Host, load_inventory  # noqa: E402
-from meshrun.transport import rsync as rsync_module  # noqa: E402
-from meshrun.transport.ssh import SSHConnector  # noqa: E402
-from meshrun.workspace import mirror  # noqa: E402
-from meshrun.workspace.excludes import Excludes  # noqa: E402
+from meshrun.agent.client import AgentRunner, start_runner
+from meshrun.config.inventory import Host, load_inventory
+from meshrun.workspace import mirror
+from meshrun.workspace.excludes import Excludes
 
 KIB = 1024
 SCENARIOS = ("first", "same", "edit")
@@ -99,7 +93,7 @@ class Mesh:
         self.host, self.state = host, state
 
     def push(self, src: Path, dest: Path) -> None:
-        connector = SSHConnector(ssh_config_path="/nonexistent")
+        connector = new_connector()
         try:
             conn = connector.connect(self.host)
             runner = start_runner(conn, self.host.workdir, lambda event: None)
@@ -115,15 +109,7 @@ class Mesh:
 class Rsync:
     def __init__(self, host: Host, name: str, flags: list[str]) -> None:
         self.name, self.flags = name, flags
-        connector = SSHConnector(ssh_config_path="/nonexistent")
-        ep = connector.endpoint(host)
-        ssh = rsync_module.ssh_command(
-            port=ep.port,
-            identities=[p for p in ep.identities if os.path.exists(p)],
-            known_hosts=ep.known_hosts,
-            connect_timeout_s=connector.connect_timeout_s,
-        )
-        self.rsh, self.login = shlex.join(ssh), f"{ep.user}@{ep.address}"
+        self.rsh, self.login = remote_shell(host)
 
     def push(self, src: Path, dest: Path) -> None:
         argv = ["rsync", "-a", *self.flags, "-e", self.rsh, f"{src}/", f"{self.login}:{dest}/"]
@@ -137,8 +123,12 @@ def main() -> int:
     parser.add_argument("--total-mb", type=float, default=40, help="workspace size (40)")
     parser.add_argument("--large-files", type=int, default=2, help="(2)")
     args = parser.parse_args()
+    return run_benchmark("push", lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     head = tree_state()
-    print(f"meshrun tree: {head.get('head')} + {len(head.get('dirty', []))} uncommitted file(s)")
+    print(f"meshrun tree: {head['head']} + {len(head['uncommitted'])} uncommitted file(s)")
     with tempfile.TemporaryDirectory(prefix="meshrun-push-bench-") as scratch_text:
         scratch = Path(scratch_text)
         src = scratch / "workspace"
@@ -164,8 +154,7 @@ def main() -> int:
                 for scenario in SCENARIOS:
                     if scenario == "edit":
                         edit(work, round_no)
-                    order = tools[round_no % len(tools) :] + tools[: round_no % len(tools)]
-                    for tool in order:
+                    for tool in rotated(tools, round_no):
                         push: Callable[[Path, Path], None] = tool.push
                         began = time.perf_counter()
                         push(work, dests[tool.name])

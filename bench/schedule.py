@@ -51,36 +51,41 @@ ControlMaster). The simulator's prediction for the same instance is shown beside
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
-import platform
 import random
-import shlex
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
+from competitors import gnu_parallel
+from harness import (
+    BENCH,
+    Tool,
+    fleet_spec,
+    fmt,
+    hosts_toml_with_slots,
+    med,
+    meshrun_executable,
+    new_doc,
+    rotated,
+    round_tag,
+    run_benchmark,
+    running_fleet,
+    tail,
+    time_once,
+    tool_env,
+)
 
-from dispatch import LOOPBACK, control_logins, fmt, stop_masters, tail  # noqa: E402
-
-from meshrun.config.tasks import SyncSpec, Task, TaskGraph  # noqa: E402
-from meshrun.dispatch.scheduler import HostSpec  # noqa: E402
-from meshrun.dispatch.scheduler.sim import lower_bound, simulate  # noqa: E402
+from meshrun.config.tasks import SyncSpec, Task, TaskGraph
+from meshrun.dispatch.scheduler import HostSpec
+from meshrun.dispatch.scheduler.sim import lower_bound, simulate
 
 if TYPE_CHECKING:
     from meshrun.testing.fleet import Fleet
@@ -487,77 +492,6 @@ def render_sim(rows: Sequence[SimRow], seeds: int) -> str:
 
 # -- part 2: real hosts -----------------------------------------------------------------
 
-FABRIC_POLICY_SCRIPT = '''\
-"""Fabric: run a list of commands over the hosts, round-robin bins or one FIFO queue."""
-import json
-import socket
-import sys
-import threading
-
-import paramiko
-from fabric import Connection
-
-spec = json.loads(sys.argv[1])
-policy = sys.argv[2]
-connections = []
-for port in spec["ports"]:
-    c = Connection(
-        spec["address"],
-        user=spec["user"],
-        port=port,
-        connect_timeout=30,
-        connect_kwargs={"key_filename": spec["key"], "look_for_keys": False, "allow_agent": False},
-    )
-    c.client.load_host_keys(spec["known_hosts"])
-    c.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    connections.append(c)
-
-
-def open_one(c):
-    c.open()
-    c.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-openers = [threading.Thread(target=open_one, args=(c,)) for c in connections]
-for t in openers:
-    t.start()
-for t in openers:
-    t.join()
-commands = spec["commands"]
-if policy == "rr":  # task i -> host i mod N, each host works through its own bin in order
-    queues = [list(commands[h::len(connections)]) for h in range(len(connections))]
-else:  # fifo: one queue in file order, any free slot takes the next
-    shared = list(commands)
-    queues = [shared] * len(connections)
-lock = threading.Lock()
-bad = []
-
-
-def worker(h):
-    c, q = connections[h], queues[h]
-    while True:
-        with lock:
-            if not q:
-                return
-            command = q.pop(0)
-        r = c.run(command, hide=True, in_stream=False, warn=True)
-        if r.exited != 0:
-            with lock:
-                bad.append((command, r.exited, r.stderr[-200:]))
-
-
-workers = [threading.Thread(target=worker, args=(h,))
-           for _ in range(spec["slots"]) for h in range(len(connections))]
-for t in workers:
-    t.start()
-for t in workers:
-    t.join()
-for c in connections:
-    c.close()
-if bad:
-    sys.exit(f"fabric {policy}: {len(bad)} failed: {bad[:3]}")
-'''
-
 
 def real_durations(n: int, total_s: float, seed: int) -> list[float]:
     """Heavy-tailed (lognormal sigma 1.2) durations scaled to sum to ``total_s``."""
@@ -568,17 +502,8 @@ def real_durations(n: int, total_s: float, seed: int) -> list[float]:
 
 
 @dataclass
-class RealTool:
-    key: str
-    label: str
-    argv: list[str]
-    after: Callable[[], None] | None = None
-    before: Callable[[], None] | None = None
-
-
-@dataclass
 class RealResult:
-    tool: RealTool
+    tool: Tool
     walls: list[float] = field(default_factory=list)
     phases: list[float] = field(default_factory=list)  # first task start -> last end
     bounds: list[float] = field(default_factory=list)  # from the measured durations
@@ -598,41 +523,21 @@ def read_stamps(stamps: Path, n: int) -> tuple[list[float], list[float]]:
 
 
 def run_real_once(
-    tool: RealTool, env: dict[str, str], stamps: Path, n: int, slots_total: int, scratch: Path
+    tool: Tool, env: dict[str, str], stamps: Path, n: int, slots_total: int, scratch: Path
 ) -> tuple[float, float, float] | str:
     """(wall, task phase, lower bound) or an error text."""
     shutil.rmtree(stamps, ignore_errors=True)
     stamps.mkdir()
-    if tool.before is not None:
-        tool.before()
-    err_path = scratch / "stderr.txt"
-    with err_path.open("wb") as err:
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                tool.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env=env,
-                timeout=RUN_TIMEOUT_S,
-                check=False,
-            )
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-        wall = time.perf_counter() - start
-    if tool.after is not None:
-        tool.after()
-    if code != 0:
-        return f"exit {code}: {tail(err_path.read_bytes())}"
+    sample = time_once(tool, env, scratch, RUN_TIMEOUT_S)
+    if sample.exit_code != 0:
+        return f"exit {sample.exit_code}: {tail(sample.stderr)}"
     try:
         starts, ends = read_stamps(stamps, n)
     except (OSError, ValueError) as exc:
         return f"missing time stamps: {exc}"
     durations = [e - s for s, e in zip(starts, ends, strict=True)]
     bound = max(max(durations), sum(durations) / slots_total)
-    return wall, max(ends) - min(starts), bound
+    return sample.wall_s, max(ends) - min(starts), bound
 
 
 def real_part(
@@ -646,8 +551,6 @@ def real_part(
     repeat: int,
     seed: int,
 ) -> tuple[list[RealResult], dict[str, Any]]:
-    from fanout import meshrun_executable
-
     durations = real_durations(tasks, work_s, seed)
     stamps = root / "stamps"
     commands = [
@@ -661,28 +564,12 @@ def real_part(
         lines += ["[[task]]", f'name = "sleep{i}"', f"run = {json.dumps(command)}", ""]
     tasks_toml = work / "tasks.toml"
     tasks_toml.write_text("\n".join(lines))
-    text = fleet.hosts_toml.read_text()
-    hosts_toml = work / "hosts.toml"
-    hosts_toml.write_text(text.replace("[defaults]\n", f"[defaults]\nslots = {slots}\n", 1))
-    spec = {
-        "address": LOOPBACK,
-        "user": fleet.user,
-        "key": str(fleet.client_key),
-        "known_hosts": str(fleet.known_hosts),
-        "ports": [h.port for h in fleet.hosts],
-        "slots": slots,
-        "commands": commands,
-    }
-    fabric_py = work / "fabric_policy.py"
-    fabric_py.write_text(FABRIC_POLICY_SCRIPT)
+    hosts_toml = hosts_toml_with_slots(fleet, work / "hosts.toml", slots)
+    fabric = [sys.executable, str(BENCH / "competitors" / "fabric_client.py")]
     control_dir = work / "cm"
     control_dir.mkdir()
-    sshlogins = work / "sshlogins"
-    sshlogins.write_text(
-        "".join(
-            f"{shlex.join(login)} {fleet.user}@{LOOPBACK}\n"
-            for login in control_logins(fleet, control_dir)
-        )
+    sshlogins = gnu_parallel.write_sshlogins(
+        fleet, work / "sshlogins", kex=gnu_parallel.X25519, control_dir=control_dir
     )
     commands_file = work / "commands.txt"
     commands_file.write_text("".join(c + "\n" for c in commands))
@@ -701,20 +588,18 @@ def real_part(
     replace_argv = [sys.executable, "-c", REPLACE_ON_JOIN]
     replace_argv += mesh_argv(replace_state)[1:]
 
-    spec_json = json.dumps(spec)
+    spec_json = fleet_spec(fleet, slots=slots, commands=commands)
     tools = [
-        RealTool("meshrun-known", "meshrun, durations known", mesh_argv(known_state)),
-        RealTool(
-            "meshrun-unknown", "meshrun, durations unknown", mesh_argv(fresh_state), before=fresh
-        ),
-        RealTool("meshrun-replace", "meshrun, known, re-place*", replace_argv),
-        RealTool("rr", "round-robin (Fabric)", [sys.executable, str(fabric_py), spec_json, "rr"]),
-        RealTool("fifo", "FIFO (Fabric)", [sys.executable, str(fabric_py), spec_json, "fifo"]),
-        RealTool(
+        Tool("meshrun-known", "meshrun, durations known", mesh_argv(known_state)),
+        Tool("meshrun-unknown", "meshrun, durations unknown", mesh_argv(fresh_state), before=fresh),
+        Tool("meshrun-replace", "meshrun, known, re-place*", replace_argv),
+        Tool("rr", "round-robin (Fabric)", [*fabric, "rr", spec_json]),
+        Tool("fifo", "FIFO (Fabric)", [*fabric, "fifo", spec_json]),
+        Tool(
             "parallel",
             "FIFO (GNU parallel)",
             [
-                shutil.which("parallel") or "parallel",
+                gnu_parallel.executable(),
                 f"-j{slots}",
                 "--no-notice",
                 "--sshloginfile",
@@ -722,7 +607,7 @@ def real_part(
                 "::::",
                 str(commands_file),
             ],
-            after=lambda: stop_masters(fleet, control_dir),
+            after=lambda: gnu_parallel.stop_masters(fleet, control_dir),
         ),
     ]
     slots_total = slots * len(fleet.hosts)
@@ -739,9 +624,8 @@ def real_part(
     results = [RealResult(t) for t in tools]
     try:
         for rep in range(repeat):
-            shift = rep % len(results)
             line = []
-            for r in results[shift:] + results[:shift]:
+            for r in rotated(results, rep):
                 got = run_real_once(r.tool, env, stamps, tasks, slots_total, root)
                 if isinstance(got, str):
                     r.failures.append(got)
@@ -752,9 +636,9 @@ def real_part(
                 r.phases.append(phase)
                 r.bounds.append(bound)
                 line.append(f"{r.tool.key} {phase:.2f}/{bound:.2f}")
-            print(f"  rep {rep + 1}/{repeat}: " + ", ".join(line), file=sys.stderr, flush=True)
+            print(f"  {round_tag(rep, 0, repeat)}: " + ", ".join(line), file=sys.stderr, flush=True)
     finally:
-        stop_masters(fleet, control_dir)
+        gnu_parallel.stop_masters(fleet, control_dir)
     # What the simulator predicts for the same instance (nominal durations).
     graph = make_graph([(f"sleep{i}", ()) for i in range(tasks)])
     actual = {f"sleep{i}": d for i, d in enumerate(durations)}
@@ -829,26 +713,7 @@ def render_real(
     return "\n".join(out)
 
 
-def med(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 # -- main -------------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def running_fleet(count: int, base: Path) -> Iterator[Fleet]:
-    from meshrun.testing.fleet import Fleet
-
-    fleet = Fleet.start(count, base)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -866,23 +731,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.repeat < 1:
         parser.error("--seeds and --repeat must be >= 1")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    from fanout import tool_env, tree_state
+    doc = new_doc("schedule")
 
-    doc: dict[str, Any] = {
-        "benchmark": "schedule",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg(),
-        },
-        "meshrun_tree": tree_state(),
-    }
-    failed = False
-    try:
+    def body() -> int:
+        failed = False
         if not args.no_sim:
             t0 = time.perf_counter()
             rows = run_sim(range(args.seeds))
@@ -917,13 +769,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for r in results
                 }
                 failed = any(r.failures for r in results)
-    except KeyboardInterrupt:
-        print("\nschedule: interrupted; fleet stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.json:
-            args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    return 1 if failed else 0
+        return 1 if failed else 0
+
+    return run_benchmark("schedule", body, doc, args.json)
 
 
 if __name__ == "__main__":
