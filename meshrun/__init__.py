@@ -113,7 +113,7 @@ _LAZY = {
     "TaskStatus": "meshrun.dispatch.scheduler",
     "agent_to_host": "meshrun.discovery.hosts",
     "allowed_signer_keys": "meshrun.integrity.signing",
-    "default_connector": "meshrun.transport.base",
+    "default_connector": "meshrun.transport",
     "discover": "meshrun.discovery.browse",
     "dispatch_document": "meshrun.dispatch.record",
     "fleet_document": "meshrun.fleet.record",
@@ -166,7 +166,7 @@ if TYPE_CHECKING:  # the same names for type checkers; tests/unit/test_public_ap
         load_private_key,
         load_public_key,
     )
-    from meshrun.transport.base import default_connector
+    from meshrun.transport import default_connector
 
     __version__: str
 

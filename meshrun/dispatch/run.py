@@ -36,7 +36,7 @@ from meshrun.dispatch.record import dispatch_document, junit_xml
 from meshrun.dispatch.scheduler import TaskStatus
 from meshrun.dispatch.trace import chrome_trace
 from meshrun.errors import CommandError, InputError, IntegrityError
-from meshrun.integrity import artifacts
+from meshrun.integrity import collect as collecting
 from meshrun.integrity.install import InstalledOutputs
 from meshrun.integrity.manifest import (
     MANIFEST_NAME,
@@ -50,6 +50,8 @@ from meshrun.integrity.manifest import (
     run_manifest,
     write_manifest,
 )
+from meshrun.integrity.publish import publish
+from meshrun.integrity.pull import pull
 from meshrun.records import record
 from meshrun.rundir import RunDir, StateDir
 from meshrun.transport.base import Connection, Connector
@@ -403,7 +405,7 @@ def run_dispatch(
             ``outputs_on_success`` only when it succeeded."""
             conn = connector.connect(host)
             patterns = (*task.outputs, *task.outputs_on_success) if succeeded else task.outputs
-            files = artifacts.collect(conn, host.workdir, patterns, missing_ok=not succeeded)
+            files = collecting.collect(conn, host.workdir, patterns, missing_ok=not succeeded)
             total = sum(entry.size for entry in files)
             if pull_max_bytes is not None and total > pull_max_bytes:
                 raise CommandError(
@@ -411,15 +413,9 @@ def run_dispatch(
                     f"({format_size(pull_max_bytes)}); nothing was pulled from the host"
                 )
             dest = artifacts_root / task.name
-            if host.local:
-                artifacts.pull_local(host, files, dest)
-            else:
-                from meshrun.transport.ssh import SSHConnector
-
-                assert isinstance(connector, SSHConnector)
-                artifacts.pull(connector, host, files, dest)
+            pull(connector, host, files, dest)
             if artifacts_dir is not None:
-                artifacts.publish(dest, files, Path(artifacts_dir) / task.name, link=True)
+                publish(dest, files, Path(artifacts_dir) / task.name, link=True)
                 return tuple(files)
             with claim_lock:
                 for entry in files:
@@ -432,7 +428,7 @@ def run_dispatch(
                         )
             ran_here = host.local and Path(host.workdir).expanduser().resolve() == workspace
             if not ran_here:  # a local task's outputs are already in the workspace
-                artifacts.publish(dest, files, workspace, link=True)
+                publish(dest, files, workspace, link=True)
             return tuple(files)
 
         def stage(host: Host, needs: Sequence[tuple[str, tuple[FileEntry, ...]]]) -> int:

@@ -5,8 +5,9 @@
 collects the patterns in the host's workdir, hashes the files there, pulls them over the
 same pooled connection (rsync, SFTP without rsync, copies for the local host), checks
 every sha256 on arrival and installs them atomically at ``pull_dir/<host>/<path>``
-(:mod:`meshrun.integrity.artifacts`). What a host's pull did is data (:class:`HostPull`), merged
-into its HostResult by :func:`meshrun.fleet.run.with_pull`:
+(:mod:`meshrun.integrity.collect`, :mod:`meshrun.integrity.pull`). What a host's pull
+did is data (:class:`HostPull`), merged into its HostResult by
+:func:`meshrun.fleet.run.with_pull`:
 
 - a pattern that matched nothing (not optional) or an unreadable file: the host failed
   (exit 1), the files that did match still came home;
@@ -78,16 +79,15 @@ def pull_host(
     def interrupted() -> HostPull:
         return HostPull(error="pull stopped (interrupted); nothing was installed", interrupted=True)
 
-    from meshrun.integrity import artifacts
+    from meshrun.integrity.collect import collect_report
+    from meshrun.integrity.pull import pull
 
     if cancel is not None and cancel.is_set():
         return HostPull(error="not pulled (interrupted)", interrupted=True)
     name = host.name
     try:
         conn = connector.connect(host)
-        root, files, refusals = artifacts.collect_report(
-            conn, host.workdir, patterns, timeout_s=timeout_s
-        )
+        root, files, refusals = collect_report(conn, host.workdir, patterns, timeout_s=timeout_s)
         unsafe = [r for r in refusals if r.kind == "refused"]
         if unsafe:
             return HostPull(
@@ -101,9 +101,7 @@ def pull_host(
                 error=f"the files to pull add up to {format_size(total)}, more than "
                 f"--pull-max-bytes ({format_size(max_bytes)}); nothing was pulled from this host"
             )
-        artifacts.pull_from(
-            connector, host, files, dest_dir, workdir=root, cancel=cancel, timeout_s=timeout_s
-        )
+        pull(connector, host, files, dest_dir, workdir=root, cancel=cancel, timeout_s=timeout_s)
     except IntegrityError as exc:
         return HostPull(error=_unprefixed(name, str(exc)), integrity=True)
     except Interrupted:

@@ -98,7 +98,7 @@ class FleetJob:
     """What to run and how. Exactly one of ``command`` and ``script`` is set.
 
     ``pull``: globs relative to the host's workdir (rsync/gitignore habits, a leading
-    ``?`` marks one optional; see :mod:`meshrun.integrity.artifacts`), brought home after the
+    ``?`` marks one optional; see :mod:`meshrun.integrity.collect`), brought home after the
     command into ``pull_dir/<host>/<path>``. Patterns that cannot stay inside a workdir
     (absolute, ``..``) are an InputError here, before any host is contacted.
     ``timeout_s`` limits the command only; a pull is limited by ``pull_timeout_s``.
@@ -123,7 +123,7 @@ class FleetJob:
         _refuse_nul(self)
         patterns = (self.pull,) if isinstance(self.pull, str) else tuple(self.pull)
         if patterns:
-            from meshrun.integrity.artifacts import check_patterns
+            from meshrun.integrity.collect import check_patterns
 
             patterns = check_patterns(patterns, what="pull pattern")
         object.__setattr__(self, "pull", patterns)

@@ -1,14 +1,21 @@
-"""The one small interface every connector (ssh, local) offers the executors."""
+"""The one small interface every connector (ssh, local) offers the layers above.
+
+A :class:`Connector` hands out :class:`Connection` objects; a connection runs commands
+and moves files (its home directory, whether it has rsync, a file session, files got
+and put), so that nothing above the transport needs to know which kind it holds.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from meshrun.config.inventory import Host
 from meshrun.records import record
+from meshrun.transport.files import RemoteFiles
 
 Stream = Literal["stdout", "stderr"]
 OutputSink = Callable[[Stream, bytes], None]
@@ -126,8 +133,59 @@ class Connection(Protocol):
         """Start ``command`` (a shell line, run in the user's home) and stream to it."""
         ...
 
-    def facts(self) -> HostFacts:
-        """The host's ``$HOME`` and whether it has rsync (asked once, then remembered)."""
+    # -- file transfer ------------------------------------------------------------------
+
+    def home(self) -> str | None:
+        """The host's ``$HOME``, absolute; None when it did not say. Asked once per
+        connection (with :meth:`has_rsync`, in one round trip), then remembered."""
+        ...
+
+    def has_rsync(self) -> bool:
+        """Whether rsync is on the host's login PATH (asked once, with :meth:`home`)."""
+        ...
+
+    def open_files(self) -> RemoteFiles:
+        """A file session on the host (SFTP over SSH; the disk for the local machine),
+        counted among the host's sessions until closed. CommandError when none opens."""
+        ...
+
+    def get_files(
+        self,
+        root: str,
+        paths: Sequence[str],
+        into: Path,
+        *,
+        use_rsync: bool = True,
+        cancel: threading.Event | None = None,
+        timeout_s: float = 3600.0,
+    ) -> None:
+        """Copy each of ``paths`` (relative to the host's directory ``root``) to
+        ``into/<path>``: rsync when ``use_rsync`` and rsync is here and on the host,
+        else the file session (copies for the local machine). Symlinks arrive as the
+        files they point to; permission bits as the host's (rsync) or not at all.
+
+        Setting ``cancel`` stops it: Interrupted ("pull stopped"). CommandError (or
+        ConnectError for a lost link) when a file cannot be fetched; ``timeout_s``
+        bounds rsync.
+        """
+        ...
+
+    def put_files(
+        self,
+        source: Path,
+        files: Sequence[tuple[str, int]],
+        root: str,
+        *,
+        use_rsync: bool = True,
+        what: str = "push",
+    ) -> None:
+        """Copy each ``(path, mode)`` of ``files`` from ``source/<path>`` to
+        ``root/<path>`` on the host, parents made, each file written aside and renamed
+        into place: rsync when ``use_rsync`` and rsync is here and on the host (the
+        local file's permission bits), else the file session (``mode``).
+
+        CommandError (or ConnectError) naming the host and ``what`` was being done.
+        """
         ...
 
 
@@ -160,43 +218,12 @@ class Connector(Protocol):
     def close(self) -> None: ...
 
 
-def default_connector(
-    hosts: list[Host],
-    *,
-    connect_timeout_s: float | None = None,
-    accept_new_host_keys: bool = False,
-    remote: bool = False,
-    server_alive_interval_s: float | None = None,
-    server_alive_count_max: int | None = None,
-) -> Connector:
-    """The connector for ``hosts``: local for the embedded default, SSH otherwise
-    (always SSH with ``remote``: hosts found later, by discovery, are remote).
-
-    ``server_alive_interval_s``/``server_alive_count_max`` (OpenSSH's ServerAlive*:
-    a host silent for interval × (count + 1) is given up) win over ssh_config's;
-    unset there too, 5 s and 3. An interval of 0 turns detection off.
-
-    SSH code (and paramiko) is imported only when a remote host is in the run. Raises
-    InputError (before any host is contacted) for an ssh_config OpenSSH refuses or a
-    passphrase-protected key that ssh-agent does not hold.
-    """
-    if not remote and all(h.local for h in hosts):
-        from meshrun.transport.local import LocalConnector
-
-        return LocalConnector()
-    import os
-
-    from meshrun.transport.ssh import SSHConnector
-
-    connector = SSHConnector(
-        connect_timeout_s=connect_timeout_s,
-        accept_new_host_keys=accept_new_host_keys,
-        server_alive_interval_s=server_alive_interval_s,
-        server_alive_count_max=server_alive_count_max,
-        # Like `ssh -F FILE`: only that file, not ~/.ssh/config nor /etc/ssh/ssh_config.
-        ssh_config_path=os.environ.get("MESHRUN_SSH_CONFIG") or None,
-    )
-    # Resolve ssh_config for every host at once and refuse keys that would need a
-    # prompt, before any host is contacted.
-    connector.prepare(hosts)
-    return connector
+def expand_home(conn: Connection, path: str) -> str:
+    """``path`` on the host with a leading ``~`` made the host's home (where tasks run;
+    the login directory that SFTP and rsync start in need not be it). As it is when the
+    host did not say."""
+    if path == "~" or path.startswith("~/"):
+        home = conn.home()
+        if home is not None:
+            return home.rstrip("/") + path[1:]
+    return path

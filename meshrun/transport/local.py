@@ -14,19 +14,21 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from meshrun.config.inventory import Host
+from meshrun.errors import Interrupted
 from meshrun.transport import rsync
 from meshrun.transport.base import (
     CommandOutcome,
     CommandRequest,
-    HostFacts,
     OutputSink,
     RawResult,
     Stream,
     _discard,
 )
 from meshrun.transport.capture import HeadTail
+from meshrun.transport.files import LocalFiles, put_files
 from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper
 
 _POLL_S = 0.1
@@ -37,6 +39,7 @@ class LocalConnection:
 
     def __init__(self, host: Host) -> None:
         self._host = host
+        self._has_rsync: bool | None = None
 
     @property
     def host(self) -> Host:
@@ -119,8 +122,51 @@ class LocalConnection:
         )
         return RawResult(done.returncode, done.stdout, done.stderr)
 
-    def facts(self) -> HostFacts:
-        return HostFacts(home=os.path.expanduser("~"), has_rsync=shutil.which("rsync") is not None)
+    # -- file transfer: this machine's own disk ---------------------------------------------
+
+    def home(self) -> str:
+        return os.path.expanduser("~")
+
+    def has_rsync(self) -> bool:
+        if self._has_rsync is None:
+            self._has_rsync = shutil.which("rsync") is not None
+        return self._has_rsync
+
+    def open_files(self) -> LocalFiles:
+        return LocalFiles()
+
+    def get_files(
+        self,
+        root: str,
+        paths: Sequence[str],
+        into: Path,
+        *,
+        use_rsync: bool = True,
+        cancel: threading.Event | None = None,
+        timeout_s: float = 3600.0,
+    ) -> None:
+        """Plain copies (rsync has nothing to add on one disk); ``cancel`` is checked
+        before each file."""
+        base = Path(os.path.expanduser(root))
+        for path in paths:
+            if cancel is not None and cancel.is_set():
+                raise Interrupted(f"{self._host.name}: pull stopped")
+            target = into / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(base / path, target)
+
+    def put_files(
+        self,
+        source: Path,
+        files: Sequence[tuple[str, int]],
+        root: str,
+        *,
+        use_rsync: bool = True,
+        what: str = "push",
+    ) -> None:
+        """Each file copied beside its target and renamed into place."""
+        with LocalFiles() as disk:
+            put_files(disk, self._host.name, source, files, os.path.expanduser(root))
 
     def open_process(self, command: str) -> _PipeStream:
         proc = subprocess.Popen(

@@ -9,13 +9,15 @@ OpenSSH command line with the same settings (the benchmarks compare against it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import field
 from typing import TYPE_CHECKING
 
@@ -162,6 +164,84 @@ def sources(root: str, paths: Sequence[str]) -> list[str]:
     """rsync's source arguments for ``paths`` under ``root`` with ``--relative``."""
     root = root.rstrip("/") or "/"
     return [f"{root}/./{p}" if p != "." else f"{root}/./" for p in paths]
+
+
+def pull_argv(*, rsh: RemoteShell, root: str, list_file: str, into: str) -> list[str]:
+    """rsync that copies the NUL-separated relative paths in ``list_file`` from ``root``
+    on the host into ``into``.
+
+    Symlinks are copied as the files they point to (the files were collected, checked
+    to stay inside the workdir, and their hashes are checked on arrival anyway).
+    """
+    return [
+        "rsync",
+        "--protect-args",
+        "--from0",
+        f"--files-from={list_file}",
+        "--copy-links",
+        "--perms",
+        "--times",
+        "-e",
+        rsh.rsh,
+        rsh.remote_dir(root),
+        into.rstrip("/") + "/",
+    ]
+
+
+def put_argv(*, rsh: RemoteShell, source: str, list_file: str, root: str) -> list[str]:
+    """rsync that copies the NUL-separated relative paths in ``list_file`` from
+    ``source`` into the host's ``root``, always sending (no quick-check skip), with the
+    files' permission bits. rsync writes each file aside and renames it into place."""
+    return [
+        "rsync",
+        "--protect-args",
+        "--from0",
+        f"--files-from={list_file}",
+        "--perms",
+        "--times",
+        "--ignore-times",
+        "--whole-file",
+        "-e",
+        rsh.rsh,
+        source.rstrip("/") + "/",
+        rsh.remote_dir(root),
+    ]
+
+
+def get_files(
+    rsh: RemoteShell,
+    host: str,
+    root: str,
+    paths: Sequence[str],
+    into: str,
+    *,
+    cancel: threading.Event | None = None,
+    timeout_s: float = 3600.0,
+    what: str = "pull",
+) -> None:
+    """Copy ``paths`` (relative to ``root`` on the host) into ``into`` (:func:`pull_argv`)."""
+    with _list_file(paths) as listing:
+        argv = pull_argv(rsh=rsh, root=root, list_file=listing, into=into)
+        run(argv, host, timeout_s, what=what, cancel=cancel, env=rsh.env)
+
+
+def put_files(
+    rsh: RemoteShell, host: str, source: str, paths: Sequence[str], root: str, *, what: str
+) -> None:
+    """Copy ``paths`` (relative to ``source``) into ``root`` on the host (:func:`put_argv`)."""
+    with _list_file(paths) as listing:
+        argv = put_argv(rsh=rsh, source=source, list_file=listing, root=root)
+        run(argv, host, what=what, env=rsh.env)
+
+
+@contextlib.contextmanager
+def _list_file(paths: Sequence[str]) -> Iterator[str]:
+    """A temporary file holding ``paths`` NUL-separated (rsync's ``--from0``), removed
+    on leaving."""
+    with tempfile.NamedTemporaryFile(prefix="meshrun-files-", suffix=".list") as listing:
+        listing.write(b"".join(p.encode("utf-8") + b"\0" for p in paths))
+        listing.flush()
+        yield listing.name
 
 
 def run(

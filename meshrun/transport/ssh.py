@@ -13,10 +13,13 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -25,13 +28,15 @@ from meshrun.config.inventory import Host
 from meshrun.errors import (
     AuthError,
     ChannelUnavailable,
+    CommandError,
     ConnectError,
     HostKeyError,
     HostUnreachable,
     InputError,
+    Interrupted,
 )
 from meshrun.records import record
-from meshrun.transport import liveness, rsync, startups
+from meshrun.transport import liveness, rsync, sftp, startups
 from meshrun.transport.base import (
     FACTS_COMMAND,
     CommandOutcome,
@@ -41,9 +46,11 @@ from meshrun.transport.base import (
     RawResult,
     Stream,
     _discard,
+    expand_home,
     parse_facts,
 )
 from meshrun.transport.capture import HeadTail
+from meshrun.transport.files import put_files
 from meshrun.transport.identities import IdentityFiles, agent_for, offers
 from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
 from meshrun.transport.proxycommand import ProxyCommandFailed, proxy_failure, start_proxy_command
@@ -53,6 +60,7 @@ from meshrun.transport.sessions import (
     SessionRefused,
     SessionsUnavailable,
 )
+from meshrun.transport.sftp import SFTPFiles
 from meshrun.transport.sshconfig import (
     SSHConfigResolver,
     expand_tokens,
@@ -240,7 +248,7 @@ class SSHConnection:
     """A live SSH connection to one host; a session channel is opened per command.
 
     Every session channel on it — a command (:meth:`run`, :meth:`run_raw`), the agent's
-    stream (:meth:`open_process`), SFTP (:meth:`open_sftp`), an rsync carried over an exec
+    stream (:meth:`open_process`), SFTP (:meth:`open_files`), an rsync carried over an exec
     channel (:meth:`open_exec`), anything else (:meth:`session`) — takes its place from
     one :class:`~meshrun.transport.sessions.SessionBudget`, and gives it back when the
     channel is closed. sshd's ``MaxSessions`` counts them all alike, so the budget must
@@ -260,10 +268,14 @@ class SSHConnection:
         max_channels: int,
         timeout_s: float,
         monitor: liveness.LivenessMonitor | None = None,
+        remote_shell: Callable[[], rsync.RemoteShell] | None = None,
     ) -> None:
+        # remote_shell: rsync's remote shell over this connection (the connector's relay);
+        # None: transfers go over SFTP.
         self._host = host
         self._facts: HostFacts | None = None
         self._facts_lock = threading.Lock()
+        self._remote_shell = remote_shell
         self.transport = transport
         self._timeout_s = timeout_s
         self._monitor = monitor
@@ -390,33 +402,93 @@ class SSHConnection:
             raise
         return chan, release
 
-    def open_sftp(self) -> Any:
-        """paramiko's SFTPClient on a session from the budget; its ``close()`` (or the
-        end of its ``with`` block) closes the channel and gives the session back."""
-        lease = self._lease(SESSION_WAIT_S)
+    def open_files(self) -> SFTPFiles:
+        """An SFTP session on a session channel from the budget; its ``close()`` (or
+        the end of its ``with`` block) closes the channel and gives the session back.
+        CommandError when none can be opened (what the transfers that need one have
+        always reported, the link's own error included)."""
+        name = self._host.name
+        try:
+            lease = self._lease(SESSION_WAIT_S)
+        except ConnectError as exc:
+            raise CommandError(f"{name}: cannot open an SFTP session: {exc}") from exc
         chan = lease.session
+
+        def release() -> None:
+            chan.close()
+            lease.release()
+
         try:
             chan.invoke_subsystem("sftp")
             client = paramiko.SFTPClient(chan)
         except BaseException as exc:
-            chan.close()
-            lease.release()
+            release()
             if isinstance(exc, paramiko.SSHException | OSError | EOFError):
-                raise HostUnreachable(
-                    self._host.name, f"could not start SFTP: {exc or type(exc).__name__}"
-                ) from exc
+                why = f"{name}: could not start SFTP: {exc or type(exc).__name__}"
+                raise CommandError(f"{name}: cannot open an SFTP session: {why}") from exc
             raise
-        close_client = client.close
+        return SFTPFiles(client, release)
 
-        def close() -> None:
-            try:
-                close_client()
-            finally:
-                chan.close()
-                lease.release()
+    # -- file transfer ------------------------------------------------------------------
 
-        client.close = close  # the instance's own close: `with client:` calls it too
-        return client
+    def _asked(self) -> HostFacts:
+        """$HOME and rsync, asked in one round trip on first use, then remembered."""
+        with self._facts_lock:
+            if self._facts is None:
+                result = self.run_raw(FACTS_COMMAND)
+                self._facts = parse_facts(result.stdout)
+            return self._facts
+
+    def home(self) -> str | None:
+        return self._asked().home
+
+    def has_rsync(self) -> bool:
+        return self._asked().has_rsync
+
+    def _rsync(self, use_rsync: bool) -> rsync.RemoteShell | None:
+        """rsync's remote shell when rsync should carry a transfer: wanted, here and
+        on the host; None for SFTP."""
+        if not use_rsync or self._remote_shell is None or shutil.which("rsync") is None:
+            return None
+        return self._remote_shell() if self.has_rsync() else None
+
+    def get_files(
+        self,
+        root: str,
+        paths: Sequence[str],
+        into: Path,
+        *,
+        use_rsync: bool = True,
+        cancel: threading.Event | None = None,
+        timeout_s: float = 3600.0,
+    ) -> None:
+        rsh = self._rsync(use_rsync)
+        if rsh is not None:
+            rsync.get_files(
+                rsh, self._host.name, root, paths, str(into), cancel=cancel, timeout_s=timeout_s
+            )
+            return
+        if cancel is not None and cancel.is_set():
+            raise Interrupted(f"{self._host.name}: pull stopped")
+        with self.open_files() as files:
+            sftp.get_files(files, self._host.name, root, paths, into, cancel=cancel)
+
+    def put_files(
+        self,
+        source: Path,
+        files: Sequence[tuple[str, int]],
+        root: str,
+        *,
+        use_rsync: bool = True,
+        what: str = "push",
+    ) -> None:
+        rsh = self._rsync(use_rsync)
+        if rsh is not None:
+            paths = [path for path, _ in files]
+            rsync.put_files(rsh, self._host.name, str(source), paths, root, what=what)
+            return
+        with self.open_files() as session:
+            put_files(session, self._host.name, source, files, root, over=" over SFTP")
 
     # -- commands ---------------------------------------------------------------------
 
@@ -517,13 +589,6 @@ class SSHConnection:
             lost=lost,
             lost_reason=self.lost_reason(chan.get_transport()) if lost else None,
         )
-
-    def facts(self) -> HostFacts:
-        with self._facts_lock:
-            if self._facts is None:
-                result = self.run_raw(FACTS_COMMAND)
-                self._facts = parse_facts(result.stdout)
-            return self._facts
 
     def run_raw(self, command: str, *, stdin: bytes = b"", timeout_s: float = 60.0) -> RawResult:
         with self.session(wait_s=timeout_s) as chan:
@@ -828,8 +893,26 @@ class SSHConnector:
         self._watch(host, ep, transport)
         log.info("%s: connected (%s)", host.name, where)
         return SSHConnection(
-            host, transport, self.channels_per_host, ep.connect_timeout_s, self._liveness
+            host,
+            transport,
+            self.channels_per_host,
+            ep.connect_timeout_s,
+            self._liveness,
+            remote_shell=self._remote_shell_for(host),
         )
+
+    def _remote_shell_for(self, host: Host) -> Callable[[], rsync.RemoteShell]:
+        """:meth:`rsync_ssh` for ``host``, for its connection's transfers; holds this
+        connector weakly (the connector holds the connection)."""
+        ref = weakref.ref(self)
+
+        def remote_shell() -> rsync.RemoteShell:
+            connector = ref()
+            if connector is None:
+                raise HostUnreachable(host.name, "the run is shutting down")
+            return connector.rsync_ssh(host)
+
+        return remote_shell
 
     def _watch(self, host: Host, ep: Endpoint, transport: paramiko.Transport) -> None:
         """Keepalives that want a reply; a host silent past them is given up (closed)."""
@@ -1200,13 +1283,8 @@ class SSHConnector:
         hide: Sequence[str] = (),
     ) -> None:
         rsh = self.rsync_ssh(host)
-        workdir = host.workdir
-        if workdir == "~" or workdir.startswith("~/"):
-            # Tasks run in "$HOME"/x; rsync would resolve "x" against the login
-            # directory, which need not be $HOME. Ask the host once.
-            home = self.connect(host).facts().home
-            if home is not None:
-                workdir = home.rstrip("/") + workdir[1:]
+        # Tasks run in "$HOME"/x; rsync would resolve "x" against the login directory.
+        workdir = expand_home(self.connect(host), host.workdir)
         argv = rsync.push_argv(
             rsh=rsh, root=root, paths=paths, excludes=excludes, workdir=workdir, hide=hide
         )

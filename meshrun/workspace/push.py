@@ -37,29 +37,31 @@ over SFTP on that connection, with what that rsync push does:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import posixpath
-import secrets
 import shutil
 import stat
 import time
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import Literal
 
 from meshrun.config.inventory import Host
-from meshrun.errors import CommandError
-from meshrun.integrity import artifacts
+from meshrun.errors import CommandError, MeshrunError
 from meshrun.integrity.manifest import file_digest, safe_relative_path
 from meshrun.records import record
 from meshrun.transport import rsync
-from meshrun.transport.base import Connector
+from meshrun.transport.base import Connection, Connector, expand_home
+from meshrun.transport.files import (
+    FileAttributes,
+    RemoteFiles,
+    aside,
+    make_dirs,
+    put_file,
+    rename_into_place,
+)
 from meshrun.workspace.excludes import Excludes
-
-if TYPE_CHECKING:
-    from meshrun.transport.ssh import SSHConnector
 
 #: Why a push went over SFTP, for the one line that says so.
 NO_RSYNC_HERE = "rsync is not installed on this machine"
@@ -87,15 +89,12 @@ def push(
     if not host.local:
         if shutil.which("rsync") is None:
             why = NO_RSYNC_HERE
-        elif not artifacts.host_has_rsync(connector.connect(host)):
+        elif not connector.connect(host).has_rsync():
             why = NO_RSYNC_THERE
         else:
             why = None
         if why is not None:
-            from meshrun.transport.ssh import SSHConnector
-
-            assert isinstance(connector, SSHConnector)
-            _push_sftp(connector, host, Path(root), paths, excludes, hide)
+            _push_sftp(connector.connect(host), host, Path(root), paths, excludes, hide)
             return why
     connector.push(host, root=root, paths=paths, excludes=excludes, hide=hide)
     return None
@@ -192,50 +191,46 @@ RECORD = ".meshrun/sftp-mirror.json"
 
 
 def _push_sftp(
-    connector: SSHConnector,
+    conn: Connection,
     host: Host,
     root: Path,
     paths: Sequence[str],
     patterns: Sequence[str],
     hide: Sequence[str] = (),
 ) -> None:
+    """``host`` as the run sees it (its workdir may be this run's own)."""
     try:
         excludes = Excludes.compile(patterns)
     except ValueError as exc:
         raise CommandError(f"{host.name}: workspace sync failed: {exc}") from exc
-    remote = artifacts.remote_root(connector, host)
+    remote = expand_home(conn, host.workdir)
     if remote == "~" or remote.startswith("~/"):  # $HOME unknown: the login directory
         remote = rsync.remote_path(remote)
-    try:
-        sftp: Any = connector.connect(host).open_sftp()  # counted in the session budget
-    except Exception as exc:  # paramiko.SSHException, EOFError, OSError
-        raise CommandError(f"{host.name}: cannot open an SFTP session: {exc}") from exc
-    try:
-        sftp_mirror(sftp, root, remote, paths, excludes, hide)
-    except CommandError as exc:
-        raise CommandError(f"{host.name}: {exc.message}", fix=exc.fix) from exc.__cause__
-    finally:
-        sftp.close()
+    with conn.open_files() as files:  # counted in the host's session budget
+        try:
+            sftp_mirror(files, root, remote, paths, excludes, hide)
+        except CommandError as exc:
+            raise CommandError(f"{host.name}: {exc.message}", fix=exc.fix) from exc.__cause__
 
 
 def sftp_mirror(
-    sftp: Any,
+    sftp: RemoteFiles,
     root: Path,
     remote: str,
     paths: Sequence[str],
     excludes: Excludes,
     hide: Collection[str] = (),
 ) -> None:
-    """Make ``remote`` (a directory on the SFTP server) an exact copy of ``paths``
+    """Make ``remote`` (a directory of the file session) an exact copy of ``paths``
     under ``root`` (see the module docstring). Raises CommandError."""
     mirror = _Mirror(sftp, root, remote, paths, excludes, hide)
     try:
-        sftp_makedirs(sftp, posixpath.dirname(mirror.record_path), set())
+        make_dirs(sftp, posixpath.dirname(mirror.record_path), set())
         mirror.load_record()
         for item in plan(root, paths, excludes, hide):
             try:
                 mirror.send(item)
-            except Exception as exc:  # OSError; paramiko's SSHException, EOFError
+            except _FAILED as exc:
                 raise CommandError(
                     f"workspace sync failed (SFTP) at {item.path or '.'!r}: {exc}"
                 ) from exc
@@ -244,8 +239,14 @@ def sftp_mirror(
         mirror.save_record()
     except CommandError:
         raise
-    except Exception as exc:  # reading the workspace; deleting; setting directories' times
+    except _FAILED as exc:  # reading the workspace; deleting; setting directories' times
         raise CommandError(f"workspace sync failed (SFTP): {exc}") from exc
+
+
+#: What a step of the SFTP push may fail with: the host or the local disk refused a
+#: path (OSError), the file session broke (CommandError), a local file could not be
+#: hashed (IntegrityError), a name is not valid UTF-8 (ValueError).
+_FAILED = (OSError, ValueError, MeshrunError)
 
 
 class _Mirror:
@@ -255,7 +256,7 @@ class _Mirror:
 
     def __init__(
         self,
-        sftp: Any,
+        sftp: RemoteFiles,
         root: Path,
         remote: str,
         paths: Sequence[str],
@@ -269,9 +270,11 @@ class _Mirror:
         self.excludes = excludes
         self.hide = frozenset(hide)
         self.record_path = posixpath.join(remote, RECORD)
-        self.listings: dict[str, dict[str, Any]] = {}  # directory -> name -> attributes
+        # directory -> name -> attributes
+        self.listings: dict[str, dict[str, FileAttributes]] = {}
         self.changed: set[str] = set()  # directories whose entries were written
-        self.dirs: list[tuple[Item, Any]] = []  # (item, attributes before, None if new)
+        # (item, attributes before, None if new)
+        self.dirs: list[tuple[Item, FileAttributes | None]] = []
         self.names: dict[str, set[str]] = {}  # directory -> the names sent into it
         self.whole: list[str] = []  # directories whose contents are pushed
         self.record: dict[str, tuple[int, int, str]] = {}  # what the last push sent
@@ -281,13 +284,13 @@ class _Mirror:
     def _where(self, path: str) -> str:
         return posixpath.join(self.remote, path) if path else self.remote
 
-    def _listing(self, directory: str) -> dict[str, Any]:
+    def _listing(self, directory: str) -> dict[str, FileAttributes]:
         if directory not in self.listings:
             listing = self.sftp.listdir_attr(self._where(directory))
             self.listings[directory] = {a.filename: a for a in listing}
         return self.listings[directory]
 
-    def _found(self, path: str) -> Any:
+    def _found(self, path: str) -> FileAttributes | None:
         """The attributes of what is at ``path`` on the host (not followed), or None."""
         if not path:
             return self.sftp.stat(self.remote)
@@ -324,7 +327,7 @@ class _Mirror:
     def save_record(self) -> None:
         """Write the record of what the host now has, beside it then renamed."""
         data = json.dumps({"version": 1, "files": self.sent}, separators=(",", ":"))
-        temp = _aside(self.record_path)
+        temp = aside(self.record_path)
         try:
             with self.sftp.open(temp, "wb") as handle:
                 handle.write(data.encode())
@@ -332,7 +335,7 @@ class _Mirror:
             with contextlib.suppress(Exception):
                 self.sftp.remove(temp)
             raise
-        _rename(self.sftp, temp, self.record_path)
+        rename_into_place(self.sftp, temp, self.record_path)
 
     def send(self, item: Item) -> None:
         found = self._found(item.path)
@@ -353,19 +356,21 @@ class _Mirror:
             if pushed_whole(item.path, self.paths):
                 self.whole.append(item.path)
             return
-        if kind == stat.S_IFDIR:  # a directory where the workspace has a file or symlink
+        if found is not None and kind == stat.S_IFDIR:  # where the workspace has a file or link
             self._remove(item.path, found)
             self.changed.add(parent)
             found = kind = None
         if item.kind == "file":
             self._send_file(item, found, target, parent)
         elif kind != stat.S_IFLNK or self.sftp.readlink(target) != item.target:
-            temp = _aside(target)
+            temp = aside(target)
             self.sftp.symlink(item.target, temp)
-            _rename(self.sftp, temp, target)
+            rename_into_place(self.sftp, temp, target)
             self.changed.add(parent)
 
-    def _send_file(self, item: Item, found: Any, target: str, parent: str) -> None:
+    def _send_file(
+        self, item: Item, found: FileAttributes | None, target: str, parent: str
+    ) -> None:
         entry = self.record.get(item.path)
         if (
             entry is not None
@@ -383,11 +388,11 @@ class _Mirror:
                 return
         if entry is not None:
             self._invalidate_record()
-        size, sha256 = sftp_put(self.sftp, self.root / item.path, target, item.mode, item.mtime)
+        size, sha256 = put_file(self.sftp, self.root / item.path, target, item.mode, item.mtime)
         self.sent[item.path] = (size, item.mtime, sha256)
         self.changed.add(parent)
 
-    def _remove(self, path: str, found: Any) -> None:
+    def _remove(self, path: str, found: FileAttributes) -> None:
         """Delete what is at ``path`` on the host, a directory with everything in it
         (symlinks are removed, never followed)."""
         target = self._where(path)
@@ -416,7 +421,7 @@ class _Mirror:
                     continue
                 try:
                     self._remove(path, found)
-                except Exception as exc:  # OSError; paramiko's SSHException, EOFError
+                except (OSError, CommandError) as exc:
                     raise CommandError(f"cannot delete {path!r}: {exc}") from exc
                 self.changed.add(directory)
 
@@ -431,75 +436,6 @@ class _Mirror:
                 self.sftp.utime(target, (int(time.time()), item.mtime))
 
 
-def _aside(target: str) -> str:
-    """A temporary name beside ``target``."""
-    return posixpath.join(posixpath.dirname(target), f".meshrun-push-{secrets.token_hex(6)}")
-
-
-def _rename(sftp: Any, temp: str, target: str) -> None:
-    """Rename ``temp`` over ``target``; ``temp`` is removed if that fails."""
-    try:
-        sftp.posix_rename(temp, target)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            sftp.remove(temp)
-        raise
-
-
-def sftp_put(
-    sftp: Any, source: Path, target: str, mode: int, mtime: int | None = None
-) -> tuple[int, str]:
-    """Write ``source`` beside ``target`` under a temporary name, give it ``mode`` (and
-    ``mtime``), then rename it into place: ``target`` is never seen half-written. The
-    temporary file is removed when anything fails. Returns the size and SHA-256 (hex)
-    of the bytes sent."""
-    temp = _aside(target)
-    try:
-        with open(source, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            reader = _Hashing(handle)
-            sftp.putfo(reader, temp, file_size=size, confirm=True)
-        sftp.chmod(temp, mode)
-        if mtime is not None:
-            sftp.utime(temp, (int(time.time()), mtime))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            sftp.remove(temp)
-        raise
-    _rename(sftp, temp, target)
-    return reader.size, reader.digest.hexdigest()
-
-
-class _Hashing:
-    """A file's ``read`` that hashes and counts what it hands out."""
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self.handle = handle
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-
-def sftp_makedirs(sftp: Any, directory: str, made: set[str]) -> None:
-    """``mkdir -p`` over SFTP; ``made`` remembers directories known to exist."""
-    if not directory or directory in made or directory in ("/", "."):
-        return
-    try:
-        sftp.stat(directory)
-    except OSError:
-        sftp_makedirs(sftp, posixpath.dirname(directory), made)
-        try:
-            sftp.mkdir(directory)
-        except OSError:
-            sftp.stat(directory)  # made meanwhile by someone else, or a real error
-    made.add(directory)
-
-
 __all__ = [
     "NO_RSYNC_HERE",
     "NO_RSYNC_THERE",
@@ -508,7 +444,5 @@ __all__ = [
     "plan",
     "push",
     "pushed_whole",
-    "sftp_makedirs",
     "sftp_mirror",
-    "sftp_put",
 ]

@@ -12,8 +12,9 @@ import pytest
 
 from meshrun.config.inventory import Host
 from meshrun.errors import IntegrityError
-from meshrun.integrity.artifacts import PULL_TEMP_PREFIX, collect, collect_outputs, pull
+from meshrun.integrity.collect import collect, collect_outputs
 from meshrun.integrity.manifest import FileEntry
+from meshrun.integrity.pull import PULL_TEMP_PREFIX, pull
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 

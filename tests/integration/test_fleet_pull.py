@@ -26,7 +26,8 @@ from helpers import (
 
 from meshrun.config.inventory import load_inventory
 from meshrun.errors import Interrupted
-from meshrun.integrity.artifacts import collect, pull
+from meshrun.integrity.collect import collect
+from meshrun.integrity.pull import pull
 from meshrun.testing.fleet import Fleet
 from meshrun.transport.ssh import SSHConnector
 

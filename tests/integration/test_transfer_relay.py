@@ -19,7 +19,8 @@ from helpers import describe_procs, processes_with, run_meshrun, wait_gone, writ
 
 from meshrun.config.inventory import Host
 from meshrun.errors import HostUnreachable, Interrupted
-from meshrun.integrity.artifacts import collect, pull
+from meshrun.integrity.collect import collect
+from meshrun.integrity.pull import pull
 from meshrun.testing.fleet import Fleet
 from meshrun.transport import channel_relay
 from meshrun.transport.ssh import SSHConnector

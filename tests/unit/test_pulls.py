@@ -32,8 +32,9 @@ from meshrun.fleet.record import (
     run_fleet_recorded,
 )
 from meshrun.fleet.run import with_pull
-from meshrun.integrity.artifacts import PULL_TEMP_PREFIX, check_patterns, parse_collect_report
+from meshrun.integrity.collect import check_patterns, parse_collect_report
 from meshrun.integrity.manifest import FileEntry, parse_manifest, verify_run
+from meshrun.integrity.pull import PULL_TEMP_PREFIX
 from meshrun.transport import rsync
 from meshrun.transport.local import LocalConnector
 

@@ -1,4 +1,4 @@
-"""COLLECT_SCRIPT run locally (as a host would run it) and the pure helpers around it."""
+"""The collect program run locally (as a host would run it) and the pure helpers around it."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 
 from meshrun.errors import IntegrityError
-from meshrun.integrity.artifacts import (
-    COLLECT_SCRIPT,
+from meshrun.integrity.collect import (
     collect_command,
     collect_request,
+    collect_source,
     parse_collect_output,
-    pull_argv,
 )
 from meshrun.integrity.manifest import FileEntry
-from meshrun.transport.rsync import RemoteShell
+from meshrun.transport.rsync import RemoteShell, pull_argv
+
+COLLECT_SCRIPT = collect_source()
 
 
 def run_script(workdir: Path, *patterns: str) -> dict[str, Any]:
