@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 
+from meshrun.config.hostsfile import HostEntry, Value, WriteError, render_hosts, write_atomic
 from meshrun.config.inventory import (
     Host,
     HostDefaults,
@@ -38,7 +38,6 @@ __all__ = [
     "hosts_toml",
     "merge_hosts",
     "same_host",
-    "toml_string",
     "write_hosts_toml",
 ]
 
@@ -123,52 +122,36 @@ def discovery_inventory(
 # -- hosts.toml ---------------------------------------------------------------------
 
 
-def toml_string(text: str) -> str:
-    """``text`` as a TOML basic string: quotes, backslashes and controls escaped."""
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04X}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
 def hosts_toml(agents: Sequence[Agent], *, comment: str | None = None) -> str:
     """A hosts.toml listing ``agents``, which ``load_inventory`` (and ``--hosts``) reads.
 
     Each host's advertised key and platform are written as a comment: meshrun checks
     keys against known_hosts when it connects, not against this file.
     """
-    lines = [
-        "# Agents found on the LAN by `meshrun discover`.",
-        "# Host keys are checked against known_hosts when meshrun connects;",
-        "# the fingerprint each agent advertised is noted for comparison.",
-    ]
-    if comment:
-        lines += [f"# {line}" for line in comment.splitlines()]
-    for agent in agents:
-        lines += [
-            "",
-            "[[host]]",
-            f"name = {toml_string(agent.name)}",
-            f"address = {toml_string(agent.address)}",
-            f"port = {agent.port}",
-        ]
-        if agent.user is not None:
-            lines.append(f"user = {toml_string(agent.user)}")
-        lines.append(f"slots = {agent.slots}")
-        lines.append("labels = [" + ", ".join(toml_string(label) for label in agent.labels) + "]")
-        if agent.workdir is not None:
-            lines.append(f"workdir = {toml_string(agent.workdir)}")
-        lines.append(
-            f"# advertised host key {agent.host_key_type} {agent.host_key_fingerprint}; "
-            f"{agent.cpus} CPUs, {agent.os}/{agent.arch}"
-        )
-    return "\n".join(lines) + "\n"
+    header = _HEADER + (f"\n{comment}" if comment else "")
+    return render_hosts([_entry(agent) for agent in agents], comment=header)
+
+
+_HEADER = (
+    "Agents found on the LAN by `meshrun discover`.\n"
+    "Host keys are checked against known_hosts when meshrun connects;\n"
+    "the fingerprint each agent advertised is noted for comparison."
+)
+
+
+def _entry(agent: Agent) -> HostEntry:
+    keys: dict[str, Value] = {"name": agent.name, "address": agent.address, "port": agent.port}
+    if agent.user is not None:
+        keys["user"] = agent.user
+    keys["slots"] = agent.slots
+    keys["labels"] = agent.labels
+    if agent.workdir is not None:
+        keys["workdir"] = agent.workdir
+    note = (
+        f"advertised host key {agent.host_key_type} {agent.host_key_fingerprint}; "
+        f"{agent.cpus} CPUs, {agent.os}/{agent.arch}"
+    )
+    return HostEntry(keys, note)
 
 
 def write_hosts_toml(
@@ -179,25 +162,15 @@ def write_hosts_toml(
     An unwritable path is an InputError naming ``--write``.
     """
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
     try:
-        fd, temporary = tempfile.mkstemp(prefix=".hosts-", suffix=".toml", dir=directory)
-    except OSError as exc:
+        write_atomic(target, hosts_toml(agents, comment=comment))
+    except WriteError as exc:
+        if exc.placed:
+            raise InputError(
+                f"--write {target}: cannot write it ({exc.reason})",
+                fix="choose another path (not a directory), writable by you",
+            ) from None
         raise InputError(
-            f"--write {target}: cannot write there ({exc.strerror or exc})",
+            f"--write {target}: cannot write there ({exc.reason})",
             fix="choose a path in an existing, writable directory",
         ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(hosts_toml(agents, comment=comment))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except OSError as exc:
-        os.unlink(temporary)
-        raise InputError(
-            f"--write {target}: cannot write it ({exc.strerror or exc})",
-            fix="choose another path (not a directory), writable by you",
-        ) from None
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from meshrun.config import hostsfile
 from meshrun.records import record
 
 if TYPE_CHECKING:
@@ -320,23 +321,16 @@ class Fleet:
     def write_hosts_toml(self, path: Path, *, names: Sequence[str] | None = None) -> Path:
         """Write a meshrun inventory for (a subset of) the fleet; returns ``path``."""
         hosts = self.hosts if names is None else [self.host(n) for n in names]
-        out = [
-            "[defaults]",
-            f"user = {_toml_str(self.user)}",
-            f"identity = {_toml_str(str(self.client_key))}",
-            f"known_hosts = {_toml_str(str(self.known_hosts))}",
+        defaults: dict[str, hostsfile.Value] = {
+            "user": self.user,
+            "identity": self.client_key,
+            "known_hosts": self.known_hosts,
+        }
+        entries: list[dict[str, hostsfile.Value]] = [
+            {"name": h.name, "address": LOOPBACK, "port": h.port, "workdir": h.workdir}
+            for h in hosts
         ]
-        for h in hosts:
-            out += [
-                "",
-                "[[host]]",
-                f"name = {_toml_str(h.name)}",
-                f"address = {_toml_str(LOOPBACK)}",
-                f"port = {h.port}",
-                f"workdir = {_toml_str(str(h.workdir))}",
-            ]
-        path.write_text("\n".join(out) + "\n")
-        return path
+        return hostsfile.write_hosts(path, entries, defaults=defaults)
 
     # -- internals --------------------------------------------------------------------
 
@@ -693,11 +687,6 @@ def _cfg_quote(value: str) -> str:
     if value and not any(c.isspace() or c in "\"'#\\" for c in value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string (JSON string escapes are valid TOML)."""
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

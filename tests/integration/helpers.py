@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshrun.config.hostsfile import Value, write_hosts
 from meshrun.testing.fleet import Fleet
 
 #: How long to poll for processes to go away: exited processes here can take ~1.5 s
@@ -230,15 +231,6 @@ def describe_procs(procs: list[Proc]) -> str:
 # -- inventories ----------------------------------------------------------------------
 
 
-def _toml(value: object) -> str:
-    """A TOML value: strings as basic strings (JSON escapes are valid TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)
-
-
 def write_inventory(
     path: Path,
     fleet: Fleet,
@@ -246,24 +238,23 @@ def write_inventory(
     names: list[str] | None = None,
     identity: str | os.PathLike[str] | None = None,
     known_hosts: str | os.PathLike[str] | None = None,
-    extra: dict[str, dict[str, object]] | None = None,
+    extra: dict[str, dict[str, Value]] | None = None,
 ) -> Path:
     """A hosts.toml for (some of) ``fleet``; ``extra`` adds or replaces per-host keys."""
     hosts = fleet.hosts if names is None else [fleet.host(n) for n in names]
-    lines = [
-        "[defaults]",
-        f"user = {_toml(fleet.user)}",
-        f"identity = {_toml(identity or fleet.client_key)}",
-        f"known_hosts = {_toml(known_hosts or fleet.known_hosts)}",
-    ]
-    for h in hosts:
-        keys: dict[str, object] = {
+    defaults: dict[str, Value] = {
+        "user": fleet.user,
+        "identity": identity or fleet.client_key,
+        "known_hosts": known_hosts or fleet.known_hosts,
+    }
+    entries: list[dict[str, Value]] = [
+        {
             "name": h.name,
             "address": "127.0.0.1",
             "port": h.port,
-            "workdir": str(h.workdir),
+            "workdir": h.workdir,
+            **(extra or {}).get(h.name, {}),
         }
-        keys.update((extra or {}).get(h.name, {}))
-        lines += ["", "[[host]]", *(f"{k} = {_toml(v)}" for k, v in keys.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        for h in hosts
+    ]
+    return write_hosts(path, entries, defaults=defaults)
