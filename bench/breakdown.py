@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -56,43 +56,15 @@ PHASES = ["startup", "import", "cli", "inventory", "connector", "connect", "comm
 # -- child: the instrumented meshrun run --------------------------------------------------
 
 
-def patch(owner: Any, name: str, wrap: Callable[[Any], Any]) -> None:
-    """Replace ``owner.name`` with ``wrap(owner.name)`` (monkeypatching from outside)."""
-    setattr(owner, name, wrap(getattr(owner, name)))
-
-
 def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -> None:
-    import resource
     import threading
 
+    from probes import Probe, patch
+
     t_ready = time.time()
-
-    def cpu() -> float:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-
-    marks: dict[str, float] = {"spawned": spawned, "ready": t_ready}
-    cpus: dict[str, float] = {"ready": cpu()}
-    spans: list[tuple[str, str, float, float]] = []
-    lock = threading.Lock()
-
-    def mark(name: str) -> None:
-        marks[name] = time.time()
-        cpus[name] = cpu()
-
-    def span(kind: str, host_of: Any) -> Any:
-        def wrap(fn: Any) -> Any:
-            def inner(self: Any, *a: Any, **kw: Any) -> Any:
-                start = time.time()
-                try:
-                    return fn(self, *a, **kw)
-                finally:
-                    with lock:
-                        spans.append((kind, host_of(self, a), start, time.time()))
-
-            return inner
-
-        return wrap
+    probe = Probe({"spawned": spawned}, {})
+    probe.mark("ready", at=t_ready)
+    mark = probe.mark
 
     if opts.lean_cli:
         import meshrun
@@ -102,22 +74,8 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
     import meshrun
 
     if not opts.lean_cli:
-        real_fleet = meshrun.cli.app._fleet
-
-        def fleet(**kw: Any) -> Any:
-            mark("parsed")
-            return real_fleet(**kw)
-
-        patch(meshrun.cli.app, "_fleet", lambda real: fleet)
-
-    real_resolve = meshrun.resolve_hosts
-
-    def resolve(spec: Any) -> Any:
-        hosts = real_resolve(spec)
-        mark("inventory")
-        return hosts
-
-    meshrun.resolve_hosts = resolve
+        probe.around(meshrun.cli.app, "_fleet", before=lambda *a, **kw: mark("parsed"))
+    probe.around(meshrun, "resolve_hosts", after=lambda *a, **kw: mark("inventory"))
 
     real_default = meshrun.default_connector
 
@@ -143,22 +101,14 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
                 return tcp
 
             patch(ssh.SSHConnector, "_tcp", quickack)
-        on_host = lambda self, a: a[0].name  # noqa: E731
-        on_conn = lambda self, a: self.host.name  # noqa: E731
-        patch(ssh.SSHConnector, "_tcp", span("tcp", on_host))
-        patch(ssh.SSHConnector, "_handshake", span("handshake", on_host))
-        patch(ssh.SSHConnector, "_authenticate", span("auth", on_host))
-        patch(ssh.SSHConnection, "_open_on", span("channel", on_conn))
-        patch(ssh.SSHConnection, "_pump", span("command", on_conn))
-
-        def close(real: Any) -> Any:
-            def inner() -> None:
-                mark("run_done")
-                real()
-
-            return inner
-
-        patch(connector, "close", close)
+        on_host = lambda a: a[1].name  # noqa: E731
+        on_conn = lambda a: a[0].host.name  # noqa: E731
+        probe.span("tcp", ssh.SSHConnector, "_tcp", on_host)
+        probe.span("handshake", ssh.SSHConnector, "_handshake", on_host)
+        probe.span("auth", ssh.SSHConnector, "_authenticate", on_host)
+        probe.span("channel", ssh.SSHConnection, "_open_on", on_conn)
+        probe.span("command", ssh.SSHConnection, "_pump", on_conn)
+        probe.around(connector, "close", before=lambda *a, **kw: mark("run_done"))
         mark("connector")
         return connector
 
@@ -167,16 +117,7 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
     # The CLI runs ``exec`` through run_fleet_recorded (which calls run_fleet), --lean-cli
     # calls run_fleet itself: the run starts at whichever comes first.
     for name in ("run_fleet_recorded", "run_fleet"):
-
-        def run_start(real: Any) -> Any:
-            def inner(*a: Any, **kw: Any) -> Any:
-                if "run_start" not in marks:
-                    mark("run_start")
-                return real(*a, **kw)
-
-            return inner
-
-        patch(meshrun, name, run_start)
+        probe.around(meshrun, name, before=lambda *a, **kw: mark("run_start", first=True))
 
     argv = ["exec", "--hosts", hosts_toml, "-q", "--", "true"]
     code: Any = 0
@@ -189,7 +130,8 @@ def child(hosts_toml: str, out: str, spawned: float, opts: argparse.Namespace) -
         except SystemExit as exc:
             code = exc.code
     mark("end")
-    Path(out).write_text(json.dumps({"code": code, "marks": marks, "cpu": cpus, "spans": spans}))
+    record = {"code": code, "marks": probe.marks, "cpu": probe.cpus, "spans": probe.spans}
+    Path(out).write_text(json.dumps(record))
     if opts.gc_freeze:
         import gc
 

@@ -89,6 +89,7 @@ from harness import (
     time_tools,
     tool_env,
 )
+from probes import Probe
 
 if TYPE_CHECKING:
     from meshrun.testing.fleet import Fleet
@@ -161,14 +162,41 @@ def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
     def script(name: str, mode: str, spec: str) -> list[str]:
         return [python, str(COMPETITORS / name), mode, spec]
 
-    n = work.per_host
+    n, hosts = work.per_host, len(fleet.hosts)
+    one_each = json.dumps(json.loads(work.spec) | {"per_host": 1})
+    rivals = [  # key, label, argv, note
+        (
+            "pssh-rounds",
+            "parallel-ssh rounds",
+            script("parallel_ssh.py", "rounds", work.spec),
+            f"{n * hosts} sessions, rounds; host keys NOT checked",
+        ),
+        (
+            "pssh-pool",
+            "parallel-ssh pool",
+            script("parallel_ssh.py", "pool", work.spec),
+            f"{n * hosts} sessions, no barrier; host keys NOT checked",
+        ),
+        (
+            "pssh-pool-1",
+            "parallel-ssh pool, 1/host",
+            script("parallel_ssh.py", "pool", one_each),
+            f"{hosts} sessions, {hosts} at a time: its best here",
+        ),
+        (
+            "fabric",
+            "fabric threads",
+            script("fabric_client.py", "tasks", work.spec),
+            f"{hosts} connections, {n * hosts} threads",
+        ),
+    ]
     return [
         mesh(
             "meshrun",
             f"meshrun dispatch slots={n}",
             work.hosts_slots,
             [],
-            f"{n * len(fleet.hosts)} at a time; one state dir for all runs",
+            f"{n * hosts} at a time; one state dir for all runs",
         ),
         mesh(
             "meshrun-auto",
@@ -184,34 +212,7 @@ def build_tools(fleet: Fleet, work: Workload, python: str) -> list[Tool]:
             ["--no-agent"],
             "one SSH channel + wrapper per task",
         ),
-        Tool(
-            "pssh-rounds",
-            "parallel-ssh rounds",
-            script("parallel_ssh.py", "rounds", work.spec),
-            competitor=True,
-            note=f"{n * len(fleet.hosts)} sessions, rounds; host keys NOT checked",
-        ),
-        Tool(
-            "pssh-pool",
-            "parallel-ssh pool",
-            script("parallel_ssh.py", "pool", work.spec),
-            competitor=True,
-            note=f"{n * len(fleet.hosts)} sessions, no barrier; host keys NOT checked",
-        ),
-        Tool(
-            "pssh-pool-1",
-            "parallel-ssh pool, 1/host",
-            script("parallel_ssh.py", "pool", json.dumps(json.loads(work.spec) | {"per_host": 1})),
-            competitor=True,
-            note=f"{len(fleet.hosts)} sessions, {len(fleet.hosts)} at a time: its best here",
-        ),
-        Tool(
-            "fabric",
-            "fabric threads",
-            script("fabric_client.py", "tasks", work.spec),
-            competitor=True,
-            note=f"{len(fleet.hosts)} connections, {n * len(fleet.hosts)} threads",
-        ),
+        *(Tool(key, label, argv, competitor=True, note=note) for key, label, argv, note in rivals),
         Tool(
             "parallel",
             "GNU parallel",
@@ -377,48 +378,17 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
     t_harness = time.time()
     import hashlib
     import importlib
-    import resource
     import threading
 
     spec = json.loads(spec_json)
-
-    def cpu() -> float:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-
-    marks: dict[str, float] = {"spawned": spawned, "ready": t_ready, "harness": t_harness}
-    cpus: dict[str, float] = {"spawned": 0.0, "ready": cpu_ready, "harness": cpu()}
-    box: dict[str, float] = {"harness": machine_busy_s()}
-    main_cpu: dict[str, float] = {"harness": time.thread_time()}
-    spans: list[tuple[str, str, float, float]] = []
+    marks, cpus = {"spawned": spawned, "ready": t_ready}, {"spawned": 0.0, "ready": cpu_ready}
+    probe = Probe(marks, cpus, machine_busy_s)
+    probe.mark("harness", at=t_harness)
+    mark = probe.mark
     hot: dict[str, list[float]] = {}
     task_rtt: dict[str, float] = {}
     rtts: list[float] = []
-    lock = threading.Lock()
     main = threading.main_thread()
-
-    def mark(name: str, *, first: bool = False) -> None:
-        if first and name in marks:
-            return
-        marks[name] = time.time()
-        cpus[name] = cpu()
-        box[name] = machine_busy_s()
-        if threading.current_thread() is main:
-            main_cpu[name] = time.thread_time()
-
-    def wrap(owner: Any, name: str, before: Any = None, after: Any = None) -> None:
-        real = getattr(owner, name)
-
-        def inner(*a: Any, **kw: Any) -> Any:
-            if before is not None:
-                before(*a, **kw)
-            try:
-                return real(*a, **kw)
-            finally:
-                if after is not None:
-                    after(*a, **kw)
-
-        setattr(owner, name, inner)
 
     import meshrun.cli.app
 
@@ -500,7 +470,7 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
             mark("dispatch_end")
 
     meshrun.run_dispatch = run_dispatch
-    wrap(
+    probe.around(
         executor.Dispatcher,
         "run",
         before=lambda *a, **kw: mark("run"),
@@ -536,19 +506,7 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
 
     executor.Dispatcher._exited = exited
 
-    def span(kind: str, owner: Any, name: str, host_of: Callable[[tuple[Any, ...]], str]) -> None:
-        real = getattr(owner, name)
-
-        def inner(*a: Any, **kw: Any) -> Any:
-            t0 = time.time()
-            try:
-                return real(*a, **kw)
-            finally:
-                with lock:
-                    spans.append((kind, host_of(a), t0, time.time()))
-
-        setattr(owner, name, inner)
-
+    span = probe.span
     span("agent start", agent_client.AgentRunner, "__init__", lambda a: a[1])
     span("host set-up", executor.Dispatcher, "_connect", lambda a: a[1].name)
     real_connector = meshrun.default_connector
@@ -575,11 +533,11 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
         json.dumps(
             {
                 "code": code,
-                "marks": marks,
-                "cpu": cpus,
-                "box": box,
-                "main_cpu": main_cpu,
-                "spans": spans,
+                "marks": probe.marks,
+                "cpu": probe.cpus,
+                "box": probe.box,
+                "main_cpu": probe.main_cpu,
+                "spans": probe.spans,
                 "hot": hot,
                 "rtt": rtts,
             }
@@ -732,13 +690,15 @@ def render(results: Sequence[ToolResult], work: Workload, hosts: int, repeat: in
         rate = n / r.median if r.median else None
         rate_ratio = base / r.median if (r.median and base) else None
         time_ratio = r.ratio_to(mesh)
-        inrun_rate = n / r.own if r.own else None
+        inrun = med(r.own_s)
+        inrun_rate = n / inrun if inrun else None
         status = f"  FAILED {len(r.failures)} run(s)" if r.failures else ""
         out.append(
             f"{r.tool.label:<30} {fmt(r.median):>8} {fmt(r.minimum, '.2f'):>6} "
             f"{fmt(rate, '.0f'):>7} {fmt(rate_ratio, '.2f'):>6} {fmt(time_ratio, '.2f'):>6} "
-            f"{fmt(r.own):>8} {fmt(inrun_rate, '.0f'):>8} {fmt(r.cpu, '.2f'):>6} "
-            f"{fmt(r.machine_cpu, '.2f'):>6}  {len(r.times_s)}/{repeat}  {r.tool.note}{status}"
+            f"{fmt(inrun):>8} {fmt(inrun_rate, '.0f'):>8} {fmt(med(r.client_cpu_s), '.2f'):>6} "
+            f"{fmt(med(r.machine_cpu_s), '.2f'):>6}  {len(r.times_s)}/{repeat}  "
+            f"{r.tool.note}{status}"
         )
     out.append(
         "rate÷m = tool tasks/s ÷ meshrun (slots=4) tasks/s (<1: meshrun is faster); "
@@ -830,15 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.tasks < 1 or args.hosts < 1:
         parser.error("--repeat, --tasks, --hosts must be >= 1 and --warmup >= 0")
-    doc = new_doc(
-        "dispatch",
-        hosts=args.hosts,
-        tasks=args.tasks,
-        per_host=args.per_host,
-        repeat=args.repeat,
-        warmup=args.warmup,
-        bytecode=args.bytecode,
-    )
+    doc = new_doc("dispatch", args, "hosts", "tasks", "per_host", "repeat", "warmup", "bytecode")
 
     def body() -> int:
         with tempfile.TemporaryDirectory(prefix="meshrun-dispatch-") as tmp:

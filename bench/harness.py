@@ -166,17 +166,23 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGHUP, _raise_interrupt)
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C and the stop signals wait until the block is over (then they arrive)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    """Ctrl-C, SIGTERM and SIGHUP during the block are noted, and raised as
+    KeyboardInterrupt once it is over: a teardown is not cut short by them."""
+    held: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        if held:
+            raise KeyboardInterrupt(f"signal {held[0]}")
 
 
 @contextlib.contextmanager
@@ -377,18 +383,6 @@ class ToolResult:
     def minimum(self) -> float | None:
         return min(self.times_s) if self.times_s else None
 
-    @property
-    def own(self) -> float | None:
-        return med(self.own_s)
-
-    @property
-    def cpu(self) -> float | None:
-        return med(self.client_cpu_s)
-
-    @property
-    def machine_cpu(self) -> float | None:
-        return med(self.machine_cpu_s)
-
     def ratio_to(self, base: ToolResult) -> float | None:
         """This tool's median / ``base``'s (> 1: ``base`` is faster)."""
         return self.median / base.median if self.median is not None and base.median else None
@@ -520,8 +514,11 @@ def tree_state() -> dict[str, Any]:
     return {"head": head, "uncommitted": dirty, "summary": summary}
 
 
-def new_doc(benchmark: str, **fields: Any) -> dict[str, Any]:
-    """The JSON document's header (``--json FILE``): when, on what, which meshrun."""
+def new_doc(
+    benchmark: str, args: argparse.Namespace | None = None, *options: str, **fields: Any
+) -> dict[str, Any]:
+    """The JSON document's header (``--json FILE``): when, on what, which meshrun, with
+    the command line's ``options`` (by their ``args`` names) and ``fields``."""
     return {
         "benchmark": benchmark,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -531,6 +528,7 @@ def new_doc(benchmark: str, **fields: Any) -> dict[str, Any]:
             "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg(),
         },
+        **{name: getattr(args, name) for name in options},
         **fields,
         "meshrun_tree": tree_state(),
     }

@@ -37,33 +37,19 @@ def ssh_login(
     fleet: Fleet, port: int, *, kex: str | None = None, control_dir: Path | None = None
 ) -> list[str]:
     """One host's OpenSSH argv, without the destination and the command."""
-    argv = [
-        "ssh",
-        "-p",
-        str(port),
-        "-i",
-        str(fleet.client_key),
-        "-o",
+    options = [
         f"UserKnownHostsFile={fleet.known_hosts}",
-        "-o",
         "StrictHostKeyChecking=yes",
-        "-o",
         "BatchMode=yes",
-        "-o",
         "IdentitiesOnly=yes",
     ]
     if kex:
-        argv += ["-o", f"KexAlgorithms={kex}"]
+        options.append(f"KexAlgorithms={kex}")
     if control_dir is not None:
-        argv += [
-            "-o",
-            "ControlMaster=auto",
-            "-o",
-            f"ControlPath={control_dir}/%C",
-            "-o",
-            "ControlPersist=60",
-        ]
-    return argv
+        options += ["ControlMaster=auto", f"ControlPath={control_dir}/%C", "ControlPersist=60"]
+    return ["ssh", "-p", str(port), "-i", str(fleet.client_key)] + [
+        word for option in options for word in ("-o", option)
+    ]
 
 
 def write_sshlogins(

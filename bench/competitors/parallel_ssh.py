@@ -22,6 +22,9 @@ import json
 import sys
 from typing import Any
 
+#: How every task-mode session connects: the fleet's key only, one retry, 30 s timeout.
+SESSION = {"allow_agent": False, "identity_auth": False, "num_retries": 1, "timeout": 30}
+
 
 def run_true(spec: dict[str, Any]) -> None:
     from pssh.clients import ParallelSSHClient
@@ -69,27 +72,9 @@ def run_rounds(spec: dict[str, Any]) -> None:
     # Host-major interleaving, so the last, partial round still covers every host.
     ports = [p for _ in range(spec["per_host"]) for p in spec["ports"]]
     hosts = [spec["address"]] * len(ports)
-    config = [
-        HostConfig(
-            port=p,
-            user=spec["user"],
-            private_key=spec["key"],
-            allow_agent=False,
-            identity_auth=False,
-            num_retries=1,
-            timeout=30,
-        )
-        for p in ports
-    ]
-    client = ParallelSSHClient(
-        hosts,
-        host_config=config,
-        pool_size=len(ports),
-        allow_agent=False,
-        identity_auth=False,
-        num_retries=1,
-        timeout=30,
-    )
+    user, key = spec["user"], spec["key"]
+    config = [HostConfig(port=p, user=user, private_key=key, **SESSION) for p in ports]
+    client = ParallelSSHClient(hosts, host_config=config, pool_size=len(ports), **SESSION)
     commands = [f"echo {i}" for i in range(spec["tasks"])]
     bad, done = [], 0
     for start in range(0, len(commands), len(ports)):
@@ -123,14 +108,7 @@ def run_pool(spec: dict[str, Any]) -> None:
         # One libssh2 session cannot run channels from several greenlets at once
         # (SSH2Error), so each greenlet has its own session, as ParallelSSHClient does.
         client = SSHClient(
-            spec["address"],
-            user=spec["user"],
-            port=port,
-            pkey=spec["key"],
-            allow_agent=False,
-            identity_auth=False,
-            num_retries=1,
-            timeout=30,
+            spec["address"], user=spec["user"], port=port, pkey=spec["key"], **SESSION
         )
         for i in todo:
             out = client.run_command(f"echo {i}")
