@@ -1,10 +1,10 @@
 """Collect a task's declared outputs on its host: expand the patterns, hash every file there.
 
-The collect program (:data:`SCRIPT_FILE`, stdlib-only Python 3, sent as the text of
-``python3 -c`` like the agent is sent as a file) runs on the host inside the task's
-workdir, expands the ``outputs`` patterns, hashes every file (sha256, size, mode, read
-1 MiB at a time) and prints one JSON document. :func:`collect` runs it and turns every
-refusal into an :class:`~meshrun.errors.IntegrityError` (exit 4);
+The collect program (:data:`SCRIPT_FILE`: stdlib-only Python 3, a file of the package
+read as the agent's source is, sent as the text of ``python3 -c``) runs on the host in
+the task's workdir, expands the ``outputs`` patterns, hashes every file (sha256, size,
+mode, read 1 MiB at a time) and prints one JSON document. :func:`collect` runs it and
+turns every refusal into an :class:`~meshrun.errors.IntegrityError` (exit 4);
 :mod:`meshrun.integrity.pull` then brings the files home, checked against these hashes.
 
 Output patterns (rsync / gitignore habits)

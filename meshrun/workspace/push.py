@@ -356,7 +356,8 @@ class _Mirror:
             if pushed_whole(item.path, self.paths):
                 self.whole.append(item.path)
             return
-        if found is not None and kind == stat.S_IFDIR:  # where the workspace has a file or link
+        if found is not None and kind == stat.S_IFDIR:
+            # a directory where the workspace has a file or symlink
             self._remove(item.path, found)
             self.changed.add(parent)
             found = kind = None
