@@ -1,0 +1,277 @@
+"""The attempts of a dispatch run: one per start of a task on a host.
+
+An attempt has a runner id unique in the run (a re-queued task must never share one
+with its attempt on a lost host, whose late reports would be taken for the new one),
+appends to its task's log (``logs/<task>.log``, every attempt of a task in one file),
+gets a deadline from its timeout once its command runs, and leaves an entry in its
+task's timeline when it ends. ``exited`` turns the runner's report into what the
+scheduler hears; whether a failed task runs again is the scheduler's call (retries).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from meshrun.agent.client import Runner, RunnerEvent, RunnerGone, TaskExited, TaskOutput
+from meshrun.config.tasks import TaskGraph
+from meshrun.dispatch.executor.clock import RunClock
+from meshrun.dispatch.executor.hosts import call_safely
+from meshrun.dispatch.scheduler import Start, TaskFailed, TaskSucceeded
+from meshrun.errors import MeshrunError
+from meshrun.integrity.manifest import AttemptEntry
+from meshrun.records import record
+
+#: One logger for the whole executor: ``-v`` shows its records, each naming its host.
+log = logging.getLogger("meshrun.dispatch.executor")
+
+#: After asking a host to stop a task (timeout, cancel), how long to wait for its exit
+#: before the host counts as lost (hung) and its tasks are re-queued elsewhere.
+STOP_GRACE_S = 10.0
+
+
+@record(frozen=False)
+class Attempt:
+    task: str
+    host: str
+    number: int
+    started: float  # monotonic: when it was started, then when its command was
+    deadline: float | None
+    log: BinaryIO
+    weight: float = 1.0  # its host's speed (durations are learned per weight-1 host)
+    timed_out: bool = False
+    cancelled: bool = False
+    stop_sent: float | None = None  # when we asked the host to stop it
+    staging: bool = False  # its needs' outputs are still being pushed to the host
+
+
+@record
+class AttemptEnd:
+    """How an attempt's command ended, in the scheduler's terms."""
+
+    task_id: str
+    attempt: Attempt
+    duration_s: float
+    exit_code: int | None
+    #: What the scheduler is told; None when it was stopped on request (cancelled or
+    #: moved) or lost.
+    outcome: TaskSucceeded | TaskFailed | None
+    #: The runner lost it (no exit status): a RunnerGone follows and re-queues it.
+    lost: bool = False
+
+
+#: Who can stop an attempt on a host: its runner, while it has one.
+RunnerOf = Callable[[str], Runner | None]
+
+
+class Attempts:
+    """The attempts running now (by runner id), and every attempt's trace."""
+
+    def __init__(
+        self,
+        graph: TaskGraph,
+        *,
+        run_id: str,
+        default_timeout_s: float | None,
+        logs_dir: Path,
+        clock: RunClock,
+        put: Callable[[RunnerEvent], None],
+    ) -> None:
+        self._graph = graph
+        self._run_id = run_id
+        self._default_timeout_s = default_timeout_s
+        self._logs_dir = logs_dir
+        self._clock = clock
+        self._put = put
+        self._starts = 0
+        self.running: dict[str, Attempt] = {}  # runner task id -> attempt
+        self.timeline: dict[str, list[AttemptEntry]] = {}  # task -> every attempt
+        self.last_duration: dict[str, float] = {}  # task -> its last attempt's
+        self.learned: dict[str, float] = {}  # task -> successful duration on a weight-1 host
+
+    # -- starting ------------------------------------------------------------------------
+
+    def open(self, start: Start, weight: float) -> tuple[str, Attempt]:
+        """A new attempt for ``start`` (its header in the task's log): its id, itself."""
+        self._starts += 1
+        task_id = f"{start.task}#{self._starts}"
+        stolen = f", taken from {start.stolen_from}'s queue" if start.stolen_from else ""
+        log.info("%s: starts %s (attempt %d%s)", start.host, start.task, start.attempt, stolen)
+        log_file = (self._logs_dir / f"{start.task}.log").open("ab")
+        command = self._graph.tasks[start.task].run
+        log_file.write(f"# meshrun: attempt {start.attempt} on {start.host}: {command}\n".encode())
+        attempt = Attempt(
+            start.task,
+            start.host,
+            start.attempt,
+            self._clock.monotonic(),
+            None,
+            log_file,
+            weight,
+        )
+        self.running[task_id] = attempt
+        return task_id, attempt
+
+    def launch(self, task_id: str, attempt: Attempt, runner: Runner, workdir: str) -> None:
+        """Run the attempt's command on its host; its clock and timeout start now."""
+        task = self._graph.tasks[attempt.task]
+        timeout = task.timeout_s or self._default_timeout_s
+        attempt.started = self._clock.monotonic()
+        attempt.deadline = None if timeout is None else attempt.started + timeout
+        env = {
+            **task.env,
+            "MESHRUN_HOST": attempt.host,
+            "MESHRUN_RUN_ID": self._run_id,
+            "MESHRUN_TASK": attempt.task,
+            "MESHRUN_ATTEMPT": str(attempt.number),
+        }
+        try:
+            runner.run(task_id, task.run, workdir, env)
+        except MeshrunError as exc:
+            self._put(TaskExited(attempt.host, task_id, None, str(exc)))
+            self._put(RunnerGone(attempt.host, str(exc)))
+
+    def unstage(self, task_id: str) -> Attempt | None:
+        """The attempt whose inputs were being pushed, now done with that; None if it is
+        gone meanwhile (its host was lost, the run interrupted)."""
+        attempt = self.running.get(task_id)
+        if attempt is None or not attempt.staging:
+            return None
+        attempt.staging = False
+        return attempt
+
+    def drop(self, task_id: str, note: str | None = None) -> None:
+        """End an attempt whose command never ran (``note`` for its log)."""
+        attempt = self.running.pop(task_id)
+        if note is not None:
+            attempt.log.write(f"# meshrun: {note}\n".encode())
+        attempt.log.close()
+
+    # -- while it runs --------------------------------------------------------------------
+
+    def output(self, item: TaskOutput) -> Attempt | None:
+        """Output of a running attempt, appended to its log; None if it is not ours."""
+        attempt = self.running.get(item.task_id)
+        if attempt is not None:
+            attempt.log.write(item.data)
+        return attempt
+
+    def cancel(self, task: str, host: str, runner_of: RunnerOf) -> None:
+        for task_id, attempt in self.running.items():
+            if attempt.task == task and attempt.host == host:
+                attempt.cancelled = True
+                self.stop(task_id, attempt, runner_of)
+
+    def stop(self, task_id: str, attempt: Attempt, runner_of: RunnerOf) -> None:
+        if attempt.staging:
+            return  # nothing runs yet; the coordinator sees the flag and does not start it
+        attempt.stop_sent = self._clock.monotonic()
+        runner = runner_of(attempt.host)
+        if runner is not None:
+            call_safely(attempt.host, runner.cancel, task_id)
+
+    def check_deadlines(self, runner_of: RunnerOf) -> None:
+        """Stop attempts past their timeout; write off hosts that do not stop one."""
+        now = self._clock.monotonic()
+        for task_id, attempt in self.running.items():
+            if attempt.deadline is not None and now >= attempt.deadline and not attempt.timed_out:
+                attempt.timed_out = True
+                self.stop(task_id, attempt, runner_of)
+        hung = {
+            a.host
+            for a in self.running.values()
+            if a.stop_sent is not None and now - a.stop_sent > STOP_GRACE_S
+        }
+        for host in hung:
+            # A host that does not even answer a kill is hung: write it off; its tasks
+            # are re-queued elsewhere (or cancelled when the run is stopping).
+            self._put(
+                RunnerGone(host, f"did not stop a task within {STOP_GRACE_S:g}s; it seems hung")
+            )
+            for attempt in self.running.values():
+                if attempt.host == host:
+                    attempt.stop_sent = None
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            a.deadline for a in self.running.values() if a.deadline is not None and not a.timed_out
+        ]
+        return min(deadlines, default=None)
+
+    def holding_slots(self) -> Iterator[tuple[str, str, float]]:
+        """(task, host, started) of each attempt running or staging (for progress)."""
+        for attempt in self.running.values():
+            yield attempt.task, attempt.host, attempt.started
+
+    # -- ending --------------------------------------------------------------------------
+
+    def exited(self, event: TaskExited) -> AttemptEnd | None:
+        """A runner reports an exit: the attempt's log is closed, and how it ended comes
+        back; None for a late report from a host already written off."""
+        attempt = self.running.get(event.task_id)
+        if attempt is None or attempt.host != event.host:
+            return None
+        del self.running[event.task_id]
+        duration = self._clock.monotonic() - attempt.started
+        self.last_duration[attempt.task] = duration
+        ending = f"exit {event.exit_code} after {duration:.2f}s"
+        if attempt.timed_out:  # its exit code is the kill's, not an answer of its own
+            ending = f"timed out after {self.timeout_of(attempt.task):g}s: killed, {ending}"
+        attempt.log.write(f"\n# meshrun: {ending}\n".encode())
+        attempt.log.close()
+        if event.exit_code is None and not (attempt.timed_out or attempt.cancelled):
+            return AttemptEnd(event.task_id, attempt, duration, None, None, lost=True)
+        if attempt.cancelled and not attempt.timed_out:
+            return AttemptEnd(event.task_id, attempt, duration, event.exit_code, None)
+        outcome: TaskFailed | TaskSucceeded
+        if attempt.timed_out:
+            outcome = TaskFailed(
+                attempt.task,
+                attempt.host,
+                event.exit_code,
+                f"timed out after {self.timeout_of(attempt.task):g}s; its processes were killed",
+                infrastructure=True,
+            )
+        elif event.exit_code == 0:
+            self.learned[attempt.task] = duration * attempt.weight
+            outcome = TaskSucceeded(attempt.task, attempt.host, duration)
+        else:
+            outcome = TaskFailed(
+                attempt.task, attempt.host, event.exit_code, f"exit code {event.exit_code}"
+            )
+        return AttemptEnd(event.task_id, attempt, duration, event.exit_code, outcome)
+
+    def lose_host(self, host: str, reason: str) -> None:
+        """Every attempt on a host that was lost ends there (each is re-queued)."""
+        for task_id in [tid for tid, a in self.running.items() if a.host == host]:
+            attempt = self.running.pop(task_id)
+            attempt.log.write(f"\n# meshrun: {host} was lost: {reason}\n".encode())
+            attempt.log.close()
+            took = self._clock.monotonic() - attempt.started
+            self.record(attempt, "lost", None, took)
+
+    def record(self, attempt: Attempt, outcome: str, exit_code: int | None, took: float) -> None:
+        """Keep one attempt's host, start, end (seconds from the run's start) and end."""
+        start = self._clock.offset(attempt.started)
+        self.timeline.setdefault(attempt.task, []).append(
+            AttemptEntry(attempt.host, start, start + max(0.0, took), outcome, exit_code)
+        )
+
+    def abort(self) -> list[Attempt]:
+        """Every running attempt ends cancelled at once (a second Ctrl-C); returned."""
+        aborted = list(self.running.values())
+        for attempt in aborted:
+            attempt.log.close()
+            took = self._clock.monotonic() - attempt.started
+            self.record(attempt, "cancelled", None, took)
+        self.running.clear()
+        return aborted
+
+    def close_logs(self) -> None:
+        for attempt in self.running.values():
+            attempt.log.close()
+
+    def timeout_of(self, task: str) -> float:
+        return self._graph.tasks[task].timeout_s or self._default_timeout_s or 0.0

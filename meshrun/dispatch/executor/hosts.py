@@ -1,0 +1,372 @@
+"""The hosts of a dispatch run: connecting and setting up each one, and what the run
+knows of it (state, runner, slots, workdir).
+
+Each host is connected by a thread of its own, so a slow or hung handshake holds up
+no other host. That thread starts the host's runner and pushes the workspace through
+it (``PrepareFn``), then hands the runner over through the run's queue (``Connected``),
+or says why not (``Unreachable``). Everything else here runs on the coordinator's
+thread. At the start of a run, hosts that are ready within GATHER_S of the first one
+join the scheduler together.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+
+from meshrun.agent.client import Runner, RunnerEvent, start_runner
+from meshrun.config.inventory import Host
+from meshrun.dispatch.executor.results import HostState, HostSummary
+from meshrun.dispatch.scheduler import HostJoined, HostsJoined, HostSpec
+from meshrun.errors import ConnectError, HostUnreachable, MeshrunError
+from meshrun.records import record
+from meshrun.transport.base import Connection, Connector
+
+#: One logger for the whole executor: ``-v`` shows its records, each naming its host.
+log = logging.getLogger("meshrun.dispatch.executor")
+
+#: At the start of a run, hosts that connect within this long after the first one
+#: join together, so the first to connect does not start the longest tasks before
+#: faster hosts are known. Later hosts join as they come.
+GATHER_S = 0.5
+
+#: Readies a connected host for tasks once its runner is up: claims the run's workdir
+#: there and pushes the workspace into it; returns the workdir its tasks run in.
+PrepareFn = Callable[[Host, Connection, Runner], str]
+
+
+@record
+class Connected:
+    """A host is set up: its runner is up and its workspace pushed."""
+
+    host: Host
+    runner: Runner
+    fingerprint: str | None
+    workdir: str  # where its tasks run (the run's own workdir there, when it claimed one)
+
+
+@record
+class Unreachable:
+    host: Host
+    error: str
+    refused: bool = False  # a ConnectError: the run exits 3
+
+
+@record
+class AddHost:
+    """A host appeared during the run (discovery)."""
+
+    host: Host
+
+
+@record
+class RemoveHost:
+    """A host left during the run (discovery)."""
+
+    name: str
+    reason: str
+
+
+#: What the connecting threads and the runners hand to the coordinator.
+Put = Callable[[RunnerEvent | Connected | Unreachable], None]
+
+
+@record(frozen=False)
+class HostInfo:
+    host: Host
+    runner: Runner | None = None
+    state: HostState = HostState.CONNECTING
+    slots: int | None = None
+    tasks_run: int = 0
+    error: str | None = None
+    fingerprint: str | None = None
+    refused: bool = False  # kept when the host joins again (discovery): exit 3 stands
+    workdir: str | None = None  # where its tasks run, once ready
+
+    @property
+    def placed(self) -> Host:
+        """The host as its tasks see it: with the workdir they run in."""
+        if self.workdir is None or self.workdir == self.host.workdir:
+            return self.host
+        return replace(self.host, workdir=self.workdir)
+
+
+def without_host(error: str, host: Host) -> str:
+    """An error about ``host`` without its leading ``NAME: ``: the report and the console
+    name the host already ("h2 refused: h2: ..." said it twice)."""
+    return error.removeprefix(f"{host.name}: ")
+
+
+def call_safely(host: str, fn: Callable[..., None], *args: str) -> None:
+    """Ask a host's runner for something (cancel, load); a failure is logged, not
+    raised: the runner reports a link that went as RunnerGone."""
+    try:
+        fn(*args)
+    except MeshrunError as exc:
+        log.warning("%s: %s", host, str(exc).removeprefix(f"{host}: "))
+
+
+def _close_later(runner: Runner) -> None:
+    """Close a runner off the coordinator's thread (closing waits for its reader)."""
+    threading.Thread(target=runner.close, daemon=True).start()
+
+
+class HostPool:
+    """Every host of the run by name, and the threads connecting them."""
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        connector: Connector,
+        put: Put,
+        *,
+        prepare: PrepareFn | None,
+        use_agent: bool,
+    ) -> None:
+        self.infos = {h.name: HostInfo(h) for h in hosts}
+        self._connector = connector
+        self._put = put
+        self._prepare = prepare
+        self._use_agent = use_agent
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+        self._gathering: list[HostSpec] = []  # ready hosts held back at the start
+        self._gather_until: float | None = None  # None: not started; inf: done
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def connecting(self) -> bool:
+        return any(i.state is HostState.CONNECTING for i in self.infos.values())
+
+    @property
+    def gathering(self) -> bool:
+        """Ready hosts are being held back until the others have connected."""
+        return bool(self._gathering)
+
+    @property
+    def gather_deadline(self) -> float | None:
+        """When the hosts held back join whatever else is still connecting."""
+        if self._gather_until in (None, float("inf")):
+            return None
+        return self._gather_until
+
+    def live(self) -> list[str]:
+        """Hosts that take tasks."""
+        return [n for n, i in self.infos.items() if i.state is HostState.OK]
+
+    def ready_weights(self) -> Iterator[tuple[str, float]]:
+        """(name, speed) of every host that takes tasks."""
+        for name, info in self.infos.items():
+            if info.state is HostState.OK:
+                yield name, info.host.weight
+
+    def runner(self, name: str) -> Runner | None:
+        return self.infos[name].runner
+
+    def placed(self, name: str) -> Host:
+        return self.infos[name].placed
+
+    # -- connecting --------------------------------------------------------------------
+
+    def connect_all(self) -> None:
+        for info in self.infos.values():
+            self._start_connecting(info.host)
+
+    def add(self, host: Host) -> None:
+        """A host that appeared (discovery): one already in the run is ignored; one that
+        was lost or unreachable connects again (a refusal is remembered)."""
+        known = self.infos.get(host.name)
+        if known is None or known.state in (HostState.LOST, HostState.UNREACHABLE):
+            refused = known is not None and known.refused
+            self.infos[host.name] = HostInfo(host, refused=refused)
+            self._start_connecting(host)
+
+    def _start_connecting(self, host: Host) -> None:
+        if self._closing:
+            return
+        thread = threading.Thread(
+            target=self._connect, args=(host,), name=f"meshrun-connect-{host.name}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _connect(self, host: Host) -> None:
+        try:
+            conn = self._connector.connect(host)
+            try:
+                runner, workdir = self._set_up(host, conn)
+            except HostUnreachable as exc:
+                if self._closing:
+                    raise
+                # It connected and authenticated, then the link dropped while the agent
+                # started or the workspace went over: once, take it for a blip and
+                # connect again (a host that drops again is given up as before).
+                log.info("%s: lost while setting up (%s); connecting again", host.name, exc)
+                conn = self._connector.connect(host)
+                runner, workdir = self._set_up(host, conn)
+        except ConnectError as exc:
+            self._put(Unreachable(host, without_host(str(exc), host), refused=True))
+            return
+        except MeshrunError as exc:
+            self._put(Unreachable(host, without_host(str(exc), host)))
+            return
+        except Exception as exc:  # never hang the run on a bug in one host's set-up
+            log.exception("%s: setting up failed", host.name)
+            self._put(Unreachable(host, f"internal error: {exc!r}"))
+            return
+        if self._closing:
+            runner.close()
+            return
+        self._put(Connected(host, runner, conn.host_key_fingerprint, workdir))
+
+    def _set_up(self, host: Host, conn: Connection) -> tuple[Runner, str]:
+        """Start the host's runner, then push the workspace through it (``prepare``);
+        the runner and the workdir its tasks run in. No task starts before both."""
+        runner = start_runner(conn, host.workdir, self._put, use_agent=self._use_agent)
+        if self._prepare is None:
+            return runner, host.workdir
+        log.info("%s: pushing the workspace", host.name)
+        began = time.monotonic()
+        try:
+            workdir = self._prepare(host, conn, runner)
+        except BaseException:
+            runner.close()
+            raise
+        log.info(
+            "%s: workspace pushed in %.2fs to %s", host.name, time.monotonic() - began, workdir
+        )
+        return runner, workdir
+
+    # -- what the coordinator learns ---------------------------------------------------
+
+    def ready(self, item: Connected) -> HostInfo | None:
+        """A host finished setting up: it takes tasks from now on (its info), unless it
+        left or was replaced meanwhile (None; its runner is closed)."""
+        info = self.infos[item.host.name]
+        if info.state is not HostState.CONNECTING or info.host is not item.host:
+            _close_later(item.runner)
+            return None
+        info.runner = item.runner
+        info.fingerprint = item.fingerprint
+        info.workdir = item.workdir
+        info.state = HostState.OK
+        info.slots = item.host.slots or item.runner.cpus or 1
+        slots = f"{info.slots} slot{'s' * (info.slots != 1)}"
+        log.info("%s: ready (%s runner, %s)", item.host.name, item.runner.kind, slots)
+        return info
+
+    def join(self, info: HostInfo, at: float) -> HostJoined | None:
+        """The scheduler's event for a host that is ready at ``at`` (monotonic); None
+        while the first hosts are gathered (``gathered`` joins them)."""
+        assert info.slots is not None
+        spec = HostSpec(info.host.name, info.slots, info.host.weight, info.host.labels)
+        if self._gather_until == float("inf"):
+            return HostJoined(spec)
+        self._gathering.append(spec)
+        if self._gather_until is None:
+            self._gather_until = at + GATHER_S
+        return None
+
+    def gathered(self, at: float) -> HostsJoined | None:
+        """The hosts held back, once every host connected or GATHER_S passed."""
+        if self._gather_until is None or self._gather_until == float("inf"):
+            return None
+        if self.connecting and at < self._gather_until:
+            return None
+        self._gather_until = float("inf")
+        joined = HostsJoined(tuple(self._gathering))
+        self._gathering.clear()
+        return joined
+
+    def unreachable(self, item: Unreachable) -> bool:
+        """Connecting or setting up failed: recorded, unless the host was replaced."""
+        info = self.infos[item.host.name]
+        if info.host is not item.host:
+            return False
+        # A host that left while connecting (discovery) was not refused: it went away.
+        info.refused = info.refused or (item.refused and info.state is HostState.CONNECTING)
+        info.state = HostState.UNREACHABLE
+        info.error = item.error
+        return True
+
+    def lose(self, name: str, reason: str) -> bool:
+        """A ready host went away: True if it was taking tasks (its runner still to be
+        released), False if it was not (unknown, or not ready)."""
+        info = self.infos.get(name)
+        if info is None or info.state is not HostState.OK:
+            return False
+        info.state = HostState.LOST
+        info.error = reason
+        return True
+
+    def release(self, name: str) -> None:
+        """Close a lost host's runner (the agent there stops what it still runs)."""
+        runner = self.infos[name].runner
+        if runner is not None:
+            _close_later(runner)
+
+    def leave(self, name: str, reason: str) -> bool:
+        """A host left (discovery) while still connecting: True, recorded as lost. False
+        when it was not connecting: the caller loses it as a ready host."""
+        known = self.infos.get(name)
+        if known is None or known.state is not HostState.CONNECTING:
+            return False
+        known.state = HostState.LOST
+        known.error = reason
+        return True
+
+    def ran_task(self, name: str) -> None:
+        self.infos[name].tasks_run += 1
+
+    def poll_load(self) -> None:
+        for info in self.infos.values():
+            if info.state is HostState.OK and info.runner is not None:
+                call_safely(info.host.name, info.runner.request_load)
+
+    # -- the end ---------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close every runner at once, off this thread (a second Ctrl-C)."""
+        for info in self.infos.values():
+            if info.runner is not None:
+                _close_later(info.runner)
+
+    def close(self) -> list[threading.Thread]:
+        """No host connects from now on; every ready host's runner is being closed by
+        the threads returned (the caller waits for them)."""
+        self._closing = True
+        closers = []
+        for info in self.infos.values():
+            if info.runner is not None and info.state is HostState.OK:
+                closer = threading.Thread(target=info.runner.close, daemon=True)
+                closer.start()
+                closers.append(closer)
+        return closers
+
+    def join_connecting(self, timeout_s: float) -> None:
+        """Give hosts still connecting a moment. Not more: one hung in a handshake is
+        aborted when the caller closes the connector, and a runner it hands over late
+        is closed (the caller's queue, or _connect itself)."""
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+
+    def summaries(self) -> tuple[HostSummary, ...]:
+        return tuple(
+            HostSummary(
+                name,
+                HostState.UNUSED if i.state is HostState.CONNECTING else i.state,
+                i.runner.kind if i.runner else None,
+                i.slots,
+                i.tasks_run,
+                i.error,
+                address=i.host.address or i.host.name,
+                host_key_fingerprint=i.fingerprint,
+                refused=i.refused,
+                workdir=i.workdir,
+            )
+            for name, i in self.infos.items()
+        )
