@@ -28,7 +28,7 @@ from meshrun.dispatch.executor import (
     Observer,
     TaskEnded,
     TaskResult,
-    _ignore,
+    ignore,
 )
 from meshrun.dispatch.history import History, TaskOutcome
 from meshrun.dispatch.journal import Journal, JournalRecord, latest_journal, read_journal
@@ -277,7 +277,7 @@ def run_dispatch(
     state: StateDir,
     run_id: str,
     options: DispatchOptions,
-    observer: Observer = _ignore,
+    observer: Observer = ignore,
     command_line: Sequence[str] = (),
     junit_path: str | None = None,
     trace_path: str | None = None,

@@ -60,6 +60,3 @@ __all__ = [
     "ignore",
     "state_paths",
 ]
-
-#: ``ignore``'s former name, which meshrun.dispatch.run still imports.
-_ignore = ignore
