@@ -304,10 +304,10 @@ PHASES = [
 
 #: Coordinator-thread functions whose inclusive time is summed (see child()).
 HOT = [
-    ("meshrun.dispatch.executor", "Dispatcher", "_announce_ends"),
-    ("meshrun.dispatch.executor", "Dispatcher", "_progress"),
-    ("meshrun.dispatch.executor", "Dispatcher", "_start"),
-    ("meshrun.dispatch.executor", "Dispatcher", "_exited"),
+    ("meshrun.dispatch.executor.loop", "Dispatcher", "_announce_ends"),
+    ("meshrun.dispatch.executor.loop", "Dispatcher", "_progress"),
+    ("meshrun.dispatch.executor.loop", "Dispatcher", "_start"),
+    ("meshrun.dispatch.executor.loop", "Dispatcher", "_exited"),
     ("meshrun.agent.client", "AgentRunner", "run"),
     ("meshrun.dispatch.scheduler.core", "Scheduler", "handle"),
     ("meshrun.dispatch.scheduler.core", "Scheduler", "finished"),  # a property
@@ -408,6 +408,7 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
     import meshrun
     import meshrun.agent.client as agent_client
     import meshrun.dispatch.executor as executor
+    import meshrun.dispatch.executor.hosts as executor_hosts
     import meshrun.dispatch.run as dispatch_mod
 
     for module, cls, fn in HOT:
@@ -441,9 +442,9 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
         # skipped or cancelled (what an incremental version does on this workload).
         real_announce = executor.Dispatcher._announce_ends
 
-        def announce(self: Any) -> None:
+        def announce(self: Any, *rest: Any) -> None:
             if self._scheduler._failures or self._scheduler._stopping is not None:
-                real_announce(self)
+                real_announce(self, *rest)
 
         executor.Dispatcher._announce_ends = announce
     if "lean-agent" in experiments:
@@ -479,36 +480,36 @@ def child(spec_json: str, t_ready: float, cpu_ready: float) -> None:
 
     real_handle = executor.Dispatcher._handle
 
-    def handle(self: Any, item: Any, started: float) -> None:
-        if isinstance(item, executor._Ready):  # before its first tasks are started
+    def handle(self: Any, item: Any, *rest: Any) -> None:
+        if isinstance(item, executor_hosts.Connected):  # before its first tasks are started
             mark("first_ready", first=True)
             mark("last_ready")
-        real_handle(self, item, started)
+        real_handle(self, item, *rest)
 
     executor.Dispatcher._handle = handle
     real_start = executor.Dispatcher._start
 
-    def start(self: Any, decision: Any, started: float) -> None:
+    def start(self: Any, decision: Any, *rest: Any) -> None:
         mark("first_start", first=True)
         task_rtt[decision.task] = time.perf_counter()
-        real_start(self, decision, started)
+        real_start(self, decision, *rest)
 
     executor.Dispatcher._start = start
     real_exited = executor.Dispatcher._exited
 
-    def exited(self: Any, event: Any, started: float) -> None:
-        attempt = self._running.get(event.task_id)  # the runner's id format is meshrun's
+    def exited(self: Any, event: Any, *rest: Any) -> None:
+        attempt = self._attempts.running.get(event.task_id)  # the runner's id is meshrun's
         t0 = task_rtt.pop(attempt.task, None) if attempt is not None else None
         if t0 is not None:
             rtts.append(time.perf_counter() - t0)
-        real_exited(self, event, started)
+        real_exited(self, event, *rest)
         mark("last_exit")
 
     executor.Dispatcher._exited = exited
 
     span = probe.span
     span("agent start", agent_client.AgentRunner, "__init__", lambda a: a[1])
-    span("host set-up", executor.Dispatcher, "_connect", lambda a: a[1].name)
+    span("host set-up", executor_hosts.HostPool, "_connect", lambda a: a[1].name)
     real_connector = meshrun.default_connector
 
     def default_connector(*a: Any, **kw: Any) -> Any:

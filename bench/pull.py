@@ -11,8 +11,8 @@ noise is spread over all of them. Figures are medians over the rounds.
 
 Contenders:
 
-- meshrun                ``artifacts.collect`` (hash every file on the host) then
-                         ``artifacts.pull`` (rsync carried over meshrun's own pooled
+- meshrun                ``integrity.collect`` (hash every file on the host) then
+                         ``integrity.pull`` (rsync carried over meshrun's own pooled
                          SSH connection through the channel relay, every
                          sha256 verified on arrival, renamed into place): what
                          ``meshrun dispatch`` does for a task's outputs. A fresh
@@ -28,7 +28,7 @@ Contenders:
 - meshrun stream*        counterfactual, not meshrun code: collect as meshrun does, then
                          stream the files over that same SSH connection (no rsync, no
                          second handshake), hash them while writing, compare with the
-                         host's sha256, install with ``artifacts._install``. Sizes what a
+                         host's sha256, install with ``publish.install_received``. Sizes what a
                          transfer without rsync would be worth. Reference.
 
 Every contender's result is checked after its timer stops: the same files with the same
@@ -50,14 +50,10 @@ import contextlib
 import filecmp
 import functools
 import hashlib
-import json
 import os
-import platform
 import random
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -68,23 +64,32 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
+from competitors.fabric_client import connection, open_nodelay
+from competitors.rsync_ssh import new_connector, remote_shell
+from harness import (
+    LOOPBACK,
+    add_output_options,
+    add_rounds_options,
+    fmt,
+    keep_only,
+    machine_busy_s,
+    med,
+    new_doc,
+    rotated,
+    round_tag,
+    run_benchmark,
+    running_fleet,
+)
 
-import paramiko  # noqa: E402
-from fabric import Connection as FabricConnection  # noqa: E402
-from fanout import machine_busy_s, running_fleet, tree_state  # noqa: E402
-
-from meshrun.config.inventory import Host, load_inventory  # noqa: E402
-from meshrun.integrity import artifacts  # noqa: E402
-from meshrun.testing.fleet import LOOPBACK, Fleet, SimHost  # noqa: E402
-from meshrun.transport import rsync as rsync_module  # noqa: E402
-from meshrun.transport.ssh import SSHConnector  # noqa: E402
+from meshrun.config.inventory import Host, load_inventory
+from meshrun.integrity import collect, publish
+from meshrun.integrity import pull as pulling
+from meshrun.testing.fleet import Fleet, SimHost
+from meshrun.transport import rsync as rsync_module
+from meshrun.transport import sftp as sftp_module
+from meshrun.transport.ssh import SSHConnection, SSHConnector
 
 MB = 1_000_000
 KIB = 1024
@@ -239,16 +244,16 @@ class PhaseClock:
 
 
 CLOCK = PhaseClock()
-CLOCK.wrap(artifacts, "_pull_rsync", "pull_rsync")
-CLOCK.wrap(artifacts, "_pull_sftp", "pull_sftp")
-CLOCK.wrap(artifacts, "_verify", "verify")
-CLOCK.wrap(artifacts, "_install", "install")
+CLOCK.wrap(SSHConnection, "get_files", "pull_rsync")  # the rsync probe, then the transfer
+CLOCK.wrap(sftp_module, "get_files", "pull_sftp")
+CLOCK.wrap(pulling, "_verify", "verify")
+CLOCK.wrap(pulling, "install_received", "install")
 CLOCK.wrap(rsync_module, "run", "transfer")
 
 #: Exclusive phases derived from the inclusive timers: (label, what it is).
 PHASES = [
     ("connect", "TCP + kex + host key + auth (paramiko), the cold row only"),
-    ("remote hash", "artifacts.collect: python3 on the host walks + sha256s every file"),
+    ("remote hash", "integrity.collect: python3 on the host walks + sha256s every file"),
     ("rsync probe", "`command -v rsync` on the host + the NUL list file"),
     ("transfer", "rsync --files-from over the pooled connection (channel relay)"),
     ("sftp", "SFTP fallback (only if rsync is missing)"),
@@ -265,13 +270,14 @@ def exclusive(raw: dict[str, list[float]], col: int) -> dict[str, float]:
     out = {
         "connect": g("connect"),
         "remote hash": g("collect"),
-        "rsync probe": g("pull_rsync") - g("transfer"),
+        "rsync probe": g("pull_rsync") - g("transfer") - g("pull_sftp"),
         "transfer": g("transfer"),
         "sftp": g("pull_sftp"),
         "verify": g("verify"),
         "install": g("install"),
     }
-    out["pull other"] = g("pull") - g("pull_rsync") - g("pull_sftp") - g("verify") - g("install")
+    # The SFTP fallback runs inside get_files ("pull_rsync"), as rsync does.
+    out["pull other"] = g("pull") - g("pull_rsync") - g("verify") - g("install")
     out["total"] = g("connect") + g("collect") + g("pull")
     return out
 
@@ -299,22 +305,25 @@ def meshrun_one(connector: SSHConnector, target: Target, dest: Path) -> dict[str
     with CLOCK.phase("connect"):
         conn = connector.connect(host)
     with CLOCK.phase("collect"):
-        files = artifacts.collect(conn, host.workdir, [f"{OUT_DIR}/**"])
+        files = collect.collect(conn, host.workdir, [f"{OUT_DIR}/**"])
     with CLOCK.phase("pull"):
-        artifacts.pull(connector, host, files, dest / host.name)
+        pulling.pull(connector, host, files, dest / host.name)
     return phases
 
 
-def new_connector() -> SSHConnector:
-    return SSHConnector(ssh_config_path="/nonexistent")  # the fleet's inventory says it all
+def on_new_connector(
+    bench: Bench, one: Callable[[SSHConnector, Target], dict[str, list[float]]]
+) -> list[dict[str, list[float]]]:
+    """``one(connector, target)`` for every host at once, on a connector made for it."""
+    connector = new_connector()
+    try:
+        return per_host(bench, lambda t: one(connector, t))
+    finally:
+        connector.close()
 
 
 def run_meshrun(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
-    connector = new_connector()
-    try:
-        return per_host(bench, lambda t: meshrun_one(connector, t, dest))
-    finally:
-        connector.close()
+    return on_new_connector(bench, lambda c, t: meshrun_one(c, t, dest))
 
 
 def run_meshrun_warm(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
@@ -322,15 +331,9 @@ def run_meshrun_warm(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
 
 
 def rsync_argv(connector: SSHConnector, target: Target, dest: Path) -> list[str]:
-    ep = connector.endpoint(target.host)  # resolves the endpoint only: no connection
-    ssh = rsync_module.ssh_command(
-        port=ep.port,
-        identities=[p for p in ep.identities if os.path.exists(p)],
-        known_hosts=ep.known_hosts,
-        connect_timeout_s=connector.connect_timeout_s,
-    )
-    source = f"{ep.user}@{ep.address}:{target.host.workdir.rstrip('/')}/{OUT_DIR}/"
-    return ["rsync", "-a", "-e", shlex.join(ssh), source, f"{dest / target.name / OUT_DIR}/"]
+    rsh, login = remote_shell(target.host, connector)
+    source = f"{login}:{target.host.workdir.rstrip('/')}/{OUT_DIR}/"
+    return ["rsync", "-a", "-e", rsh, source, f"{dest / target.name / OUT_DIR}/"]
 
 
 def run_rsync(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
@@ -348,23 +351,10 @@ def run_rsync(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
 
 
 def fabric_one(bench: Bench, t: Target, dest: Path) -> dict[str, list[float]]:
-    c = FabricConnection(
-        LOOPBACK,
-        user=bench.fleet.user,
-        port=t.sim.port,
-        connect_timeout=30,
-        connect_kwargs={
-            "key_filename": str(bench.fleet.client_key),
-            "look_for_keys": False,
-            "allow_agent": False,
-        },
-    )
-    # Fabric auto-adds unknown keys by default; check them like OpenSSH would instead.
-    c.client.load_host_keys(str(bench.fleet.known_hosts))
-    c.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    fleet = bench.fleet
+    c = connection(LOOPBACK, fleet.user, t.sim.port, str(fleet.client_key), str(fleet.known_hosts))
     try:
-        c.open()
-        c.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        open_nodelay(c)
         root = t.host.workdir.rstrip("/")
         listing = c.run(
             f"cd {shlex.quote(root)} && find {OUT_DIR} -type f -print0",
@@ -390,7 +380,7 @@ def run_fabric(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
 # second read of every file to verify it. This row streams the collected files over the
 # connection collect already used (one python3 on the host, chunk-framed), hashes them
 # while writing, compares with collect's sha256 and installs them with meshrun's own
-# artifacts._install: the same guarantees (hash on host, verify on arrival, all or
+# publish.install_received: the same guarantees (hash on host, verify on arrival, all or
 # nothing).
 
 STREAM_SENDER = r"""
@@ -449,7 +439,7 @@ class ChannelReader:
 def stream_one(connector: SSHConnector, target: Target, dest: Path) -> dict[str, list[float]]:
     host = target.host
     conn = connector.connect(host)
-    entries = sorted(artifacts.collect(conn, host.workdir, [f"{OUT_DIR}/**"]), key=lambda e: e.path)
+    entries = sorted(collect.collect(conn, host.workdir, [f"{OUT_DIR}/**"]), key=lambda e: e.path)
     home = dest / host.name
     with tempfile.TemporaryDirectory(prefix=".bench-stream-", dir=home) as tmp:
         recv = Path(tmp)
@@ -485,16 +475,12 @@ def stream_one(connector: SSHConnector, target: Target, dest: Path) -> dict[str,
                 raise RuntimeError(f"{host.name}: the sender failed")
         finally:
             channel.close()
-        artifacts._install(entries, recv, home, {})
+        publish.install_received(entries, recv, home, {})
     return {}
 
 
 def run_stream(bench: Bench, dest: Path) -> list[dict[str, list[float]]]:
-    connector = new_connector()
-    try:
-        return per_host(bench, lambda t: stream_one(connector, t, dest))
-    finally:
-        connector.close()
+    return on_new_connector(bench, lambda c, t: stream_one(c, t, dest))
 
 
 CONTENDERS = [
@@ -535,7 +521,7 @@ class Result:
 
     @property
     def median(self) -> float | None:
-        return statistics.median(self.times_s) if self.times_s else None
+        return med(self.times_s)
 
     def mbps(self, nbytes: int) -> float | None:
         m = self.median
@@ -575,10 +561,8 @@ def run_rounds(
     results = [Result(c) for c in contenders]
     for rep in range(warmup + repeat):
         is_warmup = rep < warmup
-        shift = rep % len(results)
-        order = results[shift:] + results[:shift]
         line = []
-        for r in order:
+        for r in rotated(results, rep):
             if len(r.failures) >= 2:
                 continue
             dest = scratch / f"round{rep}-{r.contender.key}"
@@ -593,8 +577,11 @@ def run_rounds(
                 r.box_s.append(box)
                 r.phases.extend(phases)
             line.append(f"{r.contender.key} {wall:.2f}s")
-        tag = "warmup" if is_warmup else f"round {rep - warmup + 1}/{repeat}"
-        print(f"  {tag}: " + ", ".join(line), file=sys.stderr, flush=True)
+        print(
+            f"  {round_tag(rep, warmup, repeat, 'round')}: " + ", ".join(line),
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 
@@ -615,10 +602,6 @@ def run_profile(bench: Bench, rounds: int, scratch: Path) -> list[dict[str, list
 
 
 # -- reporting ----------------------------------------------------------------------------
-
-
-def fmt(x: float | None, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def render(bench: Bench, shape: Shape, results: Sequence[Result], repeat: int) -> str:
@@ -643,9 +626,8 @@ def render(bench: Bench, shape: Shape, results: Sequence[Result], repeat: int) -
         out.append(
             f"{r.contender.label:<22} {fmt(r.median, '.3f'):>8} "
             f"{fmt(min(r.times_s) if r.times_s else None, '.3f'):>7} {fmt(mbps, '.1f'):>7} "
-            f"{fmt(vs_rsync):>7} {fmt(mesh_vs):>6} "
-            f"{fmt(statistics.median(r.cpu_s) if r.cpu_s else None):>6} "
-            f"{fmt(statistics.median(r.box_s) if r.box_s else None):>6} "
+            f"{fmt(vs_rsync, '.2f'):>7} {fmt(mesh_vs, '.2f'):>6} "
+            f"{fmt(med(r.cpu_s), '.2f'):>6} {fmt(med(r.box_s), '.2f'):>6} "
             f"{len(r.times_s):>2}/{repeat:<2}  {r.contender.note}{status}"
         )
     out.append(
@@ -700,10 +682,6 @@ def phase_table(title: str, samples: Sequence[dict[str, list[float]]], with_cpu:
 # -- main ---------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def setup(fleet: Fleet, shape: Shape) -> Bench:
     hosts = {h.name: h for h in load_inventory(fleet.hosts_toml)}
     targets = [
@@ -725,18 +703,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small-files", type=int, default=1000, help="per host (1000)")
     parser.add_argument("--small-kib", default="1,64", help="small file sizes, KiB (1,64)")
     parser.add_argument("--large-files", type=int, default=3, help="per host (3)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed rounds (7)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (1)")
+    add_rounds_options(parser, "rounds")
     parser.add_argument(
         "--profile", type=int, default=3, help="rounds of meshrun one host at a time (3)"
     )
-    parser.add_argument(
-        "--only",
-        metavar="KEYS",
-        help="comma-separated contenders besides meshrun (meshrun-open, rsync, fabric, "
+    add_output_options(
+        parser,
+        "comma-separated contenders besides meshrun (meshrun-open, rsync, fabric, "
         "stream; default: all)",
     )
-    parser.add_argument("--json", type=Path, help="write the raw numbers here")
     args = parser.parse_args(argv)
     try:
         lo, hi = (int(x) for x in args.small_kib.split(","))
@@ -752,31 +727,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         small_max=hi * KIB,
         large=args.large_files,
     )
-    contenders = CONTENDERS
-    if args.only:
-        keep = set(args.only.split(",")) | {"meshrun"}
-        contenders = [c for c in CONTENDERS if c.key in keep]
+    contenders = keep_only(CONTENDERS, args.only)
     if shutil.which("rsync") is None:
         sys.exit("pull: rsync is not installed (apt-get install -y rsync)")
+    doc = new_doc("pull", args, "repeat", "warmup", shape=shape.__dict__)
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    doc: dict[str, Any] = {
-        "benchmark": "pull",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg(),
-        },
-        "shape": shape.__dict__,
-        "repeat": args.repeat,
-        "warmup": args.warmup,
-        "meshrun_tree": tree_state(),
-    }
-    failed = False
-    try:
+    def body() -> int:
         with tempfile.TemporaryDirectory(prefix="meshrun-pull-") as tmp:
             print(
                 f"meshrun tree: {doc['meshrun_tree']['summary']}; starting {args.hosts} hosts "
@@ -809,7 +765,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                 finally:
                     bench.warm.close()
-            failed = any(r.failures for r in results)
             doc["total_bytes"] = bench.nbytes
             doc["files"] = bench.nfiles
             doc["results"] = {
@@ -826,13 +781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r in results
             }
             doc["profile"] = profile
-    except KeyboardInterrupt:
-        print("\npull: interrupted; fleet stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.json:
-            args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    return 1 if failed else 0
+        return 1 if any(r.failures for r in results) else 0
+
+    return run_benchmark("pull", body, doc, args.json)
 
 
 if __name__ == "__main__":
