@@ -281,12 +281,21 @@ def fleet_spec(fleet: Fleet, **extra: Any) -> str:
 
 
 def hosts_toml_with_slots(fleet: Fleet, path: Path, slots: int) -> Path:
-    """The fleet's inventory (``Fleet.write_hosts_toml``) with ``slots`` in [defaults]."""
-    text = fleet.write_hosts_toml(path).read_text()
-    if not text.startswith("[defaults]\n"):
-        raise RuntimeError(f"unexpected hosts.toml layout in {path}")
-    path.write_text(text.replace("[defaults]\n", f"[defaults]\nslots = {slots}\n", 1))
-    return path
+    """The fleet's inventory, as ``Fleet.write_hosts_toml`` writes it, with ``slots`` in
+    [defaults] (which that cannot add), written by meshrun's one hosts.toml writer."""
+    from meshrun.config import hostsfile
+
+    defaults: dict[str, hostsfile.Value] = {
+        "slots": slots,
+        "user": fleet.user,
+        "identity": fleet.client_key,
+        "known_hosts": fleet.known_hosts,
+    }
+    hosts: list[dict[str, hostsfile.Value]] = [
+        {"name": h.name, "address": LOOPBACK, "port": h.port, "workdir": h.workdir}
+        for h in fleet.hosts
+    ]
+    return hostsfile.write_hosts(path, hosts, defaults=defaults)
 
 
 # -- timing a tool ------------------------------------------------------------------------
