@@ -35,7 +35,7 @@ def tail_text(data: bytes, lines: int = 5) -> str:
 class LineSplitter:
     """Bytes in, complete lines out (without their ``\\n``), in linear time."""
 
-    __slots__ = ("_max", "_pending", "_pending_len")
+    __slots__ = ("_given_out", "_max", "_pending", "_pending_len")
 
     def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         if max_line < 1:
@@ -43,6 +43,8 @@ class LineSplitter:
         self._max = max_line
         self._pending: list[bytes] = []
         self._pending_len = 0
+        #: Pieces of the current line were given out before its newline came.
+        self._given_out = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """The lines ``data`` completes; a partial last line waits for the next call."""
@@ -52,9 +54,14 @@ class LineSplitter:
         parts = data.split(b"\n")
         for part in parts[:-1]:
             self._pending.append(part)
-            lines.extend(self._cut(b"".join(self._pending)))
+            line = b"".join(self._pending)
+            # A line already given out whole (its length a multiple of max_line) ends
+            # here: its newline adds no empty piece.
+            if line or not self._given_out:
+                lines.extend(self._cut(line))
             self._pending.clear()
             self._pending_len = 0
+            self._given_out = False
         rest = parts[-1]
         if rest:
             self._pending.append(rest)
@@ -65,10 +72,12 @@ class LineSplitter:
                 lines.extend(full)
                 self._pending = [remainder] if remainder else []
                 self._pending_len = len(remainder)
+                self._given_out = True
         return lines
 
     def flush(self) -> list[bytes]:
         """What is left without a final newline (at the end of the stream), as lines."""
+        self._given_out = False
         if not self._pending:
             return []
         text = b"".join(self._pending)

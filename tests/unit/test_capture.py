@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshrun.transport.capture import HeadTail, LineSplitter
@@ -18,8 +18,14 @@ def _split(chunks: list[bytes], max_line: int) -> list[bytes]:
     return out + s.flush()
 
 
+def test_a_line_of_exactly_max_line_given_out_before_its_newline_is_one_line() -> None:
+    assert _split([b"abc", b"d", b"\n", b"ef\n"], max_line=4) == [b"abcd", b"ef"]
+    assert _split([b"abcdefgh", b"\n"], max_line=4) == [b"abcd", b"efgh"]
+
+
 @given(chunks=_CHUNKS, max_line=st.integers(1, 50))
 @settings(max_examples=400)
+@example(chunks=[b"\0" * 8, b"\0" * 9, b"\0" * 9, b"\n"], max_line=26)
 def test_lines_are_the_naive_split_with_long_lines_cut(chunks: list[bytes], max_line: int) -> None:
     text = b"".join(chunks)
     expected: list[bytes] = []
