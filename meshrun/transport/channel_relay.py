@@ -25,8 +25,9 @@ the connector (:func:`close`):
 - If rsync or the helper goes away, the channel is closed; closing the relay (the
   connector) ends every transfer, and every thread and descriptor goes with it.
 
-The channel itself is opened by an ``Opener`` (:func:`ssh_opener` for an
-SSHConnector), so the protocol can be tested without SSH.
+The channel itself is opened by an ``Opener`` (:func:`relay_for` makes one from a
+connector's pooled connections; the SSH connector owns its relay), so the protocol can
+be tested without SSH.
 """
 
 from __future__ import annotations
@@ -47,15 +48,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from meshrun.config.inventory import Host
 from meshrun.errors import HostUnreachable, MeshrunError
 from meshrun.transport import rsh_helper
 from meshrun.transport.rsync import RemoteShell
-
-if TYPE_CHECKING:
-    from meshrun.transport.ssh import SSHConnection, SSHConnector
 
 log = logging.getLogger(__name__)
 
@@ -596,69 +594,63 @@ def _sweep_stale(base: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# -- one relay per SSHConnector -------------------------------------------------------------
-
-_RELAYS: weakref.WeakKeyDictionary[SSHConnector, ChannelRelay] = weakref.WeakKeyDictionary()
-_RELAYS_LOCK = threading.Lock()
+# -- channels on a pooled connector -----------------------------------------------------
 
 
-def remote_shell(connector: SSHConnector, host: Host) -> RemoteShell:
-    """rsync's remote shell for ``host`` over ``connector``'s pooled connection (the
-    connector's relay is started on first use)."""
-    with _RELAYS_LOCK:
-        if connector._closed:
-            raise HostUnreachable(host.name, "the run is shutting down")
-        relay = _RELAYS.get(connector)
-        if relay is None:
-            relay = ChannelRelay(ssh_opener(connector), why_lost=_why_lost(connector))
-            _RELAYS[connector] = relay
-            weakref.finalize(connector, relay.close)
-    return relay.remote_shell(host)
+class ExecChannels(Protocol):
+    """A connection that opens raw exec channels counted in its session budget
+    (``SSHConnection``)."""
+
+    def open_exec(
+        self, command: str | bytes, *, window: tuple[int, int] | None = None
+    ) -> tuple[RelayChannel, Callable[[], None]]: ...
 
 
-def close(connector: SSHConnector) -> None:
-    """Close ``connector``'s relay, if it has one (SSHConnector.close calls this)."""
-    with _RELAYS_LOCK:
-        relay = _RELAYS.pop(connector, None)
-    if relay is not None:
-        relay.close()
+class Dialer(Protocol):
+    """What the relay needs of its connector (``SSHConnector``): a host's pooled
+    connection, dialled with every check when it has none, and why a link was lost."""
+
+    def connect(self, host: Host) -> ExecChannels: ...
+
+    def lost_reason(self, host: Host) -> str | None: ...
 
 
-def ssh_opener(connector: SSHConnector) -> Opener:
-    """Channels on ``connector``'s pooled connections (dialled, with every check, if the
-    host has none yet). Holds the connector weakly: the relay must not keep it alive."""
-    ref = weakref.ref(connector)
+def relay_for(dialer: Dialer) -> ChannelRelay:
+    """A relay whose channels are opened on ``dialer``'s pooled connections. It holds
+    the dialer weakly (the dialer owns the relay and closes it); closed when the dialer
+    is collected without closing it."""
+    ref = weakref.ref(dialer)
 
     def open_exec(host: Host, command: bytes) -> tuple[RelayChannel, Callable[[], None]]:
-        conn = ref()
-        if conn is None:
+        owner = ref()
+        if owner is None:
             raise HostUnreachable(host.name, "the run is shutting down")
-        return open_exec_channel(conn.connect(host), command)
+        return open_exec_channel(owner.connect(host), command)
 
-    return open_exec
+    def why_lost(host: Host) -> str | None:
+        owner = ref()
+        return owner.lost_reason(host) if owner is not None else None
 
-
-def _why_lost(connector: SSHConnector) -> Callable[[Host], str | None]:
-    """Why a host's connection was given up ("stopped answering"), for the helper's
-    message; holds the connector weakly, as :func:`ssh_opener` does."""
-    ref = weakref.ref(connector)
-
-    def why(host: Host) -> str | None:
-        conn = ref()
-        return conn.lost_reason(host) if conn is not None else None
-
-    return why
+    relay = ChannelRelay(open_exec, why_lost=why_lost)
+    weakref.finalize(dialer, relay.close)
+    return relay
 
 
 def open_exec_channel(
-    conn: SSHConnection, command: bytes
+    conn: ExecChannels, command: bytes
 ) -> tuple[RelayChannel, Callable[[], None]]:
     """An exec channel running ``command`` on ``conn``, tuned for bulk data (see
     :data:`WINDOW_BYTES`) and counted in the connection's session budget (sshd's
     MaxSessions) until the returned release is called (which also closes it)."""
-    chan, release = conn.open_exec(command, window=(WINDOW_BYTES, MAX_PACKET_BYTES))
-    relay_chan: RelayChannel = chan
-    return relay_chan, release
+    return conn.open_exec(command, window=(WINDOW_BYTES, MAX_PACKET_BYTES))
 
 
-__all__ = ["ChannelRelay", "Opener", "RelayChannel", "close", "remote_shell", "ssh_opener"]
+__all__ = [
+    "ChannelRelay",
+    "Dialer",
+    "ExecChannels",
+    "Opener",
+    "RelayChannel",
+    "open_exec_channel",
+    "relay_for",
+]

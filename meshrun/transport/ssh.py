@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 
@@ -70,6 +70,9 @@ from meshrun.transport.sshconfig import (
 )
 from meshrun.transport.sshkeys import sha256_fingerprint
 from meshrun.transport.wrapper import KILL_GRACE_TENTHS, build_wrapper, remote_exec_line
+
+if TYPE_CHECKING:
+    from meshrun.transport.channel_relay import ChannelRelay
 
 log = logging.getLogger(__name__)
 
@@ -720,6 +723,8 @@ class SSHConnector:
         self._identity_files = IdentityFiles()
         self._hops: dict[tuple[tuple[str, ...], str | None, str | None], Host] = {}
         self._closed = False
+        self._relay: ChannelRelay | None = None  # rsync's way in, started by a transfer
+        self._relay_lock = threading.Lock()
         self._dialing: set[Any] = set()  # sockets/transports mid-setup, closed by close()
         self._resolver = SSHConfigResolver(ssh_config_path)
         self._endpoints: dict[Host, Endpoint] = {}
@@ -1269,9 +1274,15 @@ class SSHConnector:
         connector's own pooled connection (one exec channel per transfer, through the
         channel relay), so a transfer goes through the same hops with the same identity
         and host-key check as the command, without a second handshake."""
-        from meshrun.transport import channel_relay
+        from meshrun.transport.channel_relay import relay_for
 
-        return channel_relay.remote_shell(self, host)
+        with self._relay_lock:
+            if self._closed:
+                raise HostUnreachable(host.name, "the run is shutting down")
+            if self._relay is None:
+                self._relay = relay_for(self)
+            relay = self._relay
+        return relay.remote_shell(host)
 
     def push(
         self,
@@ -1302,11 +1313,10 @@ class SSHConnector:
             conn.close()
         for thing in dialing:
             thing.close()
-        import sys
-
-        relay = sys.modules.get("meshrun.transport.channel_relay")
-        if relay is not None:  # imported by a transfer: this connector may have a relay
-            relay.close(self)
+        with self._relay_lock:
+            relay, self._relay = self._relay, None
+        if relay is not None:  # a transfer started it
+            relay.close()
 
 
 __all__ = ["ConnectError", "SSHConnection", "SSHConnector", "fingerprint"]

@@ -138,7 +138,7 @@ def _remote_rsyncs(fleet: Fleet) -> list[str]:
 
 def _relay_state(connector: SSHConnector) -> tuple[int, int]:
     """(transfers the relay is running, sessions of the host's budget in use)."""
-    relay = channel_relay._RELAYS.get(connector)
+    relay = connector._relay
     active = relay.active if relay is not None else 0
     (conn,) = connector._connections.values()
     return active, sum(s.in_use for s in conn.sessions.state())
@@ -212,7 +212,8 @@ def test_closing_the_connector_ends_transfers_and_the_relay(
     _big_file(fleet)
     files = collect(connector.connect(host), host.workdir, ["big.bin"])
     relay_dir = Path(connector.rsync_ssh(host).argv[-1]).parent
-    relay = channel_relay._RELAYS[connector]
+    relay = connector._relay
+    assert relay is not None
     errors: list[BaseException] = []
 
     def run() -> None:

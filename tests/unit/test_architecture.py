@@ -96,6 +96,28 @@ def test_every_import_goes_down_the_layers() -> None:
     assert offenders == [], "imports that go up a layer:\n" + "\n".join(offenders)
 
 
+def test_no_import_circles() -> None:
+    """No module reaches itself through its imports (a package's ``__init__`` re-exporting
+    its own modules is not a circle: those modules never import the package back)."""
+    graph = meshrun_graph()
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                circles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert circles == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
 def test_the_cli_stands_on_the_public_api() -> None:
     """``meshrun/cli/`` reaches features only through ``meshrun``'s exports; beside them
     it may use its own modules and the base layer's utilities."""
