@@ -272,9 +272,11 @@ class Loader:
     A parser subclasses it and keeps only what is its own: the error class
     (:meth:`error`), the fixes for a file that cannot be read or parsed, the names its
     entries go by (``name_re``, :meth:`entry_name`), the aliases "did you mean" offers,
-    and its schema and checks. ``table`` arguments are the TOML table names ("host",
-    "defaults"); ``index`` is the position of an ``[[table]]`` entry, None for a single
-    ``[table]``.
+    and its schema and checks (its ``load(data)``, built from the methods here). A file
+    is read as ``loader.load(loader.parse(loader.read(path)))``, text already in hand as
+    ``loader.load(loader.parse(text))``. ``table`` arguments are the TOML table names
+    ("host", "defaults"); ``index`` is the position of an ``[[table]]`` entry, None for
+    a single ``[table]``.
     """
 
     #: Names people bring from other tools (ssh_config, GitHub Actions...) mapped to

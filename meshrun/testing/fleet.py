@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from functools import cache
 from pathlib import Path
@@ -318,19 +318,36 @@ class Fleet:
         path.write_text("".join(lines))
         return path
 
-    def write_hosts_toml(self, path: Path, *, names: Sequence[str] | None = None) -> Path:
-        """Write a meshrun inventory for (a subset of) the fleet; returns ``path``."""
+    def write_hosts_toml(
+        self,
+        path: Path,
+        *,
+        names: Sequence[str] | None = None,
+        defaults: Mapping[str, hostsfile.Value] | None = None,
+        extra: Mapping[str, Mapping[str, hostsfile.Value]] | None = None,
+    ) -> Path:
+        """Write a meshrun inventory for (a subset of) the fleet; returns ``path``.
+
+        ``defaults`` adds or replaces keys of ``[defaults]`` (``{"slots": 4}``), ``extra``
+        the keys of a host by its name (``{"h1": {"labels": ["gpu"]}}``).
+        """
         hosts = self.hosts if names is None else [self.host(n) for n in names]
-        defaults: dict[str, hostsfile.Value] = {
+        login: dict[str, hostsfile.Value] = {
             "user": self.user,
             "identity": self.client_key,
             "known_hosts": self.known_hosts,
         }
         entries: list[dict[str, hostsfile.Value]] = [
-            {"name": h.name, "address": LOOPBACK, "port": h.port, "workdir": h.workdir}
+            {
+                "name": h.name,
+                "address": LOOPBACK,
+                "port": h.port,
+                "workdir": h.workdir,
+                **(extra or {}).get(h.name, {}),
+            }
             for h in hosts
         ]
-        return hostsfile.write_hosts(path, entries, defaults=defaults)
+        return hostsfile.write_hosts(path, entries, defaults={**login, **(defaults or {})})
 
     # -- internals --------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshrun.config.hostsfile import Value, write_hosts
+from meshrun.config.hostsfile import Value
 from meshrun.testing.fleet import Fleet
 
 #: How long to poll for processes to go away: exited processes here can take ~1.5 s
@@ -241,20 +241,9 @@ def write_inventory(
     extra: dict[str, dict[str, Value]] | None = None,
 ) -> Path:
     """A hosts.toml for (some of) ``fleet``; ``extra`` adds or replaces per-host keys."""
-    hosts = fleet.hosts if names is None else [fleet.host(n) for n in names]
-    defaults: dict[str, Value] = {
-        "user": fleet.user,
-        "identity": identity or fleet.client_key,
-        "known_hosts": known_hosts or fleet.known_hosts,
-    }
-    entries: list[dict[str, Value]] = [
-        {
-            "name": h.name,
-            "address": "127.0.0.1",
-            "port": h.port,
-            "workdir": h.workdir,
-            **(extra or {}).get(h.name, {}),
-        }
-        for h in hosts
-    ]
-    return write_hosts(path, entries, defaults=defaults)
+    login: dict[str, Value] = {}
+    if identity:
+        login["identity"] = identity
+    if known_hosts:
+        login["known_hosts"] = known_hosts
+    return fleet.write_hosts_toml(path, names=names, defaults=login, extra=extra)
