@@ -200,23 +200,7 @@ def kill_on_error(proc: subprocess.Popen[str]) -> None:
 
 
 def write_hosts(
-    path: Path, fleet: Fleet, extra: Mapping[str, Mapping[str, object]] | None = None
+    path: Path, fleet: Fleet, extra: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Path:
     """A hosts.toml for ``fleet`` whose per-host ``extra`` keys may be lists (labels)."""
-    lines = [
-        "[defaults]",
-        f"user = {_toml(fleet.user)}",
-        f"identity = {_toml(str(fleet.client_key))}",
-        f"known_hosts = {_toml(str(fleet.known_hosts))}",
-    ]
-    for h in fleet.hosts:
-        keys: dict[str, object] = {
-            "name": h.name,
-            "address": "127.0.0.1",
-            "port": h.port,
-            "workdir": str(h.workdir),
-            **(extra or {}).get(h.name, {}),
-        }
-        lines += ["", "[[host]]", *(f"{k} = {_toml(v)}" for k, v in keys.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return fleet.write_hosts_toml(path, extra=extra)
