@@ -32,7 +32,6 @@ from meshrun.dispatch.executor.results import (
     HostState,
     HostSummary,
     TaskResult,
-    state_paths,
 )
 from meshrun.dispatch.executor.transfers import CollectFn, StageFn
 
@@ -58,5 +57,4 @@ __all__ = [
     "TaskResult",
     "TaskStarted",
     "ignore",
-    "state_paths",
 ]

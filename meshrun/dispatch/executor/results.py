@@ -7,9 +7,7 @@ the manifest) and history; the documents are written from them elsewhere.
 from __future__ import annotations
 
 import enum
-import os
 import signal
-from pathlib import Path
 
 from meshrun import stopsignals
 from meshrun.dispatch.scheduler import TaskStatus
@@ -110,10 +108,3 @@ class DispatchReport:
         if not self.ok and all(h.status == HostState.UNREACHABLE for h in self.hosts):
             return ExitCode.CONNECT
         return ExitCode.OK if self.ok else ExitCode.FAILED
-
-
-def state_paths(tasks_file: str | os.PathLike[str], state_dir: str | None) -> Path:
-    """Where history and runs live: ``--state-dir``, else ``.meshrun`` beside tasks.toml."""
-    if state_dir:
-        return Path(state_dir)
-    return Path(tasks_file).resolve().parent / ".meshrun"
