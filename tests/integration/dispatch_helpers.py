@@ -159,39 +159,6 @@ def spawn_dispatch(
     return spawn_meshrun("dispatch", tasks_file, "--hosts", hosts, "--json", *args)
 
 
-def finish(proc: subprocess.Popen[str], timeout_s: float) -> Result:
-    """Wait for a spawned meshrun; on timeout kill its group and raise AssertionError.
-
-    The message says the run hung and shows what it printed, so a hang is a clean
-    test failure rather than a stuck test session.
-    """
-    started = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        interrupt(proc, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(
-            f"expected meshrun to finish within {timeout_s}s; it hung and was killed"
-            f"\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-        ) from None
-    result = Result(
-        argv=[str(a) for a in proc.args],
-        rc=proc.returncode,
-        stdout=out,
-        stderr=err,
-        duration_s=time.monotonic() - started,
-    )
-    if out.strip():
-        try:
-            result.doc = json.loads(out)
-        except json.JSONDecodeError as exc:
-            raise AssertionError(
-                f"expected one JSON document on stdout: {exc}{result.describe()}"
-            ) from None
-    return result
-
-
 def kill_on_error(proc: subprocess.Popen[str]) -> None:
     """Stop a spawned meshrun that a failed wait leaves running (test teardown)."""
     if proc.poll() is None:

@@ -156,6 +156,39 @@ def interrupt(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
     os.killpg(proc.pid, sig)
 
 
+def finish(proc: subprocess.Popen[str], timeout_s: float) -> Result:
+    """Wait for a spawned meshrun; on timeout kill its group and raise AssertionError.
+
+    The message says the run hung and shows what it printed, so a hang is a clean
+    test failure rather than a stuck test session.
+    """
+    started = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        interrupt(proc, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"expected meshrun to finish within {timeout_s}s; it hung and was killed"
+            f"\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+        ) from None
+    result = Result(
+        argv=[str(a) for a in proc.args],
+        rc=proc.returncode,
+        stdout=out,
+        stderr=err,
+        duration_s=time.monotonic() - started,
+    )
+    if out.strip():
+        try:
+            result.doc = json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(
+                f"expected one JSON document on stdout: {exc}{result.describe()}"
+            ) from None
+    return result
+
+
 # -- processes ------------------------------------------------------------------------
 
 
@@ -198,6 +231,13 @@ def wait_gone(marker: str, timeout_s: float = GONE_TIMEOUT_S) -> list[Proc]:
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.1)
+
+
+def assert_gone(marker: str, expected: str, timeout_s: float = GONE_TIMEOUT_S) -> None:
+    """Assert that no live process has ``marker`` (waiting up to ``timeout_s``); the
+    message is ``expected`` and what is still running."""
+    left = wait_gone(marker, timeout_s)
+    assert not left, f"{expected}, still running:\n{describe_procs(left)}"
 
 
 def wait_running(argv_text: str, count: int, timeout_s: float = 10.0) -> list[Proc]:

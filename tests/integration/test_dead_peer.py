@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from dispatch_helpers import (
-    finish,
     kill_on_error,
     spawn_dispatch,
     task_statuses,
@@ -25,7 +24,7 @@ from dispatch_helpers import (
     wait_host_runs,
     write_project,
 )
-from helpers import spawn_meshrun
+from helpers import finish, spawn_meshrun
 
 from meshrun.config.inventory import load_inventory
 from meshrun.testing.fleet import Fleet

@@ -14,8 +14,8 @@ from typing import Any
 
 from conftest import MakeFleet
 from discovery_helpers import LOOPBACK
-from dispatch_helpers import finish, kill_on_error, spawn_dispatch, tasks_of, write_project
-from helpers import describe_procs, marker_seconds, wait_gone, wait_running
+from dispatch_helpers import kill_on_error, spawn_dispatch, tasks_of, write_project
+from helpers import describe_procs, finish, marker_seconds, wait_gone, wait_running
 
 from meshrun.testing.fleet import Fleet, SimHost
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from dispatch_helpers import (
     dispatch,
-    finish,
     log_text,
     spawn_dispatch,
     task_statuses,
@@ -23,6 +22,7 @@ from dispatch_helpers import (
     write_hosts,
     write_project,
 )
+from helpers import finish
 
 from meshrun.testing.fleet import Fleet
 from meshrun.workspace.workdirs import WORKDIRS

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from dispatch_helpers import (
     dispatch,
-    finish,
     kill_on_error,
     log_text,
     running_per_host,
@@ -32,6 +31,7 @@ from dispatch_helpers import (
 from helpers import (
     Result,
     describe_procs,
+    finish,
     interrupt,
     marker_seconds,
     run_meshrun,

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dispatch_helpers import dispatch, finish, kill_on_error, spawn_dispatch, task_statuses
-from helpers import Result, run_meshrun, write_inventory
+from dispatch_helpers import dispatch, kill_on_error, spawn_dispatch, task_statuses
+from helpers import Result, finish, run_meshrun, write_inventory
 
 from meshrun.testing.fleet import Fleet
 

@@ -10,16 +10,21 @@ import re
 from pathlib import Path
 
 from helpers import (
-    describe_procs,
+    Result,
+    assert_gone,
     marker_seconds,
     run_meshrun,
-    wait_gone,
     write_inventory,
 )
 
 from meshrun.testing.fleet import Fleet
 
 NAMES = ["h1", "h2", "h3", "h4"]
+
+
+def _exec_json(fleet: Fleet, *args: str) -> Result:
+    """``meshrun exec --hosts FLEET --json ARGS``."""
+    return run_meshrun("exec", "--hosts", fleet.hosts_toml, "--json", *args)
 
 
 def _fields(stdout: str) -> dict[str, str]:
@@ -31,11 +36,8 @@ def _fields(stdout: str) -> dict[str, str]:
 
 
 def test_exec_runs_on_every_host_in_its_workdir_with_host_and_run_id(fleet4: Fleet) -> None:
-    r = run_meshrun(
-        "exec",
-        "--hosts",
-        fleet4.hosts_toml,
-        "--json",
+    r = _exec_json(
+        fleet4,
         "--",
         'echo "host=$MESHRUN_HOST"; echo "sim=$MESHRUN_TEST_HOST"; '
         'echo "run=$MESHRUN_RUN_ID"; echo "pwd=$(pwd)"; echo "home=$HOME"',
@@ -68,11 +70,8 @@ def test_exec_runs_on_every_host_in_its_workdir_with_host_and_run_id(fleet4: Fle
 
 def test_env_option_reaches_the_command_verbatim(fleet4: Fleet) -> None:
     odd = """$HOME "dq" 'sq' `true` \\ ; | end"""
-    r = run_meshrun(
-        "exec",
-        "--hosts",
-        fleet4.hosts_toml,
-        "--json",
+    r = _exec_json(
+        fleet4,
         "--env",
         "GREETING=hello world",
         "--env",
@@ -88,9 +87,7 @@ def test_env_option_reaches_the_command_verbatim(fleet4: Fleet) -> None:
 
 
 def test_several_arguments_are_quoted_one_by_one(fleet4: Fleet) -> None:
-    r = run_meshrun(
-        "exec", "--hosts", fleet4.hosts_toml, "--json", "--", "printf", "%s\\n", "a b", "c'd"
-    )
+    r = _exec_json(fleet4, "--", "printf", "%s\\n", "a b", "c'd")
     assert r.rc == 0, r.describe()
     for name in NAMES:
         assert r.hosts[name]["stdout"] == "a b\nc'd\n", (
@@ -100,9 +97,7 @@ def test_several_arguments_are_quoted_one_by_one(fleet4: Fleet) -> None:
 
 
 def test_one_argument_is_a_shell_command_line(fleet4: Fleet) -> None:
-    r = run_meshrun(
-        "exec", "--hosts", fleet4.hosts_toml, "--json", "--", "echo abc | tr a-z A-Z && echo ok"
-    )
+    r = _exec_json(fleet4, "--", "echo abc | tr a-z A-Z && echo ok")
     assert r.rc == 0, r.describe()
     assert {n: h["stdout"] for n, h in r.hosts.items()} == dict.fromkeys(NAMES, "ABC\nok\n"), (
         f"expected the pipe and && to run in a shell on every host{r.describe()}"
@@ -199,11 +194,8 @@ def test_no_hosts_runs_on_this_machine(tmp_path: Path) -> None:
 
 
 def test_one_failing_host_makes_exit_1(fleet4: Fleet) -> None:
-    r = run_meshrun(
-        "exec",
-        "--hosts",
-        fleet4.hosts_toml,
-        "--json",
+    r = _exec_json(
+        fleet4,
         "--",
         '[ "$MESHRUN_HOST" = h2 ] && exit 7; true',
     )
@@ -220,11 +212,8 @@ def test_one_failing_host_makes_exit_1(fleet4: Fleet) -> None:
 
 def test_fail_fast_cancels_the_running_hosts_and_kills_their_commands(fleet4: Fleet) -> None:
     marker = marker_seconds(30)
-    r = run_meshrun(
-        "exec",
-        "--hosts",
-        fleet4.hosts_toml,
-        "--json",
+    r = _exec_json(
+        fleet4,
         "--fail-fast",
         "--",
         f'if [ "$MESHRUN_HOST" = h2 ]; then sleep 0.5; exit 7; fi; sleep {marker}',
@@ -238,19 +227,13 @@ def test_fail_fast_cancels_the_running_hosts_and_kills_their_commands(fleet4: Fl
         "h4": "cancelled",
     }, f"expected h2 failed and the others cancelled{r.describe()}"
     assert "--fail-fast" in r.stderr, f"expected the stop reason on stderr{r.describe()}"
-    left = wait_gone(marker)
-    assert not left, (
-        f"expected no 'sleep {marker}' left on any host, found:\n{describe_procs(left)}"
-    )
+    assert_gone(marker, f"expected no 'sleep {marker}' left on any host")
 
 
 def test_timeout_fails_the_host_and_kills_its_processes(fleet4: Fleet) -> None:
     marker = marker_seconds(30)
-    r = run_meshrun(
-        "exec",
-        "--hosts",
-        fleet4.hosts_toml,
-        "--json",
+    r = _exec_json(
+        fleet4,
         "--timeout",
         "1s",
         "--",
@@ -263,19 +246,13 @@ def test_timeout_fails_the_host_and_kills_its_processes(fleet4: Fleet) -> None:
         assert entry["status"] == "failed" and "timed out" in (entry["error"] or ""), (
             f"expected {name} failed with a timeout error, got {entry}"
         )
-    left = wait_gone(marker)
-    assert not left, (
-        f"expected no 'sleep {marker}' left on any host, found:\n{describe_procs(left)}"
-    )
+    assert_gone(marker, f"expected no 'sleep {marker}' left on any host")
 
 
 def test_timeout_kills_a_command_that_ignores_sigterm(fleet4: Fleet) -> None:
     marker = marker_seconds(30)
-    r = run_meshrun(
-        "exec",
-        "--hosts",
-        fleet4.hosts_toml,
-        "--json",
+    r = _exec_json(
+        fleet4,
         "--limit",
         "h1",
         "--timeout",
@@ -286,8 +263,7 @@ def test_timeout_kills_a_command_that_ignores_sigterm(fleet4: Fleet) -> None:
     assert r.rc == 1, r.describe()
     assert r.statuses() == {"h1": "failed"}, r.describe()
     assert r.duration_s < 10, f"expected SIGKILL after the grace period{r.describe()}"
-    left = wait_gone(marker)
-    assert not left, f"expected the TERM-proof sleep killed, found:\n{describe_procs(left)}"
+    assert_gone(marker, "expected the TERM-proof sleep killed")
 
 
 # -- ProxyJump ---------------------------------------------------------------------------

@@ -13,14 +13,13 @@ from pathlib import Path
 
 from dispatch_helpers import (
     dispatch,
-    finish,
     kill_on_error,
     spawn_dispatch,
     task_statuses,
     tasks_of,
     write_project,
 )
-from helpers import run_meshrun
+from helpers import finish, run_meshrun
 
 from meshrun.testing.fleet import Fleet
 

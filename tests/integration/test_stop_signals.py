@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from dispatch_helpers import finish, kill_on_error, spawn_dispatch, task_statuses, write_project
+from dispatch_helpers import kill_on_error, spawn_dispatch, task_statuses, write_project
 from helpers import (
     describe_procs,
+    finish,
     interrupt,
     marker_seconds,
     spawn_meshrun,
