@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from fake_console import Clock, Tty
 
 from meshrun.cli import app as cli
 from meshrun.cli.console import (
@@ -166,11 +167,6 @@ def test_zsh_and_fish_scripts_parse(
 # -- NO_COLOR --------------------------------------------------------------------------------
 
 
-class Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 @pytest.mark.parametrize(
     ("value", "colour"), [(None, True), ("", True), ("1", False), ("0", False)]
 )
@@ -269,14 +265,6 @@ def test_dispatch_status_line_never_wider_than_the_terminal_and_keeps_the_eta(
 
 
 # -- ETA of exec and run -------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def finished(name: str, seconds: float, status: HostStatus = HostStatus.OK) -> HostFinished:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from fake_console import Clock
 
 from meshrun.agent.client import RunnerEvent, RunnerGone, TaskExited
 from meshrun.config.inventory import Host
@@ -38,14 +39,6 @@ timeout = "5s"
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class StubRunner:
     host = "h1"
     cpus = 1
@@ -69,7 +62,7 @@ class StubRunner:
 
 
 def attempts(tmp_path: Path) -> tuple[Attempts, Clock, list[RunnerEvent]]:
-    clock = Clock()
+    clock = Clock(50.0)
     run_clock = RunClock(read=clock)
     run_clock.start()
     put: list[RunnerEvent] = []

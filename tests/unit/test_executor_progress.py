@@ -7,27 +7,13 @@ from __future__ import annotations
 import io
 
 import pytest
+from fake_console import ERASE, Clock, Tty
 
 from meshrun.cli.console import DispatchConsole
 from meshrun.config.tasks import Task
 from meshrun.dispatch.executor import Progress, TaskStarted
 from meshrun.dispatch.executor.progress import snapshot
 from meshrun.dispatch.scheduler import TaskRecord, TaskStatus
-
-ERASE = "\r\x1b[K"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def record(name: str, expected_s: float, status: TaskStatus, weight: int = 1) -> TaskRecord:

@@ -14,6 +14,7 @@ import re
 
 import pytest
 from cli_runner import run_cli
+from fake_console import ERASE, Clock, Tty
 
 from meshrun.cli.console import (
     ConsoleLogHandler,
@@ -35,20 +36,6 @@ from meshrun.dispatch.scheduler import TaskStatus
 from meshrun.fleet.run import HostFinished, HostOutput, HostResult, HostStarted, HostStatus, Tick
 
 ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-ERASE = "\r\x1b[K"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def drawn(err: str) -> list[str]:
