@@ -9,31 +9,15 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_process
 
 import meshrun
 from meshrun.cli import app as cli
-
-ENTRY = "from meshrun.cli.app import main; main()"
-
-
-def run_subprocess(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
 
 # -- help ------------------------------------------------------------------------------------
 
@@ -473,7 +457,7 @@ def test_main_freezes_the_gc_before_exiting(
 
 def test_exec_ls_la_runs_locally(tmp_path: Path) -> None:
     (tmp_path / "marker.txt").write_text("x")
-    r = run_subprocess(tmp_path, "exec", "ls", "-la")
+    r = run_cli_process(tmp_path, "exec", "ls", "-la")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines and all(line.startswith("local | ") for line in lines), r.stdout
@@ -482,9 +466,9 @@ def test_exec_ls_la_runs_locally(tmp_path: Path) -> None:
 
 
 def test_exec_double_dash_and_exit_codes(tmp_path: Path) -> None:
-    r = run_subprocess(tmp_path, "exec", "--", "echo", "-n", "--x")
+    r = run_cli_process(tmp_path, "exec", "--", "echo", "-n", "--x")
     assert (r.returncode, r.stdout) == (0, "local | --x\n"), r.stderr
-    r = run_subprocess(tmp_path, "exec", "-q", "--", "sh", "-c", "exit 5")
+    r = run_cli_process(tmp_path, "exec", "-q", "--", "sh", "-c", "exit 5")
     assert r.returncode == 1, r.stderr
     assert "exit code 5" in r.stderr
 
@@ -492,7 +476,7 @@ def test_exec_double_dash_and_exit_codes(tmp_path: Path) -> None:
 def test_run_passes_option_like_args_to_the_script(tmp_path: Path) -> None:
     script = tmp_path / "show.sh"
     script.write_text('#!/bin/sh\necho "args: $*"\n')
-    r = run_subprocess(tmp_path, "run", "-o", "group", str(script), "-x", "--y", "-v")
+    r = run_cli_process(tmp_path, "run", "-o", "group", str(script), "-x", "--y", "-v")
     assert r.returncode == 0, r.stderr
     assert "args: -x --y -v" in r.stdout, r.stdout
 
@@ -500,6 +484,6 @@ def test_run_passes_option_like_args_to_the_script(tmp_path: Path) -> None:
 def test_exec_json_document(tmp_path: Path) -> None:
     import json
 
-    r = run_subprocess(tmp_path, "exec", "--json", "true")
+    r = run_cli_process(tmp_path, "exec", "--json", "true")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["schema"] == 1

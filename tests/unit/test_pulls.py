@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli_process
 
 from meshrun import (
     FleetJob,
@@ -38,7 +37,6 @@ from meshrun.integrity.pull import PULL_TEMP_PREFIX
 from meshrun.transport import rsync
 from meshrun.transport.local import LocalConnector
 
-ENTRY = "from meshrun.cli.app import main; main()"
 SHA = "0" * 64
 
 
@@ -353,30 +351,21 @@ def test_record_writes_the_manifest_for_an_interrupted_run(tmp_path: Path) -> No
     assert json.loads((tmp_path / "run" / "report.json").read_text())["exit_code"] == 130
 
 
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_cli_pull_validates_before_running_and_records_locally(tmp_path: Path) -> None:
-    bad = run_cli(tmp_path, "exec", "--pull", "../x", "--", "touch ran")
+    bad = run_cli_process(tmp_path, "exec", "--pull", "../x", "--", "touch ran")
     assert bad.returncode == 2 and "pull pattern '../x'" in bad.stderr, bad.stderr
-    nokey = run_cli(tmp_path, "exec", "--pull", "x", "--sign-key", "nope", "--", "touch ran")
+    nokey = run_cli_process(
+        tmp_path, "exec", "--pull", "x", "--sign-key", "nope", "--", "touch ran"
+    )
     assert nokey.returncode == 2 and "nope" in nokey.stderr, nokey.stderr
     (tmp_path / "script.sh").write_text("touch ran\n")
-    lone = run_cli(tmp_path, "run", "--pull-dir", "d", "script.sh")
+    lone = run_cli_process(tmp_path, "run", "--pull-dir", "d", "script.sh")
     assert lone.returncode == 2 and "--pull-dir needs --pull" in lone.stderr, lone.stderr
     assert not (tmp_path / "ran").exists() and not (tmp_path / ".meshrun").exists()
 
-    plain = run_cli(tmp_path, "exec", "--", "mkdir -p logs && echo hi > logs/a.log")
+    plain = run_cli_process(tmp_path, "exec", "--", "mkdir -p logs && echo hi > logs/a.log")
     assert plain.returncode == 0 and not (tmp_path / ".meshrun").exists(), plain.stderr
-    pulled = run_cli(tmp_path, "exec", "--json", "--pull", "logs/*.log", "--", "true")
+    pulled = run_cli_process(tmp_path, "exec", "--json", "--pull", "logs/*.log", "--", "true")
     assert pulled.returncode == 0, pulled.stderr
     document = json.loads(pulled.stdout)
     run_dir = Path(document["run_dir"])
@@ -385,21 +374,21 @@ def test_cli_pull_validates_before_running_and_records_locally(tmp_path: Path) -
     assert (run_dir / "hosts" / "local" / "logs" / "a.log").read_text() == "hi\n"
     assert "1 file from 1 host in .meshrun/runs/" in pulled.stderr, pulled.stderr
     assert not list((run_dir / "hosts" / "local").glob(PULL_TEMP_PREFIX + "*"))
-    verify = run_cli(tmp_path, "verify", str(run_dir))
+    verify = run_cli_process(tmp_path, "verify", str(run_dir))
     assert verify.returncode == 4, "an unsigned manifest is not ok without --allow-unsigned"
     assert "the manifest is not signed" in verify.stderr and "--allow-unsigned" in verify.stderr
     assert "verify FAILED: signature unsigned" in verify.stderr, verify.stderr
-    verify = run_cli(tmp_path, "verify", str(run_dir), "--allow-unsigned")
+    verify = run_cli_process(tmp_path, "verify", str(run_dir), "--allow-unsigned")
     assert verify.returncode == 0, verify.stderr
 
-    keygen = run_cli(tmp_path, "keygen", str(tmp_path / "key"))
+    keygen = run_cli_process(tmp_path, "keygen", str(tmp_path / "key"))
     assert keygen.returncode == 0, keygen.stderr
-    signed = run_cli(tmp_path, "exec", "--json", "--sign-key", "key", "--", "exit 3")
+    signed = run_cli_process(tmp_path, "exec", "--json", "--sign-key", "key", "--", "exit 3")
     assert signed.returncode == 1, signed.stderr
     document = json.loads(signed.stdout)
     assert document["pull_dir"] is None and Path(document["run_dir"]).is_dir()
     assert (Path(document["run_dir"]) / "manifest.json.sig").is_file()
-    trusted = run_cli(tmp_path, "verify", document["run_dir"], "--key", "key.pub")
+    trusted = run_cli_process(tmp_path, "verify", document["run_dir"], "--key", "key.pub")
     assert trusted.returncode == 0, trusted.stderr
 
 
