@@ -52,6 +52,24 @@ def make_fleet(tmp_path: Path) -> Iterator[MakeFleet]:
         fleet.stop()
 
 
+Pause = Callable[[Fleet, str], None]
+
+
+@pytest.fixture
+def pause(make_fleet: MakeFleet) -> Iterator[Pause]:
+    """``pause(fleet, name)``: ``fleet.pause(name)`` now, ``fleet.resume(name)`` at
+    teardown (before the fleet stops), even when the test fails."""
+    paused: list[tuple[Fleet, str]] = []
+
+    def do(fleet: Fleet, name: str) -> None:
+        paused.append((fleet, name))
+        fleet.pause(name)
+
+    yield do
+    for fleet, name in paused:
+        fleet.resume(name)
+
+
 @pytest.fixture
 def one(make_fleet: MakeFleet) -> Iterator[tuple[Fleet, Host, SSHConnector]]:
     """A one-host fleet, its Host and an SSHConnector that reads no ssh_config."""

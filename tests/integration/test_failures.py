@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Pause
 from helpers import describe_procs, marker_seconds, run_meshrun, wait_gone, write_inventory
 
 from meshrun.testing.fleet import Fleet
@@ -130,42 +131,36 @@ def test_unreachable_wins_over_a_failed_command(make_fleet: MakeFleet) -> None:
     assert (r.rc, r.doc["exit_code"]) == (3, 3), f"expected 3 to win over 1{r.describe()}"
 
 
-def test_paused_host_times_out_waiting_for_the_banner(make_fleet: MakeFleet) -> None:
+def test_paused_host_times_out_waiting_for_the_banner(make_fleet: MakeFleet, pause: Pause) -> None:
     fleet = make_fleet(4)
     paused = ["h2", "h3", "h4"]  # several, so the race in the bug shows on every run
-    try:
+    for name in paused:
+        pause(fleet, name)
+    for _ in range(2):
+        r = run_meshrun(
+            "exec",
+            "--hosts",
+            fleet.hosts_toml,
+            "--json",
+            "--connect-timeout",
+            "1s",
+            "--",
+            "true",
+        )
+        assert r.duration_s < 6, f"expected the run to end within a few seconds{r.describe()}"
+        assert r.hosts["h1"]["status"] == "ok", r.describe()
         for name in paused:
-            fleet.pause(name)
-        for _ in range(2):
-            r = run_meshrun(
-                "exec",
-                "--hosts",
-                fleet.hosts_toml,
-                "--json",
-                "--connect-timeout",
-                "1s",
-                "--",
-                "true",
+            entry = r.hosts[name]
+            assert entry["status"] == "unreachable", (
+                f"expected {name} unreachable, got {entry}{r.describe()}"
             )
-            assert r.duration_s < 6, f"expected the run to end within a few seconds{r.describe()}"
-            assert r.hosts["h1"]["status"] == "ok", r.describe()
-            for name in paused:
-                entry = r.hosts[name]
-                assert entry["status"] == "unreachable", (
-                    f"expected {name} unreachable, got {entry}{r.describe()}"
-                )
-                assert "banner" in (entry["error"] or ""), (
-                    f"expected 'banner' in {entry['error']!r}"
-                )
-            assert r.rc == 3, f"expected exit 3 with hung hosts{r.describe()}"
-            logged = [line for line in r.stderr.splitlines() if ": paramiko." in line]
-            assert not logged, (
-                f"expected meshrun's own one-line errors, not paramiko's log "
-                f"({len(logged)} lines, first: {logged[:2]}){r.describe()}"
-            )
-    finally:
-        for name in paused:
-            fleet.resume(name)
+            assert "banner" in (entry["error"] or ""), f"expected 'banner' in {entry['error']!r}"
+        assert r.rc == 3, f"expected exit 3 with hung hosts{r.describe()}"
+        logged = [line for line in r.stderr.splitlines() if ": paramiko." in line]
+        assert not logged, (
+            f"expected meshrun's own one-line errors, not paramiko's log "
+            f"({len(logged)} lines, first: {logged[:2]}){r.describe()}"
+        )
 
 
 def test_host_killed_mid_command_is_unreachable(make_fleet: MakeFleet) -> None:

@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from conftest import Pause
 from helpers import run_meshrun, write_inventory
 
 from meshrun.testing.fleet import Fleet
@@ -76,24 +77,18 @@ def test_hosts_with_a_refused_key_is_reachable_but_not_logged_in(
     assert "refused every key" in (h1["error"] or ""), f"expected the reason: {h1}"
 
 
-def test_hosts_with_hung_hosts_exits_3(make_fleet: MakeFleet) -> None:
+def test_hosts_with_hung_hosts_exits_3(make_fleet: MakeFleet, pause: Pause) -> None:
     fleet = make_fleet(4)
     paused = ["h2", "h3", "h4"]  # several, so the race in the bug shows on every run
-    try:
+    for name in paused:
+        pause(fleet, name)
+    for _ in range(2):
+        r = run_meshrun("hosts", "--hosts", fleet.hosts_toml, "--json", "--connect-timeout", "1s")
+        assert r.rc == 3, f"expected exit 3 with hung hosts{r.describe()}"
+        assert "Traceback" not in r.stderr, f"expected no traceback{r.describe()}"
         for name in paused:
-            fleet.pause(name)
-        for _ in range(2):
-            r = run_meshrun(
-                "hosts", "--hosts", fleet.hosts_toml, "--json", "--connect-timeout", "1s"
+            h = r.hosts[name]
+            assert h["reachable"] is False and "banner" in (h["error"] or ""), (
+                f"expected {name} unreachable with a banner timeout, got {h}"
             )
-            assert r.rc == 3, f"expected exit 3 with hung hosts{r.describe()}"
-            assert "Traceback" not in r.stderr, f"expected no traceback{r.describe()}"
-            for name in paused:
-                h = r.hosts[name]
-                assert h["reachable"] is False and "banner" in (h["error"] or ""), (
-                    f"expected {name} unreachable with a banner timeout, got {h}"
-                )
-            assert r.hosts["h1"]["reachable"] is True, r.describe()
-    finally:
-        for name in paused:
-            fleet.resume(name)
+        assert r.hosts["h1"]["reachable"] is True, r.describe()
