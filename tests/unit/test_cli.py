@@ -317,6 +317,21 @@ def test_bad_usage_exits_2_with_the_usage_line(
     assert not missing, f"expected {missing} in:\n{err}"
 
 
+def _exits_2_with_one_error_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    fragments: list[str],
+) -> None:
+    """``meshrun ARGS`` exits 2, prints nothing on stdout and one ``meshrun: error:`` line
+    holding every fragment on stderr."""
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert (code, out) == (2, ""), err
+    assert err.startswith("meshrun: error: ") and err.count("\n") == 1, err
+    missing = [f for f in fragments if f not in err]
+    assert not missing, f"expected {missing} in:\n{err}"
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -344,11 +359,7 @@ def test_bad_input_exits_2_with_one_error_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.sh").write_text("echo hi\n")
-    code, out, err = run_cli(monkeypatch, capsys, *args)
-    assert (code, out) == (2, ""), err
-    assert err.startswith("meshrun: error: ") and err.count("\n") == 1, err
-    missing = [f for f in fragments if f not in err]
-    assert not missing, f"expected {missing} in:\n{err}"
+    _exits_2_with_one_error_line(monkeypatch, capsys, args, fragments)
 
 
 @pytest.mark.parametrize(
@@ -381,11 +392,7 @@ def test_a_nul_byte_never_reaches_a_host(
     (tmp_path / "tasks.toml").write_text(
         '[[task]]\nname = "a"\nenv = { A = "\\u0000" }\nrun = "touch started"\n'
     )
-    code, out, err = run_cli(monkeypatch, capsys, *args)
-    assert (code, out) == (2, ""), err
-    assert err.startswith("meshrun: error: ") and err.count("\n") == 1, err
-    missing = [f for f in fragments if f not in err]
-    assert not missing, f"expected {missing} in:\n{err}"
+    _exits_2_with_one_error_line(monkeypatch, capsys, args, fragments)
     assert not (tmp_path / "started").exists()
 
 
