@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from meshrun.config import hostlist
 from meshrun.config.loader import Invalid as _Invalid
-from meshrun.config.loader import Loader, check_text, wrong_type
+from meshrun.config.loader import Loader, check_name, check_text, name_re, wrong_type
 from meshrun.config.loader import show as _show
 from meshrun.config.loader import toml_type as _toml_type
 from meshrun.errors import InventoryError
@@ -125,7 +125,8 @@ _HOST_KEYS = (
 )
 _DEFAULT_KEYS = tuple(key for key in _HOST_KEYS if key not in ("name", "address"))
 _TOP_LEVEL_KEYS = ("defaults", "host")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: "$" lets "\n" through
+_NAME_CHARS = "._"  # besides letters, digits and "-"
+_NAME_RE = name_re(_NAME_CHARS)
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _NOT_IN_ADDRESS = frozenset("/,[]@")
 
@@ -182,15 +183,9 @@ def _check_text(key: str, value: object) -> str:
 
 
 def _check_name(key: str, value: object) -> str:
-    text = _check_text(key, value)
-    if not _NAME_RE.fullmatch(text):
-        suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "build-1"
-        raise _Invalid(
-            f"{_show(text)} is not a valid host name (letters, digits, '.', '_', '-'; "
-            "starting with a letter or digit)",
-            f'write e.g. name = "{suggestion}"',
-        )
-    return text
+    return check_name(
+        key, value, _EXAMPLES[key], chars=_NAME_CHARS, what="host", fallback="build-1"
+    )
 
 
 def _check_host_part(address: str, shown: str) -> str:

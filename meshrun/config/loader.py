@@ -147,6 +147,31 @@ def check_text(key: str, value: object, example: str) -> str:
     return value
 
 
+def name_re(chars: str) -> re.Pattern[str]:
+    """A name: a letter or digit, then letters, digits, ``chars`` and '-'. Use with
+    ``fullmatch``: ``$`` alone would let a trailing newline through."""
+    return re.compile(rf"[A-Za-z0-9][A-Za-z0-9{re.escape(chars)}-]*")
+
+
+def check_name(
+    key: str, value: object, example: str, *, chars: str, what: str, fallback: str
+) -> str:
+    """A :func:`name_re` name, else Invalid whose fix is the name with each run of other
+    characters made '-' (``fallback`` when nothing is left); ``what`` names the thing
+    named ("host", "task") in the message."""
+    text = check_text(key, value, example)
+    if not name_re(chars).fullmatch(text):
+        allowed = re.escape(chars)
+        suggestion = re.sub(rf"[^A-Za-z0-9{allowed}-]+", "-", text).strip("-" + chars) or fallback
+        listed = ", ".join(f"'{c}'" for c in (*chars, "-"))
+        raise Invalid(
+            f"{show(text)} is not a valid {what} name (letters, digits, {listed}; "
+            "starting with a letter or digit)",
+            f'write e.g. name = "{suggestion}"',
+        )
+    return text
+
+
 @record
 class Header:
     line: int  # 1-based

@@ -26,7 +26,7 @@ from typing import Any
 from meshrun.config.durations import parse_duration
 from meshrun.config.inventory import MAX_SLOTS, Host
 from meshrun.config.loader import Invalid as _Invalid
-from meshrun.config.loader import Loader, check_text, where, wrong_type
+from meshrun.config.loader import Loader, check_name, check_text, name_re, where, wrong_type
 from meshrun.config.loader import show as _show
 from meshrun.config.loader import toml_type as _toml_type
 from meshrun.errors import TaskFileError
@@ -317,8 +317,8 @@ def check_placeable(graph: TaskGraph, hosts: Sequence[Host]) -> None:
 
 # --- values --------------------------------------------------------------------------
 
-# Used with fullmatch: ``$`` alone would let a trailing newline through.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_NAME_CHARS = "._:"  # besides letters, digits and "-"
+_NAME_RE = name_re(_NAME_CHARS)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TASK_KEYS = (
@@ -417,15 +417,9 @@ def _check_text(key: str, value: object) -> str:
 
 
 def _check_name(key: str, value: object) -> str:
-    text = _check_text(key, value)
-    if not _NAME_RE.fullmatch(text):
-        suggestion = re.sub(r"[^A-Za-z0-9._:-]+", "-", text).strip("-._:") or "build-core"
-        raise _Invalid(
-            f"{_show(text)} is not a valid task name (letters, digits, '.', '_', ':', '-'; "
-            "starting with a letter or digit)",
-            f'write e.g. name = "{suggestion}"',
-        )
-    return text
+    return check_name(
+        key, value, _EXAMPLES[key], chars=_NAME_CHARS, what="task", fallback="build-core"
+    )
 
 
 def _check_run(key: str, value: object) -> str:
