@@ -296,12 +296,7 @@ class HostPool:
     def lose(self, name: str, reason: str) -> bool:
         """A ready host went away: True if it was taking tasks (its runner still to be
         released), False if it was not (unknown, or not ready)."""
-        info = self.infos.get(name)
-        if info is None or info.state is not HostState.OK:
-            return False
-        info.state = HostState.LOST
-        info.error = reason
-        return True
+        return self._lost_if(name, reason, HostState.OK)
 
     def release(self, name: str) -> None:
         """Close a lost host's runner (the agent there stops what it still runs)."""
@@ -312,11 +307,16 @@ class HostPool:
     def leave(self, name: str, reason: str) -> bool:
         """A host left (discovery) while still connecting: True, recorded as lost. False
         when it was not connecting: the caller loses it as a ready host."""
-        known = self.infos.get(name)
-        if known is None or known.state is not HostState.CONNECTING:
+        return self._lost_if(name, reason, HostState.CONNECTING)
+
+    def _lost_if(self, name: str, reason: str, state: HostState) -> bool:
+        """Record ``name`` lost for ``reason`` if it is known and in ``state``; whether it
+        was."""
+        info = self.infos.get(name)
+        if info is None or info.state is not state:
             return False
-        known.state = HostState.LOST
-        known.error = reason
+        info.state = HostState.LOST
+        info.error = reason
         return True
 
     def ran_task(self, name: str) -> None:
