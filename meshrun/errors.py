@@ -83,6 +83,19 @@ class InputError(MeshrunError):
     exit_code: int = ExitCode.USAGE
 
 
+def where(path: str, line: int | None, entry: str | None, key: str | None) -> str:
+    """``tasks.toml:12: task 'x': needs``: the place a config error names (the file, the
+    line, the entry and the key, each when known)."""
+    place = path
+    if line is not None:
+        place += f":{line}"
+    if entry:
+        place += f": {entry}"
+    if key:
+        place += f": {key}"
+    return place
+
+
 class InventoryError(InputError):
     """A mistake in hosts.toml, an inline --hosts list or a --limit pattern.
 
@@ -100,14 +113,7 @@ class InventoryError(InputError):
         key: str | None = None,
         fix: str | None = None,
     ) -> None:
-        where = path or "--hosts"
-        if line is not None:
-            where += f":{line}"
-        if entry:
-            where += f": {entry}"
-        if key:
-            where += f": {key}"
-        super().__init__(f"{where}: {message}", fix=fix)
+        super().__init__(f"{where(path or '--hosts', line, entry, key)}: {message}", fix=fix)
         self.path = path
         self.line = line
         self.entry = entry

@@ -259,19 +259,6 @@ def did_you_mean(key: str, valid: Sequence[str], aliases: Mapping[str, str]) -> 
     return f"{hint}valid keys: {', '.join(valid)}"
 
 
-def where(path: str, line: int | None, entry: str | None, key: str | None) -> str:
-    """``tasks.toml:12: task 'x': needs``: the place an error names, as
-    :class:`~meshrun.errors.InventoryError` lays it out."""
-    place = path
-    if line is not None:
-        place += f":{line}"
-    if entry:
-        place += f": {entry}"
-    if key:
-        place += f": {key}"
-    return place
-
-
 UTF8_FIX = "save the file as UTF-8 (TOML files are always UTF-8)"
 
 

@@ -26,10 +26,10 @@ from typing import Any
 from meshrun.config.durations import parse_duration
 from meshrun.config.inventory import MAX_SLOTS, Host
 from meshrun.config.loader import Invalid as _Invalid
-from meshrun.config.loader import Loader, check_name, check_text, name_re, where, wrong_type
+from meshrun.config.loader import Loader, check_name, check_text, name_re, wrong_type
 from meshrun.config.loader import show as _show
 from meshrun.config.loader import toml_type as _toml_type
-from meshrun.errors import TaskFileError
+from meshrun.errors import TaskFileError, where
 from meshrun.records import record
 
 __all__ = [
