@@ -287,3 +287,15 @@ def write_inventory(
     if known_hosts:
         login["known_hosts"] = known_hosts
     return fleet.write_hosts_toml(path, names=names, defaults=login, extra=extra)
+
+
+def stranger_inventory(tmp_path: Path, fleet: Fleet) -> tuple[Path, Path]:
+    """(a new key no host authorizes, a hosts.toml of h1 that logs in with it)."""
+    stranger = tmp_path / "stranger_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    inventory = write_inventory(tmp_path / "hosts.toml", fleet, names=["h1"], identity=stranger)
+    return stranger, inventory

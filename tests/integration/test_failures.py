@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 from conftest import Pause
-from helpers import describe_procs, marker_seconds, run_meshrun, wait_gone, write_inventory
+from helpers import (
+    describe_procs,
+    marker_seconds,
+    run_meshrun,
+    stranger_inventory,
+    wait_gone,
+    write_inventory,
+)
 
 from meshrun.testing.fleet import Fleet
 
@@ -92,13 +99,7 @@ def test_changed_host_key_is_refused_even_with_accept_new(
 
 
 def test_refused_key_is_an_auth_failure(fleet4: Fleet, tmp_path: Path) -> None:
-    stranger = tmp_path / "stranger_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    inventory = write_inventory(tmp_path / "hosts.toml", fleet4, names=["h1"], identity=stranger)
+    stranger, inventory = stranger_inventory(tmp_path, fleet4)
     r = run_meshrun("exec", "--hosts", inventory, "--json", "--", "true")
     assert r.rc == 3, f"expected exit 3 when the key is refused{r.describe()}"
     h1 = r.hosts["h1"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from conftest import Pause
-from helpers import run_meshrun, write_inventory
+from helpers import run_meshrun, stranger_inventory
 
 from meshrun.testing.fleet import Fleet
 
@@ -63,13 +62,7 @@ def test_hosts_with_a_killed_host_exits_3(make_fleet: MakeFleet) -> None:
 def test_hosts_with_a_refused_key_is_reachable_but_not_logged_in(
     fleet4: Fleet, tmp_path: Path
 ) -> None:
-    stranger = tmp_path / "stranger_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-    inventory = write_inventory(tmp_path / "hosts.toml", fleet4, names=["h1"], identity=stranger)
+    _, inventory = stranger_inventory(tmp_path, fleet4)
     r = run_meshrun("hosts", "--hosts", inventory, "--json")
     assert r.rc == 3, f"expected exit 3 when the login is refused{r.describe()}"
     h1 = r.hosts["h1"]
