@@ -13,12 +13,12 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
-from helpers import Result, interrupt, run_meshrun, spawn_meshrun
+from helpers import Result, finish, interrupt, run_meshrun, spawn_meshrun
 
 from meshrun.testing.fleet import Fleet
 
@@ -164,6 +164,24 @@ def kill_on_error(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         interrupt(proc, signal.SIGKILL)
         proc.communicate()
+
+
+def finish_when_running(
+    proc: subprocess.Popen[str],
+    fleet: Fleet,
+    host: str,
+    marker: str,
+    then: Callable[[Fleet, str], None],
+    timeout_s: float,
+) -> Result:
+    """Once ``marker`` runs on ``host``, do ``then(fleet, host)`` to it (pause it, kill
+    it); then :func:`~helpers.finish` the spawned run, stopping it should anything fail."""
+    try:
+        wait_host_runs(fleet, host, marker)
+        then(fleet, host)
+        return finish(proc, timeout_s=timeout_s)
+    finally:
+        kill_on_error(proc)
 
 
 def write_hosts(

@@ -9,22 +9,21 @@ quick; the bounds asserted are generous (a hang would be minutes, or forever).
 from __future__ import annotations
 
 import os
-import random
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Pause
 from dispatch_helpers import (
-    kill_on_error,
+    finish_when_running,
     spawn_dispatch,
     task_statuses,
     tasks_of,
     wait_host_runs,
     write_project,
 )
-from helpers import finish, spawn_meshrun
+from helpers import marker_seconds, spawn_meshrun
 
 from meshrun.config.inventory import load_inventory
 from meshrun.testing.fleet import Fleet
@@ -37,25 +36,6 @@ FAST = ("--server-alive-interval", "1", "--server-alive-count-max", "2")
 BOUND_S = 60.0
 
 
-@pytest.fixture
-def paused() -> Iterator[list[tuple[Fleet, str]]]:
-    """Hosts a test paused; resumed at teardown, even when the test fails."""
-    hosts: list[tuple[Fleet, str]] = []
-    yield hosts
-    for fleet, name in hosts:
-        fleet.resume(name)
-
-
-def _pause(fleet: Fleet, name: str, paused: list[tuple[Fleet, str]]) -> None:
-    paused.append((fleet, name))
-    fleet.pause(name)
-
-
-def _marker(whole: int) -> str:
-    """A sleep of ``whole``.x seconds unique to this test, usable as a ps marker."""
-    return f"{whole}.{random.randrange(10_000, 100_000)}"
-
-
 @pytest.mark.parametrize(
     "flags", [pytest.param([], id="agent"), pytest.param(["--no-agent"], id="exec")]
 )
@@ -63,20 +43,15 @@ def test_dispatch_requeues_the_tasks_of_a_host_that_stops_answering(
     make_fleet: MakeFleet,
     tmp_path: Path,
     flags: list[str],
-    paused: list[tuple[Fleet, str]],
+    pause: Pause,
 ) -> None:
     fleet = make_fleet(3)
-    marker = _marker(1)
+    marker = marker_seconds(1)
     tasks = [{"name": f"t{i:02d}", "run": f"sleep {marker}"} for i in range(1, 10)]
     tasks_file = write_project(tmp_path / "proj", tasks)  # no timeout anywhere
 
     proc = spawn_dispatch(tasks_file, fleet.hosts_toml, *FAST, *flags)
-    try:
-        wait_host_runs(fleet, "h1", marker)
-        _pause(fleet, "h1", paused)
-        r = finish(proc, timeout_s=BOUND_S)
-    finally:
-        kill_on_error(proc)
+    r = finish_when_running(proc, fleet, "h1", marker, pause, timeout_s=BOUND_S)
 
     assert r.rc == 0, f"expected exit 0: h1's tasks re-run on h2 and h3{r.describe()}"
     assert set(task_statuses(r).values()) == {"succeeded"}, r.describe()
@@ -89,42 +64,31 @@ def test_dispatch_requeues_the_tasks_of_a_host_that_stops_answering(
 
 
 def test_exec_reports_a_host_that_stops_answering_and_exits_3(
-    make_fleet: MakeFleet, tmp_path: Path, paused: list[tuple[Fleet, str]]
+    make_fleet: MakeFleet, tmp_path: Path, pause: Pause
 ) -> None:
     fleet = make_fleet(3)
-    marker = _marker(3)
+    marker = marker_seconds(3)
     proc = spawn_meshrun("exec", "-H", fleet.hosts_toml, "--json", *FAST, "--", f"sleep {marker}")
-    try:
-        wait_host_runs(fleet, "h2", marker)
-        _pause(fleet, "h2", paused)
-        started = time.monotonic()
-        r = finish(proc, timeout_s=BOUND_S)
-    finally:
-        kill_on_error(proc)
+    r = finish_when_running(proc, fleet, "h2", marker, pause, timeout_s=BOUND_S)
 
     assert r.rc == 3, f"expected exit 3 for the host that stopped answering{r.describe()}"
     h2 = r.hosts["h2"]
     assert h2["status"] == "unreachable", r.describe()
     assert h2["error"] == "stopped answering (no reply to 2 keepalives in 2s)", h2
     assert {r.hosts[n]["status"] for n in ("h1", "h3")} == {"ok"}, r.describe()
-    assert time.monotonic() - started < BOUND_S
+    assert r.duration_s < BOUND_S
 
 
 def test_exec_timeout_on_a_hung_host_does_not_claim_it_killed_anything(
-    make_fleet: MakeFleet, tmp_path: Path, paused: list[tuple[Fleet, str]]
+    make_fleet: MakeFleet, tmp_path: Path, pause: Pause
 ) -> None:
     """With keepalives off, --timeout finds the hung host: no exit status comes after
     the stop request, so it is a host failure (3), not a killed command (1)."""
     fleet = make_fleet(2)
-    marker = _marker(3)
+    marker = marker_seconds(3)
     argv = ["exec", "-H", fleet.hosts_toml, "--json", "-t", "2s", "--server-alive-interval", "0"]
     proc = spawn_meshrun(*argv, "--", f"sleep {marker}; echo done")
-    try:
-        wait_host_runs(fleet, "h2", marker)
-        _pause(fleet, "h2", paused)
-        r = finish(proc, timeout_s=BOUND_S)
-    finally:
-        kill_on_error(proc)
+    r = finish_when_running(proc, fleet, "h2", marker, pause, timeout_s=BOUND_S)
 
     assert r.rc == 3, f"expected exit 3 for the hung host{r.describe()}"
     h2 = r.hosts["h2"]
@@ -135,9 +99,7 @@ def test_exec_timeout_on_a_hung_host_does_not_claim_it_killed_anything(
     assert "its processes were killed" in r.hosts["h1"]["error"], r.describe()
 
 
-def test_a_transfer_ends_when_its_host_stops_answering(
-    make_fleet: MakeFleet, paused: list[tuple[Fleet, str]]
-) -> None:
+def test_a_transfer_ends_when_its_host_stops_answering(make_fleet: MakeFleet, pause: Pause) -> None:
     """rsync's remote shell (the relay over the pooled connection) ends with ssh's 255
     and says why, instead of waiting for the host forever."""
     fleet = make_fleet(1)
@@ -147,7 +109,7 @@ def test_a_transfer_ends_when_its_host_stops_answering(
     )
     try:
         rsh = connector.rsync_ssh(host)
-        marker = _marker(50)
+        marker = marker_seconds(50)
         helper = subprocess.Popen(
             [*rsh.argv, rsh.host, f"sleep {marker}"],
             stdin=subprocess.PIPE,
@@ -157,7 +119,7 @@ def test_a_transfer_ends_when_its_host_stops_answering(
         )
         try:
             wait_host_runs(fleet, "h1", marker)
-            _pause(fleet, "h1", paused)
+            pause(fleet, "h1")
             _, err = helper.communicate(timeout=BOUND_S)
         finally:
             if helper.poll() is None:

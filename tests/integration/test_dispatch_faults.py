@@ -13,19 +13,20 @@ import random
 import signal
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Pause
 from dispatch_helpers import (
     dispatch,
+    finish_when_running,
     kill_on_error,
     log_text,
     running_per_host,
     spawn_dispatch,
     task_statuses,
     tasks_of,
-    wait_host_runs,
     write_project,
 )
 from helpers import (
@@ -329,12 +330,7 @@ def test_a_host_killed_mid_run_is_lost_and_its_tasks_finish_elsewhere(
 
     trace_file = tmp_path / "trace.json"
     proc = spawn_dispatch(tasks_file, fleet.hosts_toml, "--trace", trace_file, *flags)
-    try:
-        wait_host_runs(fleet, "h1", marker)
-        fleet.kill("h1")
-        r = finish(proc, timeout_s=30)
-    finally:
-        kill_on_error(proc)
+    r = finish_when_running(proc, fleet, "h1", marker, Fleet.kill, timeout_s=30)
 
     assert r.rc == 0, f"expected exit 0: every task completed elsewhere{r.describe()}"
     assert set(task_statuses(r).values()) == {"succeeded"}, r.describe()
@@ -402,21 +398,12 @@ def test_tasks_of_a_killed_host_restart_at_once_on_hosts_with_room(
     assert r.hosts[victim]["status"] == "lost", r.describe()
 
 
-@pytest.fixture
-def resume_paused() -> Iterator[list[tuple[Fleet, str]]]:
-    """Hosts a test paused; resumed at teardown, even when the test fails."""
-    paused: list[tuple[Fleet, str]] = []
-    yield paused
-    for fleet, name in paused:
-        fleet.resume(name)
-
-
 @pytest.mark.parametrize("flags", RUNNERS)
 def test_a_hung_host_times_out_its_tasks_and_they_are_retried_elsewhere(
     make_fleet: MakeFleet,
     tmp_path: Path,
     flags: list[str],
-    resume_paused: list[tuple[Fleet, str]],
+    pause: Pause,
 ) -> None:
     fleet = make_fleet(3)
     marker = _short_marker()
@@ -427,15 +414,9 @@ def test_a_hung_host_times_out_its_tasks_and_they_are_retried_elsewhere(
     )
 
     proc = spawn_dispatch(tasks_file, fleet.hosts_toml, *flags)
-    try:
-        wait_host_runs(fleet, "h1", marker)
-        fleet.pause("h1")
-        resume_paused.append((fleet, "h1"))
-        # The timeout (2 s), then the coordinator's grace for a host that does not stop
-        # a task (the wrapper's kill grace without the agent is shorter), then a retry.
-        r = finish(proc, timeout_s=2 + STOP_GRACE_S + 6)
-    finally:
-        kill_on_error(proc)
+    # The timeout (2 s), then the coordinator's grace for a host that does not stop a task
+    # (the wrapper's kill grace without the agent is shorter), then a retry.
+    r = finish_when_running(proc, fleet, "h1", marker, pause, timeout_s=2 + STOP_GRACE_S + 6)
 
     # The contract: a host lost mid-run whose tasks all completed elsewhere leaves exit 0.
     assert r.rc == 0, f"expected exit 0: h1's tasks time out and are retried{r.describe()}"
@@ -447,11 +428,10 @@ def test_a_hung_host_times_out_its_tasks_and_they_are_retried_elsewhere(
 
 
 def test_a_host_hung_from_the_start_does_not_hold_up_the_end_of_the_run(
-    make_fleet: MakeFleet, tmp_path: Path, resume_paused: list[tuple[Fleet, str]]
+    make_fleet: MakeFleet, tmp_path: Path, pause: Pause
 ) -> None:
     fleet = make_fleet(3)
-    fleet.pause("h1")  # TCP connects, no SSH banner ever comes
-    resume_paused.append((fleet, "h1"))
+    pause(fleet, "h1")  # TCP connects, no SSH banner ever comes
     tasks_file = write_project(
         tmp_path / "proj", [{"name": f"t{i}", "run": "sleep 0.2"} for i in range(4)]
     )
