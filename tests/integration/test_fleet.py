@@ -167,20 +167,28 @@ def test_idle_hosts_have_no_sessions(fleet4: Fleet) -> None:
         assert fleet4.wait_no_sessions(name) == []
 
 
-@pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3 on PATH")
-def test_command_line_up_status_down(tmp_path: Path) -> None:
+def _fleet_cli(entry: list[str], tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(ARGS)``: the fleet's command line (``python ENTRY ARGS --dir TMP_PATH``) with
+    this checkout on PYTHONPATH, its output captured."""
     repo = Path(fleet_mod.__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "meshrun.testing.fleet", *args, "--dir", str(tmp_path)],
+            [sys.executable, *entry, *args, "--dir", str(tmp_path)],
             capture_output=True,
             text=True,
             env=env,
             timeout=30,
             check=False,
         )
+
+    return cli
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3 on PATH")
+def test_command_line_up_status_down(tmp_path: Path) -> None:
+    cli = _fleet_cli(["-m", "meshrun.testing.fleet"], tmp_path)
 
     up = cli("up", "--count", "2")
     try:
@@ -201,22 +209,11 @@ def test_command_line_up_status_down(tmp_path: Path) -> None:
 
 def test_command_line_down_without_psutil(tmp_path: Path) -> None:
     """`fleet down` after `scripts/demo`, whose venv has no test extras: /proc instead."""
-    repo = Path(fleet_mod.__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
     no_psutil = (
         "import sys; sys.modules['psutil'] = None; "  # `import psutil` raises ImportError
         "from meshrun.testing.fleet import main; sys.exit(main(sys.argv[1:]))"
     )
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", no_psutil, *args, "--dir", str(tmp_path)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-            check=False,
-        )
+    cli = _fleet_cli(["-c", no_psutil], tmp_path)
 
     up = cli("up", "--count", "2")
     assert up.returncode == 0, up.stderr

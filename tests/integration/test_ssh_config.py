@@ -6,9 +6,23 @@ of a test account is exercised in test_ssh_world.py.
 
 from pathlib import Path
 
-from helpers import run_meshrun
+from helpers import Result, run_meshrun
 
 from meshrun.testing.fleet import Fleet
+
+
+def _which_host(inventory: Path, config: Path) -> Result:
+    """``meshrun exec --json`` over ``inventory`` with ``config`` as the ssh_config; each
+    host's stdout names the fleet host that answered."""
+    return run_meshrun(
+        "exec",
+        "--hosts",
+        inventory,
+        "--json",
+        "--",
+        "echo $MESHRUN_TEST_HOST",
+        env={"MESHRUN_SSH_CONFIG": str(config)},
+    )
 
 
 def test_ssh_config_supplies_address_port_user_identity_and_known_hosts(
@@ -26,15 +40,7 @@ def test_ssh_config_supplies_address_port_user_identity_and_known_hosts(
     )
     inventory = tmp_path / "hosts.toml"
     inventory.write_text('[[host]]\nname = "b2"\naddress = "build-two"\n')
-    result = run_meshrun(
-        "exec",
-        "--hosts",
-        inventory,
-        "--json",
-        "--",
-        "echo $MESHRUN_TEST_HOST",
-        env={"MESHRUN_SSH_CONFIG": str(config)},
-    )
+    result = _which_host(inventory, config)
     assert result.rc == 0, result.describe()
     (host,) = result.doc["hosts"]
     assert host["name"] == "b2" and host["stdout"] == "h2\n", result.describe()
@@ -50,14 +56,6 @@ def test_inventory_values_win_over_ssh_config(fleet4: Fleet, tmp_path: Path) -> 
         f'known_hosts = "{fleet4.known_hosts}"\n\n'
         f'[[host]]\nname = "x"\naddress = "127.0.0.1"\nport = {h3.port}\n'
     )
-    result = run_meshrun(
-        "exec",
-        "--hosts",
-        inventory,
-        "--json",
-        "--",
-        "echo $MESHRUN_TEST_HOST",
-        env={"MESHRUN_SSH_CONFIG": str(config)},
-    )
+    result = _which_host(inventory, config)
     assert result.rc == 0, result.describe()
     assert result.doc["hosts"][0]["stdout"] == "h3\n", result.describe()

@@ -139,6 +139,16 @@ Host *
     remove_user_world(w)
 
 
+def _certify(ca: Path, identity: str, public_key: Path) -> None:
+    """Sign ``public_key`` with the CA ``ca`` for the principal root (KEY-cert.pub beside it)."""
+    signed = subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(ca), "-I", identity, "-n", "root", str(public_key)],
+        capture_output=True,
+        text=True,
+    )
+    assert signed.returncode == 0, signed.stderr
+
+
 def _key_of(fleet: Fleet, name: str) -> str:
     """``TYPE BASE64`` of a fleet host's host key."""
     return " ".join(fleet.host(name).host_key.with_suffix(".pub").read_text().split()[:2])
@@ -301,22 +311,7 @@ def test_user_certificates_beside_the_key_and_from_certificate_file(
     for name in ("cert_key", "bare_key"):
         key = world.home / ".ssh" / name
         world.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
-    signed = subprocess.run(
-        [
-            "ssh-keygen",
-            "-q",
-            "-s",
-            str(ca),
-            "-I",
-            "t",
-            "-n",
-            "root",
-            str(world.home / ".ssh" / "cert_key.pub"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert signed.returncode == 0, signed.stderr
+    _certify(ca, "t", world.home / ".ssh" / "cert_key.pub")
     cert = world.home / ".ssh" / "cert_key-cert.pub"
     world.write(".ssh/cert_key-cert.pub", cert.read_text(), 0o644)
     r = world.meshrun("exec", "-H", "certhost", "--json", "--", "echo $MESHRUN_TEST_HOST")
@@ -327,22 +322,7 @@ def test_user_certificates_beside_the_key_and_from_certificate_file(
     assert r.rc == 3, r.describe()
     assert "bare_key" in r.stderr, "the refusal should name the identities tried" + r.describe()
     # ... and accepted with the certificate named by CertificateFile.
-    issued = subprocess.run(
-        [
-            "ssh-keygen",
-            "-q",
-            "-s",
-            str(ca),
-            "-I",
-            "t2",
-            "-n",
-            "root",
-            str(world.home / ".ssh" / "bare_key.pub"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert issued.returncode == 0, issued.stderr
+    _certify(ca, "t2", world.home / ".ssh" / "bare_key.pub")
     world.write(
         ".ssh/certs/issued-cert.pub", (world.home / ".ssh" / "bare_key-cert.pub").read_text(), 0o644
     )
