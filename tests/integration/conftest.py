@@ -70,6 +70,20 @@ def pause(make_fleet: MakeFleet) -> Iterator[Pause]:
         fleet.resume(name)
 
 
+#: The hosts ``hung_fleet`` pauses: several, so a race between them shows on every run.
+HUNG = ("h2", "h3", "h4")
+
+
+@pytest.fixture
+def hung_fleet(make_fleet: MakeFleet, pause: Pause) -> Fleet:
+    """Four hosts with :data:`HUNG` paused (TCP connects, no SSH banner comes): only h1
+    answers."""
+    fleet = make_fleet(4)
+    for name in HUNG:
+        pause(fleet, name)
+    return fleet
+
+
 @pytest.fixture
 def one(make_fleet: MakeFleet) -> Iterator[tuple[Fleet, Host, SSHConnector]]:
     """A one-host fleet, its Host and an SSHConnector that reads no ssh_config."""

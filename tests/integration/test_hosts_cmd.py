@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Pause
+from conftest import HUNG
 from helpers import run_meshrun, stranger_inventory
 
 from meshrun.testing.fleet import Fleet
@@ -70,16 +70,13 @@ def test_hosts_with_a_refused_key_is_reachable_but_not_logged_in(
     assert "refused every key" in (h1["error"] or ""), f"expected the reason: {h1}"
 
 
-def test_hosts_with_hung_hosts_exits_3(make_fleet: MakeFleet, pause: Pause) -> None:
-    fleet = make_fleet(4)
-    paused = ["h2", "h3", "h4"]  # several, so the race in the bug shows on every run
-    for name in paused:
-        pause(fleet, name)
+def test_hosts_with_hung_hosts_exits_3(hung_fleet: Fleet) -> None:
+    fleet = hung_fleet
     for _ in range(2):
         r = run_meshrun("hosts", "--hosts", fleet.hosts_toml, "--json", "--connect-timeout", "1s")
         assert r.rc == 3, f"expected exit 3 with hung hosts{r.describe()}"
         assert "Traceback" not in r.stderr, f"expected no traceback{r.describe()}"
-        for name in paused:
+        for name in HUNG:
             h = r.hosts[name]
             assert h["reachable"] is False and "banner" in (h["error"] or ""), (
                 f"expected {name} unreachable with a banner timeout, got {h}"
