@@ -216,7 +216,7 @@ def _prior_outputs(
         run_id = _last_success(history, killed, need, graph.scope)
         if run_id is None:
             continue  # never recorded as passed: nothing to push (a dependent says so)
-        source = state.run_dir(run_id) / "artifacts" / need
+        source = state.run(run_id).artifacts / need
         try:
             manifest = state.run_dir(run_id) / MANIFEST_NAME
             if manifest.is_file():
@@ -394,7 +394,7 @@ def run_dispatch(
                 log.info("%s: %s; the workspace goes over SFTP", host.name, why)
             return workdir
 
-        artifacts_root = run_dir / "artifacts"
+        artifacts_root = RunDir(run_dir).artifacts
         claimed: dict[str, str] = {}  # output path -> the task that wrote it
         claim_lock = threading.Lock()
 

@@ -75,6 +75,7 @@ from meshrun.dispatch.scheduler import (
 )
 from meshrun.integrity.manifest import FileEntry
 from meshrun.records import record
+from meshrun.rundir import RunDir
 from meshrun.transport.base import Connector
 
 #: One logger for the whole executor: ``-v`` shows its records, each naming its host.
@@ -120,7 +121,7 @@ class Dispatcher:
             self.expected_s,
             Policy(fail_fast=self.options.fail_fast, max_fail=self.options.max_fail),
         )
-        self.logs_dir = self.run_dir / "logs"
+        self.logs_dir = RunDir(self.run_dir).logs
         self._attempts = Attempts(
             self.graph,
             run_id=self.run_id,
