@@ -262,15 +262,24 @@ def _change_here(root: Path) -> None:
 
 
 def _change_there(work: Path) -> None:
-    """On the host: extras, excluded extras, stale hidden outputs."""
-    write(work, "extra.txt")
-    write(work, "src/extra/deep/x.txt")
-    write(work, "src/sub/extra.py")
-    write(work, "docs/extra.txt")
-    write(work, "host.log")  # excluded: stays
-    write(work, "node_modules/pkg/index.js")  # excluded directory: stays
-    write(work, "dist/app.bin", "stale output from an earlier run")
-    write(work, "out.log", "stale log")
+    """On the host: extras, excluded extras, stale hidden outputs.
+
+    Everything it makes gets one fixed mtime: what a push leaves alone (excluded
+    entries) is compared between two hosts changed moments apart, maybe a second apart.
+    """
+    made = [
+        write(work, "extra.txt"),
+        write(work, "src/extra/deep/x.txt"),
+        write(work, "src/sub/extra.py"),
+        write(work, "docs/extra.txt"),
+        write(work, "host.log"),  # excluded: stays
+        write(work, "node_modules/pkg/index.js"),  # excluded directory: stays
+        write(work, "dist/app.bin", "stale output from an earlier run"),
+        write(work, "out.log", "stale log"),
+    ]
+    made += [work / "src/extra/deep", work / "src/extra", work / "node_modules/pkg"]
+    for path in [*made, work / "node_modules"]:
+        os.utime(path, (T0 + 7, T0 + 7))
     (work / "dangling").symlink_to("nowhere")
 
 
