@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from meshrun.records import record
-from meshrun.rundir import JOURNAL_NAME
+from meshrun.rundir import JOURNAL_NAME, RunDir
 
 __all__ = ["JOURNAL_NAME", "Journal", "JournalRecord", "latest_journal", "read_journal"]
 
@@ -48,7 +48,7 @@ class Journal:
         started: float,
         scope: str = "",
     ) -> None:
-        self.path = Path(run_dir) / JOURNAL_NAME
+        self.path = RunDir(Path(run_dir)).journal
         self._file: IO[str] | None = None
         self._synced = time.monotonic()
         try:
@@ -128,7 +128,7 @@ class JournalRecord:
 
 def read_journal(run_dir: Path) -> JournalRecord | None:
     """The journal in ``run_dir``; None if there is none or it has no start line."""
-    path = Path(run_dir) / JOURNAL_NAME
+    path = RunDir(Path(run_dir)).journal
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:

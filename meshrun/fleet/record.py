@@ -22,7 +22,7 @@ from meshrun.config.inventory import Host
 from meshrun.errors import InputError
 from meshrun.fleet.pull import check_pull_names
 from meshrun.fleet.run import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
-from meshrun.rundir import DEFAULT_STATE_DIR, FLEET_FILES_DIR, SCHEMA, RunDir, StateDir
+from meshrun.rundir import DEFAULT_STATE_DIR, SCHEMA, RunDir, StateDir
 from meshrun.stopsignals import signal_name
 from meshrun.transport.base import Connector
 
@@ -67,11 +67,6 @@ def fleet_document(report: FleetReport) -> dict[str, Any]:
             for r in report.results
         ],
     }
-
-
-def fleet_run_dir(state_dir: Path, run_id: str) -> Path:
-    """``<state_dir>/runs/<run_id>``: where a recorded fleet run is written."""
-    return StateDir(Path(state_dir)).run_dir(run_id)
 
 
 def build_fleet_manifest(
@@ -158,9 +153,10 @@ def run_fleet_recorded(
     """
     if not job.pull and signing_key is None:
         return run_fleet(hosts, job, connector, run_id=run_id, observer=observer)
-    run_dir = fleet_run_dir(state_dir or DEFAULT_STATE_DIR, run_id).absolute()
+    record = StateDir(Path(state_dir or DEFAULT_STATE_DIR).absolute()).run(run_id)
+    run_dir = record.path
     if job.pull:
-        pull_dir = run_dir / FLEET_FILES_DIR if job.pull_dir is None else job.pull_dir
+        pull_dir = record.hosts if job.pull_dir is None else job.pull_dir
         job = replace(job, pull_dir=Path(pull_dir).absolute())
         check_pull_names([host.name for host in hosts], job.pull_dir)
     # Before any host is contacted: a directory that cannot be made is bad input.
@@ -183,7 +179,6 @@ def run_fleet_recorded(
 __all__ = [
     "build_fleet_manifest",
     "fleet_document",
-    "fleet_run_dir",
     "record_fleet_run",
     "run_fleet_recorded",
 ]
