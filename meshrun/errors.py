@@ -4,7 +4,8 @@
     ├── InputError (2)                a file or option the user wrote is wrong
     │   ├── InventoryError            hosts.toml / --hosts / --limit
     │   ├── TaskFileError             tasks.toml
-    │   └── NameConflictError         another agent on the LAN announces the same name
+    │   ├── NameConflictError         another agent on the LAN announces the same name
+    │   └── DoesNotFit                a run cannot fit this process's fd/thread limits
     ├── ConnectError (3)              a host could not be reached or refused us
     │   ├── HostUnreachable           TCP refused / timed out, no SSH banner, link lost
     │   │   └── ChannelUnavailable    no channel could be opened: nothing was started
@@ -13,6 +14,7 @@
     ├── CommandError (1)              a command ran and failed (exit code, timeout)
     ├── DiscoveryError (1)            zeroconf could not announce or browse (sockets, multicast)
     ├── IntegrityError (4)            an artifact or manifest failed verification
+    ├── ResourceExhausted (1)         this process ran out of fds, threads or memory
     └── Interrupted (130)             stopped on request (Ctrl-C) before it finished
 
 Context lives in attributes (``host``, ``path``, ``fix``); ``str()`` is one readable
@@ -132,6 +134,11 @@ class NameConflictError(InputError):
         self.name = name
 
 
+class DoesNotFit(InputError):
+    """A run cannot fit this process's limits (``ulimit -n``, ``ulimit -u``) even one
+    host at a time: refused before it starts (:mod:`meshrun.resources`)."""
+
+
 class ConnectError(MeshrunError):
     """We could not get a working SSH session to ``host``."""
 
@@ -191,6 +198,22 @@ class IntegrityError(MeshrunError):
     """An artifact or manifest failed verification."""
 
     exit_code: int = ExitCode.INTEGRITY
+
+
+class ResourceExhausted(MeshrunError):
+    """The coordinator (this process) ran out of file descriptors, threads or memory
+    while ``doing`` something for a host: never the host's fault, so never counted as
+    unreachable; the work is tried again when resources free up."""
+
+    exit_code: int = ExitCode.FAILED
+
+    def __init__(self, resource: str, doing: str) -> None:
+        super().__init__(
+            f"meshrun ran out of {resource} while {doing}",
+            fix="raise `ulimit -n` or lower --parallel",
+        )
+        self.resource = resource
+        self.doing = doing
 
 
 class Interrupted(MeshrunError):

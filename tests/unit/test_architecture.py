@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "meshrun.errors",
             "meshrun.records",
+            "meshrun.resources",
             "meshrun.rundir",
             "meshrun.runid",
             "meshrun.stopsignals",
