@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import bisect
 import enum
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import field
 
 from meshrun import records
 from meshrun.config.tasks import Task, TaskGraph
+from meshrun.dispatch.scheduler.index import LazyHeap
 
 
 class TaskStatus(enum.Enum):
@@ -77,6 +79,18 @@ MOVE_MIN_GAIN = 0.25
 
 #: Up to this many (queued tasks x hosts), a join places every queued task again.
 REPLACE_MAX_WORK = 200_000
+
+#: How many hosts of one group a placement (or a steal's "would another host finish it
+#: sooner?") looks at beyond the first candidate, when the task would jump ahead of
+#: queued work there (its finish then depends on the task's priority, which no heap
+#: key can know). Exhaustive, hence exact, for groups up to this size (every host of
+#: bench/schedule and the property tests); on 1,000 hosts it bounds the search.
+SEARCH_BUDGET = 16
+
+#: How many queued tasks one idle host looks at when it tries to steal (from the back of
+#: the most loaded queues first). Only hosts that refuse tasks (a slow host, a label
+#: it lacks, a task that failed there) ever look further than the first.
+STEAL_LOOKAHEAD = 64
 
 
 @records.record
@@ -290,6 +304,27 @@ class _HostState:
     used: int = 0  # load units of running tasks
     queued_work: float = 0.0  # sum of expected_s * weight over the queue
     running_work: float = 0.0  # the same over running tasks
+    order: int = 0  # its position among the hosts (the indexes' name for it)
+    stealable: bool = False  # queued tasks it cannot start itself now (as indexed)
+
+
+@records.record(frozen=False, eq=False)
+class _Group:
+    """Hosts that can run the same tasks at the same speed: one (labels, slots, speed).
+
+    Each heap holds ``(key, name, order, version)`` (``lowest``: ``(key, order,
+    version)``): ``backlog`` every live host by ``_backlog_s`` (its expected finish of a
+    task queued behind everything there), ``running`` the hosts with a queue by their
+    running work alone (the earliest a task could finish there, ahead of the whole
+    queue), ``lowest`` the same hosts by the lowest priority they hold queued.
+    """
+
+    labels: frozenset[str]
+    slots: int
+    speed: float
+    backlog: LazyHeap
+    running: LazyHeap
+    lowest: LazyHeap
 
 
 class Scheduler:
@@ -319,6 +354,20 @@ class Scheduler:
         # What the event being handled ended and changed (its Decisions).
         self._ended: list[Ended] = []
         self._limit_changes: list[LimitChanged] = []
+        self._final = 0  # records in a final state (``finished`` without a pass over them)
+        # The indexes (index.py): hosts by order, each one's current version, the
+        # groups, the hosts with stealable tasks (most work first), the idle hosts that
+        # might steal, and what changed since the indexes were last brought up to date
+        # (``_changed``) or since ``_fill`` last looked at a host (``_dirty``).
+        self._by_order: list[_HostState] = []
+        self._versions: list[int] = []
+        self._groups: dict[tuple[frozenset[str], int, float], _Group] = {}
+        self._groups_for_task: dict[tuple[frozenset[str], int], list[_Group]] = {}
+        self._victims = LazyHeap(self._versions)  # (-backlog, order, version)
+        self._stealable = 0  # hosts with stealable tasks
+        self._idle: set[int] = set()  # live hosts with free room and an empty queue
+        self._changed: dict[int, _HostState] = {}
+        self._dirty: set[int] = set()
         for record in self.records.values():
             record.waiting_on = len(record.task.needs)
         for spec in hosts:
@@ -328,7 +377,7 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
-        return all(r.status.final for r in self.records.values())
+        return self._final == len(self.records)
 
     @property
     def stalled(self) -> list[str]:
@@ -401,7 +450,16 @@ class Scheduler:
     def _add_host(self, spec: HostSpec) -> None:
         existing = self.hosts.get(spec.name)
         if existing is None or not existing.alive:
-            self.hosts[spec.name] = _HostState(spec, limit=max(1, spec.slots))
+            state = _HostState(spec, limit=max(1, spec.slots))
+            if existing is None:
+                state.order = len(self._by_order)
+                self._by_order.append(state)
+                self._versions.append(0)
+            else:  # a lost host back: same place among the hosts, as in ``hosts``
+                state.order = existing.order
+                self._by_order[state.order] = state
+            self.hosts[spec.name] = state
+            self._touch(state)
         if self.policy.replace_per_host:
             self._replace_all(stalled_first=False)
 
@@ -464,10 +522,12 @@ class Scheduler:
         self._seq += 1
         bisect.insort(host.queue, (-self.records[name].priority, self._seq, name))
         host.queued_work += self._work(name)
+        self._touch(host)
 
     def _dequeue(self, host: _HostState, index: int) -> str:
         _, _, name = host.queue.pop(index)
         host.queued_work = max(0.0, host.queued_work - self._work(name))
+        self._touch(host)
         return name
 
     def _release(self, host: _HostState, name: str) -> None:
@@ -477,16 +537,18 @@ class Scheduler:
         if units is not None:
             host.used -= units
             host.running_work = max(0.0, host.running_work - self._work(name))
+            self._touch(host)
 
     def _place(self, name: str) -> None:
+        """Queue ``name`` on the host expected to finish it soonest (ties: the one with
+        less backlog, then by name), one where it has not failed if there is one."""
         record = self.records[name]
-        candidates = [h for h in self.hosts.values() if self._eligible(h, record.task)]
-        fresh = [h for h in candidates if h.spec.name not in record.avoid]
-        candidates = fresh or candidates
-        if not candidates:
+        best = self._soonest(record, avoid=record.avoid)
+        if best is None and record.avoid:
+            best = self._soonest(record, avoid=frozenset())
+        if best is None:
             self._stalled.append(name)
             return
-        best = min(candidates, key=lambda h: (self._finish_s(h, record), h.spec.name))
         self._enqueue(best, name)
 
     def _replace_queued(self, newcomers: list[_HostState]) -> None:
@@ -516,6 +578,7 @@ class Scheduler:
             queued += [name for _, _, name in host.queue]
             host.queue.clear()
             host.queued_work = 0.0
+            self._touch(host)
         names = stalled + queued if stalled_first else queued + stalled
         for name in self._by_priority(names):
             self._place(name)
@@ -653,6 +716,7 @@ class Scheduler:
         if limit != host.limit:
             self._limit_changes.append(LimitChanged(host.spec.name, host.limit, limit, why))
             host.limit = limit
+            self._touch(host)
 
     def _lose_host(self, name: str) -> None:
         host = self.hosts.get(name)
@@ -665,6 +729,7 @@ class Scheduler:
         host.expected_end.clear()
         host.used = 0
         host.queued_work = host.running_work = 0.0
+        self._touch(host)
         for task in orphans:
             record = self.records[task]
             self._moving.pop(task, None)
@@ -688,6 +753,7 @@ class Scheduler:
                 self._end(name, TaskStatus.CANCELLED, reason)
             host.queue.clear()
             host.queued_work = 0.0
+            self._touch(host)  # once per host: a stop is rare
         for name in self._stalled:
             self._end(name, TaskStatus.CANCELLED, reason)
         self._stalled.clear()
@@ -728,55 +794,80 @@ class Scheduler:
             return
         record.status = status
         record.error = error
+        self._final += 1
         self._ended.append(Ended(name, status, record.host, error))
 
     # -- filling hosts ---------------------------------------------------------------
 
     def _fill(self, now: float) -> list[Action]:
+        """Start what can start, host by host in their order, pass after pass until a
+        pass starts nothing.
+
+        Only hosts that may start something are visited: those whose own state changed
+        since they last had nothing to start (``_dirty``: what a queued host can start
+        depends on nothing else), and, while some host has tasks it cannot start itself,
+        the idle hosts that might steal them. A host that becomes one of these during a
+        pass is visited in this pass if it comes later, else in the next: the order
+        and the outcome are those of visiting every host on every pass.
+        """
         if self._stopping is not None:
             return []
         actions: list[Action] = []
-        progress = True
-        while progress:
+        later = self._dirty
+        self._dirty = set()
+        while True:
+            self._reindex()
+            thieves = self._stealable > 0
+            if thieves:
+                later |= self._idle
+            current = list(later)
+            heapq.heapify(current)
+            queued = set(later)
+            later = set()
             progress = False
-            for host in self.hosts.values():
+            while current:
+                order = heapq.heappop(current)
+                host = self._by_order[order]
                 if not host.alive or (host.running and host.used >= host.limit):
                     continue  # full: nothing can start there
                 chosen = self._next_for(host, now)
                 if chosen is None:
                     continue
-                name, stolen_from = chosen
-                record = self.records[name]
-                record.status = TaskStatus.RUNNING
-                record.host = host.spec.name
-                record.attempts += 1
-                host.running[name] = record.task.weight
-                host.expected_end[name] = (
-                    now
-                    + record.expected_s / host.spec.speed
-                    + self.transfer_s(name, host.spec.name)
-                )
-                host.used += record.task.weight
-                host.running_work += self._work(name)
-                actions.append(Start(name, host.spec.name, record.attempts, stolen_from))
+                actions.append(self._start(host, *chosen, now))
                 progress = True
-        return actions
+                self._reindex()
+                woken = self._dirty
+                if not thieves and self._stealable > 0:
+                    thieves = True
+                    woken = woken | self._idle
+                for other in woken:
+                    if other > order and other not in queued:
+                        heapq.heappush(current, other)
+                        queued.add(other)
+                    elif other <= order:
+                        later.add(other)
+                self._dirty = set()
+            if not progress:
+                return actions
+
+    def _start(self, host: _HostState, name: str, stolen_from: str | None, now: float) -> Start:
+        record = self.records[name]
+        record.status = TaskStatus.RUNNING
+        record.host = host.spec.name
+        record.attempts += 1
+        host.running[name] = record.task.weight
+        host.expected_end[name] = (
+            now + record.expected_s / host.spec.speed + self.transfer_s(name, host.spec.name)
+        )
+        host.used += record.task.weight
+        host.running_work += self._work(name)
+        self._touch(host)
+        return Start(name, host.spec.name, record.attempts, stolen_from)
 
     def _fits(self, host: _HostState, task: Task) -> bool:
         free = host.limit - host.used
         # A task heavier than the (shrunk) limit may run alone on an idle host.
         return task.weight <= free or (not host.running and task.weight <= host.spec.slots)
-
-    def _best_finish_s(self, record: TaskRecord, *, exclude: _HostState) -> float:
-        """The earliest expected finish of ``record`` on any other host that can run it."""
-        return min(
-            (
-                self._finish_s(other, record)
-                for other in self.hosts.values()
-                if other is not exclude and self._eligible(other, record.task)
-            ),
-            default=float("inf"),
-        )
 
     def _reserved_start(self, host: _HostState, units: int, now: float) -> float:
         """When ``units`` load units should be free on ``host``, from expected ends."""
@@ -813,34 +904,219 @@ class Scheduler:
             return None
         if host.used >= host.limit:
             return None
-        victims = sorted(
-            (h for h in self.hosts.values() if h is not host and h.alive and h.queue),
-            key=self._backlog_s,
-            reverse=True,
-        )
-        for victim in victims:
-            # What the victim can start itself right now (its free room, from the head
-            # of its queue) is not stolen: it would only move a task that starts anyway.
-            room = victim.limit - victim.used
-            own = 0
-            for _, _, queued in victim.queue:
-                room -= self.records[queued].task.weight
-                if room < 0:
-                    break
-                own += 1
-            for i in range(len(victim.queue) - 1, own - 1, -1):
+        self._reindex()
+        if not self._stealable:
+            return None
+        looked = 0
+        # The hosts with stealable tasks, most backlog first (ties: in their order).
+        for _, order, _ in self._victims.ordered():
+            victim = self._by_order[order]
+            for i in range(len(victim.queue) - 1, self._own(victim) - 1, -1):
+                looked += 1
+                if looked > STEAL_LOOKAHEAD:
+                    return None
                 name = victim.queue[i][2]
                 record = self.records[name]
                 if host.spec.name in record.avoid:
                     continue  # it failed here; its retry was placed elsewhere on purpose
+                if not (self._eligible(host, record.task) and self._fits(host, record.task)):
+                    continue
                 # Steal only what no other host would clearly finish sooner: a slow
                 # host must not grab a long task that a fast one would end earlier.
                 mine = record.expected_s / host.spec.speed + self.transfer_s(name, host.spec.name)
-                if mine * STEAL_MARGIN > self._best_finish_s(record, exclude=host):
+                if self._sooner_elsewhere(record, host, mine * STEAL_MARGIN):
                     continue
-                if self._eligible(host, record.task) and self._fits(host, record.task):
-                    return self._dequeue(victim, i), victim.spec.name
+                return self._dequeue(victim, i), victim.spec.name
         return None
+
+    # -- the indexes (index.py) --------------------------------------------------------
+
+    def _touch(self, host: _HostState) -> None:
+        """``host``'s state changed: re-index it before the next question, and let
+        ``_fill`` look at it again."""
+        self._changed[host.order] = host
+        self._dirty.add(host.order)
+
+    def _reindex(self) -> None:
+        """New entries for the hosts that changed; their old ones become stale."""
+        if not self._changed:
+            return
+        for order, host in self._changed.items():
+            self._versions[order] += 1
+            version = self._versions[order]
+            stealable = host.alive and len(host.queue) > self._own(host)
+            self._stealable += stealable - host.stealable
+            host.stealable = stealable
+            if host.alive and not host.queue and host.used < host.limit:
+                self._idle.add(order)
+            else:
+                self._idle.discard(order)
+            if not host.alive:
+                continue
+            group = self._group(host.spec)
+            name = host.spec.name
+            backlog = self._backlog_s(host)
+            group.backlog.push((backlog, name, order, version))
+            if host.queue:
+                # The first term of _finish_s with nothing queued ahead: a lower bound.
+                running = host.running_work / 2 / (host.spec.speed * max(1, host.limit))
+                group.running.push((running, name, order, version))
+                group.lowest.push((-host.queue[-1][0], order, version))
+                if stealable:
+                    self._victims.push((-backlog, order, version))
+        self._changed.clear()
+
+    def _own(self, host: _HostState) -> int:
+        """How many tasks from the head of ``host``'s queue it can start itself now
+        (its free room): those are not stolen, that would only move a task that starts
+        anyway."""
+        room = host.limit - host.used
+        own = 0
+        for _, _, queued in host.queue:
+            room -= self.records[queued].task.weight
+            if room < 0:
+                break
+            own += 1
+        return own
+
+    def _group(self, spec: HostSpec) -> _Group:
+        key = (spec.labels, spec.slots, spec.speed)
+        group = self._groups.get(key)
+        if group is None:
+            heaps = [LazyHeap(self._versions) for _ in range(3)]
+            group = self._groups[key] = _Group(spec.labels, spec.slots, spec.speed, *heaps)
+            self._groups_for_task.clear()
+        return group
+
+    def _eligible_groups(self, task: Task) -> list[_Group]:
+        key = (task.labels, task.weight)
+        groups = self._groups_for_task.get(key)
+        if groups is None:
+            groups = [
+                g
+                for g in self._groups.values()
+                if task.labels <= g.labels and task.weight <= g.slots
+            ]
+            self._groups_for_task[key] = groups
+        return groups
+
+    def _holders(self, record: TaskRecord) -> tuple[set[str], float]:
+        """The hosts holding outputs of ``record``'s needs, and ``transfer_s`` to any
+        other host (the same sum, in the same order)."""
+        holders: set[str] = set()
+        total = 0.0
+        for need in record.task.needs:
+            size = self._outputs.get(need)
+            if size is not None:
+                total += self.policy.transfer_setup_s + size / self.policy.transfer_bytes_per_s
+                holder = self.records[need].host
+                if holder is not None:
+                    holders.add(holder)
+        return holders, total
+
+    @staticmethod
+    def _ahead_of_some(host: _HostState, priority: float) -> bool:
+        """Would a task of ``priority`` go ahead of queued work on ``host``? Only then
+        is its finish there less than ``_backlog_s`` + its own time."""
+        return bool(host.queue) and -host.queue[-1][0] < priority
+
+    def _soonest(self, record: TaskRecord, *, avoid: Iterable[str]) -> _HostState | None:
+        """The live host that can run ``record`` and is expected to finish it first
+        (``_finish_s``, ties by name), skipping ``avoid``.
+
+        In each group, two walks: the hosts where the task would go ahead of queued work
+        by their running work (a lower bound of its finish there), and the others by
+        backlog (their finish is that backlog plus the task's own time), each while its
+        bound can still match the best so far and, once there is a best, for at most
+        SEARCH_BUDGET hosts. Hosts holding needs' outputs pay less transfer: each is
+        looked at on its own.
+        """
+        self._reindex()
+        avoid = set(avoid)
+        priority = record.priority
+        holders, transfer = self._holders(record)
+        best: tuple[float, str] | None = None
+        chosen: _HostState | None = None
+        for name in holders:
+            host = self.hosts.get(name)
+            if host is not None and name not in avoid and self._eligible(host, record.task):
+                key = (self._finish_s(host, record), name)
+                if best is None or key < best:
+                    best, chosen = key, host
+        skip = holders | avoid
+        for group in self._eligible_groups(record.task):
+            own_s = record.expected_s / group.speed
+            lowest = group.lowest.top()
+            if lowest is not None and lowest[0] < priority:
+                looked = 0
+                for bound, name, order, _ in group.running.ordered():
+                    if best is not None and (
+                        (bound + own_s) + transfer > best[0] or looked >= SEARCH_BUDGET
+                    ):
+                        break
+                    looked += 1
+                    host = self._by_order[order]
+                    if name in skip or not self._ahead_of_some(host, priority):
+                        continue
+                    key = (self._finish_s(host, record), name)
+                    if best is None or key < best:
+                        best, chosen = key, host
+            looked = 0
+            for backlog, name, order, _ in group.backlog.ordered():
+                finish = (backlog + own_s) + transfer  # _finish_s where it queues last
+                if best is not None and (finish > best[0] or looked >= SEARCH_BUDGET):
+                    break
+                looked += 1
+                host = self._by_order[order]
+                if name in skip or self._ahead_of_some(host, priority):
+                    continue  # looked at on its own, or in the walk above
+                if best is None or (finish, name) < best:
+                    best, chosen = (finish, name), host
+        return chosen
+
+    def _sooner_elsewhere(self, record: TaskRecord, exclude: _HostState, threshold: float) -> bool:
+        """Is another live host that can run ``record`` expected to finish it before
+        ``threshold``? The search of ``_soonest``, stopped at the first such host."""
+        priority = record.priority
+        holders, transfer = self._holders(record)
+        for name in holders:
+            host = self.hosts.get(name)
+            if host is None or host is exclude or not self._eligible(host, record.task):
+                continue
+            if self._finish_s(host, record) < threshold:
+                return True
+        for group in self._eligible_groups(record.task):
+            own_s = record.expected_s / group.speed
+            looked = 0
+            for backlog, name, order, _ in group.backlog.ordered():
+                if (backlog + own_s) + transfer >= threshold:
+                    break
+                host = self._by_order[order]
+                if host is exclude or name in holders:
+                    continue
+                if not self._ahead_of_some(host, priority):
+                    return True  # its finish is that bound
+                looked += 1
+                if looked > SEARCH_BUDGET:
+                    break
+                if self._finish_s(host, record) < threshold:
+                    return True
+            lowest = group.lowest.top()
+            if lowest is None or not lowest[0] < priority:
+                continue
+            looked = 0
+            for bound, name, order, _ in group.running.ordered():
+                if (bound + own_s) + transfer >= threshold:
+                    break
+                looked += 1
+                if looked > SEARCH_BUDGET:
+                    break
+                host = self._by_order[order]
+                if host is exclude or name in holders or not self._ahead_of_some(host, priority):
+                    continue
+                if self._finish_s(host, record) < threshold:
+                    return True
+        return False
 
 
 def _bottom_levels(graph: TaskGraph, expected_s: Mapping[str, float]) -> dict[str, float]:
