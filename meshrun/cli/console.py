@@ -16,6 +16,7 @@ alone costs a tenth of a second on every invocation.
 from __future__ import annotations
 
 import bisect
+import codecs
 import enum
 import logging
 import math
@@ -47,7 +48,7 @@ from meshrun.records import record
 from meshrun.transport.capture import HeadTail, LineSplitter, tail_text
 
 if TYPE_CHECKING:
-    from meshrun import Agent, DispatchReport, DurationRecord, Progress
+    from meshrun import Agent, DispatchReport, DurationRecord, Progress, TaskResult
 
 
 class OutputMode(enum.Enum):
@@ -768,7 +769,7 @@ class DispatchConsole(_StatusLine):
                     f"── {self._paint(t.name, '1;31')} (on {t.host}, {how}, "
                     f"attempt {t.attempts}) ── {t.log}\n"
                 )
-                _replay_file(t.log, self.err)
+                _replay_log(t, self.err)
         if self.quiet and report.exit_code == 0:
             return
         counts: dict[str, int] = defaultdict(int)
@@ -800,20 +801,24 @@ class DispatchConsole(_StatusLine):
         self.err.flush()
 
 
-_REPLAY_CHUNK = 1024 * 1024
-
-
-def _replay_file(path: str | None, out: TextIO) -> None:
-    """Copy a log to ``out`` a chunk at a time (a log may be larger than memory)."""
+def _replay_log(task: TaskResult, out: TextIO) -> None:
+    """Copy a task's log (its file, or its slice of the shared one) to ``out`` a chunk
+    at a time (a log may be larger than memory)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     last = "\n"
     try:
-        with open(path or "", encoding="utf-8", errors="replace") as f:
-            while chunk := f.read(_REPLAY_CHUNK):
-                out.write(chunk)
-                last = chunk[-1]
+        for chunk in task.log_chunks():
+            text = decoder.decode(chunk)
+            if text:
+                out.write(text)
+                last = text[-1]
     except OSError:
         out.write("(no log)\n")
         return
+    text = decoder.decode(b"", final=True)
+    if text:
+        out.write(text)
+        last = text[-1]
     if last != "\n":
         out.write("\n")
 

@@ -4,14 +4,13 @@ report.json) and JUnit XML for CI systems."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshrun.rundir import SCHEMA
 from meshrun.stopsignals import signal_name
 
 if TYPE_CHECKING:
-    from meshrun.dispatch.executor import DispatchReport
+    from meshrun.dispatch.executor import DispatchReport, TaskResult
 
 
 def dispatch_document(
@@ -36,7 +35,11 @@ def dispatch_document(
                 "exit_code": t.exit_code,
                 "attempts": t.attempts,
                 "duration_s": None if t.duration_s is None else round(t.duration_s, 3),
+                # A succeeded task's small log is a slice of logs/succeeded.log: these
+                # bytes from this offset (both None: the whole file ``log``).
                 "log": t.log,
+                "log_offset": t.log_offset,
+                "log_bytes": t.log_bytes,
                 "error": t.error,
                 # Every attempt: host, start and end (s from the run's start), outcome.
                 "timeline": [a.to_dict() for a in t.timeline],
@@ -59,14 +62,14 @@ def dispatch_document(
     }
 
 
-def _log_text(path: str, limit_bytes: int = 1 << 20) -> str:
+def _log_text(task: TaskResult, limit_bytes: int = 1 << 20) -> str:
     """A task's log for a report: the last ``limit_bytes`` of it."""
     try:
-        data = Path(path).read_bytes()
+        data, cut = task.log_tail(limit_bytes)
     except OSError:
         return ""
-    if len(data) > limit_bytes:
-        data = b"[... earlier output cut ...]\n" + data[-limit_bytes:]
+    if cut:
+        data = b"[... earlier output cut ...]\n" + data
     # XML 1.0 cannot carry most control characters.
     text = data.decode("utf-8", "replace")
     return "".join(c for c in text if c in "\t\n\r" or ord(c) >= 0x20)
@@ -110,7 +113,7 @@ def junit_xml(report: DispatchReport) -> str:
             failure = ET.SubElement(
                 case, "failure", {"message": t.error or "failed", "type": "TaskFailed"}
             )
-            failure.text = _log_text(t.log)
+            failure.text = _log_text(t)
         elif t.status in (TaskStatus.SKIPPED, TaskStatus.CANCELLED):
             ET.SubElement(case, "skipped", {"message": f"{t.status.value}: {t.error or ''}"})
     suites = ET.Element("testsuites")

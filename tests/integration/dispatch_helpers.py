@@ -111,10 +111,15 @@ def workdir_of(result: Result, host: str) -> Path:
 
 
 def log_text(result: Result, task: str) -> str:
-    """The log file the report names for ``task``."""
-    path = Path(tasks_of(result)[task]["log"])
+    """The log the report names for ``task``: its file, or its slice of the shared file
+    (``log_offset``, ``log_bytes``) when it succeeded."""
+    entry = tasks_of(result)[task]
+    path = Path(entry["log"])
     assert path.is_file(), f"expected a log file for {task} at {path}{result.describe()}"
-    return path.read_text(errors="replace")
+    with path.open("rb") as f:
+        f.seek(entry["log_offset"] or 0)
+        data = f.read() if entry["log_bytes"] is None else f.read(entry["log_bytes"])
+    return data.decode(errors="replace")
 
 
 def stamps(log: str) -> dict[str, float]:

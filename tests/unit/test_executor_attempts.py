@@ -148,6 +148,7 @@ def test_a_timed_out_attempt_is_stopped_and_fails_as_distress(tmp_path: Path) ->
     assert end.outcome == TaskFailed(
         "slow", "h1", STOPPED_EXIT, "timed out after 5s; its processes were killed", True
     )
+    made.close_logs()
     assert "# meshrun: timed out after 5s: killed, exit 143" in (tmp_path / "slow.log").read_text()
 
 
@@ -227,7 +228,7 @@ def test_a_failed_attempt_is_retried_on_another_host(tmp_path: Path) -> None:
         ("flaky", TaskStatus.SUCCEEDED),
         ("after", TaskStatus.SUCCEEDED),
     ]
-    log = Path(flaky.log).read_text()
+    log = b"".join(flaky.log_chunks()).decode()
     assert "flaked\n" in log and "fine\n" in log
 
 

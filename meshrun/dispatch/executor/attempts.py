@@ -2,7 +2,7 @@
 
 An attempt has a runner id unique in the run (a re-queued task must never share one
 with its attempt on a lost host, whose late reports would be taken for the new one),
-appends to its task's log (``logs/<task>.log``, every attempt of a task in one file),
+appends to its task's log (every attempt of a task in one log: ``logs.TaskLogs``),
 gets a deadline from its timeout once its command runs, and leaves an entry in its
 task's timeline when it ends. ``exited`` turns the runner's report into what the
 scheduler hears; whether a failed task runs again is the scheduler's call (retries).
@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from meshrun.agent.client import Runner, RunnerEvent, RunnerGone, TaskExited, TaskOutput
 from meshrun.config.tasks import TaskGraph
 from meshrun.dispatch.executor.clock import RunClock
 from meshrun.dispatch.executor.hosts import call_safely
+from meshrun.dispatch.executor.logs import TaskLogs
 from meshrun.dispatch.scheduler import Start, TaskFailed, TaskSucceeded
 from meshrun.errors import MeshrunError
 from meshrun.integrity.manifest import AttemptEntry
@@ -39,7 +39,6 @@ class Attempt:
     number: int
     started: float  # monotonic: when it was started, then when its command was
     deadline: float | None
-    log: BinaryIO
     weight: float = 1.0  # its host's speed (durations are learned per weight-1 host)
     timed_out: bool = False
     cancelled: bool = False
@@ -82,7 +81,7 @@ class Attempts:
         self._graph = graph
         self._run_id = run_id
         self._default_timeout_s = default_timeout_s
-        self._logs_dir = logs_dir
+        self.logs = TaskLogs(logs_dir)
         self._clock = clock
         self._put = put
         self._starts = 0
@@ -99,17 +98,11 @@ class Attempts:
         task_id = f"{start.task}#{self._starts}"
         stolen = f", taken from {start.stolen_from}'s queue" if start.stolen_from else ""
         log.info("%s: starts %s (attempt %d%s)", start.host, start.task, start.attempt, stolen)
-        log_file = (self._logs_dir / f"{start.task}.log").open("ab")
         command = self._graph.tasks[start.task].run
-        log_file.write(f"# meshrun: attempt {start.attempt} on {start.host}: {command}\n".encode())
+        header = f"# meshrun: attempt {start.attempt} on {start.host}: {command}\n"
+        self.logs.write(start.task, header.encode())
         attempt = Attempt(
-            start.task,
-            start.host,
-            start.attempt,
-            self._clock.monotonic(),
-            None,
-            log_file,
-            weight,
+            start.task, start.host, start.attempt, self._clock.monotonic(), None, weight
         )
         self.running[task_id] = attempt
         return task_id, attempt
@@ -146,8 +139,11 @@ class Attempts:
         """End an attempt whose command never ran (``note`` for its log)."""
         attempt = self.running.pop(task_id)
         if note is not None:
-            attempt.log.write(f"# meshrun: {note}\n".encode())
-        attempt.log.close()
+            self.note(attempt, f"# meshrun: {note}\n")
+
+    def note(self, attempt: Attempt, text: str) -> None:
+        """A line of meshrun's own in the attempt's log."""
+        self.logs.write(attempt.task, text.encode())
 
     # -- while it runs --------------------------------------------------------------------
 
@@ -155,7 +151,7 @@ class Attempts:
         """Output of a running attempt, appended to its log; None if it is not ours."""
         attempt = self.running.get(item.task_id)
         if attempt is not None:
-            attempt.log.write(item.data)
+            self.logs.write(attempt.task, item.data)
         return attempt
 
     def cancel(self, task: str, host: str, runner_of: RunnerOf) -> None:
@@ -208,7 +204,7 @@ class Attempts:
     # -- ending --------------------------------------------------------------------------
 
     def exited(self, event: TaskExited) -> AttemptEnd | None:
-        """A runner reports an exit: the attempt's log is closed, and how it ended comes
+        """A runner reports an exit: the attempt's log says how, and how it ended comes
         back; None for a late report from a host already written off."""
         attempt = self.running.get(event.task_id)
         if attempt is None or attempt.host != event.host:
@@ -219,8 +215,7 @@ class Attempts:
         ending = f"exit {event.exit_code} after {duration:.2f}s"
         if attempt.timed_out:  # its exit code is the kill's, not an answer of its own
             ending = f"timed out after {self.timeout_of(attempt.task):g}s: killed, {ending}"
-        attempt.log.write(f"\n# meshrun: {ending}\n".encode())
-        attempt.log.close()
+        self.note(attempt, f"\n# meshrun: {ending}\n")
         if event.exit_code is None and not (attempt.timed_out or attempt.cancelled):
             return AttemptEnd(event.task_id, attempt, duration, None, None, lost=True)
         if attempt.cancelled and not attempt.timed_out:
@@ -247,8 +242,7 @@ class Attempts:
         """Every attempt on a host that was lost ends there (each is re-queued)."""
         for task_id in [tid for tid, a in self.running.items() if a.host == host]:
             attempt = self.running.pop(task_id)
-            attempt.log.write(f"\n# meshrun: {host} was lost: {reason}\n".encode())
-            attempt.log.close()
+            self.note(attempt, f"\n# meshrun: {host} was lost: {reason}\n")
             took = self._clock.monotonic() - attempt.started
             self.record(attempt, "lost", None, took)
 
@@ -263,15 +257,14 @@ class Attempts:
         """Every running attempt ends cancelled at once (a second Ctrl-C); returned."""
         aborted = list(self.running.values())
         for attempt in aborted:
-            attempt.log.close()
             took = self._clock.monotonic() - attempt.started
             self.record(attempt, "cancelled", None, took)
         self.running.clear()
         return aborted
 
     def close_logs(self) -> None:
-        for attempt in self.running.values():
-            attempt.log.close()
+        """The run ended: every log still in memory goes to a file."""
+        self.logs.close()
 
     def timeout_of(self, task: str) -> float:
         return self._graph.tasks[task].timeout_s or self._default_timeout_s or 0.0

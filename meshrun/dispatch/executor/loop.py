@@ -315,7 +315,7 @@ class Dispatcher:
                 and end.task not in self._announced
             ):
                 self._announced.add(end.task)
-                self.observer(TaskEnded(end.task, end.host, end.status, None, 0.0, end.error))
+                self._ended(TaskEnded(end.task, end.host, end.status, None, 0.0, end.error))
 
     def _start(self, decision: Start) -> None:
         task = self.graph.tasks[decision.task]
@@ -357,7 +357,7 @@ class Dispatcher:
             self._conclude(attempt, took, failed, None)
             return
         note = f"# meshrun: its needs' outputs pushed here ({item.sent_bytes} bytes, {took:.2f}s)\n"
-        attempt.log.write(note.encode())
+        self._attempts.note(attempt, note)
         self._launch(item.task_id, attempt)
 
     def _exited(self, event: TaskExited) -> None:
@@ -386,7 +386,7 @@ class Dispatcher:
         self._attempts.record(attempt, "cancelled" if final else "moved", exit_code, duration)
         if final:
             self._announced.add(attempt.task)
-            self.observer(
+            self._ended(
                 TaskEnded(
                     attempt.task,
                     attempt.host,
@@ -418,7 +418,7 @@ class Dispatcher:
         decisions = self._scheduler.handle(outcome, self._clock.now())
         record = self._scheduler.records[attempt.task]
         final = record.status if record.status.final else None
-        self.observer(
+        self._ended(
             TaskEnded(
                 attempt.task,
                 attempt.host,
@@ -430,6 +430,12 @@ class Dispatcher:
         )
         self._announce_ends(decisions.ended)
         self._apply(decisions)
+
+    def _ended(self, event: TaskEnded) -> None:
+        """Tell the observer a task ended; once it is final, its log leaves memory."""
+        if event.status is not None:
+            self._attempts.logs.finish(event.task, event.status is TaskStatus.SUCCEEDED)
+        self.observer(event)
 
     def _host_lost(self, host: str, reason: str) -> None:
         if not self._pool.lose(host, reason):
@@ -475,28 +481,32 @@ class Dispatcher:
 
     def _report(self, started_wall: float, duration_s: float) -> DispatchReport:
         timeline = self._attempts.timeline
-        tasks = tuple(
-            TaskResult(
-                name=name,
-                status=record.status,
-                host=record.host,
-                exit_code=record.exit_code if record.status is not TaskStatus.SUCCEEDED else 0,
-                # Every attempt counts here, a lost or moved one too (the scheduler's
-                # count, which bounds retries, leaves those out).
-                attempts=len(timeline.get(name, ())) or record.attempts,
-                duration_s=self._attempts.last_duration.get(name),
-                log=str(self.logs_dir / f"{name}.log"),
-                error=record.error if record.status is not TaskStatus.SUCCEEDED else None,
-                files=self._transfers.files.get(name, ()),
-                timeline=tuple(timeline.get(name, ())),
+        tasks = []
+        for name, rec in self._scheduler.records.items():
+            place = self._attempts.logs.place(name)
+            tasks.append(
+                TaskResult(
+                    name=name,
+                    status=rec.status,
+                    host=rec.host,
+                    exit_code=rec.exit_code if rec.status is not TaskStatus.SUCCEEDED else 0,
+                    # Every attempt counts here, a lost or moved one too (the scheduler's
+                    # count, which bounds retries, leaves those out).
+                    attempts=len(timeline.get(name, ())) or rec.attempts,
+                    duration_s=self._attempts.last_duration.get(name),
+                    log=place.path,
+                    error=rec.error if rec.status is not TaskStatus.SUCCEEDED else None,
+                    files=self._transfers.files.get(name, ()),
+                    timeline=tuple(timeline.get(name, ())),
+                    log_offset=place.offset,
+                    log_bytes=place.size,
+                )
             )
-            for name, record in self._scheduler.records.items()
-        )
         return DispatchReport(
             self.run_id,
             started_wall,
             duration_s,
-            tasks,
+            tuple(tasks),
             self._pool.summaries(),
             str(self.run_dir),
             self._interrupted,

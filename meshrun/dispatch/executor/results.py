@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Iterator
 
 from meshrun import stopsignals
+from meshrun.dispatch.executor.logs import log_chunks, log_tail
 from meshrun.dispatch.scheduler import TaskStatus
 from meshrun.errors import ExitCode
 from meshrun.integrity.manifest import AttemptEntry, FileEntry
@@ -47,10 +49,25 @@ class TaskResult:
     exit_code: int | None
     attempts: int
     duration_s: float | None  # of the last attempt
+    #: The file that holds its log: ``logs/<task>.log``, or for a task that succeeded
+    #: with a small log the run's ``logs/succeeded.log``, of which its log is the
+    #: ``log_bytes`` bytes from ``log_offset`` (None: the whole file).
     log: str
     error: str | None
     files: tuple[FileEntry, ...] = ()  # collected outputs, verified on arrival
     timeline: tuple[AttemptEntry, ...] = ()  # every attempt, lost and moved ones too
+    log_offset: int | None = None
+    log_bytes: int | None = None
+
+    def log_chunks(self) -> Iterator[bytes]:
+        """Its log, a chunk at a time (a log may be larger than memory). OSError if
+        there is none (it never ran)."""
+        return log_chunks(self.log, self.log_offset, self.log_bytes)
+
+    def log_tail(self, limit_bytes: int) -> tuple[bytes, bool]:
+        """The last ``limit_bytes`` of its log, and whether earlier output was cut.
+        OSError if there is none."""
+        return log_tail(self.log, self.log_offset, self.log_bytes, limit=limit_bytes)
 
 
 @record
