@@ -212,8 +212,13 @@ class ExecRunner:
             name=f"meshrun-exec-{self.host}",
             daemon=True,
         )
+        try:
+            thread.start()
+        except RuntimeError:  # can't start new thread: the caller tries again later
+            with self._lock:
+                self._cancels.pop(task_id, None)
+            raise
         self._threads.append(thread)
-        thread.start()
 
     def _run(
         self, task_id: str, command: str, env: Mapping[str, str], cancel: threading.Event

@@ -14,12 +14,14 @@ from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meshrun import resources
 from meshrun.agent.client import AgentRunner, Runner
 from meshrun.config.inventory import Host, HostDefaults, limit_filter
 from meshrun.config.sizes import format_size
 from meshrun.config.tasks import Task, TaskGraph, check_placeable
 from meshrun.dispatch import staging
 from meshrun.dispatch.executor import (
+    FDS_PER_HOST,
     Dispatcher,
     DispatchEvent,
     DispatchOptions,
@@ -307,6 +309,13 @@ def run_dispatch(
         check_placeable(graph, hosts)
     else:  # a host that can run them may yet appear
         options = replace(options, wait_for_hosts_s=max(options.wait_for_hosts_s, discovery.wait_s))
+    # Every host's connection stays open for the run: refuse now (exit 2) what cannot
+    # fit under `ulimit -n` (raised to the hard limit at start), not mid-run.
+    resources.check_fits(
+        resources.RESERVE_FDS + FDS_PER_HOST * len(hosts),
+        f"dispatch on {len(hosts)} host{'s' * (len(hosts) != 1)}",
+        option="the number of hosts (--limit)",
+    )
     run_dir = state.run_dir(run_id)
     with History(state.history, scope=graph.scope) as history:
         expected = history.expected(graph.tasks)

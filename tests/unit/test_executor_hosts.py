@@ -4,12 +4,21 @@ scheduler, refusals, a host that drops during set-up, hosts that leave."""
 
 from __future__ import annotations
 
+import errno
 import queue
+from collections.abc import Callable
 
 from meshrun.agent.client import Runner
 from meshrun.config.inventory import Host
 from meshrun.dispatch.executor import GATHER_S, HostState
-from meshrun.dispatch.executor.hosts import Connected, HostPool, Unreachable
+from meshrun.dispatch.executor.hosts import (
+    SHORTAGE_GIVE_UP_S,
+    SHORTAGE_RETRY_S,
+    Connected,
+    HostPool,
+    Starved,
+    Unreachable,
+)
 from meshrun.dispatch.scheduler import HostJoined, HostsJoined, HostSpec
 from meshrun.errors import HostKeyError, HostUnreachable
 from meshrun.testing.fake import FakeConnector
@@ -18,14 +27,18 @@ from meshrun.transport.base import Connection
 H1 = Host(name="h1", workdir="~/w", slots=2, weight=2.0, labels=frozenset({"x"}))
 H2 = Host(name="h2", workdir="~/w")
 
-Item = Connected | Unreachable
+Item = Connected | Unreachable | Starved
+
+
+def _no_later(delay_s: float, call: Callable[[], None]) -> None:
+    raise AssertionError("nothing should be retried here")
 
 
 def pool(
     connector: FakeConnector, hosts: list[Host], **kw: object
 ) -> tuple[HostPool, queue.Queue[Item]]:
     items: queue.Queue[Item] = queue.Queue()
-    options = {"prepare": None, "use_agent": False, **kw}
+    options = {"prepare": None, "use_agent": False, "later": _no_later, **kw}
     return HostPool(hosts, connector, items.put, **options), items  # type: ignore[arg-type]
 
 
@@ -150,3 +163,52 @@ def test_a_host_still_connecting_when_the_run_ends_is_unused() -> None:
     (summary,) = hosts.summaries()
     assert summary.status is HostState.UNUSED
     assert hosts.close() == []  # no runner to close
+
+
+class OutOfFds(FakeConnector):
+    """Connecting fails as it does when this process has no descriptor left, ``times``
+    times."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def connect(self, host: Host) -> Connection:
+        if self.times:
+            self.times -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().connect(host)
+
+
+def test_a_host_set_up_without_fds_here_is_retried_not_unreachable() -> None:
+    later: list[tuple[float, Callable[[], None]]] = []
+    hosts, items = pool(OutOfFds(times=1), [H1], later=lambda d, c: later.append((d, c)))
+    hosts.connect_all()
+    item = next_item(items)
+    assert isinstance(item, Starved) and "file descriptors (EMFILE" in item.error, item
+    assert hosts.starved(item, at=0.0), "the first shortage of the run is told"
+    assert hosts.connecting and hosts.shortage == item.error
+    ((delay, again),) = later
+    assert delay == SHORTAGE_RETRY_S
+    again()  # when the loop calls it: the host connects this time
+    back = next_item(items)
+    assert isinstance(back, Connected) and hosts.ready(back) is not None
+    (summary,) = hosts.summaries()
+    assert (summary.status, summary.error, summary.refused) == (HostState.OK, None, False)
+
+
+def test_a_host_starved_too_long_with_no_host_working_is_given_up_unused() -> None:
+    later: list[tuple[float, Callable[[], None]]] = []
+    hosts, items = pool(OutOfFds(times=99), [H1], later=lambda d, c: later.append((d, c)))
+    hosts.connect_all()
+    first = next_item(items)
+    assert isinstance(first, Starved)
+    hosts.starved(first, at=0.0)
+    later.pop()[1]()
+    second = next_item(items)
+    assert isinstance(second, Starved)
+    assert not hosts.starved(second, at=SHORTAGE_GIVE_UP_S), "told once per run"
+    assert later == [] and not hosts.connecting
+    (summary,) = hosts.summaries()
+    assert summary.status is HostState.UNUSED and not summary.refused
+    assert summary.error == second.error

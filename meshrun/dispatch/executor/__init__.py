@@ -12,7 +12,7 @@
 """
 
 from meshrun.dispatch.executor.attempts import STOP_GRACE_S
-from meshrun.dispatch.executor.hosts import GATHER_S, PrepareFn
+from meshrun.dispatch.executor.hosts import FDS_PER_HOST, GATHER_S, PrepareFn
 from meshrun.dispatch.executor.loop import Dispatcher
 from meshrun.dispatch.executor.progress import (
     DispatchEvent,
@@ -36,6 +36,7 @@ from meshrun.dispatch.executor.results import (
 from meshrun.dispatch.executor.transfers import CollectFn, StageFn
 
 __all__ = [
+    "FDS_PER_HOST",
     "GATHER_S",
     "STOP_GRACE_S",
     "CollectFn",

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from meshrun import resources
 from meshrun.agent.client import Runner, RunnerEvent, RunnerGone, TaskExited, TaskOutput
 from meshrun.config.tasks import TaskGraph
 from meshrun.dispatch.executor.clock import RunClock
@@ -43,7 +44,9 @@ class Attempt:
     timed_out: bool = False
     cancelled: bool = False
     stop_sent: float | None = None  # when we asked the host to stop it
-    staging: bool = False  # its needs' outputs are still being pushed to the host
+    #: Its command has not started: its needs' outputs are being pushed to the host, or
+    #: it waits for this process's resources (a cancel only marks it).
+    staging: bool = False
 
 
 @record
@@ -107,8 +110,9 @@ class Attempts:
         self.running[task_id] = attempt
         return task_id, attempt
 
-    def launch(self, task_id: str, attempt: Attempt, runner: Runner, workdir: str) -> None:
-        """Run the attempt's command on its host; its clock and timeout start now."""
+    def launch(self, task_id: str, attempt: Attempt, runner: Runner, workdir: str) -> str | None:
+        """Run the attempt's command on its host; its clock and timeout start now. What
+        this process ran short of (fds, threads) when it could not start it, else None."""
         task = self._graph.tasks[attempt.task]
         timeout = task.timeout_s or self._default_timeout_s
         attempt.started = self._clock.monotonic()
@@ -122,9 +126,16 @@ class Attempts:
         }
         try:
             runner.run(task_id, task.run, workdir, env)
-        except MeshrunError as exc:
+        except Exception as exc:
+            shortage = resources.resource_error(exc, f"starting {attempt.task}")
+            if shortage is not None:
+                attempt.deadline = None
+                return str(shortage)
+            if not isinstance(exc, MeshrunError):
+                raise
             self._put(TaskExited(attempt.host, task_id, None, str(exc)))
             self._put(RunnerGone(attempt.host, str(exc)))
+        return None
 
     def unstage(self, task_id: str) -> Attempt | None:
         """The attempt whose inputs were being pushed, now done with that; None if it is

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
+from meshrun import resources
 from meshrun.agent.client import Runner, RunnerEvent, start_runner
 from meshrun.config.inventory import Host
 from meshrun.dispatch.executor.results import HostState, HostSummary
 from meshrun.dispatch.scheduler import HostJoined, HostsJoined, HostSpec
-from meshrun.errors import ConnectError, HostUnreachable, MeshrunError
+from meshrun.errors import ConnectError, HostUnreachable, MeshrunError, ResourceExhausted
 from meshrun.records import record
 from meshrun.transport.base import Connection, Connector
 
@@ -32,6 +33,21 @@ log = logging.getLogger("meshrun.dispatch.executor")
 #: join together, so the first to connect does not start the longest tasks before
 #: faster hosts are known. Later hosts join as they come.
 GATHER_S = 0.5
+
+#: The coordinator ran out of file descriptors, threads or memory while connecting a
+#: host, starting a task or a transfer: that is tried again this much later (what ran
+#: out may free up: a task ends, a transfer finishes, a host is lost), never counted as
+#: the host's or the task's fault.
+SHORTAGE_RETRY_S = 1.0
+#: ...for this long while no host takes tasks; then the host is given up (``unused``,
+#: the shortage its error) and, with no host left, the run ends saying what ran out.
+SHORTAGE_GIVE_UP_S = 30.0
+
+#: What each host of a dispatch holds for the whole run: its one pooled connection's
+#: socket (256 hosts x 4 slots measured 257 fds with the logs in memory). Dialing (an
+#: ssh-agent socket, a known_hosts read: 2 more for a moment) and transfers (rsync: ~14
+#: each) wait for descriptors when short, so only this must fit before the run starts.
+FDS_PER_HOST = 1
 
 #: Readies a connected host for tasks once its runner is up: claims the run's workdir
 #: there and pushes the workspace into it; returns the workdir its tasks run in.
@@ -56,6 +72,14 @@ class Unreachable:
 
 
 @record
+class Starved:
+    """Connecting or setting up a host failed for want of this process's resources."""
+
+    host: Host
+    error: str
+
+
+@record
 class AddHost:
     """A host appeared during the run (discovery)."""
 
@@ -71,7 +95,9 @@ class RemoveHost:
 
 
 #: What the connecting threads and the runners hand to the coordinator.
-Put = Callable[[RunnerEvent | Connected | Unreachable], None]
+Put = Callable[[RunnerEvent | Connected | Unreachable | Starved], None]
+#: Calls a function on the coordinator's thread this many seconds from now.
+Later = Callable[[float, Callable[[], None]], None]
 
 
 @record(frozen=False)
@@ -85,6 +111,7 @@ class HostInfo:
     fingerprint: str | None = None
     refused: bool = False  # kept when the host joins again (discovery): exit 3 stands
     workdir: str | None = None  # where its tasks run, once ready
+    starved_since: float | None = None  # monotonic: connecting it first ran short
 
     @property
     def placed(self) -> Host:
@@ -125,8 +152,12 @@ class HostPool:
         *,
         prepare: PrepareFn | None,
         use_agent: bool,
+        later: Later,
     ) -> None:
         self.infos = {h.name: HostInfo(h) for h in hosts}
+        self._later = later
+        self._connecting = len(self.infos)  # hosts in CONNECTING (kept, not counted)
+        self.shortage: str | None = None  # the last shortage that held a host back
         self._connector = connector
         self._put = put
         self._prepare = prepare
@@ -140,7 +171,11 @@ class HostPool:
 
     @property
     def connecting(self) -> bool:
-        return any(i.state is HostState.CONNECTING for i in self.infos.values())
+        return self._connecting > 0
+
+    def _set_state(self, info: HostInfo, state: HostState) -> None:
+        self._connecting += (state is HostState.CONNECTING) - (info.state is HostState.CONNECTING)
+        info.state = state
 
     @property
     def gathering(self) -> bool:
@@ -180,9 +215,11 @@ class HostPool:
         """A host that appeared (discovery): one already in the run is ignored; one that
         was lost or unreachable connects again (a refusal is remembered)."""
         known = self.infos.get(host.name)
-        if known is None or known.state in (HostState.LOST, HostState.UNREACHABLE):
+        gone = (HostState.LOST, HostState.UNREACHABLE, HostState.UNUSED)
+        if known is None or known.state in gone:
             refused = known is not None and known.refused
             self.infos[host.name] = HostInfo(host, refused=refused)
+            self._connecting += 1
             self._start_connecting(host)
 
     def _start_connecting(self, host: Host) -> None:
@@ -191,8 +228,15 @@ class HostPool:
         thread = threading.Thread(
             target=self._connect, args=(host,), name=f"meshrun-connect-{host.name}", daemon=True
         )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # can't start new thread: later, not the host's fault
+            shortage = resources.resource_error(exc, f"connecting to {host.name}")
+            if shortage is None:
+                raise
+            self._put(Starved(host, str(shortage)))
+            return
         self._threads.append(thread)
-        thread.start()
 
     def _connect(self, host: Host) -> None:
         try:
@@ -208,6 +252,9 @@ class HostPool:
                 log.info("%s: lost while setting up (%s); connecting again", host.name, exc)
                 conn = self._connector.connect(host)
                 runner, workdir = self._set_up(host, conn)
+        except ResourceExhausted as exc:
+            self._put(Starved(host, str(exc)))
+            return
         except ConnectError as exc:
             self._put(Unreachable(host, without_host(str(exc), host), refused=True))
             return
@@ -215,6 +262,10 @@ class HostPool:
             self._put(Unreachable(host, without_host(str(exc), host)))
             return
         except Exception as exc:  # never hang the run on a bug in one host's set-up
+            shortage = resources.resource_error(exc, f"setting up {host.name}")
+            if shortage is not None:  # EMFILE, can't start new thread...: not the host
+                self._put(Starved(host, str(shortage)))
+                return
             log.exception("%s: setting up failed", host.name)
             self._put(Unreachable(host, f"internal error: {exc!r}"))
             return
@@ -253,7 +304,8 @@ class HostPool:
         info.runner = item.runner
         info.fingerprint = item.fingerprint
         info.workdir = item.workdir
-        info.state = HostState.OK
+        info.starved_since = None
+        self._set_state(info, HostState.OK)
         info.slots = item.host.slots or item.runner.cpus or 1
         slots = f"{info.slots} slot{'s' * (info.slots != 1)}"
         log.info("%s: ready (%s runner, %s)", item.host.name, item.runner.kind, slots)
@@ -289,9 +341,34 @@ class HostPool:
             return False
         # A host that left while connecting (discovery) was not refused: it went away.
         info.refused = info.refused or (item.refused and info.state is HostState.CONNECTING)
-        info.state = HostState.UNREACHABLE
+        self._set_state(info, HostState.UNREACHABLE)
         info.error = item.error
         return True
+
+    def starved(self, item: Starved, at: float) -> bool:
+        """Connecting a host ran short of this process's resources (``at``: monotonic):
+        it connects again SHORTAGE_RETRY_S later, or, when no host has taken tasks for
+        SHORTAGE_GIVE_UP_S, it is given up (``unused``, the shortage its error). True if
+        it was the first shortage of the run (worth telling the user)."""
+        first = self.shortage is None
+        self.shortage = item.error
+        info = self.infos[item.host.name]
+        if info.host is not item.host or info.state is not HostState.CONNECTING:
+            return first
+        log.info("%s: %s; connecting again in %gs", item.host.name, item.error, SHORTAGE_RETRY_S)
+        if info.starved_since is None:
+            info.starved_since = at
+        if at - info.starved_since >= SHORTAGE_GIVE_UP_S and not self.live():
+            info.error = item.error
+            self._set_state(info, HostState.UNUSED)
+            return first
+
+        def again() -> None:
+            if self.infos.get(item.host.name) is info and info.state is HostState.CONNECTING:
+                self._start_connecting(info.host)
+
+        self._later(SHORTAGE_RETRY_S, again)
+        return first
 
     def lose(self, name: str, reason: str) -> bool:
         """A ready host went away: True if it was taking tasks (its runner still to be
@@ -315,7 +392,7 @@ class HostPool:
         info = self.infos.get(name)
         if info is None or info.state is not state:
             return False
-        info.state = HostState.LOST
+        self._set_state(info, HostState.LOST)
         info.error = reason
         return True
 

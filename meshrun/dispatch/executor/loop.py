@@ -11,10 +11,12 @@ collect; twice: close every link.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import queue
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 
@@ -25,11 +27,13 @@ from meshrun.config.tasks import TaskGraph
 from meshrun.dispatch.executor.attempts import Attempt, Attempts
 from meshrun.dispatch.executor.clock import RunClock
 from meshrun.dispatch.executor.hosts import (
+    SHORTAGE_RETRY_S,
     AddHost,
     Connected,
     HostPool,
     PrepareFn,
     RemoveHost,
+    Starved,
     Unreachable,
 )
 from meshrun.dispatch.executor.progress import (
@@ -87,7 +91,7 @@ PROGRESS_EVERY_S = 0.5
 #: the first hosts run at least this often.
 IDLE_WAIT_S = 0.2
 
-_Item = RunnerEvent | Connected | Unreachable | Collected | Staged | AddHost | RemoveHost
+_Item = RunnerEvent | Connected | Unreachable | Starved | Collected | Staged | AddHost | RemoveHost
 
 
 @record(frozen=False, slots=False)
@@ -114,6 +118,9 @@ class Dispatcher:
         self._clock = RunClock()
         self._wait_for_hosts_until = 0.0  # monotonic; set by run()
         self._announced: set[str] = set()  # tasks whose end the observer has seen
+        # Calls due later on this thread (retries after a shortage): (when, n, call).
+        self._later: list[tuple[float, int, Callable[[], None]]] = []
+        self._later_n = itertools.count()
         self._interrupted = False
         self._stop_signal: int = signal.SIGINT
         self._scheduler = Scheduler(
@@ -158,6 +165,7 @@ class Dispatcher:
             self._queue.put,
             prepare=self.prepare,
             use_agent=self.options.use_agent,
+            later=self._call_later,
         )
         self._transfers = Transfers(
             self.graph,
@@ -165,6 +173,7 @@ class Dispatcher:
             collect=self.collect,
             stage=self.stage,
             prior_outputs=self.prior_outputs,
+            later=self._call_later,
         )
         self._pool.connect_all()
         self._apply(self._scheduler.handle(RunStarted(), clock.now()))
@@ -212,11 +221,12 @@ class Dispatcher:
             and self._scheduler.stalled
             and self._clock.monotonic() >= self._wait_for_hosts_until
         ):
-            reason = (
-                "no reachable host matches its labels or weight"
-                if self._pool.live()
-                else "no host is reachable"
-            )
+            if self._pool.live():
+                reason = "no reachable host matches its labels or weight"
+            elif self._pool.shortage is not None:
+                reason = f"no host could be set up: {self._pool.shortage} (raise `ulimit -n`)"
+            else:
+                reason = "no host is reachable"
             self._apply(self._scheduler.handle(Abandon(reason), self._clock.now()))
             return
         try:
@@ -231,14 +241,25 @@ class Dispatcher:
                     self._handle(self._queue.get_nowait())
                 except queue.Empty:
                     break
+        now = self._clock.monotonic()
+        while self._later and self._later[0][0] <= now:
+            heapq.heappop(self._later)[2]()
         joined = self._pool.gathered(self._clock.monotonic())
         if joined is not None:
             self._apply(self._scheduler.handle(joined, self._clock.now()))
         self._attempts.check_deadlines(self._pool.runner)
 
+    def _call_later(self, delay_s: float, call: Callable[[], None]) -> None:
+        """Run ``call`` on this thread ``delay_s`` from now (a retry after a shortage)."""
+        when = self._clock.monotonic() + delay_s
+        heapq.heappush(self._later, (when, next(self._later_n), call))
+
     def _wait_s(self) -> float:
+        later = self._later[0][0] if self._later else None
         deadlines = [
-            d for d in (self._attempts.next_deadline(), self._pool.gather_deadline) if d is not None
+            d
+            for d in (self._attempts.next_deadline(), self._pool.gather_deadline, later)
+            if d is not None
         ]
         if not deadlines:
             return IDLE_WAIT_S
@@ -268,6 +289,14 @@ class Dispatcher:
             joined = self._pool.join(info, self._clock.monotonic())
             if joined is not None:
                 self._apply(self._scheduler.handle(joined, now))
+        elif isinstance(item, Starved):
+            if self._pool.starved(item, self._clock.monotonic()):
+                self.observer(
+                    Notice(
+                        f"{item.error}: hosts wait and connect again as resources free up "
+                        "(raise `ulimit -n` to connect them all at once)"
+                    )
+                )
         elif isinstance(item, Unreachable):
             if self._pool.unreachable(item):
                 self.observer(
@@ -333,9 +362,26 @@ class Dispatcher:
         self._launch(task_id, attempt)
 
     def _launch(self, task_id: str, attempt: Attempt) -> None:
+        if self._attempts.running.get(task_id) is not attempt:
+            return  # ended while it waited (its host lost, the run interrupted)
+        if attempt.cancelled:  # stopped while it waited for resources to start
+            self._attempts.drop(task_id, "stopped before it started")
+            self._stopped(attempt, None, 0.0)
+            return
         runner = self._pool.runner(attempt.host)
         assert runner is not None
-        self._attempts.launch(task_id, attempt, runner, self._pool.placed(attempt.host).workdir)
+        workdir = self._pool.placed(attempt.host).workdir
+        shortage = self._attempts.launch(task_id, attempt, runner, workdir)
+        attempt.staging = shortage is not None
+        if shortage is None:
+            return
+        # Out of threads or fds here: the slot stays taken and the command starts when
+        # some free up (a cancel meanwhile only marks it); the task has not failed and
+        # its host is fine.
+        log.info(
+            "%s: %s; starting %s in %gs", attempt.host, shortage, attempt.task, SHORTAGE_RETRY_S
+        )
+        self._call_later(SHORTAGE_RETRY_S, lambda: self._launch(task_id, attempt))
 
     def _staged(self, item: Staged) -> None:
         attempt = self._attempts.unstage(item.task_id)

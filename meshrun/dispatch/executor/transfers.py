@@ -14,11 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
+from meshrun import resources
 from meshrun.config.inventory import Host
 from meshrun.config.sizes import format_size
 from meshrun.config.tasks import Task, TaskGraph
 from meshrun.dispatch.executor.attempts import AttemptEnd
+from meshrun.dispatch.executor.hosts import SHORTAGE_GIVE_UP_S, SHORTAGE_RETRY_S, Later
 from meshrun.dispatch.scheduler import TaskFailed, TaskRecord, TaskSucceeded
 from meshrun.errors import IntegrityError, MeshrunError, in_context
 from meshrun.integrity.manifest import FileEntry
@@ -33,6 +36,8 @@ log = logging.getLogger("meshrun.dispatch.executor")
 CollectFn = Callable[[Host, Task, bool], tuple[FileEntry, ...]]
 #: Pushes needs' outputs (need name, its verified files) to a host; returns bytes sent.
 StageFn = Callable[[Host, Sequence[tuple[str, tuple[FileEntry, ...]]]], int]
+
+_T = TypeVar("_T")
 
 #: What a task's needs left that its host must have first: (need, its files).
 Inputs = list[tuple[str, tuple[FileEntry, ...]]]
@@ -70,7 +75,9 @@ class Transfers:
         collect: CollectFn | None,
         stage: StageFn | None,
         prior_outputs: Mapping[str, tuple[FileEntry, ...]],
+        later: Later,
     ) -> None:
+        self._later = later
         self._graph = graph
         self._put = put
         self._collect = collect
@@ -105,12 +112,13 @@ class Transfers:
         self._spawn(self._push_inputs, (task_id, host, inputs), f"meshrun-stage-{task}")
 
     def _push_inputs(self, task_id: str, host: Host, inputs: Inputs) -> None:
-        assert self._stage is not None
+        stage = self._stage
+        assert stage is not None
         task, needs = task_id.rpartition("#")[0], ", ".join(need for need, _ in inputs)
         log.info("%s: pushing the outputs of %s for %s", host.name, needs, task)
         began = time.monotonic()
         try:
-            sent = self._stage(host, inputs)
+            sent = _patiently(lambda: stage(host, inputs), f"pushing {task}'s inputs")
         except IntegrityError as exc:
             log.info("%s: the inputs of %s failed verification", host.name, task)
             self._put(Staged(task_id, error=str(exc), integrity=True))
@@ -149,11 +157,14 @@ class Transfers:
         )
 
     def _bring_home(self, task_id: str, host: Host, task: Task, succeeded: bool) -> None:
-        assert self._collect is not None
+        collect = self._collect
+        assert collect is not None
         log.info("%s: bringing the outputs of %s home", host.name, task.name)
         began = time.monotonic()
         try:
-            files = self._collect(host, task, succeeded)
+            files = _patiently(
+                lambda: collect(host, task, succeeded), f"collecting {task.name}'s outputs"
+            )
         except IntegrityError as exc:
             log.info("%s: the outputs of %s failed verification", host.name, task.name)
             self._put(Collected(task_id, (), str(exc), integrity=True))
@@ -210,5 +221,31 @@ class Transfers:
 
     def _spawn(self, target: Callable[..., None], args: tuple[object, ...], name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # can't start new thread: once some end
+            if resources.exhaustion(exc) is None:
+                raise
+            log.info("%s: no thread to start (%s); again in %gs", name, exc, SHORTAGE_RETRY_S)
+            self._later(SHORTAGE_RETRY_S, lambda: self._spawn(target, args, name))
+            return
         self.threads.append(thread)
-        thread.start()
+
+
+def _patiently(transfer: Callable[[], _T], doing: str) -> _T:
+    """Run ``transfer``; while it fails for want of this process's fds, threads or
+    memory (not the host's fault, nor the task's), try again every SHORTAGE_RETRY_S, for
+    at most SHORTAGE_GIVE_UP_S; then ResourceExhausted (a MeshrunError) says what ran
+    out."""
+    deadline = time.monotonic() + SHORTAGE_GIVE_UP_S
+    while True:
+        try:
+            return transfer()
+        except Exception as exc:
+            shortage = resources.resource_error(exc, doing)
+            if shortage is None:
+                raise
+            if time.monotonic() >= deadline:
+                raise shortage from exc
+            log.info("%s; trying again in %gs", shortage, SHORTAGE_RETRY_S)
+            time.sleep(SHORTAGE_RETRY_S)
