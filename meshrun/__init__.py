@@ -52,7 +52,7 @@ from meshrun.errors import (
     MeshrunError,
     TaskFileError,
 )
-from meshrun.fleet.probe import HostProbe, probe_hosts
+from meshrun.fleet.probe import HostProbe, probe_hosts, probe_parallel
 from meshrun.fleet.rollout import FailureBudget, batch_sizes
 from meshrun.fleet.run import (
     FleetEvent,
@@ -66,6 +66,7 @@ from meshrun.fleet.run import (
     RunStopping,
     Script,
     Tick,
+    effective_parallel,
     parse_env,
     read_script,
     run_fleet,
@@ -251,6 +252,7 @@ __all__ = [
     "discover",
     "dispatch_document",
     "document_json",
+    "effective_parallel",
     "exit_code_for_signal",
     "fleet_document",
     "format_duration",
@@ -269,6 +271,7 @@ __all__ = [
     "parse_env",
     "parse_size",
     "probe_hosts",
+    "probe_parallel",
     "read_inventory",
     "read_script",
     "record_fleet_run",

@@ -72,7 +72,8 @@ RESERVE_THREADS = 8
 EXEC_FDS_PER_HOST = 6
 
 #: One host of ``exec``/``run``/``hosts``: its worker and paramiko's reader thread
-#: (measured: 2 per running host), and a keepalive probe's short-lived sender.
+#: (measured: 2 per running host), and while it dials paramiko's handshake timer (a
+#: ``threading.Timer``; measured: 3 per dialling host), later a keepalive's sender.
 EXEC_THREADS_PER_HOST = 3
 
 #: A host that also pulls files (``--pull``) with rsync: the rsync process's pipes (2

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import meshrun
+from meshrun import resources
 from meshrun.cli import console, documents
 
 _DESCRIPTION = (
@@ -203,6 +204,17 @@ def _server_alive_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     ]
 
 
+def _parallel_option(p: argparse.ArgumentParser, default: str) -> argparse.Action:
+    return p.add_argument(
+        "-p",
+        "--parallel",
+        metavar="N",
+        type=int,
+        help=f"Hosts at once (default: {default}); each holds a connection until it is "
+        "done. Fewer, with a warning, when `ulimit -n` cannot hold so many.",
+    )
+
+
 def _fleet_options(
     p: argparse.ArgumentParser, *, timeout_help: str, env_help: str, output_help: str
 ) -> list[argparse.Action]:
@@ -210,13 +222,7 @@ def _fleet_options(
     return [
         _hosts_option(p),
         _limit_option(p),
-        p.add_argument(
-            "-p",
-            "--parallel",
-            metavar="N",
-            type=int,
-            help="Hosts at once (default: all, up to 256).",
-        ),
+        _parallel_option(p, "all, up to 256"),
         p.add_argument(
             "--batch",
             metavar="SIZES",
@@ -492,7 +498,7 @@ def _select(
                         f"{option} only applies to agents found with --discover; add "
                         "--discover, or set it for your hosts in hosts.toml"
                     )
-        return meshrun.resolve_hosts(hosts_spec, limits=limits or ())  # selects while reading
+        hosts = meshrun.resolve_hosts(hosts_spec)
     if limits:
         source = hosts_spec if hosts_spec and hosts_spec.endswith(".toml") else None
         hosts = meshrun.select_hosts(hosts, limits, source=source)
@@ -549,6 +555,7 @@ def _fleet(
         )
         interval_s = _progress_interval_s(progress_interval)
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
+        meshrun.effective_parallel(selected, job)  # exit 2 now if not one host fits
     connector = _connector(
         selected,
         connect_timeout,
@@ -711,6 +718,7 @@ def hosts_command(
     *,
     hosts: str | None,
     limit: list[str] | None,
+    parallel: int | None,
     json_out: bool,
     connect_timeout: str | None,
     server_alive_interval: str | None,
@@ -721,12 +729,17 @@ def hosts_command(
 ) -> int:
     """Check every selected host: reachable, login ok, round trip, CPUs, load, python3.
 
-    Exits 3 if any host is unreachable or refuses the login. With --discover, the
-    agents found on the LAN are checked too (each held to the host key it advertised).
+    Exits 3 if any host is unreachable or refuses the login; 1 if meshrun itself ran out
+    of file descriptors or threads before it could check some host ("not probed"). With
+    --discover, the agents found on the LAN are checked too (each held to the host key
+    it advertised).
     """
     _setup_logging(verbose, False)
     with _input_errors():
         selected = _select(hosts, limit, discovery)
+        if parallel is not None and parallel < 1:
+            raise ValueError("--parallel must be at least 1")
+        meshrun.probe_parallel(selected, parallel)  # exit 2 now if not one host fits
     connector = _connector(
         selected,
         connect_timeout,
@@ -735,24 +748,23 @@ def hosts_command(
         server_alive_count_max=server_alive_count_max,
     )
     try:
-        probes = meshrun.probe_hosts(selected, connector)
+        probes = meshrun.probe_hosts(selected, connector, parallel=parallel)
     finally:
         connector.close()
     if json_out:
         sys.stdout.write(meshrun.document_json(documents.hosts_document(probes)) + "\n")
     else:
         sys.stdout.write(console.render_probes(probes))
-    return (
-        meshrun.ExitCode.OK
-        if all(p.reachable and p.auth_ok for p in probes)
-        else meshrun.ExitCode.CONNECT
-    )
+    if any(not (p.reachable and p.auth_ok) and not p.shortage for p in probes):
+        return meshrun.ExitCode.CONNECT
+    return meshrun.ExitCode.FAILED if any(p.shortage for p in probes) else meshrun.ExitCode.OK
 
 
 def _hosts_parser() -> argparse.ArgumentParser:
     p = _parser("hosts", hosts_command, "[OPTIONS]")
     _hosts_option(p)
     _limit_option(p)
+    _parallel_option(p, "64")
     _json_option(p)
     _connect_timeout_option(p)
     _server_alive_options(p)
@@ -1549,6 +1561,9 @@ def main() -> None:
     # ssh_config `Match exec`, which meshrun never uses (it asks `ssh -G`): 55 ms of every
     # run on a machine with Fabric. The command process imports nothing else of it.
     sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+    # A fleet needs a descriptor per host at once; shells start most users at a soft
+    # `ulimit -n` of 1,024 under a far higher hard limit, which any process may take.
+    resources.raise_nofile_limit()
     try:
         with meshrun.stop_on_signals():
             code = _main(sys.argv[1:])

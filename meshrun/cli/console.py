@@ -526,6 +526,8 @@ def render_probes(probes: list[HostProbe]) -> str:
         status = (
             "ok" if p.reachable and p.auth_ok else ("refused" if p.reachable else "unreachable")
         )
+        if p.shortage:
+            status = "not probed"  # meshrun ran out of descriptors or threads, not the host
         rows.append(
             (
                 p.name,

@@ -32,6 +32,7 @@ def hosts_document(probes: list[HostProbe]) -> dict[str, Any]:
                 "load": list(p.load) if p.load else None,
                 "python3": p.python3,
                 "error": p.error,
+                "not_probed": p.shortage,  # meshrun ran short (fds, threads): not the host
             }
             for p in probes
         ],

@@ -1,4 +1,11 @@
-"""``meshrun hosts``: who is reachable, and what each host has (CPUs, load, python3)."""
+"""``meshrun hosts``: who is reachable, and what each host has (CPUs, load, python3).
+
+At most ``parallel`` hosts are probed at once (fitted to this process's limits), and a
+host's connection is closed as soon as it is probed, so descriptors and threads stay
+bounded however many hosts there are. A probe that fails because *this process* ran
+out of descriptors or threads is not the host's fault: it is tried again once the
+others are done, fewer at once.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,20 @@ import logging
 import time
 from collections.abc import Sequence
 
+from meshrun import resources
 from meshrun.config.inventory import Host
-from meshrun.errors import AuthError, ConnectError, HostKeyError
+from meshrun.errors import AuthError, ConnectError, HostKeyError, ResourceExhausted
 from meshrun.records import record
 from meshrun.transport.base import Connector
 
 log = logging.getLogger(__name__)
+
+#: Hosts probed at once when not told otherwise (``meshrun hosts -p``).
+DEFAULT_PROBE_PARALLEL = 64
+
+#: How many rounds a probe short of resources here gets (each with half the hosts at
+#: once, the last one alone) before it is reported as such.
+_SHORTAGE_ROUNDS = 4
 
 #: One round trip that answers every question; each answer on its own tagged line.
 PROBE_COMMAND = (
@@ -33,6 +48,9 @@ class HostProbe:
     load: tuple[float, float, float] | None = None
     python3: bool | None = None
     error: str | None = None
+    #: Not probed: this process ran out of descriptors, threads or memory (``error``
+    #: says which); says nothing about the host.
+    shortage: bool = False
 
 
 def parse_probe_output(text: str) -> tuple[int | None, tuple[float, float, float] | None, bool]:
@@ -53,6 +71,17 @@ def parse_probe_output(text: str) -> tuple[int | None, tuple[float, float, float
 
 
 def probe_host(host: Host, connector: Connector) -> HostProbe:
+    """Probe one host, then close its connection (:meth:`Connector.release`)."""
+    try:
+        return _probe(host, connector)
+    finally:
+        try:
+            connector.release(host)
+        except Exception:
+            log.exception("closing the connection to %s failed", host.name)
+
+
+def _probe(host: Host, connector: Connector) -> HostProbe:
     try:
         conn = connector.connect(host)
         raw = conn.run_raw(PROBE_COMMAND, timeout_s=30)
@@ -60,22 +89,63 @@ def probe_host(host: Host, connector: Connector) -> HostProbe:
         started = time.monotonic()
         conn.run_raw("true", timeout_s=30)
         rtt_ms = (time.monotonic() - started) * 1000
+    except ResourceExhausted as exc:
+        return HostProbe(host.name, host.address, False, False, error=str(exc), shortage=True)
     except (AuthError, HostKeyError) as exc:
         return HostProbe(host.name, host.address, True, False, error=str(exc))
     except ConnectError as exc:
         return HostProbe(host.name, host.address, False, False, error=str(exc))
     except Exception as exc:  # one host's surprise must not sink the whole table
+        shortage = resources.resource_error(exc, f"probing {host.name}")
+        if shortage is not None:
+            error = str(shortage)
+            return HostProbe(host.name, host.address, False, False, error=error, shortage=True)
         log.exception("probing %s failed", host.name)
         return HostProbe(host.name, host.address, False, False, error=f"internal error: {exc!r}")
     cpus, load, python3 = parse_probe_output(raw.stdout.decode("utf-8", "replace"))
     return HostProbe(host.name, host.address, True, True, rtt_ms, cpus, load, python3)
 
 
+def probe_parallel(hosts: Sequence[Host], parallel: int | None = None) -> tuple[int, str | None]:
+    """Hosts to probe at once: ``parallel`` (default :data:`DEFAULT_PROBE_PARALLEL`)
+    fitted to this process's limits, and the warning line when that is fewer.
+    DoesNotFit (exit 2) when not even one host at a time fits."""
+    wanted = min(parallel or DEFAULT_PROBE_PARALLEL, max(1, len(hosts)))
+    return resources.fit_parallel(
+        wanted,
+        fds_each=resources.EXEC_FDS_PER_HOST,
+        threads_each=resources.EXEC_THREADS_PER_HOST,
+        what=f"hosts on {len(hosts)} hosts",
+        option="--parallel" if parallel else "--parallel (default)",
+    )
+
+
 def probe_hosts(
-    hosts: Sequence[Host], connector: Connector, *, parallel: int = 64
+    hosts: Sequence[Host], connector: Connector, *, parallel: int | None = None
 ) -> list[HostProbe]:
-    """Probe every host at once (bounded), results in inventory order."""
+    """Probe every host, ``parallel`` at once (fitted: :func:`probe_parallel`), results
+    in inventory order. Probes short of resources here are tried again, fewer at once;
+    one still short when alone keeps ``shortage`` set."""
     from concurrent.futures import ThreadPoolExecutor  # `hosts` only: off exec's start
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
-        return list(pool.map(lambda h: probe_host(h, connector), hosts))
+    width, too_many = probe_parallel(hosts, parallel)
+    if too_many is not None:
+        log.warning("%s", too_many)
+    results: dict[int, HostProbe] = {}
+    todo = list(range(len(hosts)))
+    for round_ in range(_SHORTAGE_ROUNDS):
+        if round_:
+            width = 1 if round_ == _SHORTAGE_ROUNDS - 1 else max(1, width // 2)
+            log.warning(
+                "%d host%s not probed for want of resources here; trying again, %d at once",
+                len(todo),
+                "" if len(todo) == 1 else "s",
+                width,
+            )
+        with ThreadPoolExecutor(max_workers=max(1, min(width, len(todo)))) as pool:
+            done = list(pool.map(lambda i: probe_host(hosts[i], connector), todo))
+        results.update(zip(todo, done, strict=True))
+        todo = [i for i, probe in zip(todo, done, strict=True) if probe.shortage]
+        if not todo:
+            break
+    return [results[i] for i in range(len(hosts))]

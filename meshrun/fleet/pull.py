@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshrun import resources
 from meshrun.config.inventory import Host
 from meshrun.config.sizes import format_size
 from meshrun.errors import (
@@ -49,13 +50,16 @@ if TYPE_CHECKING:
 class HostPull:
     """What one host's pull did. ``files`` are installed; ``error`` None means all
     went well. ``integrity``: refused or changed files (exit 4); ``interrupted``:
-    stopped by Ctrl-C; ``lost``: the link to the host died."""
+    stopped by Ctrl-C; ``lost``: the link to the host died; ``shortage``: this process
+    ran out of descriptors, threads or memory (not the host's fault: worth a retry once
+    other hosts are done; nothing was installed)."""
 
     files: tuple[FileEntry, ...] = ()
     error: str | None = None
     integrity: bool = False
     interrupted: bool = False
     lost: bool = False
+    shortage: bool = False
 
 
 def pull_host(
@@ -102,11 +106,16 @@ def pull_host(
                 f"--pull-max-bytes ({format_size(max_bytes)}); nothing was pulled from this host"
             )
         pull(connector, host, files, dest_dir, workdir=root, cancel=cancel, timeout_s=timeout_s)
-    except IntegrityError as exc:
-        return HostPull(error=_unprefixed(name, str(exc)), integrity=True)
     except Interrupted:
         return interrupted()
-    except MeshrunError as exc:
+    except (MeshrunError, OSError, RuntimeError, MemoryError) as exc:
+        shortage = resources.resource_error(exc, f"pulling from {name}")
+        if shortage is not None:  # ours, not the host's: before integrity or a lost link
+            return HostPull(error=str(shortage), shortage=True)
+        if isinstance(exc, IntegrityError):
+            return HostPull(error=_unprefixed(name, str(exc)), integrity=True)
+        if not isinstance(exc, MeshrunError):
+            raise
         if cancel is not None and cancel.is_set():  # e.g. the link closed by a 2nd Ctrl-C
             return interrupted()
         lost = isinstance(exc, ConnectError)

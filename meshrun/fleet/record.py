@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 from meshrun.config.inventory import Host
 from meshrun.errors import InputError
 from meshrun.fleet.pull import check_pull_names
-from meshrun.fleet.run import FleetJob, FleetReport, HostStatus, Observer, _ignore, run_fleet
+from meshrun.fleet.run import (
+    FleetJob,
+    FleetReport,
+    HostStatus,
+    Observer,
+    _ignore,
+    effective_parallel,
+    run_fleet,
+)
 from meshrun.rundir import DEFAULT_STATE_DIR, SCHEMA, RunDir, StateDir
 from meshrun.stopsignals import signal_name
 from meshrun.transport.base import Connector
@@ -47,6 +55,7 @@ def fleet_document(report: FleetReport) -> dict[str, Any]:
         "duration_s": round(report.duration_s, 3),
         "interrupted": report.interrupted,
         "signal": None if report.stop_signal is None else signal_name(report.stop_signal),
+        "stop_reason": report.stop_reason,
         "run_dir": report.run_dir,
         "pull_dir": report.pull_dir,
         "manifest": report.manifest_path,
@@ -153,6 +162,7 @@ def run_fleet_recorded(
     """
     if not job.pull and signing_key is None:
         return run_fleet(hosts, job, connector, run_id=run_id, observer=observer)
+    effective_parallel(hosts, job)  # DoesNotFit before the run directory is made
     record = StateDir(Path(state_dir or DEFAULT_STATE_DIR).absolute()).run(run_id)
     run_dir = record.path
     if job.pull:

@@ -8,6 +8,18 @@ Partial failure is data: every host ends with a HostResult in the FleetReport.
 
 With ``FleetJob.pull``, each worker brings files home after its host's command ended
 (whatever its exit code), on the same pooled connection: see :mod:`meshrun.fleet.pull`.
+
+Resources stay bounded by ``parallel``: a worker releases its host's connection (its
+socket, paramiko's thread, any extra connection) as soon as the host is done, pull
+included, so the run holds at most ``parallel`` hosts' descriptors and threads, and
+``parallel`` is first fitted to what this process may open
+(:func:`effective_parallel`). A host whose connect or start fails because *this
+process* ran out of descriptors, threads or memory
+(:class:`~meshrun.errors.ResourceExhausted`) is not a failed host: it goes back to
+the front of the queue and starts again when another host finishes, and from then on
+no more hosts run at once than were running then. When nothing else runs and the
+shortage stays, the run stops starting hosts: the ones left are ``skipped``, naming
+what ran out (exit 1), and the report is complete.
 """
 
 from __future__ import annotations
@@ -26,9 +38,16 @@ from dataclasses import field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshrun import stopsignals
+from meshrun import resources, stopsignals
 from meshrun.config.inventory import Host
-from meshrun.errors import ChannelUnavailable, ConnectError, ExitCode, InputError, MeshrunError
+from meshrun.errors import (
+    ChannelUnavailable,
+    ConnectError,
+    ExitCode,
+    InputError,
+    MeshrunError,
+    ResourceExhausted,
+)
 from meshrun.fleet.rollout import FailureBudget
 from meshrun.records import record
 from meshrun.transport.base import CommandRequest, Connection, Connector, Stream
@@ -43,6 +62,12 @@ log = logging.getLogger(__name__)
 
 #: Hosts run at once when --parallel is not given.
 DEFAULT_PARALLEL_CAP = 256
+
+#: How often a run with no host running tries again to start one that failed for want
+#: of descriptors or threads here, and how long it waits between tries, before it
+#: stops starting hosts: something outside the run holds what it needs.
+SHORTAGE_TRIES = 3
+SHORTAGE_WAIT_S = 0.5
 
 
 class HostStatus(enum.Enum):
@@ -172,6 +197,9 @@ class FleetReport:
     run_dir: str | None = None
     manifest_path: str | None = None
     stop_signal: int | None = None  # the signal that interrupted it (2, 15, 1)
+    #: Why hosts stopped being started (fail-fast, --max-fail, a signal, this process
+    #: out of descriptors); None when every host was started.
+    stop_reason: str | None = None
 
     def count(self, status: HostStatus) -> int:
         return sum(1 for r in self.results if r.status is status)
@@ -233,6 +261,14 @@ class Tick:
     moves its ETA and running times on, and prints its progress line when one is due."""
 
 
+@record
+class _Deferred:
+    """A worker's host could not start for want of resources here (never shown)."""
+
+    host: Host
+    shortage: ResourceExhausted
+
+
 FleetEvent = HostStarted | HostOutput | HostFinished | RunStopping | Tick
 Observer = Callable[[FleetEvent], None]
 
@@ -250,7 +286,7 @@ class _Worker:
         job: FleetJob,
         env: Mapping[str, str],
         connector: Connector,
-        events: queue.Queue[FleetEvent],
+        events: queue.Queue[FleetEvent | _Deferred],
         cancel: threading.Event,
         interrupt: threading.Event,
     ) -> None:
@@ -270,6 +306,10 @@ class _Worker:
         started = time.monotonic()
         try:
             result = self._run(started)
+        except ResourceExhausted as exc:  # nothing ran: the coordinator tries it again
+            self._release()
+            self.events.put(_Deferred(self.host, exc))
+            return
         except ConnectError as exc:
             result = HostResult(
                 self.host.name,
@@ -282,10 +322,32 @@ class _Worker:
         except Exception as exc:  # a bug must not hang the run: report it on the host
             log.exception("internal error on %s", self.host.name)
             result = HostResult(self.host.name, HostStatus.FAILED, error=f"internal error: {exc!r}")
+        # Done with the host: its connection goes before the coordinator counts it out,
+        # so no more than ``parallel`` hosts' sockets and threads are ever held.
+        self._release()
         self.events.put(HostFinished(replace(result, host_key_fingerprint=self.fingerprint)))
 
+    def _release(self) -> None:
+        try:
+            self.connector.release(self.host)
+        except Exception:  # closing must not lose the host's result
+            log.exception("closing the connection to %s failed", self.host.name)
+
+    def _connect(self) -> Connection:
+        """The host's connection; ResourceExhausted when this process lacks what a
+        dial needs (descriptors, a thread, memory): never the host's fault."""
+        try:
+            return self.connector.connect(self.host)
+        except ResourceExhausted:
+            raise
+        except Exception as exc:
+            shortage = resources.resource_error(exc, f"connecting to {self.host.name}")
+            if shortage is None:
+                raise
+            raise shortage from exc
+
     def _run(self, started: float) -> HostResult:
-        conn = self.connector.connect(self.host)
+        conn = self._connect()
         self.fingerprint = conn.host_key_fingerprint
         try:
             result, ran = self._command(conn, started)
@@ -295,28 +357,35 @@ class _Worker:
             # The link dropped before the command could start (nothing ran): once,
             # take it for a blip and connect again.
             log.info("%s: %s; connecting again", self.host.name, exc)
-            conn = self.connector.connect(self.host)
+            conn = self._connect()
             result, ran = self._command(conn, started)
         if not (ran and self.job.pull):
             return result
         from meshrun.fleet.pull import pull_host
 
         assert self.job.pull_dir is not None  # run_fleet checks
-        try:
-            pulled = pull_host(
-                self.connector,
-                self.host,
-                self.job.pull,
-                Path(self.job.pull_dir) / self.host.name,
-                cancel=self.interrupt,
-                timeout_s=self.job.pull_timeout_s,
-                max_bytes=self.job.pull_max_bytes,
-            )
-        except Exception as exc:  # a bug must not lose the command's result
-            log.exception("internal error pulling from %s", self.host.name)
-            from meshrun.fleet.pull import HostPull
+        for attempt in range(1, SHORTAGE_TRIES + 1):
+            try:
+                pulled = pull_host(
+                    self.connector,
+                    self.host,
+                    self.job.pull,
+                    Path(self.job.pull_dir) / self.host.name,
+                    cancel=self.interrupt,
+                    timeout_s=self.job.pull_timeout_s,
+                    max_bytes=self.job.pull_max_bytes,
+                )
+            except Exception as exc:  # a bug must not lose the command's result
+                log.exception("internal error pulling from %s", self.host.name)
+                from meshrun.fleet.pull import HostPull
 
-            pulled = HostPull(error=f"internal error: {exc!r}")
+                pulled = HostPull(error=f"internal error: {exc!r}")
+            # Short of descriptors here (not the host's fault): other hosts finishing
+            # free some; the command is not run again, only its pull.
+            if not pulled.shortage or attempt == SHORTAGE_TRIES or self.interrupt.is_set():
+                break
+            log.info("%s: %s; pulling again", self.host.name, pulled.error)
+            self.interrupt.wait(SHORTAGE_WAIT_S * 2**attempt)
         return with_pull(result, pulled, time.monotonic() - started)
 
     def _command(self, conn: Connection, started: float) -> tuple[HostResult, bool]:
@@ -350,6 +419,8 @@ class _Worker:
         def forward(stream: Stream, data: bytes) -> None:
             self.events.put(HostOutput(name, stream, data))
 
+        # A ResourceExhausted from here on means the command could not start (a local
+        # process that could not be made): the coordinator starts it again later.
         out = conn.run(
             CommandRequest(command, env=self.env, timeout_s=self.job.timeout_s),
             on_output=forward,
@@ -416,6 +487,24 @@ def with_pull(result: HostResult, pulled: HostPull, duration_s: float) -> HostRe
     )
 
 
+def effective_parallel(hosts: Sequence[Host], job: FleetJob) -> tuple[int, str | None]:
+    """Hosts to run at once: ``job.parallel`` (default: every host, at most
+    :data:`DEFAULT_PARALLEL_CAP`) fitted to the descriptors and threads this process may
+    still have (:func:`meshrun.resources.fit_parallel`; a pulling host needs more), and
+    the one warning line to show when that is fewer than asked. DoesNotFit (exit 2)
+    when not even one host at a time fits: before any host is contacted."""
+    wanted = min(job.parallel or DEFAULT_PARALLEL_CAP, max(1, len(hosts)))
+    pulls = bool(job.pull)
+    return resources.fit_parallel(
+        wanted,
+        fds_each=resources.PULL_FDS_PER_HOST if pulls else resources.EXEC_FDS_PER_HOST,
+        threads_each=resources.PULL_THREADS_PER_HOST if pulls else resources.EXEC_THREADS_PER_HOST,
+        what=f"{'run' if job.script is not None else 'exec'} on {len(hosts)} hosts"
+        + (" with --pull" if pulls else ""),
+        option="--parallel" if job.parallel else "--parallel (default)",
+    )
+
+
 def run_fleet(
     hosts: Sequence[Host],
     job: FleetJob,
@@ -433,6 +522,10 @@ def run_fleet(
 
     With ``job.pull``, ``job.pull_dir`` must be set; each host's files land in
     ``pull_dir/<host name>/``.
+
+    At most ``job.parallel`` hosts (fitted: :func:`effective_parallel`) hold a
+    connection at once. DoesNotFit (an InputError) before any host is contacted when
+    not even one fits this process's limits.
     """
     if job.pull:
         if job.pull_dir is None:
@@ -443,11 +536,13 @@ def run_fleet(
                     f"host name {host.name!r} cannot name a directory under the pull directory",
                     fix="give the host a plain name (letters, digits, '.', '_', '-')",
                 )
+    parallel, too_many = effective_parallel(hosts, job)
+    if too_many is not None:
+        log.warning("%s", too_many)
     started_at = time.time()
     started = time.monotonic()
-    parallel = job.parallel or min(len(hosts), DEFAULT_PARALLEL_CAP) or 1
     batches = list(job.batches) if job.batches else [len(hosts)]
-    events: queue.Queue[FleetEvent] = queue.Queue()
+    events: queue.Queue[FleetEvent | _Deferred] = queue.Queue()
     cancel = threading.Event()
     interrupt = threading.Event()
     results: dict[str, HostResult] = {}
@@ -459,6 +554,9 @@ def run_fleet(
     forced = False
     order = list(hosts)
     position = 0
+    announced: set[str] = set()  # HostStarted once, even for a host started again
+    short_tries = 0  # shortages in a row with no host running
+    short_warned = False
 
     def env_for(host: Host) -> dict[str, str]:
         return {**job.env, "MESHRUN_HOST": host.name, "MESHRUN_RUN_ID": run_id}
@@ -471,6 +569,35 @@ def run_fleet(
         if cancel_running:
             cancel.set()
 
+    def short_of(shortage: ResourceExhausted, running: int) -> None:
+        """A host could not start for want of resources here (it is back in front
+        of the queue): run no more at once than run now; with none running, wait and
+        try again, a few times, then stop starting hosts."""
+        nonlocal parallel, short_tries, short_warned
+        if running < parallel:
+            parallel = max(1, running)
+            # One warning line for the run; each later lowering only with -v.
+            log.log(
+                logging.INFO if short_warned else logging.WARNING,
+                "%s; running at most %d host%s at once from now on (%s)",
+                shortage.message,
+                parallel,
+                "" if parallel == 1 else "s",
+                shortage.fix,
+            )
+            short_warned = True
+        if running:
+            return
+        short_tries += 1
+        if short_tries >= SHORTAGE_TRIES:
+            stop(
+                f"{shortage.message}, with no other host running",
+                cancel_running=False,
+                hint=f" — {shortage.fix}",
+            )
+        else:
+            time.sleep(SHORTAGE_WAIT_S * short_tries)
+
     for batch_size in batches:
         batch = order[position : position + batch_size]
         position += batch_size
@@ -481,10 +608,20 @@ def run_fleet(
                 while waiting and running < parallel and stop_reason is None:
                     host = waiting.pop(0)
                     worker = _Worker(host, job, env_for(host), connector, events, cancel, interrupt)
+                    try:
+                        worker.thread.start()
+                    except RuntimeError as exc:  # "can't start new thread"
+                        shortage = resources.resource_error(exc, f"starting {host.name}")
+                        if shortage is None:
+                            raise
+                        waiting.insert(0, host)
+                        short_of(shortage, running)
+                        continue
                     workers.append(worker)
-                    worker.thread.start()
                     running += 1
-                    observer(HostStarted(host.name))
+                    if host.name not in announced:
+                        announced.add(host.name)
+                        observer(HostStarted(host.name))
                 if stop_reason is not None and waiting:
                     for host in waiting:
                         results[host.name] = HostResult(
@@ -498,8 +635,14 @@ def run_fleet(
                 except queue.Empty:
                     observer(Tick())
                     continue
+                if isinstance(event, _Deferred):
+                    running -= 1
+                    waiting.insert(0, event.host)
+                    short_of(event.shortage, running)
+                    continue
                 if isinstance(event, HostFinished):
                     running -= 1
+                    short_tries = 0
                     results[event.result.name] = event.result
                     if event.result.status in (HostStatus.FAILED, HostStatus.UNREACHABLE):
                         failed += 1
@@ -562,6 +705,7 @@ def run_fleet(
         stop_signal=stop_signal,
         started_at=started_at,
         pull_dir=str(job.pull_dir) if job.pull and job.pull_dir is not None else None,
+        stop_reason=stop_reason,
     )
 
 

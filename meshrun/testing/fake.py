@@ -488,6 +488,7 @@ class FakeConnector:
         self.runs: list[Ran] = []
         self.pushes: list[Pushed] = []
         self.connects: list[str] = []  # host names, one per connect() call
+        self.released: list[str] = []  # host names, one per release() call
         self.closed = False
         self._disks: dict[str, MemoryDisk] = {}
         self._connections: dict[str, FakeConnection] = {}
@@ -539,6 +540,12 @@ class FakeConnector:
             raise self.refuse[host.name]
         with self._lock:
             self.pushes.append(Pushed(host.name, root, tuple(paths), tuple(excludes), tuple(hide)))
+
+    def release(self, host: Host) -> None:
+        """The host's connection goes (recorded in ``released``); its disk stays."""
+        with self._lock:
+            self.released.append(host.name)
+            self._connections.pop(host.name, None)
 
     def close(self) -> None:
         self.closed = True

@@ -190,7 +190,7 @@ class Connection(Protocol):
 
 
 class Connector(Protocol):
-    """Opens (and pools) connections; ``close`` ends every one of them."""
+    """Opens (and pools) connections; ``release`` ends one host's, ``close`` every one."""
 
     def connect(self, host: Host) -> Connection:
         """A connection to ``host``, reused when one is open. Raises ConnectError."""
@@ -213,6 +213,13 @@ class Connector(Protocol):
 
         Raises ConnectError when the host cannot be reached, CommandError otherwise.
         """
+        ...
+
+    def release(self, host: Host) -> None:
+        """Close ``host``'s pooled connections now, with whatever they hold (extra
+        connections, threads, sockets); the next :meth:`connect` dials again. A run done
+        with a host calls it, so that it holds at most ``--parallel`` hosts' worth of
+        descriptors and threads. Nothing happens for a host not connected."""
         ...
 
     def close(self) -> None: ...

@@ -27,6 +27,7 @@ from dataclasses import field
 
 import paramiko
 
+from meshrun import resources
 from meshrun.records import record
 
 __all__ = ["FileIdentity", "IdentityFiles", "Offer", "agent_for", "offers", "public_blob_of"]
@@ -65,11 +66,20 @@ def _openssh_public_blob(text: str) -> bytes | None:
     return blob if len(blob) == n else None
 
 
+def _unless_short(exc: OSError, path: str) -> None:
+    """Raise ResourceExhausted when ``path`` could not be read because this process ran
+    out of descriptors or memory: never "unreadable", and never remembered as such."""
+    shortage = resources.resource_error(exc, f"reading {path}")
+    if shortage is not None:
+        raise shortage from exc
+
+
 def _pub_file_blob(path: str) -> bytes | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             fields = f.read(64 * 1024).split()
-    except OSError:
+    except OSError as exc:
+        _unless_short(exc, path)
         return None
     if len(fields) < 2:
         return None
@@ -92,7 +102,8 @@ def public_blob_of(path: str, private_text: str | None = None) -> bytes | None:
         try:
             with open(path, encoding="ascii", errors="replace") as f:
                 private_text = f.read(_MAX_KEY_FILE_BYTES)
-        except OSError:
+        except OSError as exc:
+            _unless_short(exc, path)
             return None
     return _openssh_public_blob(private_text)
 
@@ -137,6 +148,8 @@ class IdentityFiles:
             # password was not provided.") through for openssh-key-v1 files.
             return FileIdentity(path, True, encrypted=True, public_blob=public_blob_of(path))
         except (paramiko.SSHException, OSError, ValueError) as exc:
+            if isinstance(exc, OSError):
+                _unless_short(exc, path)
             return FileIdentity(path, True, error=str(exc) or type(exc).__name__)
         return FileIdentity(path, True, key=key, public_blob=key.asbytes())
 
@@ -208,6 +221,9 @@ def agent_for(identity_agent: str | None) -> paramiko.Agent | None:
     except paramiko.SSHException as exc:
         log.warning("ssh-agent at %s is not usable: %s", sock, exc)
         return None
+    except OSError as exc:  # paramiko lets socket()'s own errors through
+        _unless_short(exc, f"ssh-agent's socket {sock}")
+        raise
     finally:
         if identity_agent:
             if previous is None:

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Sequence
 from enum import Enum
 
+from meshrun import resources
 from meshrun.records import record
 from meshrun.transport.sshconfig import match_pattern_list
 
@@ -155,6 +156,11 @@ class _File:
         except FileNotFoundError:
             pass
         except OSError as exc:
+            # Out of descriptors here is not an empty file (every key would look
+            # unknown): ResourceExhausted, and the file is read again next time.
+            shortage = resources.resource_error(exc, f"reading known_hosts {path}")
+            if shortage is not None:
+                raise shortage from exc
             log.warning("could not read known_hosts %s: %s", path, exc)
 
     def append(self, entry: KnownHostsEntry) -> None:

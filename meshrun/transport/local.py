@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshrun import resources
 from meshrun.config.inventory import Host
 from meshrun.errors import Interrupted
 from meshrun.transport import rsync
@@ -61,13 +62,19 @@ class LocalConnection:
         deadline = None if request.timeout_s is None else started + request.timeout_s
         # A session of its own: the terminal's Ctrl-C reaches the coordinator only,
         # which then cancels through stdin like it does over SSH.
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", script],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", script],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:  # nothing started: a shortage here is tried again later
+            shortage = resources.resource_error(exc, f"starting the command on {self._host.name}")
+            if shortage is not None:
+                raise shortage from exc
+            raise
         assert proc.stdin and proc.stdout and proc.stderr
         keep: dict[Stream, HeadTail] = {"stdout": HeadTail(), "stderr": HeadTail()}
         sel = selectors.DefaultSelector()
@@ -241,6 +248,9 @@ class LocalConnector:
         argv += rsync.sources(root, paths)
         argv.append(os.path.expanduser(host.workdir).rstrip("/") + "/")
         rsync.run(argv, host.name)
+
+    def release(self, host: Host) -> None:
+        """Nothing is pooled locally: each command's process is gone when it ends."""
 
     def close(self) -> None:
         """Nothing is pooled locally."""

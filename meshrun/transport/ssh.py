@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
+from meshrun import resources
 from meshrun.config.inventory import Host
 from meshrun.errors import (
     AuthError,
@@ -34,9 +35,10 @@ from meshrun.errors import (
     HostUnreachable,
     InputError,
     Interrupted,
+    ResourceExhausted,
 )
 from meshrun.records import record
-from meshrun.transport import lean, liveness, rsync, sftp, startups
+from meshrun.transport import liveness, rsync, sftp, startups
 from meshrun.transport.base import (
     FACTS_COMMAND,
     CommandOutcome,
@@ -77,6 +79,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+#: How long :meth:`SSHConnector.release` waits for a closed connection's paramiko
+#: thread to end (measured: under 1 ms once its socket is shut down), so that a run's
+#: threads stay within its parallelism.
+_RELEASE_WAIT_S = 2.0
 #: meshrun's own commands (uploads, collector reports) keep all their output.
 _UNBOUNDED = 1 << 62
 
@@ -88,6 +94,26 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 # paramiko negotiates RSA host keys under the names of their signature algorithms.
 _KEY_TYPE_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that re-arms TCP_QUICKACK after every read (Linux).
+
+    sshd leaves Nagle on for sessions without a terminal, so its small replies wait for
+    our ACK; a delayed ACK (~40 ms) then stalls every exchange, e.g. the first channel
+    after login. Quick ACKs remove the stall. The flag resets itself, hence every read.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        try:  # noqa: SIM105 (a hot path: no context manager per read)
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            pass
+        return data
+
+
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 
 
 _MAX_HOPS = 8  # ProxyJump chains longer than this are a loop in ssh_config
@@ -258,7 +284,6 @@ class SSHConnection:
         self._host = host
         self._facts: HostFacts | None = None
         self._facts_lock = threading.Lock()
-        self._fingerprint: str | None = None
         self._remote_shell = remote_shell
         self.transport = transport
         self._timeout_s = timeout_s
@@ -277,9 +302,7 @@ class SSHConnection:
 
     @property
     def host_key_fingerprint(self) -> str | None:
-        if self._fingerprint is None:  # asked once per host by every run: hash it once
-            self._fingerprint = fingerprint(self.transport.get_remote_server_key())
-        return self._fingerprint
+        return fingerprint(self.transport.get_remote_server_key())
 
     @property
     def sessions(self) -> SessionBudget[paramiko.Transport]:
@@ -599,10 +622,20 @@ class SSHConnection:
         chan, release = self.open_exec(command)
         return _ChannelStream(chan, release, lambda: self.lost_reason(chan.get_transport()))
 
-    def close(self) -> None:
-        """Close every connection to the host (the first and any extra ones)."""
-        for transport in self._budget.close():
+    def close(self, *, wait_s: float = 0.0) -> None:
+        """Close every connection to the host (the first and any extra ones); with
+        ``wait_s``, wait up to that long for each one's paramiko thread to end."""
+        transports = self._budget.close()
+        for transport in transports:
+            if wait_s > 0:
+                # Wakes paramiko's reader at once (it would otherwise notice the close
+                # at its next 0.1 s socket timeout), so its thread ends now.
+                with contextlib.suppress(Exception):
+                    transport.sock.shutdown(socket.SHUT_RDWR)
             transport.close()
+        for transport in transports if wait_s > 0 else ():
+            if transport is not threading.current_thread():
+                transport.join(wait_s)
 
 
 class _ChannelStream:
@@ -842,6 +875,19 @@ class SSHConnector:
                 self._connections[host.name] = conn
             return conn
 
+    def release(self, host: Host) -> None:
+        """Close ``host``'s connections now (extra ones included), their paramiko
+        threads ended; the next :meth:`connect` dials again. Jump hosts stay pooled
+        (other hosts go through them), and so does the relay (one per connector)."""
+        with self._lock:
+            host_lock = self._host_locks.get(host.name)
+        if host_lock is None:
+            return
+        with host_lock, self._lock:  # not while another thread dials it
+            conn = self._connections.pop(host.name, None)
+        if conn is not None:
+            conn.close(wait_s=_RELEASE_WAIT_S)
+
     def _dial_politely(self, host: Host) -> SSHConnection:
         """``_dial`` within the gateway's handshake bound, dialled again when sshd drops
         it early (MaxStartups). Extra connections of a session budget come here too."""
@@ -856,6 +902,21 @@ class SSHConnector:
             )
 
     def _dial(self, host: Host) -> SSHConnection:
+        """:meth:`_dial_once`, where this process running out of descriptors, threads
+        or memory (a socket, ssh-agent's socket, a key or known_hosts file, paramiko's
+        thread) is ResourceExhausted: never the host's fault (not "is sshd running
+        there", not "cannot read identity file"), and never retried here."""
+        try:
+            return self._dial_once(host)
+        except ResourceExhausted:
+            raise
+        except Exception as exc:
+            shortage = resources.resource_error(exc, f"connecting to {host.name}")
+            if shortage is None:
+                raise
+            raise shortage from exc
+
+    def _dial_once(self, host: Host) -> SSHConnection:
         ep = self.endpoint(host)
         where = f"{ep.user}@{ep.address}:{ep.port}"
         sock: Any
@@ -919,8 +980,6 @@ class SSHConnector:
         )
         if ep.server_alive_interval_s > 0:
             liveness.observe_packets(transport, state)
-        # Logged in: from now on the reader blocks instead of polling (lean.quiet).
-        lean.quiet(transport)
 
     def lost_reason(self, host: Host) -> str | None:
         """Why the host's connection was given up ("stopped answering (...)"), if
@@ -960,7 +1019,11 @@ class SSHConnector:
                 fix="is sshd running there, and is the address/port in the inventory right?",
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return lean.link_socket(sock)  # quick ACKs; its close wakes paramiko's reader
+        if _TCP_QUICKACK:
+            timeout = sock.gettimeout()
+            sock = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            sock.settimeout(timeout)
+        return sock
 
     def _proxy_command(self, host: Host, ep: Endpoint) -> socket.socket:
         """``ProxyCommand``: run it as ``ssh`` does (``/bin/sh -c 'exec CMD'``, tokens
@@ -1032,10 +1095,9 @@ class SSHConnector:
 
     def _handshake(self, host: Host, ep: Endpoint, sock: Any, where: str) -> paramiko.Transport:
         name = ep.key_name
-        transport = lean.LeanTransport(sock)
-        channel = lean.log_channel(host.name)
-        if channel is not None:  # paramiko's own records (-vvv) name the host too
-            transport.set_log_channel(channel)
+        transport = paramiko.Transport(sock)
+        # paramiko's own records (-vvv) name the host too: paramiko.transport.<host>.
+        transport.set_log_channel(f"paramiko.transport.{host.name}")
         transport.banner_timeout = ep.connect_timeout_s
         transport.handshake_timeout = ep.connect_timeout_s
         opts = transport.get_security_options()
@@ -1082,6 +1144,11 @@ class SSHConnector:
             if "banner" in text.lower() or "session" in text.lower():
                 raise hung from exc
             raise HostUnreachable(host.name, f"SSH handshake with {where} failed: {text}") from exc
+        except BaseException:  # paramiko's thread could not start: the socket goes too
+            transport.close()
+            with contextlib.suppress(Exception):
+                sock.close()
+            raise
         finally:
             self._untrack(transport)
         if self._closed:
@@ -1098,8 +1165,9 @@ class SSHConnector:
         key: paramiko.PKey,
         transport: paramiko.Transport,
     ) -> None:
+        fp = fingerprint(key)
         advertised = host.advertised_fingerprint
-        if advertised is not None and (fp := fingerprint(key)) != advertised:
+        if advertised is not None and fp != advertised:
             # Discovery only proposes: whatever known_hosts or --accept-new-host-keys
             # say, a host that is not what it announced is not trusted.
             transport.close()
@@ -1120,7 +1188,6 @@ class SSHConnector:
         files = " ".join(ep.known_hosts_files) or "(no known_hosts file)"
         if check.verdict is Verdict.TRUSTED:
             return
-        fp = fingerprint(key)  # for the messages below (a trusted key needs none)
         if check.verdict is Verdict.UNKNOWN and self.accept_new_host_keys:
             self._known_hosts.add(
                 ep.known_hosts, name, key_type, key.get_base64(), hashed=ep.hash_known_hosts
