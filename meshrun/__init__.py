@@ -105,6 +105,7 @@ _LAZY = {
     "LiveDiscovery": "meshrun.dispatch.run",
     "Notice": "meshrun.dispatch.executor",
     "Progress": "meshrun.dispatch.executor",
+    "PruneResult": "meshrun.dispatch.retention",
     "Task": "meshrun.config.tasks",
     "TaskEnded": "meshrun.dispatch.executor",
     "TaskGraph": "meshrun.config.tasks",
@@ -125,6 +126,7 @@ _LAZY = {
     "load_private_key": "meshrun.integrity.signing",
     "load_public_key": "meshrun.integrity.signing",
     "load_tasks": "meshrun.config.tasks",
+    "prune_state": "meshrun.dispatch.retention",
     "record_fleet_run": "meshrun.fleet.record",
     "resolve_with_discovery": "meshrun.discovery.browse",
     "run_agent": "meshrun.discovery.announce",
@@ -157,6 +159,7 @@ if TYPE_CHECKING:  # the same names for type checkers; tests/unit/test_public_ap
     )
     from meshrun.dispatch.history import DurationRecord, History
     from meshrun.dispatch.record import dispatch_document, junit_xml
+    from meshrun.dispatch.retention import PruneResult, prune_state
     from meshrun.dispatch.run import LiveDiscovery, live_discovery, run_dispatch, select_rerun
     from meshrun.dispatch.scheduler import TaskStatus
     from meshrun.fleet.record import fleet_document, record_fleet_run, run_fleet_recorded
@@ -230,6 +233,7 @@ __all__ = [
     "MeshrunError",
     "Notice",
     "Progress",
+    "PruneResult",
     "RunDir",
     "RunStopping",
     "Script",
@@ -270,6 +274,7 @@ __all__ = [
     "parse_duration",
     "parse_env",
     "parse_size",
+    "prune_state",
     "probe_hosts",
     "probe_parallel",
     "read_inventory",

@@ -498,7 +498,7 @@ def _select(
                         f"{option} only applies to agents found with --discover; add "
                         "--discover, or set it for your hosts in hosts.toml"
                     )
-        hosts = meshrun.resolve_hosts(hosts_spec)
+        return meshrun.resolve_hosts(hosts_spec, limits=limits or ())  # selects while reading
     if limits:
         source = hosts_spec if hosts_spec and hosts_spec.endswith(".toml") else None
         hosts = meshrun.select_hosts(hosts, limits, source=source)

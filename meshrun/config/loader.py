@@ -21,7 +21,7 @@ import re
 import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
 from meshrun.config import fasttoml
@@ -168,6 +168,7 @@ def check_text(key: str, value: object, example: str) -> str:
     return value
 
 
+@cache
 def name_re(chars: str) -> re.Pattern[str]:
     """A name: a letter or digit, then letters, digits, ``chars`` and '-'. Use with
     ``fullmatch``: ``$`` alone would let a trailing newline through."""
@@ -446,7 +447,8 @@ class Loader:
         """``checker(key, value)``, after refusing a NUL anywhere in ``value``; its
         :class:`Invalid` becomes the parser's error at the key's line."""
         try:
-            check_no_nul(value)
+            if value.__class__ is not str or NUL in value:  # a plain string: no search
+                check_no_nul(value)
             return checker(key, value)
         except Invalid as exc:
             self.fail_at(exc.message, table=table, index=index, key=key, entry=entry, fix=exc.fix)

@@ -38,7 +38,7 @@ from meshrun.errors import (
     ResourceExhausted,
 )
 from meshrun.records import record
-from meshrun.transport import liveness, rsync, sftp, startups
+from meshrun.transport import lean, liveness, rsync, sftp, startups
 from meshrun.transport.base import (
     FACTS_COMMAND,
     CommandOutcome,
@@ -94,26 +94,6 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 # paramiko negotiates RSA host keys under the names of their signature algorithms.
 _KEY_TYPE_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
-
-
-class _QuickAckSocket(socket.socket):
-    """A TCP socket that re-arms TCP_QUICKACK after every read (Linux).
-
-    sshd leaves Nagle on for sessions without a terminal, so its small replies wait for
-    our ACK; a delayed ACK (~40 ms) then stalls every exchange, e.g. the first channel
-    after login. Quick ACKs remove the stall. The flag resets itself, hence every read.
-    """
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        try:  # noqa: SIM105 (a hot path: no context manager per read)
-            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        except OSError:
-            pass
-        return data
-
-
-_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
 
 
 _MAX_HOPS = 8  # ProxyJump chains longer than this are a loop in ssh_config
@@ -284,6 +264,7 @@ class SSHConnection:
         self._host = host
         self._facts: HostFacts | None = None
         self._facts_lock = threading.Lock()
+        self._fingerprint: str | None = None
         self._remote_shell = remote_shell
         self.transport = transport
         self._timeout_s = timeout_s
@@ -302,7 +283,9 @@ class SSHConnection:
 
     @property
     def host_key_fingerprint(self) -> str | None:
-        return fingerprint(self.transport.get_remote_server_key())
+        if self._fingerprint is None:  # asked once per host by every run: hash it once
+            self._fingerprint = fingerprint(self.transport.get_remote_server_key())
+        return self._fingerprint
 
     @property
     def sessions(self) -> SessionBudget[paramiko.Transport]:
@@ -980,6 +963,8 @@ class SSHConnector:
         )
         if ep.server_alive_interval_s > 0:
             liveness.observe_packets(transport, state)
+        # Logged in: from now on the reader blocks instead of polling (lean.quiet).
+        lean.quiet(transport)
 
     def lost_reason(self, host: Host) -> str | None:
         """Why the host's connection was given up ("stopped answering (...)"), if
@@ -1019,11 +1004,7 @@ class SSHConnector:
                 fix="is sshd running there, and is the address/port in the inventory right?",
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if _TCP_QUICKACK:
-            timeout = sock.gettimeout()
-            sock = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-            sock.settimeout(timeout)
-        return sock
+        return lean.link_socket(sock)  # quick ACKs; its close wakes paramiko's reader
 
     def _proxy_command(self, host: Host, ep: Endpoint) -> socket.socket:
         """``ProxyCommand``: run it as ``ssh`` does (``/bin/sh -c 'exec CMD'``, tokens
@@ -1095,9 +1076,10 @@ class SSHConnector:
 
     def _handshake(self, host: Host, ep: Endpoint, sock: Any, where: str) -> paramiko.Transport:
         name = ep.key_name
-        transport = paramiko.Transport(sock)
-        # paramiko's own records (-vvv) name the host too: paramiko.transport.<host>.
-        transport.set_log_channel(f"paramiko.transport.{host.name}")
+        transport = lean.LeanTransport(sock)
+        channel = lean.log_channel(host.name)
+        if channel is not None:  # paramiko's own records (-vvv) name the host too
+            transport.set_log_channel(channel)
         transport.banner_timeout = ep.connect_timeout_s
         transport.handshake_timeout = ep.connect_timeout_s
         opts = transport.get_security_options()
@@ -1165,9 +1147,8 @@ class SSHConnector:
         key: paramiko.PKey,
         transport: paramiko.Transport,
     ) -> None:
-        fp = fingerprint(key)
         advertised = host.advertised_fingerprint
-        if advertised is not None and fp != advertised:
+        if advertised is not None and (fp := fingerprint(key)) != advertised:
             # Discovery only proposes: whatever known_hosts or --accept-new-host-keys
             # say, a host that is not what it announced is not trusted.
             transport.close()
@@ -1188,6 +1169,7 @@ class SSHConnector:
         files = " ".join(ep.known_hosts_files) or "(no known_hosts file)"
         if check.verdict is Verdict.TRUSTED:
             return
+        fp = fingerprint(key)  # for the messages below (a trusted key needs none)
         if check.verdict is Verdict.UNKNOWN and self.accept_new_host_keys:
             self._known_hosts.add(
                 ep.known_hosts, name, key_type, key.get_base64(), hashed=ep.hash_known_hosts

@@ -144,7 +144,7 @@ def dial_with_retries(
     while ``closing()``; other errors pass through at once. After ``attempts`` drops in
     a row: HostUnreachable saying so.
     """
-    rng = rng or random.Random()
+    uniform = rng.uniform if rng is not None else random.uniform  # no Random per dial
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
         try:
@@ -161,7 +161,7 @@ def dial_with_retries(
                     fix="try again later, or raise MaxStartups on the host (or the "
                     "bastion in front of it)",
                 ) from exc
-            pause = FIRST_RETRY_S * 2 ** (attempt - 1) * rng.uniform(0.5, 1.5)
+            pause = FIRST_RETRY_S * 2 ** (attempt - 1) * uniform(0.5, 1.5)
             log.info(
                 "%s: sshd dropped the connection early (MaxStartups?); dialling again in "
                 "%.2fs (attempt %d of %d)",

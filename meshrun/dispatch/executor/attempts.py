@@ -10,6 +10,7 @@ scheduler hears; whether a failed task runs again is the scheduler's call (retri
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +90,11 @@ class Attempts:
         self._put = put
         self._starts = 0
         self.running: dict[str, Attempt] = {}  # runner task id -> attempt
+        # (deadline, runner task id) of attempts launched with a timeout: the next one is
+        # found without reading every running attempt on each pass of the loop. Entries
+        # of attempts that ended stay until they reach the top.
+        self._deadlines: list[tuple[float, str]] = []
+        self._stopping: dict[str, Attempt] = {}  # asked to stop, not yet ended
         self.timeline: dict[str, list[AttemptEntry]] = {}  # task -> every attempt
         self.last_duration: dict[str, float] = {}  # task -> its last attempt's
         self.learned: dict[str, float] = {}  # task -> successful duration on a weight-1 host
@@ -117,6 +123,8 @@ class Attempts:
         timeout = task.timeout_s or self._default_timeout_s
         attempt.started = self._clock.monotonic()
         attempt.deadline = None if timeout is None else attempt.started + timeout
+        if attempt.deadline is not None:
+            heapq.heappush(self._deadlines, (attempt.deadline, task_id))
         env = {
             **task.env,
             "MESHRUN_HOST": attempt.host,
@@ -175,6 +183,7 @@ class Attempts:
         if attempt.staging:
             return  # nothing runs yet; the coordinator sees the flag and does not start it
         attempt.stop_sent = self._clock.monotonic()
+        self._stopping[task_id] = attempt
         runner = runner_of(attempt.host)
         if runner is not None:
             call_safely(attempt.host, runner.cancel, task_id)
@@ -182,13 +191,18 @@ class Attempts:
     def check_deadlines(self, runner_of: RunnerOf) -> None:
         """Stop attempts past their timeout; write off hosts that do not stop one."""
         now = self._clock.monotonic()
-        for task_id, attempt in self.running.items():
-            if attempt.deadline is not None and now >= attempt.deadline and not attempt.timed_out:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id = heapq.heappop(self._deadlines)
+            attempt = self.running.get(task_id)
+            if attempt is not None and not attempt.timed_out and attempt.deadline is not None:
                 attempt.timed_out = True
                 self.stop(task_id, attempt, runner_of)
+        for task_id, attempt in list(self._stopping.items()):
+            if self.running.get(task_id) is not attempt or attempt.stop_sent is None:
+                del self._stopping[task_id]
         hung = {
             a.host
-            for a in self.running.values()
+            for a in self._stopping.values()
             if a.stop_sent is not None and now - a.stop_sent > STOP_GRACE_S
         }
         for host in hung:
@@ -202,10 +216,13 @@ class Attempts:
                     attempt.stop_sent = None
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            a.deadline for a in self.running.values() if a.deadline is not None and not a.timed_out
-        ]
-        return min(deadlines, default=None)
+        while self._deadlines:
+            deadline, task_id = self._deadlines[0]
+            attempt = self.running.get(task_id)
+            if attempt is not None and not attempt.timed_out and attempt.deadline == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)  # ended, or stopped already
+        return None
 
     def holding_slots(self) -> Iterator[tuple[str, str, float]]:
         """(task, host, started) of each attempt running or staging (for progress)."""
