@@ -307,6 +307,54 @@ class History:
         ).fetchall()
         return [TaskOutcome(*row) for row in rows]
 
+    # -- retention (dispatch/retention.py) -------------------------------------------
+
+    def run_ids(self) -> dict[str, float]:
+        """Every recorded run (all scopes) -> when it ended (or started)."""
+        rows = self._db.execute("SELECT run_id, COALESCE(ended, started) FROM runs")
+        return {str(run_id): float(ended) for run_id, ended in rows}
+
+    def scopes(self) -> list[str]:
+        """The task files (scopes) with recorded runs."""
+        return [str(row[0]) for row in self._db.execute("SELECT DISTINCT scope FROM runs")]
+
+    def rerun_runs(self) -> set[str]:
+        """The runs ``--rerun-failed`` may read, in every scope: the latest run of each
+        scope (its outcomes say what to rerun) and, for each task, the latest run it
+        succeeded in (a rerun pushes that run's outputs to the tasks that need them).
+        SQLite gives the row of the MAX() for the bare columns."""
+        latest = self._db.execute("SELECT run_id, MAX(started) FROM runs GROUP BY scope").fetchall()
+        succeeded = self._db.execute(
+            "SELECT r.run_id, MAX(r.started) FROM run_tasks t JOIN runs r "
+            "ON r.run_id = t.run_id WHERE t.status = 'succeeded' GROUP BY r.scope, t.task"
+        ).fetchall()
+        return {str(row[0]) for row in (*latest, *succeeded)}
+
+    def forget_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete these runs and their tasks' rows, in one transaction: the rows gone."""
+        if not run_ids:
+            return 0
+        removed = 0
+        with self._transaction():
+            for run_id in run_ids:
+                removed += self._db.execute(
+                    "DELETE FROM run_tasks WHERE run_id = ?", (run_id,)
+                ).rowcount
+                removed += self._db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount
+        return removed
+
+    def compact(self) -> bool:
+        """VACUUM: give the freed pages back to the file system; False when another
+        connection is using the database (nothing is lost, the pages are reused)."""
+        try:
+            self._db.execute("PRAGMA busy_timeout=1000")
+            self._db.execute("VACUUM")
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            self._db.execute("PRAGMA busy_timeout=30000")
+        return True
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
