@@ -41,6 +41,11 @@ DISPATCH_FILES_DIR = "artifacts"
 #: exec/run --pull: ``hosts/<host>/<path>``
 FLEET_FILES_DIR = "hosts"
 
+#: Runs kept in the state directory unless ``--keep-runs`` says otherwise (0 keeps all):
+#: a few weeks of one CI job, about 24 MB of history rows for 10,000-task graphs (the
+#: rules are in dispatch/retention.py).
+DEFAULT_KEEP_RUNS = 20
+
 #: Where state lives when no ``--state-dir`` is given (exec/run: relative to the cwd;
 #: dispatch: beside the tasks file).
 DEFAULT_STATE_DIR = Path(".meshrun")
@@ -124,6 +129,7 @@ class StateDir:
 
 
 __all__ = [
+    "DEFAULT_KEEP_RUNS",
     "DEFAULT_STATE_DIR",
     "DISPATCH_FILES_DIR",
     "FLEET_FILES_DIR",

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, NoReturn
 import meshrun
 from meshrun import resources
 from meshrun.cli import console, documents
+from meshrun.rundir import DEFAULT_KEEP_RUNS, DEFAULT_STATE_DIR
 
 _DESCRIPTION = (
     "Run commands, scripts and task graphs across many machines over plain SSH — "
@@ -109,6 +110,38 @@ def _limit_option(p: argparse.ArgumentParser) -> argparse.Action:
         help="Select hosts: glob on name ('web*'), 'label:db', '!name' to exclude; "
         "commas = any of; repeat to require all.",
     )
+
+
+def _retention_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        p.add_argument(
+            "--keep-runs",
+            metavar="N",
+            type=int,
+            default=DEFAULT_KEEP_RUNS,
+            help="Runs kept in the state directory: older ones are removed (directory and "
+            "history) when a run is recorded, never the one --rerun-failed needs; "
+            f"0 keeps all.  [default: {DEFAULT_KEEP_RUNS}]",
+        ),
+        p.add_argument(
+            "--keep-days",
+            metavar="DAYS",
+            type=float,
+            help="Also remove recorded runs older than DAYS (same exceptions).",
+        ),
+    ]
+
+
+def _prune_after(
+    state: meshrun.StateDir, run_id: str, keep_runs: int, keep_days: float | None
+) -> None:
+    """Retention after a recorded run; a failure is a warning, never the run's."""
+    import sqlite3  # only after a recorded run: off every command's start
+
+    try:
+        meshrun.prune_state(state, keep_runs=keep_runs, keep_days=keep_days, current=run_id)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        sys.stderr.write(f"meshrun: warning: could not prune {state.root}: {exc}\n")
 
 
 def _json_option(p: argparse.ArgumentParser) -> argparse.Action:
@@ -276,6 +309,7 @@ def _fleet_options(
             help="Where a run with --pull or --sign-key is recorded: runs/<run-id>/ with "
             "report.json and manifest.json (default: .meshrun in this directory).",
         ),
+        *_retention_options(p),
         _json_option(p),
         _quiet_option(p),
         _verbose_option(p),
@@ -526,6 +560,8 @@ def _fleet(
     pull_max_bytes: str,
     sign_key: str | None,
     state_dir: str | None,
+    keep_runs: int,
+    keep_days: float | None,
     json_out: bool,
     quiet: bool,
     verbose: int,
@@ -570,13 +606,14 @@ def _fleet(
         quiet=quiet,
         progress_interval_s=interval_s,
     )
+    run_id = meshrun.new_run_id()
     try:
         with _input_errors():
             report = meshrun.run_fleet_recorded(
                 selected,
                 job,
                 connector,
-                run_id=meshrun.new_run_id(),
+                run_id=run_id,
                 state_dir=Path(state_dir) if state_dir else None,
                 observer=screen,
                 command_line=sys.argv,
@@ -585,6 +622,9 @@ def _fleet(
     finally:
         connector.close()
     screen.finish(report)
+    if job.pull or signing_key is not None:  # recorded: runs/<run-id>/
+        root = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
+        _prune_after(meshrun.StateDir(root.absolute()), run_id, keep_runs, keep_days)
     if json_out:
         sys.stdout.write(meshrun.document_json(meshrun.fleet_document(report)) + "\n")
     return report.exit_code
@@ -809,6 +849,8 @@ def dispatch_command(
     rerun_failed: bool,
     resume: str | None,
     state_dir: str | None,
+    keep_runs: int,
+    keep_days: float | None,
     no_sync: bool,
     no_agent: bool,
     workdir_max_age: str,
@@ -895,6 +937,7 @@ def dispatch_command(
     screen = console.DispatchConsole(
         mode=mode, total=len(graph.tasks), quiet=quiet, progress_interval_s=interval_s
     )
+    run_id = meshrun.new_run_id()
     try:
         with _input_errors():
             report = meshrun.run_dispatch(
@@ -902,7 +945,7 @@ def dispatch_command(
                 selected,
                 connector,
                 state=state,
-                run_id=meshrun.new_run_id(),
+                run_id=run_id,
                 options=options,
                 observer=screen,
                 command_line=sys.argv,
@@ -917,6 +960,7 @@ def dispatch_command(
     finally:
         connector.close()
     screen.finish(report)
+    _prune_after(state, run_id, keep_runs, keep_days)
     if json_out:
         document = meshrun.dispatch_document(report, command_line=sys.argv)
         sys.stdout.write(meshrun.document_json(document) + "\n")
@@ -962,6 +1006,7 @@ def _dispatch_parser() -> argparse.ArgumentParser:
         help="Where history and runs live (default: .meshrun beside TASKS.toml); "
         "point a CI cache at it.",
     )
+    _retention_options(p)
     p.add_argument(
         "--no-sync",
         action="store_true",
@@ -1229,12 +1274,25 @@ def _parse_discover(args: list[str]) -> dict[str, Any]:
 # -- history, version, completion ------------------------------------------------------------
 
 
-def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -> int:
+def history_command(
+    *,
+    tasks_file: str,
+    state_dir: str | None,
+    json_out: bool,
+    prune: bool,
+    keep_runs: int,
+    keep_days: float | None,
+) -> int:
     """Show the learned duration of each task of TASKS.toml (what the scheduler expects).
 
     History is kept per task file: another file's tasks of the same names are not shown.
+    With --prune: remove the runs beyond --keep-runs/--keep-days now (run directories
+    and history rows, every task file's; never what --rerun-failed needs) and say what
+    went.
     """
     state = meshrun.StateDir.for_tasks(tasks_file, state_dir)
+    if prune:
+        return _prune_command(state, keep_runs, keep_days, json_out)
     if not state.history.exists():
         _fail(f"no history at {state.history}: run `meshrun dispatch` first (or pass --state-dir)")
     if Path(tasks_file).exists():
@@ -1264,6 +1322,34 @@ def history_command(*, tasks_file: str, state_dir: str | None, json_out: bool) -
     return meshrun.ExitCode.OK
 
 
+def _prune_command(
+    state: meshrun.StateDir, keep_runs: int, keep_days: float | None, json_out: bool
+) -> int:
+    if not state.root.is_dir():
+        _fail(f"no state directory at {state.root}: nothing to prune (or pass --state-dir)")
+    with _input_errors():
+        pruned = meshrun.prune_state(state, keep_runs=keep_runs, keep_days=keep_days, compact=True)
+    if json_out:
+        document = {
+            "schema": 1,
+            "state_dir": str(state.root),
+            "pruned_runs": list(pruned.runs),
+            "bytes_freed": pruned.bytes_freed,
+            "history_rows": pruned.history_rows,
+            "kept_runs": pruned.kept,
+        }
+        sys.stdout.write(meshrun.document_json(document) + "\n")
+        return meshrun.ExitCode.OK
+    for run_id in pruned.runs:
+        sys.stdout.write(f"removed {state.run_dir(run_id)}\n")
+    sys.stdout.write(
+        f"pruned {len(pruned.runs)} run{'' if len(pruned.runs) == 1 else 's'} "
+        f"({pruned.bytes_freed / 1e6:.1f} MB, {pruned.history_rows} history rows); "
+        f"{pruned.kept} kept in {state.root}\n"
+    )
+    return meshrun.ExitCode.OK
+
+
 def _history_parser() -> argparse.ArgumentParser:
     p = _parser("history", history_command, "[OPTIONS] [TASKS.toml]")
     p.add_argument(
@@ -1278,6 +1364,13 @@ def _history_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Where history lives (default: .meshrun beside TASKS.toml).",
     )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="Remove the runs beyond --keep-runs/--keep-days now (every task file's), "
+        "print what went, and compact the history.",
+    )
+    _retention_options(p)
     _json_option(p)
     return p
 

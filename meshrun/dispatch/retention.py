@@ -40,13 +40,10 @@ from pathlib import Path
 
 from meshrun.dispatch.history import History
 from meshrun.records import record
-from meshrun.rundir import JOURNAL_NAME, REPORT_NAME, StateDir
+from meshrun.rundir import DEFAULT_KEEP_RUNS, JOURNAL_NAME, REPORT_NAME, StateDir
 
 __all__ = ["DEFAULT_KEEP_RUNS", "PruneResult", "RunEntry", "choose_prunable", "prune_state"]
 
-#: Runs kept by default: a few weeks of one CI job's runs, about 24 MB of history for
-#: 10,000-task graphs. 0 keeps every run (no limit by count).
-DEFAULT_KEEP_RUNS = 20
 #: A run directory without report.json that was written to in the last day may still
 #: be running (a long dispatch on another CI job): kept. Older ones were killed.
 UNFINISHED_GRACE_S = 86400.0
