@@ -49,10 +49,12 @@ def _aliases(fleet: Fleet, path: Path, count: int = ALIASES) -> Path:
 
 
 def _limited(
-    nofile: int, argv: list[str], timeout_s: float = 120
+    nofile: int | str, argv: list[str], timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    """``argv`` under RLIMIT_NOFILE ``nofile`` (soft and hard), or "SOFT:HARD"."""
+    spec = nofile if isinstance(nofile, str) else f"{nofile}:{nofile}"
     return subprocess.run(
-        ["prlimit", f"--nofile={nofile}:{nofile}", *argv],
+        ["prlimit", f"--nofile={spec}", *argv],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -218,3 +220,15 @@ def test_parallel_bounds_the_run_s_threads_and_fds(fleet3: Fleet, tmp_path: Path
     assert peaks["fds"] - base_fds <= 3 * 2 + 2, peaks
     assert after_threads - base_threads <= 2  # the sampler and the liveness monitor
     assert after_fds - base_fds <= 1
+
+
+def test_the_soft_limit_is_raised_to_the_hard_one_at_start(fleet3: Fleet, tmp_path: Path) -> None:
+    """A soft limit of 96 under a hard one of 4096 (most shells: 1,024 under far more):
+    meshrun takes the hard limit, so all 48 hosts run at once, with no warning."""
+    inventory = _aliases(fleet3, tmp_path / "hosts.toml")
+    argv = [*meshrun_argv(), "exec", "-H", str(inventory), "-p", "48", "--json", "--", "echo ok"]
+    done = _limited("96:4096", argv)
+    assert done.returncode == 0, done.stderr
+    assert {h["status"] for h in json.loads(done.stdout)["hosts"]} == {"ok"}
+    assert "does not fit" not in done.stderr
+    _no_host_fault(done.stderr)
