@@ -490,6 +490,91 @@ def render_sim(rows: Sequence[SimRow], seeds: int) -> str:
     return "\n".join(out)
 
 
+# -- scale: the scheduler's own cost -------------------------------------------------------
+
+#: What --scale runs: (tasks, hosts) for each of SCALE_SHAPES (issue 13's sizes).
+SCALE_SIZES = [(10_000, 100), (10_000, 1_000), (100_000, 1_000)]
+SCALE_SHAPES = ["independent", "chains", "build", "dag"]
+#: Slots per host in the scale runs (as the dispatch benchmarks' hosts).
+SCALE_SLOTS = 2
+#: Tasks per chain in the "chains" shape: tasks / 10 chains, enough to keep every slot
+#: of 1,000 hosts busy at 100,000 tasks and half of them at 10,000.
+CHAIN_LENGTH = 10
+
+
+def scale_workload(tasks: int, shape: str, seed: int = 1) -> tuple[TaskGraph, dict[str, float]]:
+    """``tasks`` tasks, lognormal durations: "independent"; "chains" of CHAIN_LENGTH;
+    "build": builds (a tenth) -> test shards (each needs 1-2 builds) -> packages (a
+    hundredth), the shape of ``build_graph`` scaled up; "dag": after the first 100, each
+    task needs two earlier ones at random, exponential durations (mean 1 s)."""
+    rng = random.Random(seed)
+    if shape == "independent":
+        return independent(rng, tasks, lambda r: lognormal(r, 10.0, 1.2))
+    if shape == "chains":
+        specs = [
+            (
+                f"c{i // CHAIN_LENGTH}-{i % CHAIN_LENGTH}",
+                () if i % CHAIN_LENGTH == 0 else (f"c{i // CHAIN_LENGTH}-{i % CHAIN_LENGTH - 1}",),
+            )
+            for i in range(tasks)
+        ]
+        return make_graph(specs), {name: lognormal(rng, 10.0, 1.0) for name, _ in specs}
+    if shape == "build":
+        builds, packages = max(1, tasks // 10), max(1, tasks // 100)
+        return build_graph(rng, builds, tasks - builds - packages, packages)
+    if shape == "dag":
+        names = [f"t{i}" for i in range(tasks)]
+        specs = [(n, rng.sample(names[:i], k=2) if i > 100 else ()) for i, n in enumerate(names)]
+        return make_graph(specs), {n: rng.expovariate(1.0) for n in names}
+    raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SCALE_SHAPES)}")
+
+
+def simulate_scale(tasks: int, hosts: int, shape: str) -> dict[str, Any]:
+    """The simulator on ``tasks`` tasks of ``shape`` (see scale_workload) over ``hosts``
+    hosts x SCALE_SLOTS slots, every host there from the start and durations known.
+
+    ``cpu_s``: process CPU time of the simulation alone (the scheduler and the
+    simulator's own event loop; not building the graph); ``hosts_used``: hosts that
+    ran at least one task (every host should, when there are more tasks than slots).
+    """
+    graph, actual = scale_workload(tasks, shape)
+    fleet = uniform_hosts(hosts, SCALE_SLOTS)
+    start = time.process_time()
+    result = simulate(graph, actual, fleet)
+    cpu_s = time.process_time() - start
+    bad = sum(1 for r in result.records.values() if r.status.value != "succeeded")
+    if bad:
+        raise RuntimeError(f"scale {tasks}x{hosts} {shape}: {bad} tasks did not succeed")
+    return {
+        "tasks": tasks,
+        "hosts": hosts,
+        "shape": shape,
+        "cpu_s": cpu_s,
+        "makespan_s": result.makespan,
+        "lower_bound_s": lower_bound(graph, actual, fleet),
+        "hosts_used": len({i.host for i in result.intervals if i.outcome == "succeeded"}),
+    }
+
+
+def render_scale(rows: Sequence[Mapping[str, Any]]) -> str:
+    out = [
+        f"\n== simulator at scale: {SCALE_SLOTS} slots per host, durations known ==",
+        f"{'tasks':>8} {'hosts':>6} {'shape':<12} {'CPU s':>8} {'ms/task':>8} "
+        f"{'makespan/LB':>11} {'hosts used':>10}",
+    ]
+    for r in rows:
+        out.append(
+            f"{r['tasks']:>8} {r['hosts']:>6} {r['shape']:<12} {r['cpu_s']:>8.2f} "
+            f"{1000 * r['cpu_s'] / r['tasks']:>8.3f} {r['makespan_s'] / r['lower_bound_s']:>11.3f} "
+            f"{r['hosts_used']:>10}"
+        )
+    out.append(
+        "CPU s = process CPU time of sim.simulate (scheduler + simulator); issue 13's target: "
+        "100,000 tasks x 1,000 hosts under 60 s"
+    )
+    return "\n".join(out)
+
+
 # -- part 2: real hosts -----------------------------------------------------------------
 
 
@@ -728,6 +813,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per real row (2)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the real durations (7)")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the scheduler's cost at scale: the simulator on 10k/100k tasks x 100/1,000 "
+        "hosts, independent tasks, chains and a build graph (CPU s, makespan/LB, hosts used)",
+    )
+    parser.add_argument(
+        "--scale-size",
+        action="append",
+        metavar="TASKSxHOSTS",
+        help="with --scale: these sizes instead (repeatable, e.g. 10000x200)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.repeat < 1:
         parser.error("--seeds and --repeat must be >= 1")
@@ -735,6 +832,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         failed = False
+        if args.scale:
+            sizes = SCALE_SIZES
+            if args.scale_size:
+                sizes = [
+                    (int(size.split("x")[0]), int(size.split("x")[1])) for size in args.scale_size
+                ]
+            rows = []
+            for tasks, hosts in sizes:
+                for shape in SCALE_SHAPES:
+                    rows.append(simulate_scale(tasks, hosts, shape))
+                    print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+            print(render_scale(rows), flush=True)
+            doc["scale"] = rows
+            return 0
         if not args.no_sim:
             t0 = time.perf_counter()
             rows = run_sim(range(args.seeds))

@@ -298,6 +298,7 @@ class _HostState:
     limit: int
     alive: bool = True
     queue: list[tuple[float, int, str]] = field(default_factory=list)  # (-priority, seq, task)
+    works: list[float] = field(default_factory=list)  # each queued task's _work, in step
     running: dict[str, int] = field(default_factory=dict)  # task -> load units
     expected_end: dict[str, float] = field(default_factory=dict)  # task -> when it should end
     last_distress: float = float("-inf")
@@ -306,6 +307,7 @@ class _HostState:
     running_work: float = 0.0  # the same over running tasks
     order: int = 0  # its position among the hosts (the indexes' name for it)
     stealable: bool = False  # queued tasks it cannot start itself now (as indexed)
+    idle: bool = False  # free room and nothing queued: it may steal (as indexed)
 
 
 @records.record(frozen=False, eq=False)
@@ -365,7 +367,7 @@ class Scheduler:
         self._groups_for_task: dict[tuple[frozenset[str], int], list[_Group]] = {}
         self._victims = LazyHeap(self._versions)  # (-backlog, order, version)
         self._stealable = 0  # hosts with stealable tasks
-        self._idle: set[int] = set()  # live hosts with free room and an empty queue
+        self._idle: list[int] = []  # orders of the idle hosts (free room, empty queue), sorted
         self._changed: dict[int, _HostState] = {}
         self._dirty: set[int] = set()
         for record in self.records.values():
@@ -514,18 +516,23 @@ class Scheduler:
         if index == len(host.queue):
             return host.queued_work
         if index <= len(host.queue) - index:
-            return sum(self._work(name) for _, _, name in host.queue[:index])
-        behind = sum(self._work(name) for _, _, name in host.queue[index:])
+            return sum(host.works[:index])
+        behind = sum(host.works[index:])
         return max(0.0, host.queued_work - behind)
 
     def _enqueue(self, host: _HostState, name: str) -> None:
         self._seq += 1
-        bisect.insort(host.queue, (-self.records[name].priority, self._seq, name))
-        host.queued_work += self._work(name)
+        entry = (-self.records[name].priority, self._seq, name)
+        index = bisect.bisect_right(host.queue, entry)
+        host.queue.insert(index, entry)
+        work = self._work(name)
+        host.works.insert(index, work)
+        host.queued_work += work
         self._touch(host)
 
     def _dequeue(self, host: _HostState, index: int) -> str:
         _, _, name = host.queue.pop(index)
+        del host.works[index]
         host.queued_work = max(0.0, host.queued_work - self._work(name))
         self._touch(host)
         return name
@@ -577,6 +584,7 @@ class Scheduler:
         for host in self.hosts.values():
             queued += [name for _, _, name in host.queue]
             host.queue.clear()
+            host.works.clear()
             host.queued_work = 0.0
             self._touch(host)
         names = stalled + queued if stalled_first else queued + stalled
@@ -725,6 +733,7 @@ class Scheduler:
         host.alive = False
         orphans = [n for _, _, n in host.queue] + list(host.running)
         host.queue.clear()
+        host.works.clear()
         host.running.clear()
         host.expected_end.clear()
         host.used = 0
@@ -752,6 +761,7 @@ class Scheduler:
             for _, _, name in host.queue:
                 self._end(name, TaskStatus.CANCELLED, reason)
             host.queue.clear()
+            host.works.clear()
             host.queued_work = 0.0
             self._touch(host)  # once per host: a stop is rare
         for name in self._stalled:
@@ -816,17 +826,24 @@ class Scheduler:
         later = self._dirty
         self._dirty = set()
         while True:
-            self._reindex()
-            thieves = self._stealable > 0
-            if thieves:
-                later |= self._idle
-            current = list(later)
+            current = list(later)  # the changed hosts this pass visits, by order
             heapq.heapify(current)
-            queued = set(later)
+            pending = set(later)
             later = set()
+            position = -1
             progress = False
-            while current:
-                order = heapq.heappop(current)
+            while True:
+                self._reindex()
+                order = current[0] if current else None
+                if self._stealable:  # the next idle host after ``position`` may steal
+                    i = bisect.bisect_right(self._idle, position)
+                    if i < len(self._idle) and (order is None or self._idle[i] < order):
+                        order = self._idle[i]
+                if order is None:
+                    break
+                if current and current[0] == order:
+                    heapq.heappop(current)
+                position = order
                 host = self._by_order[order]
                 if not host.alive or (host.running and host.used >= host.limit):
                     continue  # full: nothing can start there
@@ -835,17 +852,12 @@ class Scheduler:
                     continue
                 actions.append(self._start(host, *chosen, now))
                 progress = True
-                self._reindex()
-                woken = self._dirty
-                if not thieves and self._stealable > 0:
-                    thieves = True
-                    woken = woken | self._idle
-                for other in woken:
-                    if other > order and other not in queued:
-                        heapq.heappush(current, other)
-                        queued.add(other)
-                    elif other <= order:
+                for other in self._dirty:
+                    if other <= order:
                         later.add(other)
+                    elif other not in pending:
+                        heapq.heappush(current, other)
+                        pending.add(other)
                 self._dirty = set()
             if not progress:
                 return actions
@@ -907,26 +919,37 @@ class Scheduler:
         self._reindex()
         if not self._stealable:
             return None
+        chosen = self._steal_for(host)
+        if chosen is None:
+            return None
+        victim, i = chosen
+        return self._dequeue(victim, i), victim.spec.name
+
+    def _steal_for(self, host: _HostState) -> tuple[_HostState, int] | None:
+        """The victim and the index in its queue of what idle ``host`` would steal."""
         looked = 0
         # The hosts with stealable tasks, most backlog first (ties: in their order).
-        for _, order, _ in self._victims.ordered():
-            victim = self._by_order[order]
-            for i in range(len(victim.queue) - 1, self._own(victim) - 1, -1):
-                looked += 1
-                if looked > STEAL_LOOKAHEAD:
-                    return None
-                name = victim.queue[i][2]
-                record = self.records[name]
-                if host.spec.name in record.avoid:
-                    continue  # it failed here; its retry was placed elsewhere on purpose
-                if not (self._eligible(host, record.task) and self._fits(host, record.task)):
-                    continue
-                # Steal only what no other host would clearly finish sooner: a slow
-                # host must not grab a long task that a fast one would end earlier.
-                mine = record.expected_s / host.spec.speed + self.transfer_s(name, host.spec.name)
-                if self._sooner_elsewhere(record, host, mine * STEAL_MARGIN):
-                    continue
-                return self._dequeue(victim, i), victim.spec.name
+        with self._victims.walk() as victims:
+            for _, order, _ in victims:
+                victim = self._by_order[order]
+                for i in range(len(victim.queue) - 1, self._own(victim) - 1, -1):
+                    looked += 1
+                    if looked > STEAL_LOOKAHEAD:
+                        return None
+                    name = victim.queue[i][2]
+                    record = self.records[name]
+                    if host.spec.name in record.avoid:
+                        continue  # it failed here; its retry was placed elsewhere on purpose
+                    if not (self._eligible(host, record.task) and self._fits(host, record.task)):
+                        continue
+                    # Steal only what no other host would clearly finish sooner: a slow
+                    # host must not grab a long task that a fast one would end earlier.
+                    mine = record.expected_s / host.spec.speed + self.transfer_s(
+                        name, host.spec.name
+                    )
+                    if self._sooner_elsewhere(record, host, mine * STEAL_MARGIN):
+                        continue
+                    return victim, i
         return None
 
     # -- the indexes (index.py) --------------------------------------------------------
@@ -947,10 +970,12 @@ class Scheduler:
             stealable = host.alive and len(host.queue) > self._own(host)
             self._stealable += stealable - host.stealable
             host.stealable = stealable
-            if host.alive and not host.queue and host.used < host.limit:
-                self._idle.add(order)
-            else:
-                self._idle.discard(order)
+            idle = host.alive and not host.queue and host.used < host.limit
+            if idle and not host.idle:
+                bisect.insort(self._idle, order)
+            elif host.idle and not idle:
+                del self._idle[bisect.bisect_left(self._idle, order)]
+            host.idle = idle
             if not host.alive:
                 continue
             group = self._group(host.spec)
@@ -1049,29 +1074,31 @@ class Scheduler:
             lowest = group.lowest.top()
             if lowest is not None and lowest[0] < priority:
                 looked = 0
-                for bound, name, order, _ in group.running.ordered():
-                    if best is not None and (
-                        (bound + own_s) + transfer > best[0] or looked >= SEARCH_BUDGET
-                    ):
+                with group.running.walk() as entries:
+                    for bound, name, order, _ in entries:
+                        if best is not None and (
+                            (bound + own_s) + transfer > best[0] or looked >= SEARCH_BUDGET
+                        ):
+                            break
+                        looked += 1
+                        host = self._by_order[order]
+                        if name in skip or not self._ahead_of_some(host, priority):
+                            continue
+                        key = (self._finish_s(host, record), name)
+                        if best is None or key < best:
+                            best, chosen = key, host
+            looked = 0
+            with group.backlog.walk() as entries:
+                for backlog, name, order, _ in entries:
+                    finish = (backlog + own_s) + transfer  # _finish_s where it queues last
+                    if best is not None and (finish > best[0] or looked >= SEARCH_BUDGET):
                         break
                     looked += 1
                     host = self._by_order[order]
-                    if name in skip or not self._ahead_of_some(host, priority):
-                        continue
-                    key = (self._finish_s(host, record), name)
-                    if best is None or key < best:
-                        best, chosen = key, host
-            looked = 0
-            for backlog, name, order, _ in group.backlog.ordered():
-                finish = (backlog + own_s) + transfer  # _finish_s where it queues last
-                if best is not None and (finish > best[0] or looked >= SEARCH_BUDGET):
-                    break
-                looked += 1
-                host = self._by_order[order]
-                if name in skip or self._ahead_of_some(host, priority):
-                    continue  # looked at on its own, or in the walk above
-                if best is None or (finish, name) < best:
-                    best, chosen = (finish, name), host
+                    if name in skip or self._ahead_of_some(host, priority):
+                        continue  # looked at on its own, or in the walk above
+                    if best is None or (finish, name) < best:
+                        best, chosen = (finish, name), host
         return chosen
 
     def _sooner_elsewhere(self, record: TaskRecord, exclude: _HostState, threshold: float) -> bool:
@@ -1088,34 +1115,32 @@ class Scheduler:
         for group in self._eligible_groups(record.task):
             own_s = record.expected_s / group.speed
             looked = 0
-            for backlog, name, order, _ in group.backlog.ordered():
-                if (backlog + own_s) + transfer >= threshold:
-                    break
-                host = self._by_order[order]
-                if host is exclude or name in holders:
-                    continue
-                if not self._ahead_of_some(host, priority):
+            with group.backlog.walk() as entries:
+                for backlog, name, order, _ in entries:
+                    if (backlog + own_s) + transfer >= threshold or looked >= SEARCH_BUDGET:
+                        break
+                    looked += 1
+                    host = self._by_order[order]
+                    if host is exclude or name in holders or self._ahead_of_some(host, priority):
+                        continue  # looked at on its own, or in the walk below
                     return True  # its finish is that bound
-                looked += 1
-                if looked > SEARCH_BUDGET:
-                    break
-                if self._finish_s(host, record) < threshold:
-                    return True
             lowest = group.lowest.top()
             if lowest is None or not lowest[0] < priority:
                 continue
             looked = 0
-            for bound, name, order, _ in group.running.ordered():
-                if (bound + own_s) + transfer >= threshold:
-                    break
-                looked += 1
-                if looked > SEARCH_BUDGET:
-                    break
-                host = self._by_order[order]
-                if host is exclude or name in holders or not self._ahead_of_some(host, priority):
-                    continue
-                if self._finish_s(host, record) < threshold:
-                    return True
+            with group.running.walk() as entries:
+                for bound, name, order, _ in entries:
+                    if (bound + own_s) + transfer >= threshold or looked >= SEARCH_BUDGET:
+                        break
+                    looked += 1
+                    host = self._by_order[order]
+                    if host is exclude or name in holders:
+                        continue
+                    if (
+                        self._ahead_of_some(host, priority)
+                        and self._finish_s(host, record) < threshold
+                    ):
+                        return True
         return False
 
 

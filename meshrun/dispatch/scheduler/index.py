@@ -58,23 +58,44 @@ class LazyHeap:
             heapq.heappop(entries)
         return entries[0] if entries else None
 
-    def ordered(self) -> Iterator[Entry]:
-        """Current entries, smallest first, without taking them out: O(log k) per
-        entry for the first k (a second heap over the frontier of the first).
+    def walk(self) -> Walk:
+        """Current entries, smallest first (``with heap.walk() as entries``)."""
+        return Walk(self)
 
-        The heap must not change while this is being consumed.
-        """
-        if self.top() is None:
-            return
-        entries = self._entries
-        frontier: list[tuple[Entry, int]] = [(entries[0], 0)]
-        size = len(entries)
-        while frontier:
-            entry, i = heapq.heappop(frontier)
-            if self.current(entry):
-                yield entry
-            child = 2 * i + 1
-            if child < size:
-                heapq.heappush(frontier, (entries[child], child))
-                if child + 1 < size:
-                    heapq.heappush(frontier, (entries[child + 1], child + 1))
+
+class Walk:
+    """Takes a heap's entries out smallest first, dropping the stale ones for good,
+    and puts the current ones it took back when the ``with`` block ends: O(log n) per
+    entry taken, and a stale entry costs once, not on every walk that passes it.
+
+    Nothing else may use the heap until the walk ends.
+    """
+
+    __slots__ = ("_heap", "_taken")
+
+    def __init__(self, heap: LazyHeap) -> None:
+        self._heap = heap
+        self._taken: list[Entry] = []
+
+    def __enter__(self) -> Walk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        entries = self._heap._entries
+        for entry in self._taken:
+            heapq.heappush(entries, entry)
+        self._taken.clear()
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self
+
+    def __next__(self) -> Entry:
+        heap = self._heap
+        entries = heap._entries
+        versions = heap._versions
+        while entries:
+            entry = heapq.heappop(entries)
+            if versions[entry[-2]] == entry[-1]:
+                self._taken.append(entry)
+                return entry
+        raise StopIteration
