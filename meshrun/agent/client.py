@@ -1,8 +1,8 @@
 """Running tasks on a host: through the persistent agent, or one exec channel per task.
 
 Both runners offer the same small interface to the dispatch executor — ``run``,
-``cancel``, ``request_load``, ``close`` — and report through one callback, from their
-own threads: ``TaskOutput``, ``TaskExited``, ``LoadReport``, ``RunnerGone``.
+``flush``, ``cancel``, ``request_load``, ``close`` — and report through one callback,
+from their own threads: ``TaskOutput``, ``TaskExited``, ``LoadReport``, ``RunnerGone``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,13 @@ class Runner(Protocol):
     cpus: int | None
     kind: str  # "agent" | "exec"
 
-    def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None: ...
+    def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
+        """Start a task; it may wait for ``flush`` (the end of the caller's turn)."""
+        ...
+
+    def flush(self) -> None:
+        """Send what ``run`` held back. MeshrunError when the link is gone."""
+        ...
 
     def cancel(self, task_id: str) -> None: ...
 
@@ -79,7 +85,14 @@ class AgentUnavailable(MeshrunError):
 
 
 class AgentRunner:
-    """Many tasks over one channel to the agent process on the host."""
+    """Many tasks over one channel to the agent process on the host.
+
+    ``run`` only queues its line; ``flush`` sends what is queued in one channel write.
+    The executor flushes once per turn of its loop, so the tasks it starts on a host in
+    one turn (the slots freed by exits that arrived together) cost one SSH packet and
+    one wake of the agent, not one each. Every other message flushes the queue first:
+    a cancel never overtakes the start of its task.
+    """
 
     kind = "agent"
 
@@ -90,6 +103,8 @@ class AgentRunner:
         self._sink = sink
         self._hello = threading.Event()
         self._closing = False
+        self._queued: list[bytes] = []  # run lines not yet sent
+        self._queue_lock = threading.Lock()
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: gone
         self._reader = threading.Thread(
             target=self._read, name=f"meshrun-agent-{host}", daemon=True
@@ -101,7 +116,16 @@ class AgentRunner:
             raise AgentUnavailable(f"{host}: the agent did not start (is python3 installed?)")
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._stream.send((json.dumps(message, separators=(",", ":")) + "\n").encode())
+        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        with self._queue_lock:
+            self._queued.append(line)
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Under the queue's lock: every queued line, in order, in one write."""
+        data = b"".join(self._queued)
+        self._queued.clear()
+        self._stream.send(data)
 
     def send_lines(self, data: bytes) -> None:
         """Workspace messages that have no reply (``apply`` lines, ``put`` lines each
@@ -127,7 +151,15 @@ class AgentRunner:
         return answer
 
     def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
-        self._send({"op": "run", "id": task_id, "cmd": command, "cwd": cwd, "env": dict(env)})
+        message = {"op": "run", "id": task_id, "cmd": command, "cwd": cwd, "env": dict(env)}
+        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        with self._queue_lock:
+            self._queued.append(line)
+
+    def flush(self) -> None:
+        with self._queue_lock:
+            if self._queued:
+                self._send_queued()
 
     def cancel(self, task_id: str) -> None:
         self._send({"op": "cancel", "id": task_id})
@@ -195,7 +227,9 @@ class ExecRunner:
         self._conn = conn
         self._sink = sink
         self._cancels: dict[str, threading.Event] = {}
-        self._threads: list[threading.Thread] = []
+        # One thread per running task, each gone from here when its task has ended
+        # (a 10,000-task run would otherwise keep 10,000 finished threads).
+        self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
     def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
@@ -212,15 +246,29 @@ class ExecRunner:
             name=f"meshrun-exec-{self.host}",
             daemon=True,
         )
+        with self._lock:
+            self._threads[task_id] = thread
         try:
             thread.start()
         except RuntimeError:  # can't start new thread: the caller tries again later
             with self._lock:
                 self._cancels.pop(task_id, None)
+                self._threads.pop(task_id, None)
             raise
-        self._threads.append(thread)
+
+    def flush(self) -> None:
+        """Each task's channel opened when it was run: nothing is held back."""
 
     def _run(
+        self, task_id: str, command: str, env: Mapping[str, str], cancel: threading.Event
+    ) -> None:
+        try:
+            self._run_task(task_id, command, env, cancel)
+        finally:  # reported: ``close`` need not wait for it
+            with self._lock:
+                self._threads.pop(task_id, None)
+
+    def _run_task(
         self, task_id: str, command: str, env: Mapping[str, str], cancel: threading.Event
     ) -> None:
         def forward(stream: Stream, data: bytes) -> None:
@@ -264,8 +312,15 @@ class ExecRunner:
         with self._lock:
             for event in self._cancels.values():
                 event.set()
-        for thread in self._threads:
+            threads = list(self._threads.values())
+        for thread in threads:
             thread.join(timeout=10)
+
+    @property
+    def threads(self) -> int:
+        """Threads of tasks that have not ended yet."""
+        with self._lock:
+            return len(self._threads)
 
 
 def start_runner(conn: Connection, workdir: str, sink: Sink, *, use_agent: bool = True) -> Runner:

@@ -3,7 +3,8 @@
 This file is shipped to a host as is (stored under its content hash in the workdir)
 and started with ``python3 agent.py``; it is never imported by the coordinator.
 
-Protocol: one JSON object per line in both directions.
+Protocol: one JSON object per line in both directions (the agent writes what one turn
+of its loop produced at once: several lines may come in one read).
 
     coordinator -> agent
       {"op": "run", "id": "t1", "cmd": "make", "cwd": "/w", "env": {...}}
@@ -19,7 +20,6 @@ Protocol: one JSON object per line in both directions.
       {"op": "done", "dirs": [[path, mode, mtime_ns]]}
     agent -> coordinator
       {"ev": "hello", "version": 1, "cpus": 8, "pid": 123}
-      {"ev": "started", "id": "t1", "pid": 456}
       {"ev": "out", "id": "t1", "stream": "stdout", "b64": "..."}
       {"ev": "exit", "id": "t1", "code": 0, "signal": null}
       {"ev": "load", "load1": 0.5, "cpus": 8}
@@ -80,9 +80,24 @@ DRAIN_MAX_S = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
 
 
+#: Events waiting to go out: written together once per turn of the loop (``flush``),
+#: so the exits of tasks that end together, a task's last output and its exit, or a
+#: load report beside them, cross the link as one write, one SSH packet and one wake of
+#: the coordinator's reader instead of one each (10,000 quick tasks: about half the
+#: coordinator's CPU per task was spent on a packet per event).
+OUTBOX = []
+
+
 def send(obj):
-    line = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-    view = memoryview(line)
+    OUTBOX.append((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+
+
+def flush():
+    """Write every event sent since the last flush, in order, in one write."""
+    if not OUTBOX:
+        return
+    view = memoryview(b"".join(OUTBOX))
+    del OUTBOX[:]
     while view:
         n = os.write(1, view)
         view = view[n:]
@@ -526,7 +541,6 @@ class Agent:
             os.set_blocking(pipe.fileno(), False)
             task.streams[pipe.fileno()] = pipe
             self.sel.register(pipe, selectors.EVENT_READ, (task, stream))
-        send({"ev": "started", "id": task_id, "pid": proc.pid})
 
     def cancel(self, task_id):
         task = self.tasks.get(task_id)
@@ -758,6 +772,7 @@ class Agent:
         send({"ev": "hello", "version": VERSION, "cpus": cpus(), "pid": os.getpid()})
         try:
             while self.stdin_open:
+                flush()  # what this turn sent, before waiting for the next
                 for key, _ in self.sel.select(self.next_deadline()):
                     if key.data is None:
                         self.read_stdin()

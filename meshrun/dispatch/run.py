@@ -456,7 +456,12 @@ def run_dispatch(
         def observe(event: DispatchEvent) -> None:
             if isinstance(event, TaskEnded) and event.status is not None:
                 journal.task_ended(
-                    event.task, event.status.value, event.host, event.exit_code, event.duration_s
+                    event.task,
+                    event.status.value,
+                    event.host,
+                    event.exit_code,
+                    event.duration_s,
+                    event.log_slice,
                 )
             observer(event)
 
@@ -476,6 +481,7 @@ def run_dispatch(
             collect=collect,
             stage=stage,
             prior_outputs={need: files for need, (_, files) in prior.items()},
+            after_turn=journal.flush,
         )
         browser = None if discovery is None else _join_discovered(dispatcher, hosts, discovery)
         try:

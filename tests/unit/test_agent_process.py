@@ -178,7 +178,6 @@ def test_a_cancelled_task_is_stopped_whatever_it_did_to_its_output(
     """SIGTERM at once; SIGKILL after the grace for a task that ignores it."""
     marker = _marker()
     agent.run("t", shape.format(m=marker), tmp_path)
-    assert agent.next()["ev"] == "started"
     deadline = time.monotonic() + ANSWER_S
     while not _alive_with(marker):
         assert time.monotonic() < deadline, "the task never started its sleep"
@@ -220,3 +219,32 @@ def test_output_written_just_before_exit_is_all_delivered(agent: AgentProc, tmp_
     ev, out = agent.until_exit("big")
     assert ev["code"] == 0
     assert out.count(b"x") == 3_000_000 and out.endswith(b"end\n"), len(out)
+
+
+def test_what_one_turn_produces_goes_out_in_one_write(tmp_path: Path) -> None:
+    """Events made while handling one read (here three answers) leave in one write: one
+    SSH packet and one wake of the coordinator's reader, not one each. A SEQPACKET
+    socket as stdout keeps each write a record of its own."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    script = tmp_path / "agent.py"
+    script.write_bytes(agent_source())
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(script)], stdin=subprocess.PIPE, stdout=theirs, cwd=tmp_path
+    )
+    theirs.close()
+    try:
+        ours.settimeout(ANSWER_S)
+        assert json.loads(ours.recv(1 << 16))["ev"] == "hello"
+        assert proc.stdin is not None
+        proc.stdin.write(b'not json\n{"op": "load"}\n{"op": "nonsense\n')
+        proc.stdin.flush()
+        lines = ours.recv(1 << 16).splitlines()
+        assert [json.loads(line)["ev"] for line in lines] == ["error", "load", "error"], lines
+    finally:
+        proc.kill()
+        proc.wait()
+        ours.close()
+        if proc.stdin is not None:
+            proc.stdin.close()

@@ -78,6 +78,12 @@ def test_a_graph_runs_in_order_with_logs_report_junit_and_history(project: Path)
     assert suite is not None and suite.get("tests") == "4" and suite.get("failures") == "0"
     with History(project / ".meshrun/history.sqlite") as h:
         assert {r.task for r in h.durations()} == {"build", "test", "ship", "lint"}
+    # The journal indexes succeeded.log too (a killed run has no report.json).
+    journal = (project / ".meshrun/runs/r1/journal.jsonl").read_text().splitlines()
+    ends = {e["task"]: e for e in map(json.loads, journal) if e["event"] == "end"}
+    assert {t["name"]: (t["log_offset"], t["log_bytes"]) for t in saved["tasks"]} == {
+        name: (e["log_offset"], e["log_bytes"]) for name, e in ends.items()
+    }
 
 
 def test_keep_going_skips_dependents_and_rerun_failed_runs_only_those(project: Path) -> None:

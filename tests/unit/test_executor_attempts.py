@@ -51,6 +51,9 @@ class StubRunner:
     def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
         self.ran.append((task_id, command, env))
 
+    def flush(self) -> None:
+        """Nothing is held back."""
+
     def cancel(self, task_id: str) -> None:
         self.cancelled.append(task_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from meshrun.config.tasks import SyncSpec, Task, TaskGraph
@@ -25,6 +26,25 @@ def test_a_journal_reads_back_what_ended_and_ignores_a_torn_line(tmp_path: Path)
     assert record is not None
     assert (record.run_id, record.started, record.tasks) == ("r1", 100.0, ("a", "b", "c"))
     assert record.ended == {"a": "succeeded", "b": "failed"}
+
+
+def test_a_turns_ends_are_written_together_with_a_succeeded_tasks_log_slice(
+    tmp_path: Path,
+) -> None:
+    j = Journal(tmp_path / "r1", "r1", ["a", "b"], started=100.0)
+    path = tmp_path / "r1" / "journal.jsonl"
+    j.task_ended("a", "succeeded", "h1", 0, 0.5, log_slice=(120, 60))
+    j.task_ended("b", "failed", "h2", 1, 0.7)
+    assert len(path.read_text().splitlines()) == 1  # the start line only, until the flush
+    j.flush()
+    ends = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    assert [(e["task"], e.get("log_offset"), e.get("log_bytes")) for e in ends] == [
+        ("a", 120, 60),
+        ("b", None, None),
+    ]
+    j.task_ended("c", "succeeded", "h1", 0, 0.1)
+    j.close()  # what is left goes at the end
+    assert json.loads(path.read_text().splitlines()[-1])["task"] == "c"
 
 
 def test_the_latest_journal_is_the_run_that_started_last(tmp_path: Path) -> None:

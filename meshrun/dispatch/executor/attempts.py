@@ -90,6 +90,7 @@ class Attempts:
         self._put = put
         self._starts = 0
         self.running: dict[str, Attempt] = {}  # runner task id -> attempt
+        self._unsent: dict[str, Runner] = {}  # host -> its runner, holding starts back
         # (deadline, runner task id) of attempts launched with a timeout: the next one is
         # found without reading every running attempt on each pass of the loop. Entries
         # of attempts that ended stay until they reach the top.
@@ -134,6 +135,7 @@ class Attempts:
         }
         try:
             runner.run(task_id, task.run, workdir, env)
+            self._unsent[attempt.host] = runner
         except Exception as exc:
             shortage = resources.resource_error(exc, f"starting {attempt.task}")
             if shortage is not None:
@@ -144,6 +146,17 @@ class Attempts:
             self._put(TaskExited(attempt.host, task_id, None, str(exc)))
             self._put(RunnerGone(attempt.host, str(exc)))
         return None
+
+    def flush(self) -> None:
+        """Send the starts runners held back (once per turn of the loop: the tasks
+        started on a host in one turn go out together). A host whose link broke is
+        lost: a RunnerGone re-queues what runs there."""
+        while self._unsent:
+            host, runner = self._unsent.popitem()
+            try:
+                runner.flush()
+            except (MeshrunError, OSError) as exc:
+                self._put(RunnerGone(host, str(exc)))
 
     def unstage(self, task_id: str) -> Attempt | None:
         """The attempt whose inputs were being pushed, now done with that; None if it is

@@ -74,6 +74,7 @@ class TaskLogs:
 
     def __init__(self, logs_dir: Path) -> None:
         self._dir = logs_dir
+        self._shared_path = str(logs_dir / SUCCEEDED_LOG)  # said of every succeeded task
         self._open: dict[str, _Buffer] = {}  # task -> what is not in a file yet
         self._held = 0  # bytes in memory, every task together
         self._slices: dict[str, tuple[int, int]] = {}  # task -> (offset, size) in SUCCEEDED_LOG
@@ -109,8 +110,13 @@ class TaskLogs:
         """Where ``task``'s log is (its own file when it has none yet: never ran)."""
         where = self._slices.get(task)
         if where is not None:
-            return LogPlace(str(self._dir / SUCCEEDED_LOG), *where)
+            return LogPlace(self._shared_path, *where)
         return LogPlace(str(self.path(task)))
+
+    def slice(self, task: str) -> tuple[int, int] | None:
+        """(offset, bytes) of a succeeded task's log in ``SUCCEEDED_LOG``; None if it
+        has a file of its own (or is still running)."""
+        return self._slices.get(task)
 
     def path(self, task: str) -> Path:
         return self._dir / f"{task}.log"

@@ -17,7 +17,7 @@ import logging
 import queue
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import field
+from dataclasses import field, replace
 from pathlib import Path
 
 from meshrun import stopsignals
@@ -116,6 +116,9 @@ class Dispatcher:
     #: Outputs of needs that passed in an earlier run (``graph.done_needs``; a rerun):
     #: pushed before each dependent starts, wherever it runs, as a full run would.
     prior_outputs: Mapping[str, tuple[FileEntry, ...]] = field(default_factory=dict)
+    #: Called once per turn of the loop, after what it decided went out (the journal
+    #: writes the ends it was told of then: one write per turn, not one per task).
+    after_turn: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue[_Item] = queue.Queue()
@@ -181,11 +184,17 @@ class Dispatcher:
         )
         self._pool.connect_all()
         self._apply(self._scheduler.handle(RunStarted(), clock.now()))
+        self._attempts.flush()
         next_load_poll = clock.monotonic() + self.options.load_poll_s
         next_progress = clock.monotonic()
         while not self._scheduler.finished:
             try:
                 self._step()
+                # What this turn decided goes out now, one write per host, before the
+                # loop waits again.
+                self._attempts.flush()
+                if self.after_turn is not None:
+                    self.after_turn()
                 if clock.monotonic() >= next_progress:
                     took = clock.monotonic()
                     progress = self._progress()
@@ -206,6 +215,7 @@ class Dispatcher:
                         )
                     )
                     self._apply(self._scheduler.handle(CancelAll(self._stop_reason()), clock.now()))
+                    self._attempts.flush()
                 else:
                     self.observer(Notice("disconnecting"))
                     self._abort_running()
@@ -487,7 +497,12 @@ class Dispatcher:
     def _ended(self, event: TaskEnded) -> None:
         """Tell the observer a task ended; once it is final, its log leaves memory."""
         if event.status is not None:
-            self._attempts.logs.finish(event.task, event.status is TaskStatus.SUCCEEDED)
+            succeeded = event.status is TaskStatus.SUCCEEDED
+            self._attempts.logs.finish(event.task, succeeded)
+            if succeeded:
+                where = self._attempts.logs.slice(event.task)
+                if where is not None:
+                    event = replace(event, log_slice=where)
         self.observer(event)
 
     def _host_lost(self, host: str, reason: str) -> None:

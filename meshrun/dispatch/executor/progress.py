@@ -53,6 +53,9 @@ class TaskEnded:
     exit_code: int | None
     duration_s: float
     error: str | None
+    #: A succeeded task's log: (offset, bytes) in logs/succeeded.log (the journal keeps
+    #: it); None when its log is a file of its own.
+    log_slice: tuple[int, int] | None = None
 
 
 @record
