@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 15.0
 
+#: One encoder for every message (``json.dumps`` with options builds one per call).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @record
 class TaskOutput:
@@ -116,7 +119,7 @@ class AgentRunner:
             raise AgentUnavailable(f"{host}: the agent did not start (is python3 installed?)")
 
     def _send(self, message: dict[str, Any]) -> None:
-        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        line = (_encode(message) + "\n").encode()
         with self._queue_lock:
             self._queued.append(line)
             self._send_queued()
@@ -152,7 +155,7 @@ class AgentRunner:
 
     def run(self, task_id: str, command: str, cwd: str, env: Mapping[str, str]) -> None:
         message = {"op": "run", "id": task_id, "cmd": command, "cwd": cwd, "env": dict(env)}
-        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        line = (_encode(message) + "\n").encode()
         with self._queue_lock:
             self._queued.append(line)
 

@@ -833,8 +833,12 @@ tasks no host can run yet wait --discover-timeout for one. Without --hosts, only
 tasks.
 
 The workspace ([sync] in tasks.toml; default: the directory of tasks.toml) is pushed to \
-every host with rsync before its first task. Logs: .meshrun/runs/<run-id>/logs/<task>.log \
-beside tasks.toml (or under --state-dir)."""
+every host with rsync before its first task.
+
+Logs go to .meshrun/runs/<run-id>/logs/ beside tasks.toml (or under --state-dir): \
+<task>.log for a task that failed, was cancelled or timed out (or printed more than \
+64 KiB); the output of every other succeeded task is a slice of logs/succeeded.log, \
+whose place report.json and --json give as log, log_offset and log_bytes."""
 
 
 def dispatch_command(

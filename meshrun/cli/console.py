@@ -799,8 +799,30 @@ class DispatchConsole(_StatusLine):
         for h in report.hosts:
             if h.status in ("lost", "unreachable") and not h.refused:
                 self.err.write(f"  host {h.name}  {self._paint(h.status, '35')}  {h.error or ''}\n")
-        self.err.write(f"meshrun: logs in {report.run_dir}/logs\n")
+        self.err.write(_where_logs_are(report) + "\n")
         self.err.flush()
+
+
+def _where_logs_are(report: DispatchReport) -> str:
+    """The summary's last line: where to look. The logs of tasks that ran and did not
+    succeed (each a file of its own) first; else the one file that holds the output of
+    succeeded tasks, one slice each (report.json says which: log_offset, log_bytes)."""
+    from meshrun import TaskStatus
+
+    logs = f"{report.run_dir}/logs"
+    own = [
+        t
+        for t in report.tasks
+        if t.status is not TaskStatus.SUCCEEDED and t.attempts and t.log_offset is None
+    ]
+    if len(own) == 1:
+        return f"meshrun: log of {own[0].name}: {own[0].log}"
+    if own:
+        return f"meshrun: logs of the {len(own)} tasks that did not succeed: {logs}/<task>.log"
+    return (
+        f"meshrun: output of succeeded tasks: {logs}/succeeded.log, a slice each "
+        f"(log_offset, log_bytes in {report.run_dir}/report.json)"
+    )
 
 
 def _replay_log(task: TaskResult, out: TextIO) -> None:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: At most one fsync per this many seconds while the run goes.
 SYNC_EVERY_S = 1.0
 
+#: One encoder for every line (``json.dumps`` with options builds one per call).
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
 
 class Journal:
     """Appends a run's task ends to its journal. Never fails the run: a journal that
@@ -100,7 +103,7 @@ class Journal:
         }
         if log_slice is not None:
             record["log_offset"], record["log_bytes"] = log_slice
-        self._pending.append(json.dumps(record, ensure_ascii=False) + "\n")
+        self._pending.append(_encode(record) + "\n")
 
     def flush(self) -> None:
         """Write the ends recorded since the last flush (once per turn of the loop)."""
@@ -125,7 +128,7 @@ class Journal:
         if self._file is None:
             return
         if not isinstance(lines, str):
-            lines = json.dumps(lines, ensure_ascii=False) + "\n"
+            lines = _encode(lines) + "\n"
         try:
             self._file.write(lines)
             self._file.flush()

@@ -17,7 +17,7 @@ import logging
 import queue
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import field, replace
+from dataclasses import field
 from pathlib import Path
 
 from meshrun import stopsignals
@@ -361,7 +361,7 @@ class Dispatcher:
                 and end.task not in self._announced
             ):
                 self._announced.add(end.task)
-                self._ended(TaskEnded(end.task, end.host, end.status, None, 0.0, end.error))
+                self._ended(end.task, end.host, end.status, None, 0.0, end.error)
 
     def _start(self, decision: Start) -> None:
         task = self.graph.tasks[decision.task]
@@ -450,14 +450,7 @@ class Dispatcher:
         if final:
             self._announced.add(attempt.task)
             self._ended(
-                TaskEnded(
-                    attempt.task,
-                    attempt.host,
-                    TaskStatus.CANCELLED,
-                    exit_code,
-                    duration,
-                    "cancelled",
-                )
+                attempt.task, attempt.host, TaskStatus.CANCELLED, exit_code, duration, "cancelled"
             )
         else:
             self.observer(
@@ -482,28 +475,34 @@ class Dispatcher:
         record = self._scheduler.records[attempt.task]
         final = record.status if record.status.final else None
         self._ended(
-            TaskEnded(
-                attempt.task,
-                attempt.host,
-                final,
-                exit_code,
-                duration,
-                record.error if final is not TaskStatus.SUCCEEDED else None,
-            )
+            attempt.task,
+            attempt.host,
+            final,
+            exit_code,
+            duration,
+            record.error if final is not TaskStatus.SUCCEEDED else None,
         )
         self._announce_ends(decisions.ended)
         self._apply(decisions)
 
-    def _ended(self, event: TaskEnded) -> None:
-        """Tell the observer a task ended; once it is final, its log leaves memory."""
-        if event.status is not None:
-            succeeded = event.status is TaskStatus.SUCCEEDED
-            self._attempts.logs.finish(event.task, succeeded)
+    def _ended(
+        self,
+        task: str,
+        host: str | None,
+        status: TaskStatus | None,
+        exit_code: int | None,
+        duration_s: float,
+        error: str | None,
+    ) -> None:
+        """Tell the observer a task ended; once it is final, its log leaves memory (a
+        succeeded task's: a slice of the shared log, which the event names)."""
+        where = None
+        if status is not None:
+            succeeded = status is TaskStatus.SUCCEEDED
+            self._attempts.logs.finish(task, succeeded)
             if succeeded:
-                where = self._attempts.logs.slice(event.task)
-                if where is not None:
-                    event = replace(event, log_slice=where)
-        self.observer(event)
+                where = self._attempts.logs.slice(task)
+        self.observer(TaskEnded(task, host, status, exit_code, duration_s, error, where))
 
     def _host_lost(self, host: str, reason: str) -> None:
         if not self._pool.lose(host, reason):
