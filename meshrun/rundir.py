@@ -51,12 +51,32 @@ DEFAULT_KEEP_RUNS = 20
 DEFAULT_STATE_DIR = Path(".meshrun")
 
 
+#: A document with a list longer than this (a 10,000-task run's ``tasks``) is written
+#: with one entry of each such list per line: ``indent`` makes ``json`` use its
+#: pure-Python encoder (a 10,000-task report: 0.21 s of CPU, written twice with
+#: ``--json``), one line per entry takes the C encoder (0.07 s, and 30 % fewer bytes).
+LONG_LIST = 200
+
+
 def document_json(document: dict[str, Any]) -> str:
     """A document as meshrun prints and saves it: indented, UTF-8 kept as it is (a host
-    name or an output line in any script reads the same in the file and on screen)."""
+    name or an output line in any script reads the same in the file and on screen); a
+    long list (``LONG_LIST``) has one compact entry per line."""
     import json  # only when a document is written: off exec's start
 
-    return json.dumps(document, indent=2, ensure_ascii=False)
+    if not any(isinstance(v, list) and len(v) > LONG_LIST for v in document.values()):
+        return json.dumps(document, indent=2, ensure_ascii=False)
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    indented = json.JSONEncoder(ensure_ascii=False, indent=2).encode
+    lines = []
+    for key, value in document.items():
+        if isinstance(value, list) and len(value) > LONG_LIST:
+            entries = ",\n".join("    " + encode(entry) for entry in value)
+            text = "[\n" + entries + "\n  ]"
+        else:
+            text = indented(value).replace("\n", "\n  ")
+        lines.append(f"  {encode(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 @record
