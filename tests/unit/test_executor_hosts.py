@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import queue
+import threading
 from collections.abc import Callable
 
 from meshrun.agent.client import Runner
@@ -163,6 +164,26 @@ def test_a_host_still_connecting_when_the_run_ends_is_unused() -> None:
     (summary,) = hosts.summaries()
     assert summary.status is HostState.UNUSED
     assert hosts.close() == []  # no runner to close
+
+
+def test_the_end_of_the_run_stops_every_runner_from_this_thread() -> None:
+    """One thread per runner to close took 8 s to start on 256 hosts: each is stopped
+    here, at once, and waited for after."""
+    hosts, items = pool(FakeConnector(), [H1, H2])
+    hosts.connect_all()
+    ready = connected(items, 2)
+    for item in ready.values():
+        assert hosts.ready(item) is not None
+    stopped: list[str] = []
+    for item in ready.values():
+        real = item.runner.stop
+        item.runner.stop = lambda real=real, name=item.host.name: (stopped.append(name), real())  # type: ignore[method-assign]
+    threads = threading.active_count()
+    runners = hosts.close()
+    assert sorted(stopped) == ["h1", "h2"] and len(runners) == 2
+    assert threading.active_count() <= threads  # no closing thread
+    for runner in runners:
+        runner.join(1.0)
 
 
 class OutOfFds(FakeConnector):

@@ -412,17 +412,17 @@ class HostPool:
             if info.runner is not None:
                 _close_later(info.runner)
 
-    def close(self) -> list[threading.Thread]:
-        """No host connects from now on; every ready host's runner is being closed by
-        the threads returned (the caller waits for them)."""
+    def close(self) -> list[Runner]:
+        """No host connects from now on; every ready host's runner is stopped (its
+        agent told to end what it started) and returned: the caller waits for them.
+        All from this thread: a thread per runner took 8 s to start on 256 hosts."""
         self._closing = True
-        closers = []
+        stopped = []
         for info in self.infos.values():
             if info.runner is not None and info.state is HostState.OK:
-                closer = threading.Thread(target=info.runner.close, daemon=True)
-                closer.start()
-                closers.append(closer)
-        return closers
+                call_safely(info.host.name, info.runner.stop)
+                stopped.append(info.runner)
+        return stopped
 
     def join_connecting(self, timeout_s: float) -> None:
         """Give hosts still connecting a moment. Not more: one hung in a handshake is

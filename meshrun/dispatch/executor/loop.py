@@ -94,6 +94,8 @@ PROGRESS_SHARE = 0.02
 #: The longest the loop waits for news: the stalled-task check and the gathering of
 #: the first hosts run at least this often.
 IDLE_WAIT_S = 0.2
+#: At the end, how long the runners (together) and each transfer get to finish.
+CLOSE_WAIT_S = 15.0
 
 _Item = RunnerEvent | Connected | Unreachable | Starved | Collected | Staged | AddHost | RemoveHost
 
@@ -533,8 +535,11 @@ class Dispatcher:
             self._scheduler.handle(stopped, self._clock.now())
 
     def _shutdown(self) -> None:
-        for thread in [*self._pool.close(), *self._transfers.threads]:
-            thread.join(timeout=15)
+        deadline = self._clock.monotonic() + CLOSE_WAIT_S
+        for runner in self._pool.close():
+            runner.join(max(0.0, deadline - self._clock.monotonic()))
+        for thread in self._transfers.threads:
+            thread.join(timeout=CLOSE_WAIT_S)
         self._pool.join_connecting(0.1)
         # A host still connecting when the run ended hands its runner over late.
         while True:
