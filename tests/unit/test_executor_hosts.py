@@ -87,6 +87,43 @@ def test_the_first_host_does_not_wait_longer_than_the_gathering_time() -> None:
     assert hosts.join(late, at=11.0) == HostJoined(HostSpec("h2", 2, 1.0))
 
 
+H3 = Host(name="h3", workdir="~/w")
+
+
+def test_later_hosts_join_in_groups_while_others_still_connect() -> None:
+    """Each join makes the scheduler place the queued tasks again: hosts getting ready
+    one by one (256 hosts) join a group at a time, none waiting more than GATHER_S."""
+    hosts, items = pool(FakeConnector(), [H1, H2, H3])
+    hosts.connect_all()
+    ready = connected(items, 3)  # the pool learns of each only through ready()
+    first = hosts.ready(ready["h1"])
+    assert first is not None and hosts.join(first, at=0.0) is None
+    joined = hosts.gathered(at=GATHER_S)
+    assert joined is not None and [s.name for s in joined.hosts] == ["h1"]
+    second = hosts.ready(ready["h2"])
+    assert second is not None and hosts.join(second, at=5.0) is None, "h3 still connects"
+    assert hosts.gathering and hosts.gather_deadline == 5.0 + GATHER_S
+    assert hosts.gathered(at=5.1) is None
+    third = hosts.ready(ready["h3"])
+    assert third is not None and hosts.join(third, at=5.2) is None
+    joined = hosts.gathered(at=5.2)  # none connects any more: no reason to wait
+    assert joined is not None and [s.name for s in joined.hosts] == ["h2", "h3"]
+    assert not hosts.gathering and hosts.gather_deadline is None
+
+
+def test_a_host_lost_while_it_waited_to_join_does_not_join() -> None:
+    hosts, items = pool(FakeConnector(), [H1, H2, H3])
+    hosts.connect_all()
+    ready = connected(items, 3)
+    first = hosts.ready(ready["h1"])
+    assert first is not None and hosts.join(first, at=0.0) is None
+    assert hosts.gathered(at=GATHER_S) is not None
+    second = hosts.ready(ready["h2"])
+    assert second is not None and hosts.join(second, at=5.0) is None
+    assert hosts.lose("h2", "stopped answering")
+    assert hosts.gathered(at=5.0 + GATHER_S) is None
+
+
 def test_a_refused_host_stays_refused_when_it_joins_again() -> None:
     key = HostKeyError("h2", "HOST KEY CHANGED", fingerprint="SHA256:x", changed=True, fix="")
     connector = FakeConnector(refuse={"h2": key})
