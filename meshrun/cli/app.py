@@ -493,9 +493,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     elif quiet:
         level = logging.ERROR
+    # Without -v a warning is for the user ("--parallel 1024 does not fit ..."): the
+    # module it came from is noise; with -v it says where to look.
+    where = "%(name)s: " if verbose else ""
     logging.basicConfig(
         level=level,
-        format="meshrun: %(levelname)s: %(name)s: %(message)s",
+        format=f"meshrun: %(levelname)s: {where}%(message)s",
         handlers=[console.ConsoleLogHandler()],  # records do not run into the status line
     )
     if verbose < 3:
