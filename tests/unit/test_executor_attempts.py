@@ -25,6 +25,7 @@ from meshrun.dispatch.executor import hosts as hosts_module
 from meshrun.dispatch.executor.attempts import Attempts
 from meshrun.dispatch.executor.clock import RunClock
 from meshrun.dispatch.scheduler import Start, TaskFailed, TaskStatus, TaskSucceeded
+from meshrun.errors import HostUnreachable
 from meshrun.testing.fake import STOPPED_EXIT, FakeConnector, Responder, Scripted
 
 TASKS = """
@@ -111,6 +112,30 @@ def test_an_attempt_has_a_unique_id_a_log_and_the_task_environment(tmp_path: Pat
     assert (tmp_path / "a.log").read_text() == (
         "# meshrun: attempt 1 on h1: make a\n\n# meshrun: exit 0 after 4.00s\n"
     )
+
+
+class BrokenLink(StubRunner):
+    """Starts are held back for the end of the turn; sending them finds the link gone."""
+
+    def flush(self) -> None:
+        raise HostUnreachable("h1", "the agent channel is closed")
+
+
+def test_starts_go_out_once_per_turn_and_a_broken_link_loses_the_host(tmp_path: Path) -> None:
+    made, _, put = attempts(tmp_path)
+    flushed: list[str] = []
+    runner = StubRunner()
+    runner.flush = lambda: flushed.append("h1")  # type: ignore[method-assign]
+    for task in ("a", "slow"):
+        task_id, attempt = made.open(Start(task, "h1", 1), 1.0)
+        assert made.launch(task_id, attempt, runner, "/w") is None
+    made.flush()
+    made.flush()  # nothing new: nothing sent
+    assert flushed == ["h1"]  # both starts in one send
+    task_id, attempt = made.open(Start("a", "h1", 2), 1.0)
+    made.launch(task_id, attempt, BrokenLink(), "/w")
+    made.flush()
+    assert put == [RunnerGone("h1", "h1: the agent channel is closed")]
 
 
 def test_how_an_attempt_ended_is_what_the_scheduler_hears(tmp_path: Path) -> None:
