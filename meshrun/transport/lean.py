@@ -21,6 +21,10 @@ module removes, each measured per connection on loopback (``bench/scale.py``):
 - **The MSG_DEBUG escape.** OpenSSH sends a debug message at every login (the
   ``authorized_keys`` options); paramiko escapes it byte by byte (~46 µs) for a DEBUG
   record that is dropped unless paramiko's logging is on.
+- **Two reads per packet.** paramiko asks the socket for exactly the bytes it needs
+  next, so every packet took two reads (and two TCP_QUICKACK re-arms), even when
+  several had arrived together. :class:`_Packetizer` reads what the socket holds and
+  hands it out from a buffer: 31 reads per connect + ``true`` + close became 11.
 - **The algorithm lists.** Every ``preferred_*`` property re-filters paramiko's defaults
   against ``disabled_algorithms``, 16 times per key exchange; with nothing disabled
   (meshrun disables nothing) the list is returned as it is. The algorithms offered and
@@ -32,6 +36,7 @@ authentication steps; only bookkeeping around them is cheaper.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
@@ -43,6 +48,9 @@ from paramiko.util import safe_string
 
 #: Linux's TCP_QUICKACK (0 elsewhere: not re-armed).
 TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)
+#: The most one read of an SSH connection asks for: more than a handshake's or a
+#: command's packets together, no more than a bulk transfer's packet (32 KiB).
+READ_CHUNK = 32768
 
 
 class LinkSocket(socket.socket):
@@ -83,7 +91,8 @@ def link_socket(sock: socket.socket) -> LinkSocket:
 
 
 class _Packetizer(paramiko.Packetizer):  # type: ignore[misc]  # paramiko has no types
-    """paramiko's packetizer with the handshake bound kept as a deadline, not a thread.
+    """paramiko's packetizer with the handshake bound kept as a deadline, not a thread,
+    and reads that take what the socket holds.
 
     paramiko starts a ``threading.Timer`` that sets a flag at the handshake timeout, and
     the reader looks at the flag when a read returns or times out; this reader looks at
@@ -107,6 +116,67 @@ class _Packetizer(paramiko.Packetizer):  # type: ignore[misc]  # paramiko has no
     def complete_handshake(self) -> None:
         if self._deadline is not None:
             self._handshake_done = True
+
+    # -- reading: one recv for what the socket holds, not two per packet --------------
+
+    _rbuf = b""
+    _rpos = 0
+    _Packetizer__remainder: bytes  # paramiko's: what reading the banner line read past
+
+    def read_all(self, n: int, check_rekey: bool = False) -> bytes:
+        """``n`` bytes of the stream, from what an earlier read brought in if it can.
+
+        paramiko asks the socket for exactly what it needs, so each packet costs two
+        reads (its first block, then the rest), and packets that arrived together (the
+        key exchange reply and NEWKEYS; EXIT_STATUS, EOF and CLOSE) one read each more.
+        This reads what the socket holds (up to :data:`READ_CHUNK`) and hands it out
+        from a buffer; the bytes, their order and every check are paramiko's.
+        """
+        buf, pos = self._rbuf, self._rpos
+        end = pos + n
+        if end <= len(buf):
+            self._rpos = end
+            return buf[pos:end]
+        return self._fill(n, check_rekey)
+
+    def _fill(self, n: int, check_rekey: bool) -> bytes:
+        """paramiko's ``read_all`` loop (timeouts, EAGAIN, rekey, keepalive, close),
+        keeping what arrives beyond ``n`` for the next call."""
+        have = self._rbuf[self._rpos :]
+        if self._Packetizer__remainder:  # read past the banner line: it comes first
+            have = self._Packetizer__remainder + have
+            self._Packetizer__remainder = b""
+        self._rbuf, self._rpos = b"", 0
+        sock = self._Packetizer__socket
+        try:
+            while len(have) < n:
+                if self.handshake_timed_out():
+                    raise EOFError()
+                try:
+                    x = sock.recv(max(n - len(have), READ_CHUNK))
+                except TimeoutError:
+                    pass
+                except OSError as e:
+                    # Linux may say EAGAIN where a timeout was meant (paramiko's note).
+                    if e.errno != errno.EAGAIN:
+                        if self._Packetizer__closed:
+                            raise EOFError() from e
+                        raise
+                else:
+                    if not x:
+                        raise EOFError()
+                    have += x
+                    continue
+                if self._Packetizer__closed:
+                    raise EOFError()
+                if check_rekey and not have and self._Packetizer__need_rekey:
+                    raise paramiko.packet.NeedRekeyException()
+                self._check_keepalive()
+        except BaseException:
+            self._rbuf = have  # nothing read is dropped
+            raise
+        self._rbuf, self._rpos = have, n
+        return have[:n]
 
 
 class LeanTransport(paramiko.Transport):  # type: ignore[misc]  # paramiko has no types
