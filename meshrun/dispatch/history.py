@@ -199,17 +199,19 @@ class History:
         """Fold successful tasks' durations into their estimates, atomically."""
         now = time.time()
         with self._transaction():
+            # One read of the scope and one batched write: a statement pair per task
+            # was 20,000 statements for a 10,000-task run.
+            known = {
+                task: (estimate, count)
+                for task, estimate, count in self._db.execute(
+                    "SELECT task, estimate_s, samples FROM durations WHERE scope = ?",
+                    (self._writing,),
+                )
+            }
+            rows = []
             for task, seconds in samples.items():
-                row = self._db.execute(
-                    "SELECT estimate_s, samples FROM durations WHERE scope = ? AND task = ?",
-                    (self._writing, task),
-                ).fetchone()
-                estimate, count = (row[0], row[1]) if row else (None, 0)
-                self._db.execute(
-                    "INSERT INTO durations (scope, task, estimate_s, samples, last_s, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(scope, task) DO UPDATE SET "
-                    "estimate_s = excluded.estimate_s, samples = excluded.samples, "
-                    "last_s = excluded.last_s, updated = excluded.updated",
+                estimate, count = known.get(task, (None, 0))
+                rows.append(
                     (
                         self._writing,
                         task,
@@ -217,8 +219,15 @@ class History:
                         count + 1,
                         seconds,
                         now,
-                    ),
+                    )
                 )
+            self._db.executemany(
+                "INSERT INTO durations (scope, task, estimate_s, samples, last_s, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(scope, task) DO UPDATE SET "
+                "estimate_s = excluded.estimate_s, samples = excluded.samples, "
+                "last_s = excluded.last_s, updated = excluded.updated",
+                rows,
+            )
 
     # -- runs ----------------------------------------------------------------------
 
