@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import enum
+import functools
 import logging
 import math
 import os
@@ -48,7 +49,48 @@ from meshrun.records import record
 from meshrun.transport.capture import HeadTail, LineSplitter, tail_text
 
 if TYPE_CHECKING:
-    from meshrun import Agent, DispatchReport, DurationRecord, Progress, TaskResult
+    from meshrun import (
+        Agent,
+        DispatchReport,
+        DurationRecord,
+        HostDown,
+        HostReady,
+        Notice,
+        Progress,
+        TaskEnded,
+        TaskLine,
+        TaskResult,
+        TaskStarted,
+        TaskStatus,
+    )
+
+
+@functools.cache
+def _dispatch_types() -> tuple[
+    type[HostDown],
+    type[HostReady],
+    type[Notice],
+    type[Progress],
+    type[TaskEnded],
+    type[TaskLine],
+    type[TaskStarted],
+    type[TaskStatus],
+]:
+    """The dispatch side's event types, loaded on first use (``exec`` never needs
+    them) and then looked up once: an import statement per event was ~10 µs, 0.2 s of
+    a 10,000-task run."""
+    from meshrun import (
+        HostDown,
+        HostReady,
+        Notice,
+        Progress,
+        TaskEnded,
+        TaskLine,
+        TaskStarted,
+        TaskStatus,
+    )
+
+    return HostDown, HostReady, Notice, Progress, TaskEnded, TaskLine, TaskStarted, TaskStatus
 
 
 class OutputMode(enum.Enum):
@@ -662,7 +704,7 @@ class DispatchConsole(_StatusLine):
             self._update()
 
     def _handle(self, event: object) -> None:
-        from meshrun import (
+        (
             HostDown,
             HostReady,
             Notice,
@@ -671,7 +713,7 @@ class DispatchConsole(_StatusLine):
             TaskLine,
             TaskStarted,
             TaskStatus,
-        )
+        ) = _dispatch_types()
 
         if isinstance(event, Progress):
             self._snapshot = event
