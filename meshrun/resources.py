@@ -25,11 +25,13 @@ loopback fleet; each constant says what it covers.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
 import sys
 import threading
+from collections.abc import Iterator
 
 from meshrun.errors import DoesNotFit, ResourceExhausted
 
@@ -50,6 +52,7 @@ __all__ = [
     "nofile_limits",
     "raise_nofile_limit",
     "resource_error",
+    "shortage_raised",
     "threads_available",
 ]
 
@@ -250,6 +253,21 @@ def resource_error(exc: BaseException, doing: str) -> ResourceExhausted | None:
     if isinstance(exc, ResourceExhausted):
         return exc
     return ResourceExhausted(what, doing)
+
+
+@contextlib.contextmanager
+def shortage_raised(doing: str) -> Iterator[None]:
+    """Within the block, a shortage here (:func:`exhaustion`) is raised as
+    :class:`ResourceExhausted` (from the original error); anything else as it was."""
+    try:
+        yield
+    except ResourceExhausted:
+        raise
+    except Exception as exc:
+        shortage = resource_error(exc, doing)
+        if shortage is None:
+            raise
+        raise shortage from exc
 
 
 def _shown(limit: int) -> str:

@@ -336,15 +336,8 @@ class _Worker:
     def _connect(self) -> Connection:
         """The host's connection; ResourceExhausted when this process lacks what a
         dial needs (descriptors, a thread, memory): never the host's fault."""
-        try:
+        with resources.shortage_raised(f"connecting to {self.host.name}"):
             return self.connector.connect(self.host)
-        except ResourceExhausted:
-            raise
-        except Exception as exc:
-            shortage = resources.resource_error(exc, f"connecting to {self.host.name}")
-            if shortage is None:
-                raise
-            raise shortage from exc
 
     def _run(self, started: float) -> HostResult:
         conn = self._connect()

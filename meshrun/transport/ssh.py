@@ -35,7 +35,6 @@ from meshrun.errors import (
     HostUnreachable,
     InputError,
     Interrupted,
-    ResourceExhausted,
 )
 from meshrun.records import record
 from meshrun.transport import lean, liveness, rsync, sftp, startups
@@ -889,15 +888,8 @@ class SSHConnector:
         or memory (a socket, ssh-agent's socket, a key or known_hosts file, paramiko's
         thread) is ResourceExhausted: never the host's fault (not "is sshd running
         there", not "cannot read identity file"), and never retried here."""
-        try:
+        with resources.shortage_raised(f"connecting to {host.name}"):
             return self._dial_once(host)
-        except ResourceExhausted:
-            raise
-        except Exception as exc:
-            shortage = resources.resource_error(exc, f"connecting to {host.name}")
-            if shortage is None:
-                raise
-            raise shortage from exc
 
     def _dial_once(self, host: Host) -> SSHConnection:
         ep = self.endpoint(host)
