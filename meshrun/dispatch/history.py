@@ -318,10 +318,11 @@ class History:
 
     # -- retention (dispatch/retention.py) -------------------------------------------
 
-    def run_ids(self) -> dict[str, float]:
-        """Every recorded run (all scopes) -> when it ended (or started)."""
-        rows = self._db.execute("SELECT run_id, COALESCE(ended, started) FROM runs")
-        return {str(run_id): float(ended) for run_id, ended in rows}
+    def run_ids(self) -> dict[str, tuple[float, float]]:
+        """Every recorded run (all scopes) -> (when it started, when it ended or, not
+        known, started)."""
+        rows = self._db.execute("SELECT run_id, started, COALESCE(ended, started) FROM runs")
+        return {str(run_id): (float(started), float(ended)) for run_id, started, ended in rows}
 
     def scopes(self) -> list[str]:
         """The task files (scopes) with recorded runs."""

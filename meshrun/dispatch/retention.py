@@ -55,11 +55,14 @@ PRUNED_DIR = ".pruned"
 @record
 class RunEntry:
     """One run as retention sees it: its id, whether it ended (report.json written, or
-    recorded in the history) and when it was last written to (epoch seconds)."""
+    recorded in the history), when it was last written to and, when known (from the
+    history or its journal), when it started (epoch seconds). Ids alone order runs only
+    to the second: two runs started in the same second sort by their random suffix."""
 
     run_id: str
     finished: bool
     last_write: float
+    started: float | None = None
 
 
 @record
@@ -96,9 +99,13 @@ def choose_prunable(
     """The run ids to remove, oldest first (pure; the rules are the module's)."""
     runs = sorted(
         (e for e in entries if run_started(e.run_id) is not None),
-        key=lambda e: e.run_id,  # ids sort by start time
+        key=_start_order,
         reverse=True,
     )
+    newest_kept: tuple[float, str] | None = None  # the current run's place: none newer go
+    if current is not None:
+        mine = next((e for e in runs if e.run_id == current), None)
+        newest_kept = _start_order(mine) if mine else (run_started(current) or 0.0, current)
     chosen: list[str] = []
     for position, entry in enumerate(runs):
         too_many = keep_runs > 0 and position >= keep_runs
@@ -106,12 +113,22 @@ def choose_prunable(
         too_old = keep_days is not None and now - started > keep_days * 86400.0
         if not (too_many or too_old):
             continue
-        if entry.run_id in protected or (current is not None and entry.run_id >= current):
+        if entry.run_id in protected or (
+            newest_kept is not None and _start_order(entry) >= newest_kept
+        ):
             continue
         if not entry.finished and now - entry.last_write < UNFINISHED_GRACE_S:
             continue
         chosen.append(entry.run_id)
     return chosen[::-1]
+
+
+def _start_order(entry: RunEntry) -> tuple[float, str]:
+    """Newest last: the exact start when known, else the id's second; then the id."""
+    started = entry.started
+    if started is None:
+        started = run_started(entry.run_id) or 0.0
+    return started, entry.run_id
 
 
 def prune_state(
@@ -138,9 +155,10 @@ def prune_state(
         protected = set(history.rerun_runs()) if history is not None else set()
         protected |= _journalled_latest(on_disk, state)
         entries = dict(on_disk)
-        for run_id, ended in recorded.items():
+        for run_id, (started, ended) in recorded.items():
             old = entries.get(run_id)
-            entries[run_id] = RunEntry(run_id, True, max(ended, old.last_write if old else ended))
+            last = max(ended, old.last_write if old else ended)
+            entries[run_id] = RunEntry(run_id, True, last, started)
         chosen = choose_prunable(
             entries.values(),
             keep_runs=keep_runs,
@@ -180,7 +198,8 @@ def _run_dirs(state: StateDir) -> dict[str, RunEntry]:
             finished = os.path.exists(os.path.join(child.path, REPORT_NAME))
         except FileNotFoundError:
             continue  # removed meanwhile (another pruner)
-        found[child.name] = RunEntry(child.name, finished, last)
+        head = _journal_head(Path(child.path) / JOURNAL_NAME)
+        found[child.name] = RunEntry(child.name, finished, last, head[1] if head else None)
     return found
 
 

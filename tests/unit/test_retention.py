@@ -42,6 +42,16 @@ def test_beyond_the_count_oldest_first() -> None:
     assert choose(runs) == [runs[5].run_id, runs[4].run_id, runs[3].run_id]
 
 
+def test_runs_started_in_one_second_go_by_their_exact_start_not_their_suffix() -> None:
+    # Ids order runs to the second only: "ffffff" sorts after "000000" though it
+    # started first. The history and the journal know the exact start.
+    earlier = RunEntry(run_id(0, "ffffff"), True, NOW, started=NOW + 0.1)
+    later = RunEntry(run_id(0, "000000"), True, NOW, started=NOW + 0.6)
+    assert choose([earlier, later], keep_runs=1) == [earlier.run_id]
+    # The run pruning after itself keeps itself and nothing it thinks newer by id.
+    assert choose([earlier, later], keep_runs=1, current=later.run_id) == [earlier.run_id]
+
+
 def test_zero_keeps_every_run() -> None:
     assert choose(entries(30), keep_runs=0) == []
 
