@@ -148,12 +148,13 @@ def prune_state(
     if keep_days is not None and keep_days < 0:
         raise ValueError(f"--keep-days must be 0 or more, got {keep_days}")
     now = time.time()
-    on_disk = _run_dirs(state)
+    heads: dict[str, tuple[str, float]] = {}  # run -> (scope, started) from its journal
+    on_disk = _run_dirs(state, heads)
     history = History(state.history) if state.history.exists() else None
     try:
         recorded = history.run_ids() if history is not None else {}
         protected = set(history.rerun_runs()) if history is not None else set()
-        protected |= _journalled_latest(on_disk, state)
+        protected |= _journalled_latest(heads)
         entries = dict(on_disk)
         for run_id, (started, ended) in recorded.items():
             old = entries.get(run_id)
@@ -178,8 +179,9 @@ def prune_state(
     return PruneResult(tuple(chosen), freed, rows, len(entries) - len(chosen))
 
 
-def _run_dirs(state: StateDir) -> dict[str, RunEntry]:
-    """The run directories under runs/: finished when report.json is there."""
+def _run_dirs(state: StateDir, heads: dict[str, tuple[str, float]]) -> dict[str, RunEntry]:
+    """The run directories under runs/: finished when report.json is there. Each
+    journal's head (scope, started) goes into ``heads``, read once."""
     found: dict[str, RunEntry] = {}
     try:
         children = list(os.scandir(state.runs))
@@ -199,18 +201,19 @@ def _run_dirs(state: StateDir) -> dict[str, RunEntry]:
         except FileNotFoundError:
             continue  # removed meanwhile (another pruner)
         head = _journal_head(Path(child.path) / JOURNAL_NAME)
+        if head is not None:
+            heads[child.name] = head
         found[child.name] = RunEntry(child.name, finished, last, head[1] if head else None)
     return found
 
 
-def _journalled_latest(runs: Iterable[str], state: StateDir) -> set[str]:
+def _journalled_latest(heads: dict[str, tuple[str, float]]) -> set[str]:
     """For each task file with a journal, its newest journalled run (what --rerun-failed
     reads when that run was killed before it could record itself)."""
     newest: dict[str, tuple[float, str]] = {}
-    for run_id in runs:
-        head = _journal_head(state.run(run_id).journal)
-        if head is not None and head[1] > newest.get(head[0], (float("-inf"), ""))[0]:
-            newest[head[0]] = (head[1], run_id)
+    for run_id, (scope, started) in heads.items():
+        if started > newest.get(scope, (float("-inf"), ""))[0]:
+            newest[scope] = (started, run_id)
     return {run_id for _, run_id in newest.values()}
 
 
