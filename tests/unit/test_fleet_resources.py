@@ -10,6 +10,8 @@ import errno
 import logging
 import os
 import resource
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +191,31 @@ def test_known_hosts_unread_for_want_of_fds_is_a_shortage_not_an_empty_file(
     with no_fds(), pytest.raises(ResourceExhausted):
         store.listed_types([str(known)], "h1")
     assert store.listed_types([str(known)], "h1") == {"ssh-ed25519"}  # read again now
+
+
+def test_the_fit_warning_reads_as_one_plain_line_without_v(tmp_path: Path) -> None:
+    """Under a hard open-files limit too low for 20 hosts at once, exec says so in one
+    line that names the numbers, not the module it came from; with -v it does."""
+    hosts = ",".join(f"root@127.0.0.{i}:9" for i in range(1, 21))  # nothing listens on 9
+    command = [sys.executable, "-c", "from meshrun.cli.app import main; main()", "exec"]
+    command += ["-H", hosts, "--connect-timeout", "2s", "--", "true"]
+
+    def run(*extra: str) -> str:
+        def lower() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (90, 90))
+
+        done = subprocess.run(
+            [*command[:4], *extra, *command[4:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=lower,
+            cwd=tmp_path,
+        )
+        return done.stderr
+
+    plain = run()
+    assert "meshrun: WARNING: --parallel (default) 20 does not fit" in plain
+    assert "`ulimit -n` 90" in plain
+    assert "meshrun.fleet" not in plain
+    assert "meshrun: WARNING: meshrun.fleet.run: --parallel" in run("-v")
