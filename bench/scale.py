@@ -384,14 +384,59 @@ def write_tasks(work: Path, tasks: int) -> Path:
     return path
 
 
-def render_dispatch(tasks: int, slots: int, by_size: dict[int, Row]) -> str:
+def hosts_cpu_s(fleet: Fleet) -> float:
+    """CPU the hosts' side has spent so far: each sshd listener's own time plus its reaped
+    children's (``cutime``/``cstime``), which take in every connection's sshd, shell and
+    agent once that connection has closed. On a real fleet this runs on the hosts."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for h in fleet.hosts:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{h.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return total / tick
+
+
+@dataclass
+class Phases:
+    """Where a dispatch run's wall time went, from its report.json timelines."""
+
+    setup_s: float  # run start to the first task's start: connecting, agents starting
+    work_s: float  # first task start to last task end
+    hosts_used: int
+
+
+def run_phases(state: Path) -> list[Phases]:
+    out = []
+    for report in sorted(state.glob("runs/*/report.json")):
+        doc = json.loads(report.read_text())
+        spans = [(t["start_s"], t["end_s"]) for task in doc["tasks"] for t in task["timeline"]]
+        if not spans:
+            continue
+        first = min(s for s, _ in spans)
+        last = max(e for _, e in spans if e is not None)
+        used = sum(1 for h in doc["hosts"] if h.get("tasks_run"))
+        out.append(Phases(first, last - first, used))
+    return out
+
+
+def render_dispatch(
+    tasks: int,
+    slots: int,
+    by_size: dict[int, Row],
+    phases: dict[int, list[Phases]],
+    host_cpu: dict[int, float],
+) -> str:
     sizes = sorted(by_size)
     first = by_size[sizes[0]].med("wall_s") if sizes else None
     out = [
         f"\n== dispatch: {tasks} independent `true` tasks, slots = {slots} per host ==",
         f"{'hosts':>6} {'wall s':>8} {'÷ first':>8} {'tasks/s':>8} {'cpu s':>7} "
-        f"{'ms/task':>8} {'RSS MB':>7} {'threads':>7} {'fds':>6} {'runs':>5}",
+        f"{'ms/task':>8} {'RSS MB':>7} {'threads':>7} {'fds':>6} {'runs':>5} "
+        f"{'setup s':>8} {'work s':>7} {'work ÷':>7} {'used':>5} {'hosts cpu':>9}",
     ]
+    work = {n: med([p.work_s for p in phases.get(n, [])]) for n in sizes}
+    first_work = work[sizes[0]] if sizes else None
     for n in sizes:
         r = by_size[n]
         wall, cpu = r.med("wall_s"), r.med("cpu_s")
@@ -401,7 +446,12 @@ def render_dispatch(tasks: int, slots: int, by_size: dict[int, Row]) -> str:
             f"{fmt(tasks / wall if wall else None, '.0f'):>8} {fmt(cpu, '.2f'):>7} "
             f"{fmt(cpu * 1000 / tasks if cpu is not None else None, '.3f'):>8} "
             f"{fmt(r.med('rss_mb'), '.0f'):>7} {fmt(r.med('threads'), '.0f'):>7} "
-            f"{fmt(r.med('fds'), '.0f'):>6} {len(r.runs):>5}"
+            f"{fmt(r.med('fds'), '.0f'):>6} {len(r.runs):>5} "
+            f"{fmt(med([p.setup_s for p in phases.get(n, [])]), '.2f'):>8} "
+            f"{fmt(work[n], '.2f'):>7} "
+            f"{fmt(work[n] / first_work if work[n] and first_work else None, '.2f'):>7} "
+            f"{fmt(med([float(p.hosts_used) for p in phases.get(n, [])]), '.0f'):>5} "
+            f"{fmt(host_cpu.get(n), '.1f'):>9}"
         )
     last = by_size[sizes[-1]].med("wall_s") if sizes else None
     if first and last and len(sizes) > 1:
@@ -410,9 +460,20 @@ def render_dispatch(tasks: int, slots: int, by_size: dict[int, Row]) -> str:
             f"target: {sizes[-1]} hosts within {DISPATCH_WITHIN:g}x the time on {sizes[0]} — "
             f"{last / first:.2f}x: {verdict}"
         )
+    last_work = work[sizes[-1]] if sizes else None
+    if first_work and last_work and len(sizes) > 1:
+        verdict = "met" if last_work / first_work <= DISPATCH_WITHIN else "NOT met"
+        out.append(
+            f"work phase: {sizes[-1]} hosts within {DISPATCH_WITHIN:g}x of {sizes[0]} — "
+            f"{last_work / first_work:.2f}x: {verdict}"
+        )
     out.append(
         "cpu s = the coordinator's user+sys (meshrun's process tree); wall includes start-up, "
-        "connecting every host and starting its agent"
+        "connecting every host and starting its agent.\nsetup s = run start to the first "
+        "task's start; work s = first task start to last task end (work ÷ = against the "
+        "first size); used = hosts that ran a task; hosts cpu = CPU-s of the hosts' side per "
+        "run (sshd, shells, agents: all on this machine's cores here, on their own machines "
+        "in a real fleet)"
     )
     rows = [by_size[n] for n in sizes]
     return "\n".join(out + failure_notes(rows))
@@ -545,16 +606,29 @@ def dispatch_part(
 ) -> bool:
     tasks_toml = write_tasks(work, args.tasks)
     by_size: dict[int, Row] = {}
+    phases: dict[int, list[Phases]] = {}
+    host_cpu: dict[int, float] = {}
     for count in sorted(args.dispatch_hosts):
         print(f"dispatch {args.tasks} tasks on {count} hosts ...", file=sys.stderr, flush=True)
         hosts = write_inventory(fleet, count, work / f"dispatch-hosts{count}.toml", args.slots)
         argv = [meshrun_executable(), "dispatch", str(tasks_toml), "--hosts", str(hosts), "-q"]
         argv += ["-o", "none", "--state-dir", str(work / f"state{count}")]
         row = Row("meshrun", f"meshrun dispatch, {count} hosts", argv)
+        before = hosts_cpu_s(fleet)
         time_rows([row], args.dispatch_repeat, 0, env, work)
+        time.sleep(1.0)  # the hosts' side of the last connections exits and is reaped
+        host_cpu[count] = (hosts_cpu_s(fleet) - before) / max(1, args.dispatch_repeat)
+        phases[count] = run_phases(work / f"state{count}")
         by_size[count] = row
-    print(render_dispatch(args.tasks, args.slots, by_size), flush=True)
-    doc["dispatch"] = {str(n): r.as_json() for n, r in by_size.items()}
+    print(render_dispatch(args.tasks, args.slots, by_size, phases, host_cpu), flush=True)
+    doc["dispatch"] = {
+        str(n): {
+            **r.as_json(),
+            "hosts_cpu_s": host_cpu.get(n),
+            "phases": [vars(p) for p in phases.get(n, [])],
+        }
+        for n, r in by_size.items()
+    }
     return any(r.failures for r in by_size.values())
 
 
