@@ -1310,19 +1310,7 @@ def history_command(
     with meshrun.History(state.history, scope=scope) as history:
         records = history.durations()
     if json_out:
-        document = {
-            "schema": 1,
-            "scope": scope,
-            "tasks": [
-                {
-                    "name": r.task,
-                    "expected_s": round(r.estimate_s, 3),
-                    "last_s": round(r.last_s, 3),
-                    "samples": r.samples,
-                }
-                for r in records
-            ],
-        }
+        document = documents.history_document(scope, records)
         sys.stdout.write(meshrun.document_json(document) + "\n")
     else:
         sys.stdout.write(console.render_history(records))
@@ -1337,14 +1325,7 @@ def _prune_command(
     with _input_errors():
         pruned = meshrun.prune_state(state, keep_runs=keep_runs, keep_days=keep_days, compact=True)
     if json_out:
-        document = {
-            "schema": 1,
-            "state_dir": str(state.root),
-            "pruned_runs": list(pruned.runs),
-            "bytes_freed": pruned.bytes_freed,
-            "history_rows": pruned.history_rows,
-            "kept_runs": pruned.kept,
-        }
+        document = documents.prune_document(str(state.root), pruned)
         sys.stdout.write(meshrun.document_json(document) + "\n")
         return meshrun.ExitCode.OK
     for run_id in pruned.runs:

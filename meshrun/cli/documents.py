@@ -1,4 +1,6 @@
-"""The ``--json`` documents only the CLI prints: ``meshrun hosts`` and ``meshrun discover``.
+"""The ``--json`` documents only the CLI prints: ``meshrun hosts``, ``meshrun discover`` and
+``meshrun history`` (its durations and its ``--prune`` result). schemas/ at the repository
+root describes each (tests/unit/test_schema_files.py checks these builders against them).
 
 Run records (exec/run, dispatch) have theirs beside the feature that writes them as
 report.json: :func:`meshrun.fleet_document`, :func:`meshrun.dispatch_document`.
@@ -13,7 +15,7 @@ from meshrun import HostProbe
 from meshrun.rundir import SCHEMA
 
 if TYPE_CHECKING:
-    from meshrun import Agent
+    from meshrun import Agent, DurationRecord, PruneResult
 
 
 def hosts_document(probes: list[HostProbe]) -> dict[str, Any]:
@@ -65,4 +67,33 @@ def agents_document(agents: Sequence[Agent]) -> dict[str, Any]:
     }
 
 
-__all__ = ["agents_document", "hosts_document"]
+def history_document(scope: str, records: Sequence[DurationRecord]) -> dict[str, Any]:
+    """The ``--json`` document of ``meshrun history``: each task's learned duration."""
+    return {
+        "schema": SCHEMA,
+        "scope": scope,
+        "tasks": [
+            {
+                "name": r.task,
+                "expected_s": round(r.estimate_s, 3),
+                "last_s": round(r.last_s, 3),
+                "samples": r.samples,
+            }
+            for r in records
+        ],
+    }
+
+
+def prune_document(state_dir: str, pruned: PruneResult) -> dict[str, Any]:
+    """The ``--json`` document of ``meshrun history --prune``: what went, what is left."""
+    return {
+        "schema": SCHEMA,
+        "state_dir": state_dir,
+        "pruned_runs": list(pruned.runs),
+        "bytes_freed": pruned.bytes_freed,
+        "history_rows": pruned.history_rows,
+        "kept_runs": pruned.kept,
+    }
+
+
+__all__ = ["agents_document", "history_document", "hosts_document", "prune_document"]
