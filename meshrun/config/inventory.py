@@ -78,6 +78,10 @@ class Host:
     labels: frozenset[str] = field(default_factory=frozenset)
     proxy_jump: str | None = None
     local: bool = False  # the embedded default: run on this machine, no SSH
+    # A ProxyCommand of the host's own, as ssh_config's (``%h``/``%p``/``%r``/``%n``
+    # expanded); never read from a file: programs set it (``meshrun.fabric``'s
+    # string ``gateway``). ``proxy_jump`` wins when both are set.
+    proxy_command: str | None = None
     # What the host announced on the LAN (``meshrun agent``), never read from a file:
     # the key it presents must have this fingerprint, or it is refused as a spoof.
     advertised_fingerprint: str | None = None  # "SHA256:..."

@@ -137,7 +137,7 @@ def _pinned(host: Host) -> frozenset[str]:
         pinned.add("identityfile")
     if host.known_hosts:
         pinned.update(("userknownhostsfile", "globalknownhostsfile"))
-    if host.proxy_jump:
+    if host.proxy_jump or host.proxy_command:
         pinned.update(("proxyjump", "proxycommand"))
     return frozenset(pinned)
 
@@ -501,8 +501,12 @@ class SSHConnection:
         try:
             if cancel is not None and cancel.is_set():
                 return CommandOutcome(None, b"", b"", 0.0, cancelled=True, started=False)
-            chan.exec_command(remote_exec_line(script))
-            return self._pump(chan, request.timeout_s, on_output, cancel, started)
+            # Not waiting for the reply saves a hand-off; a refusal closes the channel.
+            lean.start_exec(chan, remote_exec_line(script))
+            outcome = self._pump(chan, request.timeout_s, on_output, cancel, started)
+            if outcome.lost and not lean.exec_confirmed(chan):
+                raise lean.exec_failure(chan)  # what waiting for the reply said
+            return outcome
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(
                 self._host.name, f"the SSH connection failed during the command: {exc}"
@@ -752,6 +756,8 @@ class SSHConnector:
             user_files, global_files = s.user_known_hosts, s.global_known_hosts
         if host.proxy_jump:
             jumps, proxy_command = split_jumps(host.proxy_jump), None
+        elif host.proxy_command:
+            jumps, proxy_command = (), host.proxy_command
         else:
             jumps, proxy_command = s.proxy_jump, s.proxy_command
         return Endpoint(

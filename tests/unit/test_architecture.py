@@ -34,7 +34,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("agent", ("meshrun.agent", "meshrun.discovery")),
     ("workspace", ("meshrun.workspace", "meshrun.fleet")),
     ("dispatch", ("meshrun.dispatch",)),
+    ("library", ("meshrun.api",)),
     ("api", ("meshrun",)),
+    ("interop", ("meshrun.fabric",)),
     ("cli", ("meshrun.cli", "meshrun.testing", "meshrun.__main__")),
 ]
 
@@ -135,14 +137,14 @@ def test_the_cli_stands_on_the_public_api() -> None:
     assert offenders == [], "the CLI reaches past meshrun's exports:\n" + "\n".join(offenders)
 
 
-def test_only_the_transport_package_imports_paramiko_or_fabric() -> None:
+def test_only_the_transport_package_imports_paramiko() -> None:
     offenders = [
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
         if "transport" not in path.parts
-        and any(n.split(".")[0] in {"paramiko", "fabric"} for n in imports_of(path))
+        and any(n.split(".")[0] == "paramiko" for n in imports_of(path))
     ]
-    assert offenders == [], f"paramiko/fabric imported outside meshrun/transport: {offenders}"
+    assert offenders == [], f"paramiko imported outside meshrun/transport: {offenders}"
 
 
 def test_importing_meshrun_does_not_import_paramiko() -> None:
@@ -168,10 +170,10 @@ def test_the_scheduler_is_pure() -> None:
     assert offenders == [], f"the scheduler must stay pure (no I/O, threads, clock): {offenders}"
 
 
-def test_fabric_is_no_runtime_dependency() -> None:
-    """Nothing in meshrun imports Fabric (only bench/ compares with it): it is in the
-    `bench` extra, not in what `pip install meshrun` pulls in, and `import meshrun`
-    never loads it."""
+def test_fabric_is_an_optional_extra_loaded_only_by_meshrun_fabric() -> None:
+    """Only ``meshrun/fabric/`` imports Fabric; it is the ``fabric`` extra (and bench's),
+    not in what `pip install meshrun` pulls in, and neither `import meshrun` nor the
+    CLI loads it (nor ``meshrun.fabric``)."""
     import subprocess
     import sys
     import tomllib
@@ -179,12 +181,19 @@ def test_fabric_is_no_runtime_dependency() -> None:
     importers = [
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
-        if any(n.split(".")[0] == "fabric" for n in imports_of(path))
+        if "fabric" not in path.relative_to(PACKAGE).parts[:1]
+        and any(n.split(".")[0] == "fabric" for n in imports_of(path))
     ]
     assert importers == []
     project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.split(">")[0].strip() == "fabric"]
-    assert any(d.startswith("fabric") for d in project["optional-dependencies"]["bench"])
-    code = "import sys, meshrun, meshrun.cli.app; print('fabric' in sys.modules)"
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("fabric") for d in extras["fabric"])
+    assert any(d.startswith("fabric") for d in extras["bench"])
+    code = (
+        "import sys, meshrun, meshrun.cli.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fabric', 'invoke')"
+        " or m.startswith('meshrun.fabric')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
