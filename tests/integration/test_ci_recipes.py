@@ -17,6 +17,7 @@ and the JUnit file is still written.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -78,7 +79,6 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)  # paths the CI would keep
     cached: list[str] = field(default_factory=list)  # paths the CI would save
-    log: list[str] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,10 @@ def fake_venv(venv: Path) -> Path:
 def base_env(home: Path) -> dict[str, str]:
     """A clean environment: nothing of this session's SSH agent, config or meshrun."""
     home.mkdir(parents=True, exist_ok=True)
+    path = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # No meshrun but the recipe's own (a broken PATH line must not find another).
+        "PATH": os.pathsep.join(d for d in path if not (Path(d) / "meshrun").exists()),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -314,7 +316,7 @@ GITLAB_SKIPPED = [
 def run_gitlab(world: World) -> Outcome:
     doc = yaml.safe_load((RECIPES / "gitlab-ci.yml").read_text())
     jobs = {k: v for k, v in doc.items() if isinstance(v, dict) and "script" in v}
-    ((job_name, job),) = jobs.items()
+    (job,) = jobs.values()
     predefined = {
         **world.env,
         "GITLAB_CI": "true",
@@ -356,7 +358,6 @@ def run_gitlab(world: World) -> Outcome:
     assert job["artifacts"]["when"] == "always"
     outcome.published += job["artifacts"]["paths"]
     outcome.published.append(job["artifacts"]["reports"]["junit"])
-    outcome.log.append(job_name)
     return outcome
 
 
@@ -508,7 +509,6 @@ def run_jenkins(world: World) -> Outcome:
     fake_venv(Path(env["MESHRUN_VENV"]))
     failed = False
     for step in jenkins_steps(skeleton, strings):
-        label = (step.where, step.kind)
         in_post = step.where == "post always"
         if failed and not in_post:
             continue
@@ -516,9 +516,10 @@ def run_jenkins(world: World) -> Outcome:
             outcome.skipped.append(f"{step.where}: {step.kind}")
             check_jenkins_step(step, strings, outcome)
             continue
-        outcome.ran.append(f"{label[0]}: {label[1]}")
-        (index,) = re.fullmatch(r"S(\d+)", step.args).groups()  # type: ignore[union-attr]
-        script = strings[int(index)]
+        outcome.ran.append(f"{step.where}: {step.kind}")
+        literal = re.fullmatch(r"S(\d+)", step.args)
+        assert literal, f"sh {step.args}: one string literal"
+        script = strings[int(literal.group(1))]
         assert not script.startswith("\x00"), "sh with a GString: use '''...''' (secrets)"
         bound = dict(env)
         for variable, cid in step.bindings.items():
@@ -631,8 +632,6 @@ def test_recipe_runs_its_meshrun_steps(
     assert outcome.meshrun_rc == 0
     checkout = outcome.checkout
     assert junit_cases(checkout) == dict.fromkeys(TASKS, True)
-    import json
-
     document = json.loads((checkout / "meshrun.json").read_text())
     assert document["exit_code"] == 0
     assert {t["host"] for t in document["tasks"]} <= set(fleet.names)
