@@ -1060,7 +1060,14 @@ def _with_installed(report: VerifyReport, manifest: Manifest) -> VerifyReport:
                 missing.append(str(target))
                 continue
             if target.is_symlink() or not target.is_file():
-                kind = "symlink" if target.is_symlink() else "directory or special file"
+                # The kinds verify_directory names, and "directory" (a scan skips those).
+                kind = (
+                    "symlink"
+                    if target.is_symlink()
+                    else "directory"
+                    if target.is_dir()
+                    else "special"
+                )
                 changed.append(ChangedFile(str(target), task.name, ("type",), entry, None, kind))
                 continue
             try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -409,3 +410,42 @@ def test_verify_documents_validate(tmp_path: Path) -> None:
     (root / "manifest.json.sig").unlink()
     (root / "manifest.json").unlink()
     check("verify", verify_directory(root, allowed_keys=None).to_dict())
+
+
+def test_verify_of_changed_installed_copies_validates(tmp_path: Path) -> None:
+    """A dispatch run's installed copies are checked too: one replaced by a directory is
+    of kind "directory" (it read "directory or special file", outside the kinds a scan
+    names), and one that is missing is named by its absolute path."""
+    from meshrun.integrity.manifest import hash_tree, verify_run
+
+    workspace = tmp_path / "ws"
+    (workspace / "dist").mkdir(parents=True)
+    (workspace / "dist" / "app").write_text("bin\n")
+    (workspace / "dist" / "lib").write_text("lib\n")
+    run_dir = tmp_path / "run"
+    (run_dir / "artifacts" / "build").mkdir(parents=True)
+    shutil.copytree(workspace / "dist", run_dir / "artifacts" / "build" / "dist")
+    files = hash_tree(run_dir / "artifacts" / "build")
+    task = TaskEntry(
+        "build", "h1", "make", "succeeded", 0, 1, 0.5, files, (), str(workspace), "workspace"
+    )
+    manifest = Manifest(
+        run_id=RUN_ID,
+        started=build_fleet_manifest(_fleet_report(), []).started,
+        ended=build_fleet_manifest(_fleet_report(), []).ended,
+        coordinator="laptop",
+        command_line=("meshrun", "dispatch"),
+        hosts=(HostEntry("h1", "10.0.0.1", FP),),
+        tasks=(task,),
+    )
+    write_manifest(run_dir, manifest, None)
+    (run_dir / "report.json").write_text("{}")  # a dispatch run's directory
+    (workspace / "dist" / "app").unlink()
+    (workspace / "dist" / "app").mkdir()
+    (workspace / "dist" / "lib").unlink()
+    report = verify_run(run_dir, allowed_keys=None)
+    assert [(c.path, c.kind) for c in report.changed] == [
+        (str(workspace / "dist" / "app"), "directory")
+    ]
+    assert report.missing == (str(workspace / "dist" / "lib"),)
+    check("verify", report.to_dict())
