@@ -1,19 +1,23 @@
 """meshrun: run commands, scripts and task graphs across many machines over plain SSH.
 
 The library is what the ``meshrun`` command is built from (the CLI imports nothing
-else), and ``__all__`` below is all of it::
+else), and ``__all__`` below is all of it. :class:`Fleet` is where a program starts::
 
     import meshrun
-    hosts = meshrun.resolve_hosts("hosts.toml")
-    job = meshrun.FleetJob(command="uptime")
-    connector = meshrun.default_connector(hosts)
-    try:
-        report = meshrun.run_fleet(hosts, job, connector, run_id=meshrun.new_run_id())
-    finally:
-        connector.close()
-    for result in report.results:
-        print(result.name, result.status.value, result.stdout.decode())
+    with meshrun.Fleet.from_inventory("hosts.toml", limit="web*") as fleet:
+        report = fleet.run("uptime", timeout="30s")  # or fleet.script("deploy.sh", "v42")
+        for host in report.failed:
+            print(host.name, host.status.value, host.exit_code, host.stderr.decode())
+        fleet.pull("logs/*.log", into="out/")  # the same connections, verified files
     print(meshrun.document_json(meshrun.fleet_document(report)))  # what --json prints
+    with meshrun.Fleet.from_inventory("agents.toml") as fleet:
+        run = fleet.dispatch("tasks.toml", junit="junit.xml")  # a task graph
+    raise SystemExit(run.exit_code)
+
+Failed and unreachable hosts are results, not exceptions (``check=True`` raises
+:class:`RunFailed`); leaving the ``with`` closes every connection. The functions below
+(``run_fleet``, ``run_dispatch``, ``default_connector``...) are the parts ``Fleet``
+is built from.
 
 ``docs/ARCHITECTURE.md`` maps the packages behind these names. Nothing here imports
 paramiko until a remote host is connected, and nothing imports Fabric.
@@ -96,6 +100,9 @@ _LAZY = {
     "Agent": "meshrun.discovery.record",
     "AgentOptions": "meshrun.discovery.announce",
     "Browser": "meshrun.discovery.browse",
+    "Fleet": "meshrun.api.fleet",
+    "ProbeReport": "meshrun.api.probes",
+    "RunFailed": "meshrun.api.failed",
     "DispatchOptions": "meshrun.dispatch.executor",
     "DispatchReport": "meshrun.dispatch.executor",
     "DurationRecord": "meshrun.dispatch.history",
@@ -140,6 +147,9 @@ _LAZY = {
 
 if TYPE_CHECKING:  # the same names for type checkers; tests/unit/test_public_api.py
     # checks that these imports and _LAZY agree.
+    from meshrun.api.failed import RunFailed
+    from meshrun.api.fleet import Fleet
+    from meshrun.api.probes import ProbeReport
     from meshrun.config.tasks import Task, TaskGraph, load_tasks
     from meshrun.discovery.announce import AgentOptions, run_agent
     from meshrun.discovery.browse import Browser, discover, resolve_with_discovery, watch
@@ -208,6 +218,7 @@ __all__ = [
     "DurationRecord",
     "ExitCode",
     "FailureBudget",
+    "Fleet",
     "FleetEvent",
     "FleetJob",
     "FleetReport",
@@ -232,9 +243,11 @@ __all__ = [
     "LiveDiscovery",
     "MeshrunError",
     "Notice",
+    "ProbeReport",
     "Progress",
     "PruneResult",
     "RunDir",
+    "RunFailed",
     "RunStopping",
     "Script",
     "StateDir",

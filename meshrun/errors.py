@@ -12,6 +12,8 @@
     │   ├── HostKeyError              host key unknown, changed, or not the one advertised
     │   └── AuthError                 no key was accepted; encrypted key with no agent
     ├── CommandError (1)              a command ran and failed (exit code, timeout)
+    │   └── RunFailed (its report's)  ``check=True``: a Fleet call did not succeed
+    │                                 (meshrun.api.failed; ``.report`` attached)
     ├── DiscoveryError (1)            zeroconf could not announce or browse (sockets, multicast)
     ├── IntegrityError (4)            an artifact or manifest failed verification
     ├── ResourceExhausted (1)         this process ran out of fds, threads or memory

@@ -70,15 +70,21 @@ def parse_probe_output(text: str) -> tuple[int | None, tuple[float, float, float
     return cpus, load, values.get("python3", "").strip() == "yes"
 
 
-def probe_host(host: Host, connector: Connector) -> HostProbe:
-    """Probe one host, then close its connection (:meth:`Connector.release`)."""
+def probe_host(host: Host, connector: Connector, *, release: bool = True) -> HostProbe:
+    """Probe one host, then close its connection (:meth:`Connector.release`) unless
+    ``release`` is False (it stays pooled for the caller's next use)."""
     try:
         return _probe(host, connector)
     finally:
-        try:
-            connector.release(host)
-        except Exception:
-            log.exception("closing the connection to %s failed", host.name)
+        if release:
+            _release(host, connector)
+
+
+def _release(host: Host, connector: Connector) -> None:
+    try:
+        connector.release(host)
+    except Exception:
+        log.exception("closing the connection to %s failed", host.name)
 
 
 def _probe(host: Host, connector: Connector) -> HostProbe:
@@ -121,11 +127,16 @@ def probe_parallel(hosts: Sequence[Host], parallel: int | None = None) -> tuple[
 
 
 def probe_hosts(
-    hosts: Sequence[Host], connector: Connector, *, parallel: int | None = None
+    hosts: Sequence[Host],
+    connector: Connector,
+    *,
+    parallel: int | None = None,
+    release: bool = True,
 ) -> list[HostProbe]:
     """Probe every host, ``parallel`` at once (fitted: :func:`probe_parallel`), results
     in inventory order. Probes short of resources here are tried again, fewer at once;
-    one still short when alone keeps ``shortage`` set."""
+    one still short when alone keeps ``shortage`` set. Each host's connection is
+    closed when it is probed, unless ``release`` is False."""
     from concurrent.futures import ThreadPoolExecutor  # `hosts` only: off exec's start
 
     width, too_many = probe_parallel(hosts, parallel)
@@ -143,7 +154,7 @@ def probe_hosts(
                 width,
             )
         with ThreadPoolExecutor(max_workers=max(1, min(width, len(todo)))) as pool:
-            done = list(pool.map(lambda i: probe_host(hosts[i], connector), todo))
+            done = list(pool.map(lambda i: probe_host(hosts[i], connector, release=release), todo))
         results.update(zip(todo, done, strict=True))
         todo = [i for i, probe in zip(todo, done, strict=True) if probe.shortage]
         if not todo:

@@ -152,6 +152,7 @@ def run_fleet_recorded(
     observer: Observer = _ignore,
     command_line: Sequence[str] = (),
     signing_key: Ed25519PrivateKey | None = None,
+    release: bool = True,
 ) -> FleetReport:
     """:func:`~meshrun.fleet.run.run_fleet`, recorded when it pulls files or signs.
 
@@ -161,7 +162,7 @@ def run_fleet_recorded(
     run directory's ``hosts/``). A run that neither pulls nor signs writes nothing.
     """
     if not job.pull and signing_key is None:
-        return run_fleet(hosts, job, connector, run_id=run_id, observer=observer)
+        return run_fleet(hosts, job, connector, run_id=run_id, observer=observer, release=release)
     effective_parallel(hosts, job)  # DoesNotFit before the run directory is made
     record = StateDir(Path(state_dir or DEFAULT_STATE_DIR).absolute()).run(run_id)
     run_dir = record.path
@@ -180,7 +181,7 @@ def run_fleet_recorded(
                 f"cannot create {what} {directory}: {exc.strerror or exc}",
                 fix="pass a writable --state-dir / --pull-dir",
             ) from None
-    report = run_fleet(hosts, job, connector, run_id=run_id, observer=observer)
+    report = run_fleet(hosts, job, connector, run_id=run_id, observer=observer, release=release)
     return record_fleet_run(
         report, hosts, run_dir, command_line=command_line, signing_key=signing_key
     )

@@ -120,7 +120,9 @@ class Script:
 
 @record
 class FleetJob:
-    """What to run and how. Exactly one of ``command`` and ``script`` is set.
+    """What to run and how. At most one of ``command`` and ``script`` is set; a job
+    with neither only pulls (``pull`` is then required): nothing runs on the hosts,
+    their files come home.
 
     ``pull``: globs relative to the host's workdir (rsync/gitignore habits, a leading
     ``?`` marks one optional; see :mod:`meshrun.integrity.collect`), brought home after the
@@ -152,10 +154,26 @@ class FleetJob:
 
             patterns = check_patterns(patterns, what="pull pattern")
         object.__setattr__(self, "pull", patterns)
+        if self.command is not None and self.script is not None:
+            raise InputError(
+                "a job runs a command or a script, not both", fix="pass one of the two"
+            )
+        if self.pull_only and not patterns:
+            raise InputError(
+                "nothing to do: no command, no script and nothing to pull",
+                fix="pass a command, a script or pull patterns",
+            )
+
+    @property
+    def pull_only(self) -> bool:
+        """Nothing runs on the hosts: their files (``pull``) come home."""
+        return self.command is None and self.script is None
 
     def describe(self) -> str:
         if self.script is not None:
             return shlex.join([self.script.name, *self.script.args])
+        if self.pull_only:
+            return ""
         return self.command or ""
 
 
@@ -207,6 +225,17 @@ class FleetReport:
     @property
     def files_pulled(self) -> int:
         return sum(len(r.files) for r in self.results)
+
+    @property
+    def succeeded(self) -> tuple[HostResult, ...]:
+        """The hosts that ended ``ok``, in inventory order."""
+        return tuple(r for r in self.results if r.status is HostStatus.OK)
+
+    @property
+    def failed(self) -> tuple[HostResult, ...]:
+        """Every other host: failed, unreachable, cancelled or skipped (``status`` and
+        ``error`` say which and why), in inventory order."""
+        return tuple(r for r in self.results if r.status is not HostStatus.OK)
 
     @property
     def ok(self) -> bool:
@@ -289,8 +318,10 @@ class _Worker:
         events: queue.Queue[FleetEvent | _Deferred],
         cancel: threading.Event,
         interrupt: threading.Event,
+        release: bool = True,
     ) -> None:
         self.host = host
+        self.release = release  # close the host's connection once it is done
         self.job = job
         self.env = env
         self.connector = connector
@@ -328,6 +359,8 @@ class _Worker:
         self.events.put(HostFinished(replace(result, host_key_fingerprint=self.fingerprint)))
 
     def _release(self) -> None:
+        if not self.release:
+            return
         try:
             self.connector.release(self.host)
         except Exception:  # closing must not lose the host's result
@@ -389,6 +422,8 @@ class _Worker:
             return HostResult(
                 name, HostStatus.CANCELLED, error="cancelled before it started"
             ), False
+        if self.job.pull_only:  # nothing to run: straight to the pull
+            return HostResult(name, HostStatus.OK, duration_s=time.monotonic() - started), True
         command = self.job.command
         if self.job.script is not None:
             script = self.job.script
@@ -505,6 +540,7 @@ def run_fleet(
     *,
     run_id: str,
     observer: Observer = _ignore,
+    release: bool = True,
 ) -> FleetReport:
     """Run ``job`` on ``hosts`` (in inventory order) and report every host's end.
 
@@ -517,8 +553,10 @@ def run_fleet(
     ``pull_dir/<host name>/``.
 
     At most ``job.parallel`` hosts (fitted: :func:`effective_parallel`) hold a
-    connection at once. DoesNotFit (an InputError) before any host is contacted when
-    not even one fits this process's limits.
+    connection at once: each host's is released when it is done. With ``release``
+    False they stay in the connector's pool for a next run (:class:`meshrun.Fleet`
+    decides when they fit). DoesNotFit (an InputError) before any host is contacted
+    when not even one fits this process's limits.
     """
     if job.pull:
         if job.pull_dir is None:
@@ -600,7 +638,9 @@ def run_fleet(
             try:
                 while waiting and running < parallel and stop_reason is None:
                     host = waiting.pop(0)
-                    worker = _Worker(host, job, env_for(host), connector, events, cancel, interrupt)
+                    worker = _Worker(
+                        host, job, env_for(host), connector, events, cancel, interrupt, release
+                    )
                     try:
                         worker.thread.start()
                     except RuntimeError as exc:  # "can't start new thread"

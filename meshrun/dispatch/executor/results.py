@@ -105,6 +105,17 @@ class DispatchReport:
         return not self.interrupted and all(t.status is TaskStatus.SUCCEEDED for t in self.tasks)
 
     @property
+    def succeeded(self) -> tuple[TaskResult, ...]:
+        """The tasks that succeeded, in the graph's order."""
+        return tuple(t for t in self.tasks if t.status is TaskStatus.SUCCEEDED)
+
+    @property
+    def failed(self) -> tuple[TaskResult, ...]:
+        """Every other task: failed, timed out, cancelled or skipped (``status`` and
+        ``error`` say which and why)."""
+        return tuple(t for t in self.tasks if t.status is not TaskStatus.SUCCEEDED)
+
+    @property
     def refused_hosts(self) -> tuple[HostSummary, ...]:
         """Hosts that could not be connected to or refused us (key, auth, network)."""
         return tuple(h for h in self.hosts if h.refused)
