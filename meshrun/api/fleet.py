@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ from meshrun.fleet.run import (
     FleetJob,
     FleetReport,
     HostOutput,
+    Script,
     effective_parallel,
     read_script,
 )
@@ -264,7 +266,7 @@ class Fleet:
 
     def script(
         self,
-        path: values.PathLike,
+        path: values.PathLike | Script,
         *args: str,
         timeout: values.Duration | None = None,
         env: dict[str, str] | None = None,
@@ -283,9 +285,14 @@ class Fleet:
     ) -> FleetReport:
         """Upload the local script ``path`` to every host and run it with ``args``
         (``meshrun run``): uploaded once per host under its content hash, reused by
-        later runs. The options are :meth:`run`'s."""
+        later runs. ``path`` may be a :class:`~meshrun.Script` already read (its own
+        ``args``). The options are :meth:`run`'s."""
+        if isinstance(path, Script):
+            loaded = path if not args else replace(path, args=(*path.args, *args))
+        else:
+            loaded = read_script(str(path), [str(a) for a in args])
         job = self._job(
-            script=read_script(str(path), [str(a) for a in args]),
+            script=loaded,
             timeout=timeout,
             env=env,
             parallel=parallel,
@@ -331,7 +338,7 @@ class Fleet:
         self,
         *,
         command: str | None = None,
-        script: object = None,
+        script: Script | None = None,
         timeout: values.Duration | None = None,
         env: dict[str, str] | None = None,
         parallel: int | None = None,
@@ -342,14 +349,12 @@ class Fleet:
         pull_dir: values.PathLike | None = None,
         pull_max_bytes: int | str = DEFAULT_PULL_MAX_BYTES,
     ) -> FleetJob:
-        from meshrun.fleet.run import Script
-
         patterns = (pull,) if isinstance(pull, str) else tuple(pull)
         if pull_dir is not None and not patterns:
             raise InputError("pull_dir needs pull patterns (what to bring home)")
         job = FleetJob(
             command=command,
-            script=script if isinstance(script, Script) else None,
+            script=script,
             env=values.env(env),
             timeout_s=values.seconds(timeout, "timeout"),
             parallel=values.count(parallel, "parallel", least=1),
