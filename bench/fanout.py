@@ -14,6 +14,8 @@ rows are references, not competitors):
 - meshrun exec --hosts HOSTS_TOML -q -- true      (checks host keys)
 - parallel-ssh ParallelSSHClient script           (does NOT check host keys)
 - Fabric ThreadingGroup script                    (checks host keys: RejectPolicy)
+- the same script with meshrun.fabric.Group       (meshrun's engine; not a competitor:
+                                                   compared with the row above, target 1.5x)
 - GNU parallel --nonall -S ...                    (OpenSSH, checks host keys)
   - once with OpenSSH's default key exchange, once with curve25519-sha256, the kex
     paramiko negotiates, so the handshake CPU cost is the same as meshrun's
@@ -77,6 +79,7 @@ def build_tools(fleet: Fleet, workdir: Path, python: str) -> list[Tool]:
     fast = gnu_parallel.write_sshlogins(fleet, workdir / "ssh.x25519", kex=x25519, jobs=1)
     pssh = [python, str(COMPETITORS / "parallel_ssh.py"), "true", spec]
     fabric = [python, str(COMPETITORS / "fabric_client.py"), "true", spec]
+    group = [python, str(COMPETITORS / "fabric_client.py"), "meshrun-true", spec]
     rivals = [  # key, label, argv, note
         ("pssh", "parallel-ssh", pssh, "host keys NOT checked"),
         ("fabric", "fabric ThreadingGroup", fabric, "host keys checked (RejectPolicy)"),
@@ -97,6 +100,12 @@ def build_tools(fleet: Fleet, workdir: Path, python: str) -> list[Tool]:
             note="host keys checked",
         ),
         *(Tool(key, label, argv, competitor=True, note=note) for key, label, argv, note in rivals),
+        Tool(
+            "fabric-group",
+            "meshrun.fabric.Group",
+            group,
+            note="fabric_client.py with meshrun.fabric.Group (host keys checked)",
+        ),
         Tool("meshrun-help", "meshrun --help", [meshrun, "--help"], note="start-up"),
         Tool(
             "meshrun-local",
@@ -151,6 +160,7 @@ def render(hosts: int, results: Sequence[ToolResult], repeat: int, bytecode: str
             f"meshrun {base:.3f}s — meshrun at or below it: {verdict} "
             f"(meshrun/best = {base / best.median:.2f})"
         )
+    out += group_verdict(results)
     helprow = next((r for r in results if r.tool.key == "meshrun-help"), None)
     if helprow is not None and helprow.median is not None:
         verdict = "ok" if helprow.median < HELP_TARGET_S else "OVER TARGET"
@@ -159,6 +169,26 @@ def render(hosts: int, results: Sequence[ToolResult], repeat: int, bytecode: str
         )
     out += failure_notes(results)
     return "\n".join(out)
+
+
+#: How much faster the same Fabric script must be with meshrun.fabric.Group (issue 14).
+GROUP_TARGET = 1.5
+
+
+def group_verdict(results: Sequence[ToolResult]) -> list[str]:
+    """The Fabric script with meshrun.fabric.Group against itself with ThreadingGroup."""
+    by_key = {r.tool.key: r for r in results}
+    group, fabric = by_key.get("fabric-group"), by_key.get("fabric")
+    if group is None or fabric is None or group.median is None or fabric.median is None:
+        return []
+    ratio = fabric.median / group.median
+    cpu = med(fabric.client_cpu_s), med(group.client_cpu_s)
+    cpu_ratio = f"{cpu[0] / cpu[1]:.2f}" if cpu[0] and cpu[1] else "-"
+    verdict = "met" if ratio >= GROUP_TARGET else "NOT met"
+    return [
+        f"meshrun.fabric.Group vs fabric ThreadingGroup, the same script: {ratio:.2f}x by wall "
+        f"clock (target {GROUP_TARGET}x: {verdict}), {cpu_ratio}x by the client's CPU"
+    ]
 
 
 def as_json(hosts: int, results: Sequence[ToolResult]) -> dict[str, Any]:
@@ -240,8 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_rounds_options(parser)
     add_output_options(
         parser,
-        "comma-separated tool keys to run besides meshrun (pssh, fabric, parallel, "
-        "parallel-x25519, meshrun-help, meshrun-local, python; default: all)",
+        "comma-separated tool keys to run besides meshrun (pssh, fabric, fabric-group, "
+        "parallel, parallel-x25519, meshrun-help, meshrun-local, python; default: all)",
     )
     parser.add_argument(
         "--ssh-config",

@@ -7,6 +7,8 @@ and what the mode needs. Modes:
 
 - ``true``: ``true`` on every host through a ThreadingGroup (bench/fanout, and
   bench/breakdown's ``--compare-fabric``);
+- ``meshrun-true``: the same script with ``meshrun.fabric.Group`` in place of
+  ThreadingGroup, the one line a Fabric user changes (bench/fanout's Group row);
 - ``tasks``: ``tasks`` (N) ``echo i``, one Connection per host opened in parallel,
   ``per_host`` threads per host taking the next command (bench/dispatch);
 - ``rr`` / ``fifo``: the ``commands`` given, ``slots`` threads per host, each host
@@ -67,11 +69,15 @@ def in_threads(target: Any, args: list[tuple[Any, ...]]) -> None:
         t.join()
 
 
-def run_true(spec: dict[str, Any]) -> None:
-    from fabric import ThreadingGroup
+def run_true(spec: dict[str, Any], meshrun: bool = False) -> None:
     from fabric.exceptions import GroupException
 
-    group = ThreadingGroup.from_connections(connections(spec))
+    if meshrun:  # the one line a Fabric user changes
+        from meshrun.fabric import Group
+    else:
+        from fabric import ThreadingGroup as Group
+
+    group = Group.from_connections(connections(spec))
     try:
         results = group.run("true", hide=True, in_stream=False)
     except GroupException as exc:
@@ -152,6 +158,7 @@ def run_policy(spec: dict[str, Any], policy: str) -> None:
 
 MODES = {
     "true": run_true,
+    "meshrun-true": lambda spec: run_true(spec, meshrun=True),
     "tasks": run_tasks,
     "rr": lambda spec: run_policy(spec, "rr"),
     "fifo": lambda spec: run_policy(spec, "fifo"),
