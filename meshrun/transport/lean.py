@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import time
+from hashlib import sha1
 from typing import Any
 
 import paramiko
-from paramiko.common import DEBUG
+from paramiko.common import DEBUG, cMSG_CHANNEL_REQUEST, cMSG_KEXINIT
 from paramiko.util import safe_string
 
 #: Linux's TCP_QUICKACK (0 elsewhere: not re-armed).
@@ -193,12 +195,129 @@ class LeanTransport(paramiko.Transport):  # type: ignore[misc]  # paramiko has n
             return default
         return tuple(x for x in default if x not in disabled)
 
+    _k_h: tuple[Any, Any, bytes] | None = None  # K, H and their encoding, for _compute_key
+
+    def _send_kex_init(self) -> None:
+        """Our KEXINIT: a fresh random cookie before the algorithm lists, which are
+        encoded once per process (paramiko builds the same ~1 KB from ten lists on every
+        connection). The same lists in the same order; a server, or paramiko's DEBUG
+        records, take paramiko's own path."""
+        if self.server_mode or self.logger.isEnabledFor(DEBUG):
+            super()._send_kex_init()
+            return
+        with self.clear_to_send_lock:
+            self.clear_to_send.clear()
+        self.in_kex = True
+        kex = (*self.preferred_kex, "ext-info-c")
+        if self.advertise_strict_kex:
+            kex = (*kex, "kex-strict-c-v00@openssh.com")
+        lists = (
+            kex,
+            tuple(self.preferred_keys),
+            tuple(self.preferred_ciphers),
+            tuple(self.preferred_macs),
+            tuple(self.preferred_compression),
+        )
+        tail = _KEXINIT_TAILS.get(lists)
+        if tail is None:
+            tail = _KEXINIT_TAILS[lists] = _kexinit_tail(*lists)
+        data = cMSG_KEXINIT + os.urandom(16) + tail
+        self.local_kex_init = self._latest_kex_init = data
+        self._send_message(paramiko.Message(data))
+
+    def _compute_key(self, id: str, nbytes: int) -> bytes:
+        """paramiko's key derivation (RFC 4253 7.2), with K and H encoded once for the
+        six keys rather than into a new Message for each: the same bytes are hashed."""
+        if self.logger.isEnabledFor(DEBUG):
+            return bytes(super()._compute_key(id, nbytes))
+        hash_algo = getattr(self.kex_engine, "hash_algo", None) or sha1
+        k, h = self.K, self.H
+        cached = self._k_h
+        if cached is not None and cached[0] is k and cached[1] is h:
+            k_h = cached[2]
+        else:  # the first key of a key exchange
+            k_h = _k_and_h(k, h)
+            self._k_h = (k, h, k_h)
+        out = sofar = hash_algo(k_h + id.encode() + self.session_id).digest()
+        while len(out) < nbytes:
+            digest = hash_algo(k_h + sofar).digest()
+            out += digest
+            sofar += digest
+        return bytes(out[:nbytes])
+
     def _parse_debug(self, m: paramiko.Message) -> None:
         m.get_boolean()  # always_display
         msg = m.get_string()
         m.get_string()  # language
         if self.logger.isEnabledFor(DEBUG):
             self._log(DEBUG, f"Debug msg: {safe_string(msg)!r}")
+
+
+#: Our KEXINIT after its cookie, by the algorithm lists it carries (a process uses one
+#: or a few: the host-key list is reordered per known_hosts key type).
+_KEXINIT_TAILS: dict[tuple[tuple[str, ...], ...], bytes] = {}
+
+
+def _kexinit_tail(
+    kex: tuple[str, ...],
+    keys: tuple[str, ...],
+    ciphers: tuple[str, ...],
+    macs: tuple[str, ...],
+    compression: tuple[str, ...],
+) -> bytes:
+    """RFC 4253 7.1 after the cookie, as paramiko's ``_send_kex_init`` writes it: each
+    name-list both ways, empty language lists, no guessed packet, reserved 0."""
+    m = paramiko.Message()
+    for names in (kex, keys, ciphers, ciphers, macs, macs, compression, compression):
+        m.add_list(list(names))
+    m.add_string(b"")
+    m.add_string(b"")
+    m.add_boolean(False)
+    m.add_int(0)
+    return bytes(m.asbytes())
+
+
+def _k_and_h(k: int | bytes, h: bytes) -> bytes:
+    """K (an mpint, or a string for the hybrid post-quantum exchanges) then H (raw),
+    as paramiko's ``_compute_key`` writes them."""
+    m = paramiko.Message()
+    if isinstance(k, bytes):
+        m.add_string(k)
+    else:
+        m.add_mpint(k)
+    m.add_bytes(h)
+    return bytes(m.asbytes())
+
+
+def start_exec(chan: paramiko.Channel, command: str | bytes) -> None:
+    """Ask for ``command`` on ``chan`` (``exec``, reply wanted) without waiting for the
+    reply: paramiko's ``exec_command`` sends the same request, then blocks until the
+    reader thread hands the reply over, one more wake-up per command for news the
+    output and exit status bring anyway. A refusal still arrives and closes the
+    channel (paramiko's ``_request_failed``); :func:`exec_confirmed` tells it apart."""
+    if chan.closed or not chan.active:
+        raise paramiko.SSHException("Channel is not open")
+    m = paramiko.Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("exec")
+    m.add_boolean(True)
+    m.add_string(command)
+    chan._event_pending()
+    chan.transport._send_user_message(m)
+
+
+def exec_confirmed(chan: paramiko.Channel) -> bool:
+    """Did the server accept the request :func:`start_exec` sent? (False: it refused,
+    or the channel or link closed before its answer came.)"""
+    return bool(chan.event_ready)
+
+
+def exec_failure(chan: paramiko.Channel) -> paramiko.SSHException:
+    """What paramiko's ``exec_command`` raised for an exec that was not confirmed: the
+    link's own error if it died, else "Channel closed." (a refusal)."""
+    exc = chan.transport.get_exception()
+    return exc if exc is not None else paramiko.SSHException("Channel closed.")
 
 
 def quiet(transport: paramiko.Transport) -> None:
@@ -224,4 +343,14 @@ def log_channel(name: str) -> str | None:
     return None
 
 
-__all__ = ["TCP_QUICKACK", "LeanTransport", "LinkSocket", "link_socket", "log_channel", "quiet"]
+__all__ = [
+    "TCP_QUICKACK",
+    "LeanTransport",
+    "LinkSocket",
+    "exec_confirmed",
+    "exec_failure",
+    "link_socket",
+    "log_channel",
+    "quiet",
+    "start_exec",
+]
