@@ -299,3 +299,80 @@ def test_meshrun_logs_in_once_per_host_for_several_calls(fleet: Fleet, tmp_path:
         group.run("true", hide=True, **QUIET)
     after = logins()
     assert {name: after[name] - before[name] for name in after} == dict.fromkeys(after, 1)
+
+
+RELAY = """
+import selectors, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+sel = selectors.DefaultSelector()
+sel.register(0, selectors.EVENT_READ)
+sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj == 0:
+            data = sys.stdin.buffer.raw.read(65536)
+            if not data:
+                s.shutdown(socket.SHUT_WR)
+                sel.unregister(0)
+            else:
+                s.sendall(data)
+        else:
+            data = s.recv(65536)
+            if not data:
+                sys.exit(0)
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", ["jump host", "proxy command"])
+def test_gateways_reach_the_hosts_behind_them(fleet: Fleet, tmp_path: Path, kind: str) -> None:
+    """``gateway=Connection(...)`` (a jump host: h1) and ``gateway="cmd %h PORT"`` (a
+    ProxyCommand: a relay script) take both groups to h2 and h3."""
+    import sys
+
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    jump = fleet.hosts[0]
+
+    def behind() -> list[Any]:
+        out = []
+        for c in connections(fleet)[1:]:
+            # A gateway Connection of its own per host: Fabric's threads opening one
+            # shared gateway at once fail (banner and authentication errors).
+            # (%p: Fabric expands it from ssh_config alone, 22 without a Port there.)
+            gateway: Any = (
+                connections(fleet)[0]
+                if kind == "jump host"
+                else f"{sys.executable} {relay} %h {c.port}"
+            )
+            g = Connection(
+                LOOPBACK,
+                user=fleet.user,
+                port=c.port,
+                gateway=gateway,
+                connect_kwargs=dict(c.connect_kwargs),
+            )
+            g.client.load_host_keys(str(fleet.known_hosts))
+            g.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            out.append(g)
+        return out
+
+    def logins() -> int:
+        return jump.log.read_text().count("Accepted publickey")
+
+    seen = {}
+    for name, cls in GROUPS.items():
+        before = logins()
+        with cls.from_connections(behind()) as group:
+            seen[name] = outcome(
+                lambda group=group: group.run('echo "$MESHRUN_TEST_HOST"', hide=True, **QUIET)
+            )
+        seen[name]["jump logins"] = logins() - before
+    # Each of Fabric's gateway Connections logs in to h1; meshrun pools one for both.
+    jumps = {name: seen[name].pop("jump logins") for name in seen}
+    assert jumps == (
+        {"fabric": 2, "meshrun": 1} if kind == "jump host" else dict.fromkeys(jumps, 0)
+    )
+    assert seen["meshrun"] == seen["fabric"]
+    assert sorted(h["stdout"] for h in seen["fabric"]["hosts"].values()) == ["h2\n", "h3\n"]

@@ -67,7 +67,7 @@ def test_test_script_installs_the_test_needs_and_checks_from_the_venv() -> None:
     body = "\n".join(lines)
     for package in ("openssh-server", "openssh-client", "rsync", "procps", "iproute2"):
         assert package in body
-    assert "use_venv test" in lines
+    assert "use_venv test,fabric" in lines  # tests/*/test_fabric_*.py need Fabric
     assert 'PYTHON="$PY" scripts/check' in lines
     assert any(line.startswith('"$PY" -m pytest') for line in lines)
 
