@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,6 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import describe_procs, marker_seconds, wait_gone, wait_running
 
 import meshrun
 from meshrun.config import hostsfile
@@ -51,6 +53,9 @@ run = "echo fine"
 name = "breaks"
 run = "echo 'this task is broken' >&2; exit 3"
 """
+#: What the cancelled run points the recipe's task-file variable at: one task per host.
+SLOW = marker_seconds()
+SLOW_TASKS = "".join(f'[[task]]\nname = "slow-{i}"\nrun = "sleep {SLOW}"\n\n' for i in (1, 2))
 #: The files and directories every recipe keeps as artifacts (beside junit.xml).
 PUBLISHED = {"meshrun.json", "junit.xml", "meshrun-artifacts"}
 
@@ -107,6 +112,7 @@ def make_checkout(root: Path, fleet: Fleet) -> Path:
     checkout = root / "checkout"
     shutil.copytree(RECIPES, checkout)
     (checkout / "failing.toml").write_text(FAILING_TASKS)
+    (checkout / "slow.toml").write_text(SLOW_TASKS)
     (checkout / "ci").mkdir()
     hostsfile.write_hosts(
         checkout / "ci" / "agents.toml",
@@ -145,18 +151,32 @@ def base_env(home: Path) -> dict[str, str]:
     }
 
 
-def run_shell(argv: list[str], script: str, env: Mapping[str, str], cwd: Path) -> int:
-    proc = subprocess.run(
+#: What a test does to a running step (its process is the step's entry process).
+Cancel = Callable[["subprocess.Popen[str]"], None]
+
+
+def run_shell(
+    argv: list[str], script: str, env: Mapping[str, str], cwd: Path, cancel: Cancel | None = None
+) -> int:
+    """Run one step's script; ``cancel`` (if any) is called with it running."""
+    with subprocess.Popen(
         [*argv, script],
         env=dict(env),
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-    )
+    ) as proc:
+        try:
+            if cancel is not None:
+                cancel(proc)
+            out, err = proc.communicate(timeout=120)
+        except BaseException:
+            proc.kill()
+            raise
     if proc.returncode != 0 or os.environ.get("MESHRUN_RECIPE_TRACE"):
         sys.stderr.write(f"--- {script[:60]!r} exit {proc.returncode}\n")
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        sys.stderr.write(out[-4000:] + err[-4000:])
     return proc.returncode
 
 
@@ -257,10 +277,15 @@ def run_github(world: World) -> Outcome:
         }
         env["PATH"] = os.pathsep.join([*reversed(path_prefix), env["PATH"]])
         script = github_expression(step["run"], ctx)
+        dispatch = "meshrun dispatch" in script
         rc = run_shell(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"], script, env, world.checkout
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"],
+            script,
+            env,
+            world.checkout,
+            world.cancel if dispatch else None,
         )
-        if "meshrun dispatch" in script:
+        if dispatch:
             assert outcome.meshrun_rc is None, "two steps run meshrun dispatch"
             outcome.meshrun_rc = rc
         failed = failed or rc != 0
@@ -526,8 +551,11 @@ def run_jenkins(world: World) -> Outcome:
             path = secret_files / cid
             path.write_text(credentials[cid])  # KeyError: an id the README does not name
             bound[variable] = str(path)
-        rc = run_shell(["sh", "-xe", "-c"], script, bound, world.checkout)
-        if "meshrun dispatch" in script:
+        dispatch = "meshrun dispatch" in script
+        rc = run_shell(
+            ["sh", "-xe", "-c"], script, bound, world.checkout, world.cancel if dispatch else None
+        )
+        if dispatch:
             assert outcome.meshrun_rc is None, "two steps run meshrun dispatch"
             outcome.meshrun_rc = rc
         if not in_post:
@@ -562,6 +590,7 @@ class World:
     secrets: Secrets
     env: dict[str, str]
     variables: dict[str, str]  # what the user set in the CI's settings (overrides)
+    cancel: Cancel | None = None  # done to the step that runs meshrun, while it runs
 
 
 Recipe = Callable[[World], Outcome]
@@ -581,10 +610,15 @@ EXPECTED = {
 
 
 def emulate(
-    recipe: str, tmp_path: Path, fleet: Fleet, secrets: Secrets, **variables: str
+    recipe: str,
+    tmp_path: Path,
+    fleet: Fleet,
+    secrets: Secrets,
+    cancel: Cancel | None = None,
+    **variables: str,
 ) -> Outcome:
     checkout = make_checkout(tmp_path, fleet)
-    world = World(tmp_path, checkout, secrets, base_env(tmp_path / "home"), variables)
+    world = World(tmp_path, checkout, secrets, base_env(tmp_path / "home"), variables, cancel)
     outcome = RECIPE_RUNNERS[recipe](world)
     ran, skipped = EXPECTED[recipe]
     assert outcome.skipped == skipped
@@ -605,11 +639,14 @@ def check_kept(outcome: Outcome) -> None:
     assert not outcome.ssh_dir.exists(), f"the SSH key was left in {outcome.ssh_dir}"
 
 
-def junit_cases(checkout: Path) -> dict[str, bool]:
-    """testcase name -> passed, from the junit.xml the run wrote."""
+def junit_cases(checkout: Path) -> dict[str, str]:
+    """testcase name -> passed, failure or skipped, from the junit.xml the run wrote."""
     root = ET.parse(checkout / "junit.xml").getroot()
     return {
-        case.get("name", ""): case.find("failure") is None and case.find("error") is None
+        case.get("name", ""): next(
+            (kind for kind in ("failure", "error", "skipped") if case.find(kind) is not None),
+            "passed",
+        )
         for case in root.iter("testcase")
     }
 
@@ -631,7 +668,7 @@ def test_recipe_runs_its_meshrun_steps(
     outcome = emulate(recipe, tmp_path, fleet, secrets)
     assert outcome.meshrun_rc == 0
     checkout = outcome.checkout
-    assert junit_cases(checkout) == dict.fromkeys(TASKS, True)
+    assert junit_cases(checkout) == dict.fromkeys(TASKS, "passed")
     document = json.loads((checkout / "meshrun.json").read_text())
     assert document["exit_code"] == 0
     assert {t["host"] for t in document["tasks"]} <= set(fleet.names)
@@ -647,7 +684,35 @@ def test_recipe_with_a_failing_task(
 ) -> None:
     outcome = emulate(recipe, tmp_path, fleet, secrets, MESHRUN_TASKS="failing.toml")
     assert outcome.meshrun_rc == 1
-    assert junit_cases(outcome.checkout) == {"passes": True, "breaks": False}
+    assert junit_cases(outcome.checkout) == {"passes": "passed", "breaks": "failure"}
+    result = verify(outcome.checkout / "meshrun-artifacts", secrets.signing_pub)
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_kept(outcome)
+
+
+#: How each CI stops a job: GitHub signals the step's entry process with SIGINT first,
+#: Jenkins' abort sends SIGTERM to the step's processes (GitLab's depends on the
+#: executor, so it is left out). The recipes ``exec`` meshrun so the signal is its own.
+CANCELS = {"github": (signal.SIGINT, 130), "jenkins": (signal.SIGTERM, 143)}
+
+
+@pytest.mark.parametrize("recipe", sorted(CANCELS))
+def test_recipe_cancelled_stops_the_hosts_and_keeps_the_records(
+    recipe: str, tmp_path: Path, fleet: Fleet, secrets: Secrets
+) -> None:
+    signum, code = CANCELS[recipe]
+
+    def cancel(step: subprocess.Popen[str]) -> None:
+        wait_running(f"sleep {SLOW}", 2)
+        os.kill(step.pid, signum)  # the step's own process, as the CI signals it
+
+    outcome = emulate(recipe, tmp_path, fleet, secrets, cancel, MESHRUN_TASKS="slow.toml")
+    assert outcome.meshrun_rc == code
+    left = wait_gone(f"sleep {SLOW}")
+    assert not left, f"the hosts still run:\n{describe_procs(left)}"
+    assert junit_cases(outcome.checkout) == {"slow-1": "skipped", "slow-2": "skipped"}
+    document = json.loads((outcome.checkout / "meshrun.json").read_text())
+    assert document["interrupted"] is True
     result = verify(outcome.checkout / "meshrun-artifacts", secrets.signing_pub)
     assert result.returncode == 0, result.stdout + result.stderr
     check_kept(outcome)
