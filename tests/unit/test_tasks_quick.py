@@ -1,15 +1,19 @@
-"""The quick path of task loading (``_QuickTasks``, ``_NewTask``) against the full checks.
+"""The fast paths of task loading against the slow ones they stand in for.
 
-Most [[task]] blocks are built by a short path that hands everything unusual to the
-full checks of ``_Loader._task``; a file must give the same graph, or the same error
-(message and fix), whichever path a block takes. Hypothesis writes blocks from valid
-and invalid values of every key and compares the load with and without the quick path.
+Most [[task]] blocks are built by a short path (``_QuickTasks``, ``_NewTask``) that
+hands everything unusual to the full checks of ``_Loader._task``; a file must give the
+same graph, or the same error (message and fix), whichever path a block takes.
+Hypothesis writes blocks from valid and invalid values of every key and compares the
+load with and without the quick path. The loader also hands its graph over without a
+second check of the needs (``TaskGraph._resolved``) and leaves what it made in the
+collector's oldest generation (``collector_paused``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshrun.config import tasks as tasks_module
-from meshrun.config.tasks import Task, TaskGraph, parse_tasks
+from meshrun.config.tasks import Task, TaskGraph, load_tasks, parse_tasks
 from meshrun.errors import TaskFileError
 
 ROOT = Path("/project")
@@ -187,3 +191,38 @@ def test_a_quickly_made_task_is_a_plain_frozen_task() -> None:
     assert copy.copy(made) == made and hash(copy.copy(made)) == hash(made)
     assert dataclasses.replace(made, weight=1).weight == 1
     assert repr(made).startswith("Task(name='test-7', run='make test N=7'")
+
+
+def test_the_loaded_graph_is_the_graph_its_constructor_makes(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text(
+        '[[task]]\nname = "a"\nrun = "x"\n\n[[task]]\nname = "b"\nrun = "y"\nneeds = ["a"]\n'
+    )
+    loaded = load_tasks(path)
+    built = TaskGraph(
+        tasks=dict(loaded.tasks), sync=loaded.sync, source=str(path), lines={"a": 1, "b": 5}
+    )
+    for field in dataclasses.fields(TaskGraph):  # a field _resolved misses fails here
+        assert getattr(loaded, field.name) == getattr(built, field.name), field.name
+        assert isinstance(getattr(loaded, field.name), type(getattr(built, field.name)))
+    assert loaded == built and loaded.dependents("a") == ("b",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.source = "other"  # type: ignore[misc]
+
+
+def test_a_load_leaves_its_objects_in_the_oldest_generation(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text("".join(f'[[task]]\nname = "t{i}"\nrun = "x"\n' for i in range(50)))
+    graph = load_tasks(path)
+    assert gc.isenabled()
+    oldest = {id(item) for item in gc.get_objects(generation=2)}
+    assert all(id(task) in oldest for task in graph.tasks.values())
+
+
+def test_a_load_leaves_the_callers_frozen_objects_frozen(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text('[[task]]\nname = "a"\nrun = "x"\n')
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    load_tasks(path)
+    assert gc.get_freeze_count() == frozen > 0  # conftest unfreezes after the test
