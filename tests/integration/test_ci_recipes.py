@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -158,9 +159,13 @@ Cancel = Callable[["subprocess.Popen[str]"], None]
 def run_shell(
     argv: list[str], script: str, env: Mapping[str, str], cwd: Path, cancel: Cancel | None = None
 ) -> int:
-    """Run one step's script; ``cancel`` (if any) is called with it running."""
+    """Run one step's script from a file, as the CIs do (``bash -c`` could exec the last
+    command itself and hide a missing ``exec``); ``cancel`` is called with it running."""
+    fd, name = tempfile.mkstemp(suffix=".sh", dir=cwd.parent)  # never in the checkout
+    with os.fdopen(fd, "w") as file:
+        file.write(script)
     with subprocess.Popen(
-        [*argv, script],
+        [*argv, name],
         env=dict(env),
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -279,7 +284,7 @@ def run_github(world: World) -> Outcome:
         script = github_expression(step["run"], ctx)
         dispatch = "meshrun dispatch" in script
         rc = run_shell(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"],
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail"],
             script,
             env,
             world.checkout,
@@ -374,7 +379,7 @@ def run_gitlab(world: World) -> Outcome:
             outcome.ran.append(line)
             lines.append(line)
     assert "meshrun dispatch" in job["script"][-1], "the job's exit code is meshrun's"
-    shell = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"]
+    shell = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]
     outcome.meshrun_rc = run_shell(shell, "\n".join(lines), env, world.checkout)
     run_shell(shell, "\n".join(job["after_script"]), env, world.checkout)
     outcome.ran += job["after_script"]
@@ -553,7 +558,7 @@ def run_jenkins(world: World) -> Outcome:
             bound[variable] = str(path)
         dispatch = "meshrun dispatch" in script
         rc = run_shell(
-            ["sh", "-xe", "-c"], script, bound, world.checkout, world.cancel if dispatch else None
+            ["sh", "-xe"], script, bound, world.checkout, world.cancel if dispatch else None
         )
         if dispatch:
             assert outcome.meshrun_rc is None, "two steps run meshrun dispatch"
