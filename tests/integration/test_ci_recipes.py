@@ -8,11 +8,13 @@ secrets hold a 2-host test fleet's key and known_hosts, its variables keep their
 defaults (the checkout has the layout the README asks for: tasks.toml and
 ci/agents.toml), HOME is a temp dir and ``meshrun`` runs this checkout. Only the steps
 that need the CI's own machinery are skipped (check-out, installing meshrun from an
-index, caches, publishing), and exactly those: a new step fails this test until it is
-run or named here. Then what the CI would keep is checked: meshrun's exit code, the JUnit
-file, the signed manifest (``meshrun verify``), every path the recipe publishes or
-caches, and the SSH key gone. Once more with a failing task: the meshrun step exits 1
-and the JUnit file is still written.
+index, caches, publishing), and exactly those, named here: a new shell step is run, a
+new step of any other kind fails this test until it is named. Then what the CI would
+keep is checked: meshrun's exit code, the JUnit file, the signed manifest (``meshrun
+verify``), every path the recipe publishes or caches, and the SSH key gone. Once more
+with a failing task (the meshrun step exits 1, the JUnit file is still written), and
+once cancelled the way GitHub and Jenkins cancel a job (a signal to the step's process:
+meshrun must get it, stop the tasks on the hosts and keep its records).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -54,7 +57,7 @@ run = "echo fine"
 name = "breaks"
 run = "echo 'this task is broken' >&2; exit 3"
 """
-#: What the cancelled run points the recipe's task-file variable at: one task per host.
+#: What the cancelled run points the recipe's task-file variable at: two sleeping tasks.
 SLOW = marker_seconds()
 SLOW_TASKS = "".join(f'[[task]]\nname = "slow-{i}"\nrun = "sleep {SLOW}"\n\n' for i in (1, 2))
 #: The files and directories every recipe keeps as artifacts (beside junit.xml).
@@ -132,7 +135,8 @@ def fake_venv(venv: Path) -> Path:
     bin_dir.mkdir(parents=True)
     script = bin_dir / "meshrun"
     script.write_text(
-        f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m meshrun "$@"\n',
+        f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} "
+        f'exec {shlex.quote(sys.executable)} -m meshrun "$@"\n',
     )
     script.chmod(0o755)
     return bin_dir
