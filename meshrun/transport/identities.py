@@ -20,10 +20,13 @@ import base64
 import binascii
 import logging
 import os
+import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import field
+from typing import Any
 
 import paramiko
 
@@ -230,6 +233,82 @@ def agent_for(identity_agent: str | None) -> paramiko.Agent | None:
                 os.environ.pop("SSH_AUTH_SOCK", None)
             else:
                 os.environ["SSH_AUTH_SOCK"] = previous
+
+
+#: ssh-agent's answer to "which keys do you hold": (public blob, comment) per key.
+AgentListing = tuple[tuple[bytes, str], ...]
+
+
+class ListedAgent(paramiko.agent.AgentSSH):  # type: ignore[misc]  # paramiko has no types
+    """An ssh-agent's keys as :class:`AgentKeys` listed them, for one login: the socket
+    is connected at the first signature asked for, not to list the keys again."""
+
+    _conn: socket.socket | None  # paramiko's: the agent's socket, once connected
+
+    def __init__(self, path: str, listing: AgentListing) -> None:
+        super().__init__()
+        self._path = path
+        self._keys = tuple(paramiko.AgentKey(self, blob, comment) for blob, comment in listing)
+
+    def _send_message(self, msg: Any) -> Any:
+        if self._conn is None:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(self._path)
+            except OSError as exc:
+                conn.close()
+                _unless_short(exc, f"ssh-agent's socket {self._path}")
+                raise paramiko.SSHException(f"lost ssh-agent at {self._path}: {exc}") from exc
+            self._conn = conn
+        return super()._send_message(msg)
+
+    def close(self) -> None:
+        self._close()
+
+
+class AgentKeys:
+    """Which keys each ssh-agent holds, asked once per run rather than once per host.
+
+    Listing costs every login a connection to the agent and a round trip (~0.2 ms of
+    client CPU per host); the answer does not change within a run. What is remembered is
+    the public half of each key and its comment, nothing secret; a signature still goes
+    to the agent, over a connection of the login's own (:class:`ListedAgent`). An agent
+    that cannot be used is remembered as such (one warning per run); running out of
+    descriptors while asking is not remembered (ResourceExhausted, asked again later).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listings: dict[str | None, AgentListing | None] = {}
+
+    def listing(self, identity_agent: str | None) -> AgentListing | None:
+        """The keys of the agent ``IdentityAgent`` names (None: $SSH_AUTH_SOCK); None
+        when there is no agent or it cannot be used."""
+        with self._lock:
+            if identity_agent in self._listings:
+                return self._listings[identity_agent]
+            agent = agent_for(identity_agent)
+            listing: AgentListing | None = None
+            if agent is not None:
+                try:
+                    listing = tuple((k.blob, k.comment) for k in agent.get_keys())
+                finally:
+                    agent.close()
+            self._listings[identity_agent] = listing
+            return listing
+
+    def agent(self, identity_agent: str | None) -> paramiko.agent.AgentSSH | None:
+        """An agent for one login, holding the listed keys; its ``close()`` closes the
+        connection if a signature opened one."""
+        path = (
+            None if identity_agent == "none" else identity_agent or os.environ.get("SSH_AUTH_SOCK")
+        )
+        if not path:
+            return None
+        if sys.platform == "win32":  # Pageant, not a socket: paramiko's own way
+            return agent_for(identity_agent)
+        listing = self.listing(identity_agent)
+        return ListedAgent(path, listing) if listing else None
 
 
 def offers(

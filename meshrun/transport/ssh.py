@@ -52,7 +52,7 @@ from meshrun.transport.base import (
 )
 from meshrun.transport.capture import HeadTail
 from meshrun.transport.files import put_files
-from meshrun.transport.identities import IdentityFiles, agent_for, offers
+from meshrun.transport.identities import AgentKeys, IdentityFiles, offers
 from meshrun.transport.knownhosts import KnownHosts, Verdict, host_key_name
 from meshrun.transport.proxycommand import ProxyCommandFailed, proxy_failure, start_proxy_command
 from meshrun.transport.sessions import (
@@ -140,18 +140,6 @@ def _pinned(host: Host) -> frozenset[str]:
     if host.proxy_jump or host.proxy_command:
         pinned.update(("proxyjump", "proxycommand"))
     return frozenset(pinned)
-
-
-def _agent_blobs(identity_agent: str | None) -> set[bytes]:
-    agent = agent_for(identity_agent)
-    if agent is None:
-        return set()
-    try:
-        return {k.blob for k in agent.get_keys()}
-    except paramiko.SSHException:
-        return set()
-    finally:
-        agent.close()
 
 
 def _through(exc: ConnectError, host: Host, hop: str) -> ConnectError:
@@ -723,6 +711,7 @@ class SSHConnector:
         self._connections: dict[str, SSHConnection] = {}
         self._known_hosts = KnownHosts()
         self._identity_files = IdentityFiles()
+        self._agent_keys = AgentKeys()  # listed once per run, not per login
         self._hops: dict[tuple[tuple[str, ...], str | None, str | None], Host] = {}
         self._closed = False
         self._relay: ChannelRelay | None = None  # rsync's way in, started by a transfer
@@ -808,7 +797,8 @@ class SSHConnector:
         for host in remote:
             ep = self.endpoint(host)
             if ep.identity_agent not in agent_blobs:
-                agent_blobs[ep.identity_agent] = _agent_blobs(ep.identity_agent)
+                listing = self._agent_keys.listing(ep.identity_agent) or ()
+                agent_blobs[ep.identity_agent] = {blob for blob, _ in listing}
             held = agent_blobs[ep.identity_agent]
             files = [self._identity_files.get(p) for p in ep.identities]
             if host.identity and not files[0].exists:
@@ -1242,7 +1232,7 @@ class SSHConnector:
                     f"cannot read identity file {path}: {ident.error}",
                     fix="point `identity` at an OpenSSH private key",
                 )
-        agent = agent_for(ep.identity_agent)
+        agent = self._agent_keys.agent(ep.identity_agent)
         try:
             agent_keys = list(agent.get_keys()) if agent is not None else []
             plan = offers(
