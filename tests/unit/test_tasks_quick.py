@@ -226,3 +226,12 @@ def test_a_load_leaves_the_callers_frozen_objects_frozen(tmp_path: Path) -> None
     frozen = gc.get_freeze_count()
     load_tasks(path)
     assert gc.get_freeze_count() == frozen > 0  # conftest unfreezes after the test
+
+
+def test_tasks_with_the_same_labels_share_one_set() -> None:
+    quick = tasks_module._QuickTasks({})
+    first = quick.task({"name": "a", "run": "x", "labels": ["linux", "arm"], "timeout": "1m"})
+    second = quick.task({"name": "b", "run": "y", "labels": ["linux", "arm"], "timeout": "1m"})
+    assert first is not None and second is not None
+    assert first.labels is second.labels == frozenset({"linux", "arm"})
+    assert first.timeout_s is second.timeout_s == 60.0
