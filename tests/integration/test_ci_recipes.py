@@ -88,6 +88,7 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)  # paths the CI would keep
     cached: list[str] = field(default_factory=list)  # paths the CI would save
+    venv: Path | None = None  # where the stand-in meshrun was
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +131,19 @@ def make_checkout(root: Path, fleet: Fleet) -> Path:
 
 
 def fake_venv(venv: Path) -> Path:
-    """Stands in for the skipped install step: VENV/bin/meshrun runs this checkout."""
+    """Stands in for the skipped install step: VENV/bin/meshrun runs this checkout, after
+    noting the modes of the SSH material it is given (``ssh_modes``)."""
     bin_dir = venv / "bin"
     bin_dir.mkdir(parents=True)
     script = bin_dir / "meshrun"
+    log = shlex.quote(str(venv.parent / "ssh-modes.log"))
     script.write_text(
-        f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} "
+        "#!/bin/sh\n"
+        'if [ -n "$MESHRUN_SSH_CONFIG" ]; then\n'
+        '  dir=$(dirname "$MESHRUN_SSH_CONFIG")\n'
+        f'  stat -c "%a %n" "$dir" "$dir"/* >> {log}\n'
+        "fi\n"
+        f"PYTHONPATH={shlex.quote(str(REPO))} "
         f'exec {shlex.quote(sys.executable)} -m meshrun "$@"\n',
     )
     script.chmod(0o755)
@@ -248,6 +256,7 @@ def run_github(world: World) -> Outcome:
     github_env, github_path = files / "env", files / "path"
     outcome = Outcome(checkout=world.checkout, ssh_dir=runner_temp / "meshrun-ssh")
     venv_bin = fake_venv(runner_temp / "meshrun-venv")
+    outcome.venv = venv_bin.parent
     ctx: dict[str, dict[str, str]] = {
         "secrets": {
             "MESHRUN_SSH_KEY": world.secrets.ssh_key,
@@ -374,7 +383,7 @@ def run_gitlab(world: World) -> Outcome:
         (tmp_dir / key).write_text(text)
         env[key] = str(tmp_dir / key)
     outcome = Outcome(checkout=world.checkout, ssh_dir=Path(env["MESHRUN_SSH_DIR"]))
-    fake_venv(Path(env["MESHRUN_VENV"]))
+    outcome.venv = fake_venv(Path(env["MESHRUN_VENV"])).parent
     lines = []
     for line in [*job["before_script"], *job["script"]]:
         if line in GITLAB_SKIPPED:
@@ -540,7 +549,7 @@ def run_jenkins(world: World) -> Outcome:
         "meshrun-signing-key": world.secrets.signing_key,
     }
     outcome = Outcome(checkout=world.checkout, ssh_dir=Path(env["MESHRUN_SSH_DIR"]))
-    fake_venv(Path(env["MESHRUN_VENV"]))
+    outcome.venv = fake_venv(Path(env["MESHRUN_VENV"])).parent
     failed = False
     for step in jenkins_steps(skeleton, strings):
         in_post = step.where == "post always"
@@ -646,6 +655,14 @@ def check_kept(outcome: Outcome) -> None:
     for path in outcome.cached:
         assert (outcome.checkout / path / "history.sqlite").is_file(), f"cache {path!r}"
     assert not outcome.ssh_dir.exists(), f"the SSH key was left in {outcome.ssh_dir}"
+    assert outcome.venv is not None
+    lines = (outcome.venv.parent / "ssh-modes.log").read_text().splitlines()
+    modes = {name: mode for mode, name in (line.split(" ", 1) for line in lines)}
+    d = str(outcome.ssh_dir)
+    assert modes == {
+        d: "700",
+        **{f"{d}/{name}": "600" for name in ("config", "id", "known_hosts", "signing")},
+    }, "MESHRUN_SSH_CONFIG names the recipe's private directory, its files mode 600"
 
 
 def junit_cases(checkout: Path) -> dict[str, str]:
