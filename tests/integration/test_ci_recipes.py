@@ -40,6 +40,7 @@ from helpers import describe_procs, marker_seconds, wait_gone, wait_running
 
 import meshrun
 from meshrun.config import hostsfile
+from meshrun.config.inventory import load_inventory
 from meshrun.testing.fleet import LOOPBACK, SSHD, Fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -742,3 +743,14 @@ def test_recipe_cancelled_stops_the_hosts_and_keeps_the_records(
     result = verify(outcome.checkout / "meshrun-artifacts", secrets.signing_pub)
     assert result.returncode == 0, result.stdout + result.stderr
     check_kept(outcome)
+
+
+def test_readme_inventory_is_one_meshrun_reads(tmp_path: Path) -> None:
+    """The ci/agents.toml the README shows loads, with no key or known_hosts of its own
+    (they would win over the recipe's ssh_config)."""
+    readme = (RECIPES / "README.md").read_text()
+    (example,) = re.findall(r"```toml\n(# ci/agents\.toml\n.*?)```", readme, flags=re.S)
+    (tmp_path / "agents.toml").write_text(example)
+    hosts = load_inventory(tmp_path / "agents.toml")
+    assert [h.name for h in hosts] == ["build-1", "build-2"]
+    assert all(h.identity is None and h.known_hosts is None for h in hosts)
