@@ -33,7 +33,7 @@ from fabric.group import GroupResult
 
 from meshrun import resources
 from meshrun.config.inventory import Host
-from meshrun.errors import HostKeyError
+from meshrun.errors import ConnectError, HostKeyError
 from meshrun.fabric.commands import run_command, run_options
 from meshrun.fabric.settings import NotSupported, connector_settings, host_names, to_host
 from meshrun.fabric.transfer import get_file, is_file_like, login_dir, put_file_like, put_path
@@ -48,6 +48,31 @@ __all__ = ["Group"]
 DEFAULT_PARALLEL = 256
 
 Work = Callable[[Connection, Any, Host, threading.Event], Any]
+
+#: What meshrun's connect errors tell a CLI or hosts.toml user to do, said as a Group
+#: user does it.
+_FIXES = (
+    ("run again with --accept-new-host-keys", "pass Group(..., accept_new_host_keys=True)"),
+    ("fix `identity` in the inventory", "fix connect_kwargs['key_filename']"),
+    ("point `identity` at", "point connect_kwargs['key_filename'] at"),
+    ("raise --connect-timeout", "raise connect_timeout"),
+)
+
+
+def in_fabric_terms(exc: ConnectError) -> ConnectError:
+    """``exc`` with its fix in the Group's terms; an unknown host key also says that
+    Fabric's AutoAddPolicy is not followed."""
+    fix = exc.fix
+    if fix:
+        for cli, group in _FIXES:
+            fix = fix.replace(cli, group)
+    if isinstance(exc, HostKeyError) and not exc.changed:
+        fix = (fix + "; " if fix else "") + (
+            "meshrun checks host keys against known_hosts whatever the Connection's "
+            "missing-host-key policy (Fabric's default AutoAddPolicy would have logged in)"
+        )
+    exc.fix = fix
+    return exc
 
 
 class Group(fabric.group.Group):  # type: ignore[misc]  # fabric has no type hints
@@ -172,13 +197,8 @@ class Group(fabric.group.Group):  # type: ignore[misc]  # fabric has no type hin
             with resources.shortage_raised(f"connecting to {host.name}"):
                 conn = connector.connect(host)
             return work(conn, cxn, host, cancel), False
-        except HostKeyError as exc:
-            if exc.fix:
-                exc.fix = exc.fix.replace(
-                    "run again with --accept-new-host-keys",
-                    "pass Group(..., accept_new_host_keys=True)",
-                )
-            return exc, True
+        except ConnectError as exc:
+            return in_fabric_terms(exc), True
         except Exception as exc:
             return exc, True
         finally:

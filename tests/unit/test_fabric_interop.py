@@ -288,3 +288,26 @@ def test_a_string_gateway_reaches_the_connector_as_its_proxy_command() -> None:
         assert (jump.proxy_command, jump.proxy_jump) == (None, ("b",))
     finally:
         connector.close()
+
+
+def test_connect_errors_say_their_fix_in_the_groups_terms() -> None:
+    from meshrun.errors import AuthError, HostKeyError, HostUnreachable
+    from meshrun.fabric.group import in_fabric_terms
+
+    unknown = HostKeyError(
+        "web1",
+        "unknown host key",
+        fingerprint="SHA256:x",
+        changed=False,
+        fix="verify the fingerprint, then run again with --accept-new-host-keys",
+    )
+    fix = str(in_fabric_terms(unknown).fix)
+    assert "Group(..., accept_new_host_keys=True)" in fix and "AutoAddPolicy" in fix
+    changed = HostKeyError(
+        "web1", "changed", fingerprint="SHA256:x", changed=True, fix="remove the old entry"
+    )
+    assert in_fabric_terms(changed).fix == "remove the old entry"
+    auth = AuthError("web1", "no key", fix="fix `identity` in the inventory or create the key")
+    assert in_fabric_terms(auth).fix == "fix connect_kwargs['key_filename'] or create the key"
+    slow = HostUnreachable("web1", "timed out", fix="check it, or raise --connect-timeout")
+    assert in_fabric_terms(slow).fix == "check it, or raise connect_timeout"
