@@ -436,18 +436,22 @@ def _fail(message: str, code: int = meshrun.ExitCode.USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
-def _connector(
-    hosts: list[meshrun.Host],
+def _open_fleet(
+    hosts: list[meshrun.Host] | None,
     connect_timeout: str | None,
     accept_new_host_keys: bool,
     *,
     remote: bool = False,
     server_alive_interval: str | None = None,
     server_alive_count_max: int | None = None,
-) -> meshrun.Connector:
-    """The command's connector. A bad --connect-timeout or --server-alive-*, an
-    ssh_config OpenSSH refuses or a key that would need a prompt is one clear line and
-    its exit code, before any host is contacted."""
+    state_dir: str | None = None,
+    limit: list[str] | None = None,
+) -> meshrun.Fleet:
+    """The command's :class:`meshrun.Fleet` (``hosts`` None: this machine, ``--limit``
+    applied). A command makes one call, so each host's connection closes as soon as the
+    call is done with it. A bad --connect-timeout or --server-alive-* is one clear line
+    and exit 2; an ssh_config OpenSSH refuses or a key that would need a prompt is, too,
+    when the call starts, before any host is contacted."""
     with _input_errors():
         timeout_s = (
             meshrun.parse_duration(connect_timeout, option="--connect-timeout")
@@ -464,13 +468,26 @@ def _connector(
             )
         if server_alive_count_max is not None and server_alive_count_max < 0:
             raise ValueError("--server-alive-count-max must be 0 or more")
-        return meshrun.default_connector(
+        if hosts is None:
+            return meshrun.Fleet.from_inventory(
+                None,
+                limit=limit or None,
+                connect_timeout=timeout_s,
+                accept_new_host_keys=accept_new_host_keys,
+                server_alive_interval=alive_s,
+                server_alive_count_max=server_alive_count_max,
+                state_dir=state_dir,
+                keep_connections=False,
+            )
+        return meshrun.Fleet(
             hosts,
-            connect_timeout_s=timeout_s,
+            connect_timeout=timeout_s,
             accept_new_host_keys=accept_new_host_keys,
-            remote=remote,
-            server_alive_interval_s=alive_s,
+            server_alive_interval=alive_s,
             server_alive_count_max=server_alive_count_max,
+            state_dir=state_dir,
+            keep_connections=False,
+            remote=remote,
         )
 
 
@@ -579,28 +596,26 @@ def _fleet(
         selected = _select(hosts, limit, discovery)
         if parallel is not None and parallel < 1:
             raise ValueError("--parallel must be at least 1")
-        job = meshrun.FleetJob(
-            command=command,
-            script=script,
-            env=meshrun.parse_env(env or []),
-            timeout_s=meshrun.parse_duration(timeout, option="--timeout") if timeout else None,
-            parallel=parallel,
-            batches=meshrun.batch_sizes(batch, len(selected)) if batch else None,
-            max_fail=meshrun.FailureBudget.parse(max_fail) if max_fail else None,
-            fail_fast=fail_fast,
-            pull=pull or (),
-            pull_dir=Path(pull_dir) if pull_dir else None,
-            pull_max_bytes=meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes"),
-        )
+        options: dict[str, Any] = {
+            "env": meshrun.parse_env(env or []),
+            "timeout": meshrun.parse_duration(timeout, option="--timeout") if timeout else None,
+            "parallel": parallel,
+            "batch": meshrun.batch_sizes(batch, len(selected)) if batch else None,
+            "max_fail": meshrun.FailureBudget.parse(max_fail) if max_fail else None,
+            "fail_fast": fail_fast,
+            "pull": pull or (),
+            "pull_dir": pull_dir,
+            "pull_max_bytes": meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes"),
+        }
         interval_s = _progress_interval_s(progress_interval)
-        signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-        meshrun.effective_parallel(selected, job)  # exit 2 now if not one host fits
-    connector = _connector(
+        options["sign_key"] = meshrun.load_private_key(sign_key) if sign_key else None
+    fleet = _open_fleet(
         selected,
         connect_timeout,
         accept_new_host_keys,
         server_alive_interval=server_alive_interval,
         server_alive_count_max=server_alive_count_max,
+        state_dir=state_dir,
     )
     mode = console.OutputMode.NONE if json_out else console.OutputMode(output)
     screen = console.FleetConsole(
@@ -609,25 +624,16 @@ def _fleet(
         quiet=quiet,
         progress_interval_s=interval_s,
     )
-    run_id = meshrun.new_run_id()
-    try:
-        with _input_errors():
-            report = meshrun.run_fleet_recorded(
-                selected,
-                job,
-                connector,
-                run_id=run_id,
-                state_dir=Path(state_dir) if state_dir else None,
-                observer=screen,
-                command_line=sys.argv,
-                signing_key=signing_key,
-            )
-    finally:
-        connector.close()
+    with fleet, _input_errors():  # DoesNotFit, an ssh_config refused: exit 2, no host contacted
+        if script is not None:
+            report = fleet.script(script, on_event=screen, command_line=sys.argv, **options)
+        else:
+            assert command is not None
+            report = fleet.run(command, on_event=screen, command_line=sys.argv, **options)
     screen.finish(report)
-    if job.pull or signing_key is not None:  # recorded: runs/<run-id>/
+    if report.run_dir is not None:  # recorded (--pull, --sign-key): runs/<run-id>/
         root = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
-        _prune_after(meshrun.StateDir(root.absolute()), run_id, keep_runs, keep_days)
+        _prune_after(meshrun.StateDir(root.absolute()), report.run_id, keep_runs, keep_days)
     if json_out:
         sys.stdout.write(meshrun.document_json(meshrun.fleet_document(report)) + "\n")
     return report.exit_code
@@ -782,25 +788,21 @@ def hosts_command(
         selected = _select(hosts, limit, discovery)
         if parallel is not None and parallel < 1:
             raise ValueError("--parallel must be at least 1")
-        meshrun.probe_parallel(selected, parallel)  # exit 2 now if not one host fits
-    connector = _connector(
+    fleet = _open_fleet(
         selected,
         connect_timeout,
         accept_new_host_keys,
         server_alive_interval=server_alive_interval,
         server_alive_count_max=server_alive_count_max,
     )
-    try:
-        probes = meshrun.probe_hosts(selected, connector, parallel=parallel)
-    finally:
-        connector.close()
+    with fleet, _input_errors():  # DoesNotFit, an ssh_config refused: exit 2
+        report = fleet.probe(parallel=parallel)
+    probes = list(report.probes)
     if json_out:
         sys.stdout.write(meshrun.document_json(documents.hosts_document(probes)) + "\n")
     else:
         sys.stdout.write(console.render_probes(probes))
-    if any(not (p.reachable and p.auth_ok) and not p.shortage for p in probes):
-        return meshrun.ExitCode.CONNECT
-    return meshrun.ExitCode.FAILED if any(p.shortage for p in probes) else meshrun.ExitCode.OK
+    return report.exit_code
 
 
 def _hosts_parser() -> argparse.ArgumentParser:
@@ -908,66 +910,47 @@ def dispatch_command(
             )
         else:
             selected = _select(hosts, limit, discovery)
-            if not hosts:
-                selected = [meshrun.local_host(str(graph.sync.root))]
-        state = meshrun.StateDir.for_tasks(tasks_file, state_dir)
-        if (rerun_failed or resume) and not state.history.exists():
-            raise meshrun.InputError(
-                f"no previous run is recorded in {state.history}",
-                fix="run `meshrun dispatch` without --rerun-failed first (or pass --state-dir)",
-            )
-        if rerun_failed or resume:
-            with meshrun.History(state.history, scope=graph.scope) as history:
-                graph = meshrun.select_rerun(graph, history, resume, runs_dir=state.root / "runs")
-        options = meshrun.DispatchOptions(
-            fail_fast=fail_fast,
-            max_fail=max_fail,
-            default_timeout_s=meshrun.parse_duration(timeout, option="--timeout")
-            if timeout
-            else None,
-            use_agent=not no_agent,
-            sync=not no_sync,
-        )
         max_bytes = meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes")
         max_age_s = meshrun.parse_duration(workdir_max_age, option="--workdir-max-age")
+        timeout_s = meshrun.parse_duration(timeout, option="--timeout") if timeout else None
         interval_s = _progress_interval_s(progress_interval)
         signing_key = meshrun.load_private_key(sign_key) if sign_key else None
-    connector = _connector(
-        selected,
+    fleet = _open_fleet(
+        # No --hosts: this machine, working in the task file's directory.
+        None if not hosts and live is None else selected,
         connect_timeout,
         accept_new_host_keys,
         remote=live is not None,
         server_alive_interval=server_alive_interval,
         server_alive_count_max=server_alive_count_max,
+        limit=limit,
     )
     mode = console.OutputMode.NONE if json_out or output == "none" else console.OutputMode(output)
-    screen = console.DispatchConsole(
-        mode=mode, total=len(graph.tasks), quiet=quiet, progress_interval_s=interval_s
-    )
-    run_id = meshrun.new_run_id()
-    try:
-        with _input_errors():
-            report = meshrun.run_dispatch(
-                graph,
-                selected,
-                connector,
-                state=state,
-                run_id=run_id,
-                options=options,
-                observer=screen,
-                command_line=sys.argv,
-                junit_path=junit,
-                trace_path=trace,
-                signing_key=signing_key,
-                artifacts_dir=artifacts,
-                pull_max_bytes=max_bytes,
-                discovery=live,
-                workdir_max_age_s=max_age_s,
-            )
-    finally:
-        connector.close()
+    screen = console.DispatchConsole(mode=mode, quiet=quiet, progress_interval_s=interval_s)
+    with fleet, _input_errors():  # no earlier run to rerun, an ssh_config refused: exit 2
+        report = fleet.dispatch(
+            graph,
+            state_dir=state_dir,
+            rerun_failed=rerun_failed,
+            resume=resume,
+            fail_fast=fail_fast,
+            max_fail=max_fail,
+            timeout=timeout_s,
+            agent=not no_agent,
+            sync=not no_sync,
+            junit=junit,
+            trace=trace,
+            sign_key=signing_key,
+            artifacts=artifacts,
+            pull_max_bytes=max_bytes,
+            discovery=live,
+            workdir_max_age=max_age_s,
+            on_event=screen,
+            command_line=sys.argv,
+        )
     screen.finish(report)
-    _prune_after(state, run_id, keep_runs, keep_days)
+    state = meshrun.StateDir.for_tasks(tasks_file, state_dir)
+    _prune_after(state, report.run_id, keep_runs, keep_days)
     if json_out:
         document = meshrun.dispatch_document(report, command_line=sys.argv)
         sys.stdout.write(meshrun.document_json(document) + "\n")
