@@ -910,6 +910,8 @@ def dispatch_command(
             )
         else:
             selected = _select(hosts, limit, discovery)
+        if max_fail is not None and max_fail < 0:
+            raise ValueError("--max-fail must be 0 or more")
         max_bytes = meshrun.parse_size(pull_max_bytes, option="--pull-max-bytes")
         max_age_s = meshrun.parse_duration(workdir_max_age, option="--workdir-max-age")
         timeout_s = meshrun.parse_duration(timeout, option="--timeout") if timeout else None
