@@ -66,7 +66,8 @@ def test_the_values_reach_the_connector(
         seen.update(kw)
         raise meshrun.InputError("stop here")
 
-    monkeypatch.setattr(meshrun, "default_connector", connector)
+    # meshrun.Fleet (what the CLI runs through) makes its connector here.
+    monkeypatch.setattr(meshrun.transport, "default_connector", connector)
     code, _, _ = run_cli(monkeypatch, capsys, "exec", "-H", "h1", *args, "--", "true")
     assert code == 2
     assert (seen["server_alive_interval_s"], seen["server_alive_count_max"]) == expected
