@@ -468,27 +468,17 @@ def _open_fleet(
             )
         if server_alive_count_max is not None and server_alive_count_max < 0:
             raise ValueError("--server-alive-count-max must be 0 or more")
+        options: dict[str, Any] = {
+            "connect_timeout": timeout_s,
+            "accept_new_host_keys": accept_new_host_keys,
+            "server_alive_interval": alive_s,
+            "server_alive_count_max": server_alive_count_max,
+            "state_dir": state_dir,
+            "keep_connections": False,
+        }
         if hosts is None:
-            return meshrun.Fleet.from_inventory(
-                None,
-                limit=limit or None,
-                connect_timeout=timeout_s,
-                accept_new_host_keys=accept_new_host_keys,
-                server_alive_interval=alive_s,
-                server_alive_count_max=server_alive_count_max,
-                state_dir=state_dir,
-                keep_connections=False,
-            )
-        return meshrun.Fleet(
-            hosts,
-            connect_timeout=timeout_s,
-            accept_new_host_keys=accept_new_host_keys,
-            server_alive_interval=alive_s,
-            server_alive_count_max=server_alive_count_max,
-            state_dir=state_dir,
-            keep_connections=False,
-            remote=remote,
-        )
+            return meshrun.Fleet.from_inventory(None, limit=limit or None, **options)
+        return meshrun.Fleet(hosts, remote=remote, **options)
 
 
 @contextmanager
