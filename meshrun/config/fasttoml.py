@@ -53,13 +53,14 @@ _PLAIN = _TEXT + r'"\\]*'  # a basic string's characters without escapes
 _STRING = '"' + _PLAIN + '"'
 _WS = r"[ \t]*"
 #: A line as written almost always: ``key = "string"``, ``key = ["strings"]``, a header
-#: or nothing. Groups: key, value, "[", name, "]", and the whole line when it is none of
-#: these (it is then matched against :data:`_LINE`). Two levels because this pattern is
+#: or nothing. Groups: key, the string's text (without its quotes: no slice per line,
+#: 0.02 s of a 100,000-task chain), the array, "[", name, "]", and the whole line when it
+#: is none of these (it is then matched against :data:`_LINE`). Two levels: this one is
 #: twice as fast as :data:`_LINE` (0.20 s against 0.43 s for the 500,000 lines of a
 #: 100,000-task chain). Nothing in it crosses a \n, so each match is one whole line.
 _COMMON = re.compile(
     rf"""^(?:
-        ([A-Za-z0-9_-]+)\ =\ ({_STRING}|\[(?:{_STRING},\ )*(?:{_STRING})?\])
+        ([A-Za-z0-9_-]+)\ =\ (?:"({_PLAIN})"|(\[(?:{_STRING},\ )*(?:{_STRING})?\]))
       |\[(\[?)([A-Za-z0-9_-]+)\](\]?)
       |(.*)
     )$""",
@@ -143,7 +144,7 @@ def tables(text: str) -> Iterator[Table]:
         if len(found) != text.count("\n", start, end) + 1:
             raise Unsupported
         start = end + 1
-        for key, value, opening, name, closing, line in found:
+        for key, text_value, array, opening, name, closing, line in found:
             number += 1
             if line:
                 key, value, opening, name, closing = _other_line(line)
@@ -155,7 +156,7 @@ def tables(text: str) -> Iterator[Table]:
             elif key:
                 if key in values:
                     raise Unsupported
-                values[key] = value[1:-1] if value[0] == '"' else _STRINGS.findall(value)
+                values[key] = _STRINGS.findall(array) if array else text_value
                 continue
             if name:
                 if len(opening) != len(closing):

@@ -131,6 +131,8 @@ def test_says_what_tomllib_says_or_passes(text: str) -> None:
         "\ufeffa = 1\n",
         'env = { CC = "gcc" } # c\nt = "a\\tb"\n',
         "a = 'x' # c\n[[t]]\n",
+        # the quick forms' edges: empty strings and arrays, a string that looks like one
+        'a = ""\nb = []\nc = [""]\nd = "[x]"\n[[t]]\ne = ""\nf = ["", "y"]\n',
     ],
 )
 def test_known_cases(text: str) -> None:
