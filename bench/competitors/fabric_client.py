@@ -9,6 +9,12 @@ and what the mode needs. Modes:
   bench/breakdown's ``--compare-fabric``);
 - ``meshrun-true``: the same script with ``meshrun.fabric.Group`` in place of
   ThreadingGroup, the one line a Fabric user changes (bench/fanout's Group row);
+- ``steps`` / ``meshrun-steps``: a deploy script's shape on one group (ThreadingGroup /
+  ``meshrun.fabric.Group``, again only the import differs) over the connections it
+  keeps: 8 ``run`` steps (stage a config file, test, cat, sha256sum, a few KB of
+  echo, uname, a shell loop, true) and a ``get``, every result checked
+  (bench/fanout's ``fabric-steps`` / ``fabric-group-steps`` rows); needs ``workdir``,
+  a local directory the hosts can read (the fleet's hosts share this machine);
 - ``tasks``: ``tasks`` (N) ``echo i``, one Connection per host opened in parallel,
   ``per_host`` threads per host taking the next command (bench/dispatch);
 - ``rr`` / ``fifo``: the ``commands`` given, ``slots`` threads per host, each host
@@ -92,6 +98,80 @@ def run_true(spec: dict[str, Any], meshrun: bool = False) -> None:
         sys.exit(f"fabric: bad results: {bad_codes}")
 
 
+#: The ``echo`` step's text: a few KB of output, as a step that prints a config would.
+ECHO_TEXT = " ".join(f"line{i:04d}" for i in range(400))  # 3,999 characters
+#: The deployed file: a small config file.
+CONFIG_TEXT = "".join(f"key{i} = value{i}\n" for i in range(40))
+#: The ``sh -c`` step's loop and what it prints.
+LOOP = "sh -c 'for i in 1 2 3 4 5 6; do echo step $i; done'"
+LOOP_OUT = "".join(f"step {i}\n" for i in range(1, 7))
+
+
+def run_steps(spec: dict[str, Any], meshrun: bool = False) -> None:
+    """A deploy script's shape: 8 run steps and a get on one group; every result checked.
+
+    The fleet's hosts are one machine and one login directory, so a ``put`` to one path
+    from every host would write one file 64 times at once: Fabric's in-place write then
+    fails its own size check (another host truncated the file). The file is staged by
+    the first step instead (into each host's own ``$HOME``, which the fleet sets per
+    host), and ``get`` reads one shared file, which is safe.
+    """
+    import base64
+    import hashlib
+    import os
+
+    from fabric.exceptions import GroupException
+
+    if meshrun:  # the one line a Fabric user changes
+        from meshrun.fabric import Group
+    else:
+        from fabric import ThreadingGroup as Group
+
+    work = spec["workdir"]
+    shared = os.path.join(work, "shared.conf")
+    with open(shared, "w") as f:
+        f.write(CONFIG_TEXT)
+    digest = hashlib.sha256(CONFIG_TEXT.encode()).hexdigest()
+    payload = base64.b64encode(CONFIG_TEXT.encode()).decode()
+    release = '"$HOME/releases/r42"'  # $HOME differs per host (the fleet sets it)
+    conf = '"$HOME/releases/r42/app.conf"'
+    steps = [  # command, check of each host's stdout
+        (f"mkdir -p {release} && echo {payload} | base64 -d > {conf}", lambda out: out == ""),
+        (f"test -f {conf} && test -s {conf}", lambda out: out == ""),
+        (f"cat {conf}", lambda out: out == CONFIG_TEXT),
+        (f"sha256sum {conf}", lambda out: out.split()[0] == digest),
+        (f"echo {ECHO_TEXT}", lambda out: out == ECHO_TEXT + "\n"),
+        ("uname -a", lambda out: out.startswith(os.uname().sysname)),
+        (LOOP, lambda out: out == LOOP_OUT),
+        ("true", lambda out: out == ""),
+    ]
+    group = Group.from_connections(connections(spec))
+    hosts = len(set(group))
+    try:
+        for command, check in steps:
+            results = group.run(command, hide=True, in_stream=False)
+            bad = [
+                (c.port, r.exited, r.stdout[:80])
+                for c, r in results.items()
+                if r.exited != 0 or not check(r.stdout)
+            ]
+            if bad or len(results) != hosts:
+                sys.exit(f"fabric steps: {command[:40]!r}: {len(results)} results, bad {bad[:3]}")
+        got = group.get(shared, os.path.join(work, "got", "{port}", ""))
+        if len(got) != hosts:
+            sys.exit(f"fabric steps: get: {len(got)} results for {hosts} hosts")
+        for c, r in got.items():
+            with open(r.local) as f:
+                if f.read() != CONFIG_TEXT:
+                    sys.exit(f"fabric steps: get from {c.port}: wrong content in {r.local}")
+            os.unlink(r.local)  # the next run must fetch it again
+    except GroupException as exc:
+        bad = {str(c.port): repr(r) for c, r in exc.result.items() if not getattr(r, "ok", False)}
+        sys.exit(f"fabric steps: {len(bad)} host(s) failed: {list(bad.items())[:5]}")
+    finally:
+        group.close()
+
+
 def run_tasks(spec: dict[str, Any]) -> None:
     hosts = connections(spec)
     in_threads(open_nodelay, [(c,) for c in hosts])
@@ -159,6 +239,8 @@ def run_policy(spec: dict[str, Any], policy: str) -> None:
 MODES = {
     "true": run_true,
     "meshrun-true": lambda spec: run_true(spec, meshrun=True),
+    "steps": run_steps,
+    "meshrun-steps": lambda spec: run_steps(spec, meshrun=True),
     "tasks": run_tasks,
     "rr": lambda spec: run_policy(spec, "rr"),
     "fifo": lambda spec: run_policy(spec, "fifo"),
