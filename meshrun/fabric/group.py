@@ -134,10 +134,9 @@ class Group(fabric.group.Group):  # type: ignore[misc]  # fabric has no type hin
     def _translate(self) -> list[tuple[Any, Host]]:
         """Each distinct Connection (Fabric's results are keyed by host, user and
         port, so a repeated one runs once) with its Host."""
-        members: list[Any] = []
-        for cxn in self:
-            if cxn not in members:
-                members.append(cxn)
+        # A dict, not `not in` a list: Connections hash by (host, user, port), and the
+        # list's pairwise __eq__ cost 1.5 ms a call at 64 hosts (25 at 256).
+        members = list(dict.fromkeys(self))
         names = host_names(members)
         pairs = [(cxn, to_host(cxn, name)) for cxn, name in zip(members, names, strict=True)]
         if members:
@@ -207,10 +206,13 @@ class Group(fabric.group.Group):  # type: ignore[misc]  # fabric has no type hin
                 with contextlib.suppress(Exception):
                     connector.release(host)
 
-    def _each(self, work: Work) -> Any:
+    def _each(self, work: Work, members: Sequence[tuple[Any, Host]] | None = None) -> Any:
         """``work`` on every distinct Connection at once (at most ``parallel``): Fabric's
-        GroupResult, or its GroupException when any host raised."""
-        members = self._translate()
+        GroupResult, or its GroupException when any host raised. ``members``: the
+        call's :meth:`_translate`, when the caller already has it (it reads every
+        Connection's settings: 6 ms a call at 64 hosts)."""
+        if members is None:
+            members = self._translate()
         results = GroupResult()
         if not members:
             return results
@@ -248,7 +250,8 @@ class Group(fabric.group.Group):  # type: ignore[misc]  # fabric has no type hin
     def run(self, command: str, **kwargs: Any) -> Any:
         """``Connection.run(command, **kwargs)`` on every host: see
         :mod:`meshrun.fabric.commands` for the options honoured and refused."""
-        options = {cxn: run_options(cxn, command, kwargs) for cxn, _ in self._translate()}
+        members = self._translate()
+        options = {cxn: run_options(cxn, command, kwargs) for cxn, _ in members}
         if len({o.job for o in options.values()}) > 1:
             raise NotSupported(
                 "the group's Connections have different config.run env or "
@@ -259,7 +262,7 @@ class Group(fabric.group.Group):  # type: ignore[misc]  # fabric has no type hin
         def work(conn: Connection, cxn: Any, host: Host, cancel: threading.Event) -> Any:
             return run_command(conn, cxn, options[cxn], cancel)
 
-        return self._each(work)
+        return self._each(work, members)
 
     def sudo(self, command: str, **kwargs: Any) -> Any:
         raise NotSupported(

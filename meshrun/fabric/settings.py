@@ -208,7 +208,8 @@ def to_host(cxn: Any, name: str) -> Host:
         )
     if cxn.forward_agent:
         raise _refuse(cxn, "forward_agent=True", "meshrun never forwards ssh-agent: drop it")
-    if cxn.config.authentication.strategy_class is not None:
+    # .get: the dict protocol, without invoke's costly nested proxy (see run_options).
+    if (cxn.config.get("authentication") or {}).get("strategy_class") is not None:
         raise _refuse(
             cxn,
             "config.authentication.strategy_class",

@@ -216,6 +216,32 @@ def test_run_options_settle_as_invokes_runner_does(ssh_config: Path) -> None:
     assert run_options(configured, "x", {}).warn
 
 
+def test_run_options_read_the_config_as_it_is_at_each_call() -> None:
+    cxn = Connection(
+        "web1",
+        config=Config(overrides={"timeouts": {"command": 7}, "load_ssh_configs": False}),
+    )
+    assert run_options(cxn, "x", {}).timeout_s == 7.0
+    assert run_options(cxn, "x", {"timeout": 2}).timeout_s == 2.0
+    assert not run_options(cxn, "x", {}).warn
+    cxn.config.run.warn = True  # changed between two calls, as a script may
+    cxn.config.run.env = {"A": "b"}
+    cxn.config.timeouts.command = 9
+    settled = run_options(cxn, "x", {})
+    assert settled.warn and settled.env == {"A": "b"} and settled.timeout_s == 9.0
+
+
+def test_an_authentication_strategy_class_is_refused() -> None:
+    cxn = Connection(
+        "web1",
+        config=Config(
+            overrides={"authentication": {"strategy_class": object}, "load_ssh_configs": False}
+        ),
+    )
+    with pytest.raises(NotSupported, match="strategy_class"):
+        to_host(cxn, "web1")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "what"),
     [
