@@ -94,7 +94,16 @@ def test_slots_above_max_sessions_run_every_task_exactly_once(
 ) -> None:
     record = f"ran-{tmp_path.name}.txt"
     names = [f"t{i:03d}" for i in range(300)]
-    run = f'echo "$MESHRUN_TASK" >> "$HOME"/{record}; sleep 0.02'
+    # Each task waits until more tasks have started on its host than one connection
+    # holds: so many short tasks on a loaded machine could otherwise end before an 11th
+    # session was ever asked for, and sshd's limit would never be hit. (At most 30 s, so
+    # a meshrun that never opens the 11th session fails on the checks below, not a hang.)
+    over_limit = STOCK_LIMITS["max_sessions"] + 1
+    run = (
+        f'echo "$MESHRUN_TASK" >> "$HOME"/{record}; i=0; '
+        f'while [ "$(wc -l < "$HOME"/{record})" -lt {over_limit} ] && [ "$i" -lt 300 ]; '
+        "do sleep 0.1; i=$((i+1)); done; sleep 0.02"
+    )
     tasks_file = write_project(tmp_path / "proj", [{"name": n, "run": run} for n in names])
     hosts = _two_hosts(stock, tmp_path / "hosts.toml")
     since = _log_tail(stock, ["h1", "h2"])
