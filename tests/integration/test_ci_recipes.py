@@ -169,6 +169,10 @@ def base_env(home: Path) -> dict[str, str]:
 Cancel = Callable[["subprocess.Popen[str]"], None]
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_shell(
     argv: list[str], script: str, env: Mapping[str, str], cwd: Path, cancel: Cancel | None = None
 ) -> int:
@@ -184,6 +188,10 @@ def run_shell(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A CI starts a step with SIGINT at its default; pytest started from a background
+        # job has it ignored, the step would inherit that and meshrun (rightly) keep
+        # ignoring GitHub's SIGINT: the cancel test would wait out the tasks and see exit 0.
+        preexec_fn=_sigint_default,
     ) as proc:
         try:
             if cancel is not None:
