@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -115,6 +117,7 @@ class Fleet:
         self._remote = remote
         self._this_machine = False  # from_inventory(None): dispatch works in the task dir
         self._connector: Connector | None = connector
+        self._calling = threading.Lock()
 
     @classmethod
     def from_inventory(
@@ -386,7 +389,6 @@ class Fleet:
             resources.PULL_FDS_PER_HOST if pulls else resources.EXEC_FDS_PER_HOST,
             resources.PULL_THREADS_PER_HOST if pulls else resources.EXEC_THREADS_PER_HOST,
         )
-        connector = self.connector
 
         def observe(event: FleetEvent) -> None:
             if on_output is not None and isinstance(event, HostOutput):
@@ -394,17 +396,18 @@ class Fleet:
             if on_event is not None:
                 on_event(event)
 
-        report = run_fleet_recorded(
-            self._hosts,
-            job,
-            connector,
-            run_id=new_run_id(),
-            state_dir=self._state_dir,
-            observer=observe,
-            command_line=command_line,
-            signing_key=key,
-            release=not keep,
-        )
+        with self._one_call():
+            report = run_fleet_recorded(
+                self._hosts,
+                job,
+                self.connector,  # made inside: two threads never make two
+                run_id=new_run_id(),
+                state_dir=self._state_dir,
+                observer=observe,
+                command_line=command_line,
+                signing_key=key,
+                release=not keep,
+            )
         if report.interrupted:  # a second Ctrl-C may have closed connections under it
             self.close()
         if check and not report.ok:
@@ -421,7 +424,8 @@ class Fleet:
         width = values.count(parallel, "parallel", least=1)
         probe_parallel(self._hosts, width)  # DoesNotFit now, before any host is contacted
         keep = self._keeps(width, resources.EXEC_FDS_PER_HOST, resources.EXEC_THREADS_PER_HOST)
-        probes = probe_hosts(self._hosts, self.connector, parallel=width, release=not keep)
+        with self._one_call():
+            probes = probe_hosts(self._hosts, self.connector, parallel=width, release=not keep)
         return ProbeReport(tuple(probes))
 
     # -- dispatch -----------------------------------------------------------------------
@@ -505,28 +509,44 @@ class Fleet:
         max_age_s = values.seconds(workdir_max_age, "workdir_max_age")
         assert max_age_s is not None
         key = values.signing_key(sign_key)
-        report = run_dispatch(
-            graph,
-            hosts,
-            self.connector,
-            state=state,
-            run_id=new_run_id(),
-            options=options,
-            observer=on_event or _ignore,
-            command_line=command_line,
-            junit_path=None if junit is None else str(junit),
-            trace_path=None if trace is None else str(trace),
-            signing_key=key,
-            artifacts_dir=None if artifacts is None else Path(artifacts),
-            pull_max_bytes=max_bytes,
-            discovery=discovery,
-            workdir_max_age_s=max_age_s,
-        )
+        with self._one_call():
+            report = run_dispatch(
+                graph,
+                hosts,
+                self.connector,
+                state=state,
+                run_id=new_run_id(),
+                options=options,
+                observer=on_event or _ignore,
+                command_line=command_line,
+                junit_path=None if junit is None else str(junit),
+                trace_path=None if trace is None else str(trace),
+                signing_key=key,
+                artifacts_dir=None if artifacts is None else Path(artifacts),
+                pull_max_bytes=max_bytes,
+                discovery=discovery,
+                workdir_max_age_s=max_age_s,
+            )
         if report.interrupted:
             self.close()
         if check and report.exit_code != 0:
             raise RunFailed(report)
         return report
+
+    @contextmanager
+    def _one_call(self) -> Iterator[None]:
+        """A Fleet's calls share its connections and its hosts' state: a second call
+        while one runs (another thread) is a program error, said at once rather than
+        two runs interleaving on the same channels."""
+        if not self._calling.acquire(blocking=False):
+            raise RuntimeError(
+                "this meshrun.Fleet is already running a call (in another thread); "
+                "a Fleet runs one call at a time: give each thread its own Fleet"
+            )
+        try:
+            yield
+        finally:
+            self._calling.release()
 
     def __repr__(self) -> str:
         names = ", ".join(h.name for h in self._hosts[:4])

@@ -5,6 +5,7 @@ closes which connection when."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +328,29 @@ def test_dispatch_takes_a_loaded_graph_and_checks_its_options(tmp_path: Path) ->
         for bad, word in cases:
             with pytest.raises(meshrun.InputError, match=word):
                 fleet.dispatch(graph, **bad)
+
+
+def test_a_second_call_while_one_runs_is_refused_at_once(tmp_path: Path) -> None:
+    hosts = local_hosts(tmp_path, 1)
+    go = tmp_path / "go"
+    with meshrun.Fleet(hosts) as fleet:
+        first: dict[str, Any] = {}
+        waiting = threading.Thread(
+            target=lambda: first.update(
+                report=fleet.run(f"while [ ! -e {go} ]; do sleep 0.02; done; echo first")
+            )
+        )
+        waiting.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not fleet._calling.locked():  # the first call has begun
+                assert time.monotonic() < deadline, "the first call never started"
+                time.sleep(0.01)
+            for second in (lambda: fleet.run("true"), fleet.probe):
+                with pytest.raises(RuntimeError, match="one call at a time"):
+                    second()
+        finally:
+            go.touch()
+            waiting.join(30)
+        assert first["report"].results[0].stdout == b"first\n"
+        assert fleet.run("echo again").results[0].stdout == b"again\n"  # free again
