@@ -435,6 +435,9 @@ def test_sigterm_and_sighup_outside_a_run_exit_128_plus_the_signal(
     said: str,
 ) -> None:
     """The real signal, delivered to this process while the command is starting."""
+    # Under nohup (a CI step, a background job) SIGHUP is ignored, and meshrun rightly
+    # keeps it so: give the test the default a terminal's process has.
+    inherited = signal.signal(signum, signal.SIG_DFL)
     before = signal.getsignal(signum)
 
     def signalled(*args: Any, **kwargs: Any) -> Any:
@@ -443,8 +446,11 @@ def test_sigterm_and_sighup_outside_a_run_exit_128_plus_the_signal(
         raise AssertionError("the signal was not turned into a stop")
 
     monkeypatch.setattr(meshrun, "resolve_hosts", signalled)
-    assert run_cli(monkeypatch, capsys, "exec", "true") == (code, "", f"meshrun: {said}\n")
-    assert signal.getsignal(signum) is before  # put back as it was
+    try:
+        assert run_cli(monkeypatch, capsys, "exec", "true") == (code, "", f"meshrun: {said}\n")
+        assert signal.getsignal(signum) is before  # put back as it was
+    finally:
+        signal.signal(signum, inherited)
 
 
 def test_version(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
