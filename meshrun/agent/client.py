@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import posixpath
 import queue
 import shlex
 import threading
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from meshrun.agent import agent_file_name, agent_source
+from meshrun.agent import AGENT_MAIN, agent_file_name, agent_source
 from meshrun.errors import MeshrunError
 from meshrun.records import record
 from meshrun.transport.base import CommandRequest, Connection, ProcessStream, Stream
@@ -360,9 +361,11 @@ def start_runner(conn: Connection, workdir: str, sink: Sink, *, use_agent: bool 
         up = conn.run_raw(upload_script(workdir, agent_file_name()), stdin=agent_source())
         if up.exit_code == 0:
             path = up.stdout.decode().strip().splitlines()[-1]
+            where, name = posixpath.split(path)
             command = (
                 "command -v python3 >/dev/null 2>&1 || exit 127; "
-                f"exec python3 -u {shlex.quote(path)}"
+                f"exec python3 -u -c {shlex.quote(AGENT_MAIN)} {shlex.quote(where)} "
+                f"{shlex.quote(name.removesuffix('.py'))}"
             )
             try:
                 return AgentRunner(host, conn.open_process(command), sink)

@@ -54,14 +54,14 @@ process it adopted, SIGKILL after a grace period, and exits: nothing it started
 outlives the link.
 """
 
+# hashlib and shutil are imported where they are used (a mirror's file, a cleanup):
+# every host pays the agent's start, and hashlib's OpenSSL set-up alone was ~7 ms of it.
 import base64
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
@@ -255,6 +255,8 @@ def clean_stale(where, max_age_s, mine):
     for name in names:
         path = os.path.join(where, name)
         if name.startswith(".trash-"):
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
             continue
         if not name.endswith(".lock") or name[:-5] == mine:
@@ -277,6 +279,8 @@ def clean_stale(where, max_age_s, mine):
         finally:
             os.close(fd)
         if trash is not None:
+            import shutil
+
             shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -302,6 +306,8 @@ def kind_of(mode):
 def remove(path):
     try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
+            import shutil
+
             shutil.rmtree(path)
         else:
             os.unlink(path)
@@ -422,6 +428,8 @@ class Mirror:
             handle = open(temp, "wb")  # noqa: SIM115 (closed by end or abandon)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return self.fail("writing %r: %s" % (msg.get("path"), exc))
+        import hashlib
+
         self.put = [path, temp, handle, hashlib.sha256(), 0, msg]
 
     def data(self, chunk):
@@ -461,6 +469,8 @@ class Mirror:
             os.chmod(temp, msg["mode"])
             os.utime(temp, ns=(msg["mtime_ns"], msg["mtime_ns"]))
             if os.path.isdir(path) and not os.path.islink(path):
+                import shutil
+
                 shutil.rmtree(path)
             os.rename(temp, path)
             self.remember(msg["path"], path, msg["sha"])

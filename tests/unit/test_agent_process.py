@@ -1,9 +1,9 @@
 """The host agent as a process, driven over its pipes as the coordinator drives it.
 
-No network: the agent is started here with ``python3 remote.py``, exactly as it is
-started on a host. These are the task shapes CI scripts use that once stalled it
-(closed pipes, a child holding stdout, daemons, SIGTERM ignored) and input that once
-killed it (a NUL byte). "Stalled" is told apart from "working" by a 60 s sleep that a
+No network: the agent is started here with ``python3 -u -c AGENT_MAIN DIR NAME``,
+exactly as it is started on a host. These are the task shapes CI scripts use that once
+stalled it (closed pipes, a child holding stdout, daemons, SIGTERM ignored) and input
+that once killed it (a NUL byte). "Stalled" is told apart from "working" by a 60 s sleep that a
 working agent never waits for: the bounds below are a fraction of it, not a speed test.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from meshrun.agent import agent_source
+from meshrun.agent import AGENT_MAIN, agent_source
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc")
 
@@ -38,10 +38,10 @@ class AgentProc:
     """A running agent: send ops, read events (a reader thread; never blocks a test)."""
 
     def __init__(self, tmp: Path) -> None:
-        script = tmp / "agent.py"
+        script = tmp / "agent_under_test.py"
         script.write_bytes(agent_source())
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(script)],
+            [sys.executable, "-u", "-c", AGENT_MAIN, str(tmp), "agent_under_test"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=tmp,

@@ -272,3 +272,20 @@ def test_meshrun_history_shows_only_that_files_tasks(
     assert code == 0
     doc = json.loads(out)
     assert doc["scope"] == "other.toml" and [t["name"] for t in doc["tasks"]] == ["solo"]
+
+
+def test_the_agent_is_imported_with_its_bytecode_kept_and_a_json_py_cannot_shadow_it(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent starts in the login directory, as over SSH. There a json.py must not
+    # replace the agent's json: python3 -c puts the current directory first on
+    # sys.path, so the agent's own directory takes that place.
+    home = tmp_path_factory.mktemp("home")
+    (home / "json.py").write_text("raise SystemExit('the login directory shadowed json')\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    report = dispatch(project)
+    assert report.exit_code == 0, report
+    assert [h.runner for h in report.hosts] == ["agent"]
+    cached = list((project / ".meshrun/scripts/__pycache__").glob("agent_*.pyc"))
+    assert len(cached) == 1, cached
