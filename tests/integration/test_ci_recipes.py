@@ -58,9 +58,15 @@ run = "echo fine"
 name = "breaks"
 run = "echo 'this task is broken' >&2; exit 3"
 """
-#: What the cancelled run points the recipe's task-file variable at: two sleeping tasks.
-SLOW = marker_seconds()
-SLOW_TASKS = "".join(f'[[task]]\nname = "slow-{i}"\nrun = "sleep {SLOW}"\n\n' for i in (1, 2))
+
+
+def slow_tasks(marker: str) -> str:
+    """What the cancelled run points the recipe's task-file variable at: two tasks
+    sleeping ``marker`` seconds (one marker per test: a run a failed test left behind
+    must not count as the next test's)."""
+    return "".join(f'[[task]]\nname = "slow-{i}"\nrun = "sleep {marker}"\n\n' for i in (1, 2))
+
+
 #: The files and directories every recipe keeps as artifacts (beside junit.xml).
 PUBLISHED = {"meshrun.json", "junit.xml", "meshrun-artifacts"}
 
@@ -112,13 +118,13 @@ def secrets(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Secrets:
     )
 
 
-def make_checkout(root: Path, fleet: Fleet) -> Path:
+def make_checkout(root: Path, fleet: Fleet, slow: str) -> Path:
     """A repository laid out as examples/ci/README.md says: tasks.toml at the top,
     ci/agents.toml listing the build hosts with no key or known_hosts of its own."""
     checkout = root / "checkout"
     shutil.copytree(RECIPES, checkout)
     (checkout / "failing.toml").write_text(FAILING_TASKS)
-    (checkout / "slow.toml").write_text(SLOW_TASKS)
+    (checkout / "slow.toml").write_text(slow_tasks(slow))
     (checkout / "ci").mkdir()
     hostsfile.write_hosts(
         checkout / "ci" / "agents.toml",
@@ -642,9 +648,10 @@ def emulate(
     fleet: Fleet,
     secrets: Secrets,
     cancel: Cancel | None = None,
+    slow: str | None = None,
     **variables: str,
 ) -> Outcome:
-    checkout = make_checkout(tmp_path, fleet)
+    checkout = make_checkout(tmp_path, fleet, slow or marker_seconds())
     world = World(tmp_path, checkout, secrets, base_env(tmp_path / "home"), variables, cancel)
     outcome = RECIPE_RUNNERS[recipe](world)
     ran, skipped = EXPECTED[recipe]
@@ -736,14 +743,15 @@ def test_recipe_cancelled_stops_the_hosts_and_keeps_the_records(
     recipe: str, tmp_path: Path, fleet: Fleet, secrets: Secrets
 ) -> None:
     signum, code = CANCELS[recipe]
+    slow = marker_seconds()
 
     def cancel(step: subprocess.Popen[str]) -> None:
-        wait_running(f"sleep {SLOW}", 2)
+        wait_running(f"sleep {slow}", 2)
         os.kill(step.pid, signum)  # the step's own process, as the CI signals it
 
-    outcome = emulate(recipe, tmp_path, fleet, secrets, cancel, MESHRUN_TASKS="slow.toml")
+    outcome = emulate(recipe, tmp_path, fleet, secrets, cancel, slow, MESHRUN_TASKS="slow.toml")
     assert outcome.meshrun_rc == code
-    left = wait_gone(f"sleep {SLOW}")
+    left = wait_gone(f"sleep {slow}")
     assert not left, f"the hosts still run:\n{describe_procs(left)}"
     assert junit_cases(outcome.checkout) == {"slow-1": "skipped", "slow-2": "skipped"}
     document = json.loads((outcome.checkout / "meshrun.json").read_text())
