@@ -13,7 +13,19 @@ Five milliseconds per host is still too much on the fan-out path of a large flee
   only) answers whether anything in them could change a setting meshrun uses for this
   alias that the inventory has not already pinned. When nothing could, ``ssh -G`` is
   skipped and OpenSSH's defaults are used. The scan is conservative: any ``Match``
-  block, ``CanonicalizeHostname`` or unreadable ``Include`` sends the host to ``ssh -G``.
+  block, ``CanonicalizeHostname`` or unreadable ``Include`` sends the host to ``ssh -G``;
+- hosts that the config treats alike are resolved once (:meth:`ConfigScan.shape`).
+  With no ``Match``, ``CanonicalizeHostname`` or uncertain ``Include``, ``ssh -G``'s
+  answer for an alias is decided by which ``Host`` sections apply to it, the ``-l``/``-p``
+  asked, and the alias itself, which OpenSSH prints only as ``host`` (as given) and
+  ``hostname`` (ASCII-lowercased; an address in its canonical form is left as is) --
+  unless an applying section sets a keyword that uses the alias (``HostName``,
+  ``ProxyCommand``...) or a ``%`` token. So one ``ssh -G`` per such *shape* is enough:
+  the other aliases of the shape get its output with those two lines rewritten. A
+  ``Host *`` config (the CI recipes') costs one ``ssh -G`` instead of one per host
+  (256 hosts: about 1.3 CPU-s of fork+exec). Anything less certain (a mixed-case alias
+  a pattern would match differently case-blind, an address not in canonical form) is
+  resolved per host.
 
 ``~`` here is the home directory of the user's passwd entry, as OpenSSH has it, not
 ``$HOME``: a config read by ``ssh`` and by meshrun must mean the same files.
@@ -48,7 +60,9 @@ __all__ = [
     "home_dir",
     "match_pattern_list",
     "parse_jump_spec",
+    "renamed_dump",
     "split_jumps",
+    "ssh_hostname",
     "token_values",
 ]
 
@@ -87,10 +101,24 @@ RELEVANT_KEYWORDS = frozenset(
         "connecttimeout",
         "serveraliveinterval",
         "serveralivecountmax",
+        "batchmode",  # BatchMode yes makes OpenSSH's ServerAliveInterval default 300
     }
 )
 #: Keywords that make OpenSSH re-read the config or rewrite the name: never guessed.
 _ALWAYS_RESOLVE = frozenset({"canonicalizehostname"})
+#: Keywords whose value uses or replaces the alias (or runs with it): a section setting
+#: one, or any value with a ``%`` token, makes each alias it applies to its own shape.
+_PER_ALIAS_KEYWORDS = frozenset(
+    {
+        "hostname",
+        "hostkeyalias",
+        "proxycommand",
+        "proxyjump",
+        "localcommand",
+        "controlpath",
+        "knownhostscommand",
+    }
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -158,10 +186,11 @@ def _glob_body(pattern: str) -> str:
 class _PatternList:
     """A compiled pattern list: literal names in a set, wildcards in one regex each side."""
 
-    __slots__ = ("neg_names", "neg_re", "pos_names", "pos_re")
+    __slots__ = ("case_blind", "neg_names", "neg_re", "pos_names", "pos_re")
 
-    def __init__(self, patterns: tuple[str, ...]) -> None:
-        flags = re.IGNORECASE | re.DOTALL
+    def __init__(self, patterns: tuple[str, ...], case_blind: bool = True) -> None:
+        self.case_blind = case_blind
+        flags = (re.IGNORECASE | re.DOTALL) if case_blind else re.DOTALL
         sides: dict[bool, tuple[set[str], list[str]]] = {True: (set(), []), False: (set(), [])}
         for pattern in patterns:
             negated = pattern.startswith("!")
@@ -170,22 +199,22 @@ class _PatternList:
             if "*" in body or "?" in body:
                 globs.append(_glob_body(body))
             else:
-                names.add(body.lower())
+                names.add(body.lower() if case_blind else body)
         self.pos_names, pos = sides[False]
         self.neg_names, neg = sides[True]
         self.pos_re = re.compile("|".join(pos), flags) if pos else None
         self.neg_re = re.compile("|".join(neg), flags) if neg else None
 
     def matches(self, name: str) -> bool:
-        lowered = name.lower()
+        lowered = name.lower() if self.case_blind else name
         if lowered in self.neg_names or (self.neg_re and self.neg_re.fullmatch(name)):
             return False
         return lowered in self.pos_names or bool(self.pos_re and self.pos_re.fullmatch(name))
 
 
 @functools.lru_cache(maxsize=4096)
-def _compiled(patterns: tuple[str, ...]) -> _PatternList:
-    return _PatternList(patterns)
+def _compiled(patterns: tuple[str, ...], case_blind: bool = True) -> _PatternList:
+    return _PatternList(patterns, case_blind)
 
 
 def match_pattern_list(name: str, patterns: Iterable[str]) -> bool:
@@ -266,6 +295,92 @@ def split_jumps(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+# -- the names ssh -G prints for an alias -------------------------------------------------
+
+#: Aliases whose printed names are derived (others get their own ``ssh -G``): ASCII
+#: letters, digits and ``._-`` (a name), or an address. OpenSSH 9.6 and later refuse
+#: some other characters; a Unicode name would lowercase differently in C and Python.
+_PLAIN_ALIAS_RE = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9._:-]*", re.ASCII)
+
+
+def ssh_hostname(alias: str) -> str | None:
+    """What ``ssh -G alias`` prints as ``hostname`` when no ``HostName`` applies, or
+    None when we do not derive it (the alias then gets its own ``ssh -G``).
+
+    OpenSSH (ssh.c) first tries the alias as a numeric address (``getaddrinfo`` with
+    ``AI_NUMERICHOST``, then ``getnameinfo``: ``127.1`` prints as ``127.0.0.1``); a
+    name is lowercased (``tolower``: ASCII only). An address is derived only when it
+    is already in its canonical form, which both rules leave as it is.
+    """
+    if not _PLAIN_ALIAS_RE.fullmatch(alias):
+        return None
+    try:
+        found = socket.getaddrinfo(
+            alias,
+            "22",
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        )
+    except (OSError, UnicodeError, ValueError):
+        return None if ":" in alias else alias.lower()
+    try:
+        canonical = socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return alias if canonical == alias else None
+
+
+def _default_hostname(alias: str) -> str:
+    """``hostname`` as ssh.c prints it with no config, for any alias: an address in the
+    form ``getnameinfo`` gives unless that differs only in case, a name ASCII-lowercased.
+    (``AddressFamily`` narrows which addresses parse; with none set, this is exact.)
+    """
+    derived = ssh_hostname(alias)
+    if derived is not None:
+        return derived
+    try:
+        found = socket.getaddrinfo(
+            alias,
+            "22",
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        )
+        canonical = socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
+    except (OSError, UnicodeError, ValueError, IndexError):
+        return alias.translate(_ASCII_LOWER)
+    return alias if canonical.lower() == alias.lower() else canonical
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def renamed_dump(dump: str, alias: str) -> str | None:
+    """``ssh -G`` output of another alias of the same shape, as ``alias`` would get it:
+    its ``host`` and ``hostname`` lines rewritten. None when ``alias``'s names are not
+    derived, or ``dump`` does not print one ``host`` and one ``hostname`` named as
+    :func:`ssh_hostname` says for its own alias (an OpenSSH that names them otherwise
+    is never second-guessed).
+    """
+    hostname = ssh_hostname(alias)
+    if hostname is None:
+        return None
+    lines = dump.splitlines(keepends=True)
+    where: dict[str, list[int]] = {"host": [], "hostname": []}
+    for index, line in enumerate(lines):
+        keyword = line.partition(" ")[0]
+        if keyword in where:
+            where[keyword].append(index)
+    if len(where["host"]) != 1 or len(where["hostname"]) != 1:
+        return None
+    (host_at,), (hostname_at,) = where["host"], where["hostname"]
+    own_alias = lines[host_at].rstrip("\n").partition(" ")[2]
+    if ssh_hostname(own_alias) != lines[hostname_at].rstrip("\n").partition(" ")[2]:
+        return None
+    lines[host_at] = f"host {alias}\n"
+    lines[hostname_at] = f"hostname {hostname}\n"
+    return "".join(lines)
+
+
 # -- the cheap scan ----------------------------------------------------------------------
 
 
@@ -275,6 +390,7 @@ class _Block:
 
     patterns: tuple[str, ...] | None  # None: Match (unknown), () : top of file (all)
     keywords: set[str] = field(default_factory=set)
+    per_alias: bool = False  # sets a keyword of _PER_ALIAS_KEYWORDS or a %token
 
 
 _SPLIT_RE = re.compile(r"\s*=\s*|\s+", re.ASCII)
@@ -307,8 +423,13 @@ class ConfigScan:
         self.uncertain = False  # an unreadable Include, a cycle: resolve everything
         self.files_read: list[str] = []
         self._answers: dict[tuple[str, frozenset[str]], bool] = {}
+        self._shapes: dict[str, tuple[int, ...] | None] = {}
         for path, include_dir in files:
             self._read(path, include_dir, 0, None)
+        #: Only ``Host`` sections decide what applies (no Match, no re-read, no doubt).
+        self.shapes_exact = not self.uncertain and not any(
+            block.patterns is None or block.keywords & _ALWAYS_RESOLVE for block in self.blocks
+        )
 
     def _read(self, path: str, include_dir: str, depth: int, inherited: _Block | None) -> None:
         if depth > _MAX_INCLUDE_DEPTH:
@@ -349,6 +470,8 @@ class ConfigScan:
                         self.uncertain = True  # tokens/env in Include paths: let ssh decide
             else:
                 block.keywords.add(keyword)
+                if keyword in _PER_ALIAS_KEYWORDS or "%" in value:
+                    block.per_alias = True
         # Host/Match sections do not continue into the file that included this one,
         # but OpenSSH does carry on with the includer's current section.
 
@@ -359,6 +482,36 @@ class ConfigScan:
         if found is None:
             found = self._answers[key] = self._may_change(alias, pinned)
         return found
+
+    def shape(self, alias: str) -> tuple[int, ...] | None:
+        """The sections that apply to ``alias``, when they and the alias's two printed
+        names are all its ``ssh -G`` output depends on; None when that is not certain.
+
+        Aliases with the same shape (and the same ``-l``/``-p``) get the same ``ssh -G``
+        output but for the ``host`` and ``hostname`` lines (:func:`renamed_dump`).
+        OpenSSH matches ``Host`` patterns case-sensitively (9.2: ``Host web*`` does not
+        apply to ``WEB1``); an alias whose sections would differ case-blind is left to
+        its own ``ssh -G``, so a version that lowercases first cannot be misread.
+        """
+        if alias not in self._shapes:
+            self._shapes[alias] = self._shape(alias)
+        return self._shapes[alias]
+
+    def _shape(self, alias: str) -> tuple[int, ...] | None:
+        if not self.shapes_exact or ssh_hostname(alias) is None:
+            return None
+        applying: list[int] = []
+        for index, block in enumerate(self.blocks):
+            if block.patterns:  # a Host line; () is a file's head, which always applies
+                exact = _compiled(block.patterns, False).matches(alias)
+                if exact != _compiled(block.patterns).matches(alias):
+                    return None
+                if not exact:
+                    continue
+            if block.per_alias:
+                return None
+            applying.append(index)
+        return tuple(applying)
 
     def _may_change(self, alias: str, pinned: frozenset[str]) -> bool:
         if self.uncertain:
@@ -371,7 +524,13 @@ class ConfigScan:
                 continue
             if block.patterns is None:  # Match: criteria we do not evaluate
                 return True
-            if not block.patterns or match_pattern_list(alias.lower(), block.patterns):
+            # OpenSSH 9.2 matches Host patterns case-sensitively; either way may apply
+            # (case-blind alone misses `Host db? !DB*` for db1: the negation is not hit)
+            if (
+                not block.patterns
+                or _compiled(block.patterns).matches(alias)
+                or _compiled(block.patterns, False).matches(alias)
+            ):
                 return True
         return False
 
@@ -394,6 +553,7 @@ def _yes(value: str | None) -> bool:
 
 
 _Query = tuple[str, str | None, int | None]  # alias, ssh -l, ssh -p
+_ShapeKey = tuple[tuple[int, ...], str | None, int | None]  # sections, ssh -l, ssh -p
 
 
 class SSHConfigResolver:
@@ -410,6 +570,10 @@ class SSHConfigResolver:
         self._cache: dict[
             tuple[str, str | None, int | None], concurrent.futures.Future[SSHSettings]
         ] = {}
+        #: The ``ssh -G`` output of the first alias of each shape; None when it failed
+        #: or names its alias otherwise than derived (the others then ask for their own).
+        self._shapes: dict[_ShapeKey, concurrent.futures.Future[str | None]] = {}
+        self.ssh_g_runs = 0  # how many ``ssh -G`` this resolver ran (for tests, benches)
         self._config_arg: list[str] = []
         if config_path is None:
             home = home_dir()
@@ -454,10 +618,41 @@ class SSHConfigResolver:
         assert future is not None
         if owner:
             try:
-                future.set_result(self._run_ssh_g(alias, user, port))
+                future.set_result(self._resolve_now(alias, user, port))
             except BaseException as exc:
                 future.set_exception(exc)
         return future.result()
+
+    def _shape_key(self, alias: str, user: str | None, port: int | None) -> _ShapeKey | None:
+        shape = self.scan.shape(alias)
+        return None if shape is None else (shape, user, port)
+
+    def _resolve_now(self, alias: str, user: str | None, port: int | None) -> SSHSettings:
+        key = self._shape_key(alias, user, port)
+        if key is None:
+            return settings_from_dump(alias, self._ssh_g(alias, user, port))
+        with self._lock:
+            future = self._shapes.get(key)
+            owner = future is None
+            if owner:
+                import concurrent.futures
+
+                future = concurrent.futures.Future()
+                self._shapes[key] = future
+        assert future is not None
+        if owner:
+            try:
+                dump = self._ssh_g(alias, user, port)
+            except BaseException:
+                future.set_result(None)  # the others get their own answer (or error)
+                raise
+            future.set_result(dump if renamed_dump(dump, alias) == dump else None)
+            return settings_from_dump(alias, dump)
+        shared = future.result()
+        renamed = None if shared is None else renamed_dump(shared, alias)
+        if renamed is None:
+            renamed = self._ssh_g(alias, user, port)
+        return settings_from_dump(alias, renamed)
 
     def resolve_all(
         self,
@@ -469,11 +664,17 @@ class SSHConfigResolver:
 
         Errors are left in the cache: the host that needs a failed resolution gets it.
         """
-        todo = {
-            (alias, user, port): pinned
-            for alias, user, port, pinned in queries
-            if self.scan.may_change(alias, pinned | _pinned_by_args(user, port))
-        }
+        todo: dict[_Query, frozenset[str]] = {}
+        shapes: set[_ShapeKey] = set()
+        for alias, user, port, pinned in queries:
+            if not self.scan.may_change(alias, pinned | _pinned_by_args(user, port)):
+                continue
+            shape = self._shape_key(alias, user, port)
+            if shape is not None:
+                if shape in shapes:
+                    continue  # derived from the first alias of its shape when asked
+                shapes.add(shape)
+            todo[(alias, user, port)] = pinned
         if len(todo) <= 1:
             return
         import concurrent.futures
@@ -489,14 +690,15 @@ class SSHConfigResolver:
     def _defaults(self, alias: str, user: str | None, port: int | None) -> SSHSettings:
         return SSHSettings(
             alias=alias,
-            hostname=alias,
+            hostname=_default_hostname(alias),
             port=port or 22,
             user=user or local_user(),
             identity_files=tuple(expand_home(p) for p in _DEFAULT_IDENTITIES),
             user_known_hosts=tuple(expand_home(p) for p in _DEFAULT_USER_KNOWN_HOSTS),
         )
 
-    def _run_ssh_g(self, alias: str, user: str | None, port: int | None) -> SSHSettings:
+    def _ssh_g(self, alias: str, user: str | None, port: int | None) -> str:
+        """``ssh -G``'s output for ``ssh [-l user] [-p port] alias``."""
         if shutil.which(self._ssh) is None:
             raise InputError(
                 f"ssh_config has settings for {alias!r} but the OpenSSH client `ssh`, which "
@@ -510,6 +712,8 @@ class SSHConfigResolver:
         if port:
             argv += ["-p", str(port)]
         argv += ["--", alias]
+        with self._lock:
+            self.ssh_g_runs += 1
         proc = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
         )
@@ -521,7 +725,7 @@ class SSHConfigResolver:
                 f"ssh_config: OpenSSH cannot resolve {alias!r}: {problem or 'ssh -G failed'}",
                 fix="fix the ssh_config line it names (`ssh -G HOST` shows the same error)",
             )
-        return settings_from_dump(alias, proc.stdout)
+        return proc.stdout
 
 
 def _pinned_by_args(user: str | None, port: int | None) -> frozenset[str]:
