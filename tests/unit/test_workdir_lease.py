@@ -98,11 +98,17 @@ def test_stale_workdirs_are_removed_held_and_recent_ones_are_not(
     (base / WORKDIRS / ".trash-gone-123").mkdir()  # a cleanup that was killed
     lease = lease_workdir(conn, str(base), KEY, WEEK)
     leases.append(lease)
-    _wait_until(lambda: not stale.exists() and not (base / WORKDIRS / ".trash-gone-123").exists())
-    assert not (base / WORKDIRS / "other-aaaaaaaaaaaa.lock").exists()
+
+    def left() -> list[str]:
+        """What the cleanup has still to remove. It moves a stale workdir to .trash-*,
+        then removes its lock, then the trash: the directory alone goes first."""
+        ws = base / WORKDIRS
+        names = (stale.name, f"{stale.name}.lock")
+        return sorted(p.name for p in ws.iterdir() if p.name in names or p.name[:7] == ".trash-")
+
+    _wait_until(lambda: not left(), seen=left)
     assert recent.exists() and (recent / "sub" / "f.txt").exists()
     assert held_old.exists() and lock.exists(), "a held workdir is never removed"
-    assert not [p.name for p in (base / WORKDIRS).iterdir() if p.name.startswith(".trash-")]
 
 
 def test_no_cleanup_without_a_finite_max_age(conn: LocalConnection, base: Path) -> None:
@@ -165,8 +171,11 @@ def test_names_are_quoted(conn: LocalConnection, tmp_path: Path) -> None:
         lease_script(str(base), "../x", WEEK)
 
 
-def _wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+def _wait_until(
+    check: Callable[[], bool], timeout_s: float = 10.0, seen: Callable[[], object] = str
+) -> None:
+    """Poll ``check``; at the timeout, fail showing ``seen()``."""
     deadline = time.monotonic() + timeout_s
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; still there: {seen()}"
         time.sleep(0.05)
