@@ -44,7 +44,7 @@ import subprocess
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from meshrun.errors import InputError
 from meshrun.records import record
@@ -554,6 +554,8 @@ def _yes(value: str | None) -> bool:
 
 _Query = tuple[str, str | None, int | None]  # alias, ssh -l, ssh -p
 _ShapeKey = tuple[tuple[int, ...], str | None, int | None]  # sections, ssh -l, ssh -p
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class SSHConfigResolver:
@@ -607,21 +609,27 @@ class SSHConfigResolver:
         key = (alias, user, port)
         if not self.scan.may_change(alias, pinned | _pinned_by_args(user, port)):
             return self._defaults(alias, user, port)
-        with self._lock:
-            future = self._cache.get(key)
-            owner = future is None
-            if owner:
-                import concurrent.futures  # only when ssh -G must run: off the usual start
-
-                future = concurrent.futures.Future()
-                self._cache[key] = future
-        assert future is not None
+        future, owner = self._claim(self._cache, key)
         if owner:
             try:
                 future.set_result(self._resolve_now(alias, user, port))
             except BaseException as exc:
                 future.set_exception(exc)
         return future.result()
+
+    def _claim(
+        self, table: dict[_K, concurrent.futures.Future[_V]], key: _K
+    ) -> tuple[concurrent.futures.Future[_V], bool]:
+        """``table[key]``'s future, made if missing; True when this caller made it and
+        must resolve it (the others wait on it: one ``ssh -G`` per key, whoever asks)."""
+        with self._lock:
+            future = table.get(key)
+            if future is not None:
+                return future, False
+            import concurrent.futures  # only when ssh -G must run: off the usual start
+
+            future = table[key] = concurrent.futures.Future()
+            return future, True
 
     def _shape_key(self, alias: str, user: str | None, port: int | None) -> _ShapeKey | None:
         shape = self.scan.shape(alias)
@@ -631,15 +639,7 @@ class SSHConfigResolver:
         key = self._shape_key(alias, user, port)
         if key is None:
             return settings_from_dump(alias, self._ssh_g(alias, user, port))
-        with self._lock:
-            future = self._shapes.get(key)
-            owner = future is None
-            if owner:
-                import concurrent.futures
-
-                future = concurrent.futures.Future()
-                self._shapes[key] = future
-        assert future is not None
+        future, owner = self._claim(self._shapes, key)
         if owner:
             try:
                 dump = self._ssh_g(alias, user, port)
