@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import posixpath
 import queue
 import shlex
 import threading
@@ -23,7 +22,7 @@ from meshrun.agent import AGENT_MAIN, agent_file_name, agent_source
 from meshrun.errors import MeshrunError
 from meshrun.records import record
 from meshrun.transport.base import CommandRequest, Connection, ProcessStream, Stream
-from meshrun.transport.wrapper import upload_script
+from meshrun.transport.wrapper import upload_script, workdir_expr
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +100,10 @@ class AgentUnavailable(MeshrunError):
     """The agent could not start on the host (e.g. no python3): fall back to exec."""
 
 
+class AgentMissing(AgentUnavailable):
+    """This version of the agent is not installed on the host yet: upload it, start again."""
+
+
 class AgentRunner:
     """Many tasks over one channel to the agent process on the host.
 
@@ -120,6 +123,7 @@ class AgentRunner:
         self._sink = sink
         self._hello = threading.Event()
         self._closing = False
+        self._missing = False
         self._queued: list[bytes] = []  # run lines not yet sent
         self._queue_lock = threading.Lock()
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: gone
@@ -130,6 +134,8 @@ class AgentRunner:
         if not self._hello.wait(HELLO_TIMEOUT_S) or self.cpus is None:
             self._closing = True
             stream.close()
+            if self._missing:
+                raise AgentMissing(f"{host}: the agent is not installed yet")
             raise AgentUnavailable(f"{host}: the agent did not start (is python3 installed?)")
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -221,6 +227,9 @@ class AgentRunner:
             return
         if event == "hello":
             self.cpus = int(msg.get("cpus") or 1)
+            self._hello.set()
+        elif event == "missing":  # said by agent_command's shell, not by an agent
+            self._missing = self._closing = True  # not a runner gone: none started
             self._hello.set()
         elif event == "out":
             self._sink(
@@ -354,25 +363,38 @@ class ExecRunner:
             return len(self._threads)
 
 
+def agent_command(workdir: str) -> str:
+    """Start the installed agent of this version; if it is not there, say so (one line
+    the runner reads as ``missing``) instead. Starting first and installing only when
+    needed makes a host's usual start one session, not an upload and then a start."""
+    name = agent_file_name()
+    return (
+        f"d={workdir_expr(workdir)}/.meshrun/scripts; "
+        f'[ -f "$d"/{shlex.quote(name)} ] || {{ echo \'{{"ev":"missing"}}\'; exit 0; }}; '
+        "command -v python3 >/dev/null 2>&1 || exit 127; "
+        f'exec python3 -u -c {shlex.quote(AGENT_MAIN)} "$d" '
+        f"{shlex.quote(name.removesuffix('.py'))}"
+    )
+
+
 def start_runner(conn: Connection, workdir: str, sink: Sink, *, use_agent: bool = True) -> Runner:
-    """Install (once, content-addressed) and start the agent; fall back to exec channels."""
+    """Start the agent (installed once per version, content-addressed, when it is
+    missing); fall back to exec channels."""
     host = conn.host.name
     if use_agent:
-        up = conn.run_raw(upload_script(workdir, agent_file_name()), stdin=agent_source())
-        if up.exit_code == 0:
-            path = up.stdout.decode().strip().splitlines()[-1]
-            where, name = posixpath.split(path)
-            command = (
-                "command -v python3 >/dev/null 2>&1 || exit 127; "
-                f"exec python3 -u -c {shlex.quote(AGENT_MAIN)} {shlex.quote(where)} "
-                f"{shlex.quote(name.removesuffix('.py'))}"
-            )
+        try:
             try:
-                return AgentRunner(host, conn.open_process(command), sink)
-            except AgentUnavailable as exc:
-                log.warning("%s; running each task over its own channel", exc)
-        else:
-            log.warning("%s: could not install the agent: %s", host, up.stderr[-300:])
+                return AgentRunner(host, conn.open_process(agent_command(workdir)), sink)
+            except AgentMissing:
+                up = conn.run_raw(upload_script(workdir, agent_file_name()), stdin=agent_source())
+                if up.exit_code != 0:
+                    raise AgentUnavailable(
+                        f"{host}: could not install the agent: "
+                        f"{up.stderr[-300:].decode(errors='replace').strip()}"
+                    ) from None
+                return AgentRunner(host, conn.open_process(agent_command(workdir)), sink)
+        except AgentUnavailable as exc:
+            log.warning("%s; running each task over its own channel", exc)
     probe = conn.run_raw("getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null")
     try:
         cpus: int | None = int(probe.stdout.decode().strip() or "0") or None

@@ -289,3 +289,23 @@ def test_the_agent_is_imported_with_its_bytecode_kept_and_a_json_py_cannot_shado
     assert [h.runner for h in report.hosts] == ["agent"]
     cached = list((project / ".meshrun/scripts/__pycache__").glob("agent_*.pyc"))
     assert len(cached) == 1, cached
+
+
+def test_the_agent_is_uploaded_once_and_then_started_in_one_session(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshrun.agent import client
+
+    uploads: list[str] = []
+    real_upload = client.upload_script
+
+    def counted(workdir: str, name: str) -> str:
+        uploads.append(name)
+        return real_upload(workdir, name)
+
+    monkeypatch.setattr(client, "upload_script", counted)
+    for run_id, expected in (("r1", 1), ("r2", 1)):  # installed by the first run only
+        report = dispatch(project, run_id=run_id)
+        assert report.exit_code == 0, report
+        assert [h.runner for h in report.hosts] == ["agent"], run_id
+        assert len(uploads) == expected, (run_id, uploads)
