@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from meshrun.agent import AGENT_MAIN, agent_file_name, agent_source
-from meshrun.errors import MeshrunError
+from meshrun.errors import CommandError, MeshrunError
 from meshrun.records import record
 from meshrun.transport.base import CommandRequest, Connection, ProcessStream, Stream
 from meshrun.transport.wrapper import upload_script, workdir_expr
@@ -381,10 +381,18 @@ def start_runner(conn: Connection, workdir: str, sink: Sink, *, use_agent: bool 
     """Start the agent (installed once per version, content-addressed, when it is
     missing); fall back to exec channels."""
     host = conn.host.name
+
+    def agent() -> AgentRunner:
+        try:
+            stream = conn.open_process(agent_command(workdir))
+        except CommandError as exc:  # the host's side refused it; a lost link propagates
+            raise AgentUnavailable(f"{host}: the agent could not be started: {exc}") from exc
+        return AgentRunner(host, stream, sink)
+
     if use_agent:
         try:
             try:
-                return AgentRunner(host, conn.open_process(agent_command(workdir)), sink)
+                return agent()
             except AgentMissing:
                 up = conn.run_raw(upload_script(workdir, agent_file_name()), stdin=agent_source())
                 if up.exit_code != 0:
@@ -392,7 +400,7 @@ def start_runner(conn: Connection, workdir: str, sink: Sink, *, use_agent: bool 
                         f"{host}: could not install the agent: "
                         f"{up.stderr[-300:].decode(errors='replace').strip()}"
                     ) from None
-                return AgentRunner(host, conn.open_process(agent_command(workdir)), sink)
+                return agent()
         except AgentUnavailable as exc:
             log.warning("%s; running each task over its own channel", exc)
     probe = conn.run_raw("getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null")
