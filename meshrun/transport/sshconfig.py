@@ -314,6 +314,15 @@ def ssh_hostname(alias: str) -> str | None:
     """
     if not _PLAIN_ALIAS_RE.fullmatch(alias):
         return None
+    canonical = _numeric_form(alias)
+    if canonical is None:
+        return None if ":" in alias else alias.lower()
+    return alias if canonical == alias else None
+
+
+def _numeric_form(alias: str) -> str | None:
+    """``alias`` as a numeric address in the form ``getnameinfo`` prints it (ssh.c tries
+    an alias as one first), or None when it is not one."""
     try:
         found = socket.getaddrinfo(
             alias,
@@ -321,13 +330,9 @@ def ssh_hostname(alias: str) -> str | None:
             type=socket.SOCK_STREAM,
             flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
         )
-    except (OSError, UnicodeError, ValueError):
-        return None if ":" in alias else alias.lower()
-    try:
-        canonical = socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
-    except (OSError, ValueError, IndexError):
+        return socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
+    except (OSError, UnicodeError, ValueError, IndexError):
         return None
-    return alias if canonical == alias else None
 
 
 def _default_hostname(alias: str) -> str:
@@ -338,15 +343,8 @@ def _default_hostname(alias: str) -> str:
     derived = ssh_hostname(alias)
     if derived is not None:
         return derived
-    try:
-        found = socket.getaddrinfo(
-            alias,
-            "22",
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-        )
-        canonical = socket.getnameinfo(found[0][4], socket.NI_NUMERICHOST)[0]
-    except (OSError, UnicodeError, ValueError, IndexError):
+    canonical = _numeric_form(alias)
+    if canonical is None:
         return alias.translate(_ASCII_LOWER)
     return alias if canonical.lower() == alias.lower() else canonical
 
